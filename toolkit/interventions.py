@@ -1,0 +1,233 @@
+"""The toolkit's one hook vocabulary: sites named as TransformerLens names them, and four operations.
+
+A :class:`Site` is a component at a layer, read/written at a TransformerBridge hook point:
+
+=========  =================================  ==================
+component  hook point                         activation shape
+=========  =================================  ==================
+``head``   ``blocks.{L}.attn.hook_z``         ``[b, p, H, d_head]`` (selected heads only)
+``attn``   ``blocks.{L}.hook_attn_out``       ``[b, p, d_model]``
+``mlp``    ``blocks.{L}.hook_mlp_out``        ``[b, p, d_model]``
+``resid``  ``blocks.{L}.hook_resid_post``     ``[b, p, d_model]``
+=========  =================================  ==================
+
+A head's output is ``z_h @ W_O[h]``, so editing ``hook_z`` of head h edits exactly that head's
+contribution, without materializing per-head results.
+
+Operations (context managers; hooks are removed on exit, even after an error):
+
+- :func:`record` caches activations,
+- :func:`patch` writes activations from another run or model,
+- :func:`ablate` zero-ablates,
+- :func:`scale` multiplies by a factor.
+
+They stay correct under ``generate`` with a KV cache: there a hook fires once on the prompt and
+then once per new token with ``p = 1``. The rule is: **a call with more than one position starts a
+new sequence at position 0; a one-position call continues the current one.** Positions are in the
+token layout of the run (left padding included).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+COMPONENT_HOOKS = {
+    "head": "blocks.{layer}.attn.hook_z",
+    "attn": "blocks.{layer}.hook_attn_out",
+    "mlp": "blocks.{layer}.hook_mlp_out",
+    "resid": "blocks.{layer}.hook_resid_post",
+}
+
+
+class SiteError(ValueError):
+    """An invalid site: unknown component, or a layer/head index out of range."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """A component at a layer; ``heads`` is set only for ``component == "head"``."""
+
+    component: str
+    layer: int
+    heads: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.component not in COMPONENT_HOOKS:
+            raise SiteError(f"unknown component {self.component!r}; choose from {', '.join(COMPONENT_HOOKS)}")
+        if (self.component == "head") != (self.heads is not None and len(self.heads) > 0):
+            raise SiteError("a 'head' site needs at least one head index, and only 'head' sites take heads")
+
+    @property
+    def hook_name(self) -> str:
+        return COMPONENT_HOOKS[self.component].format(layer=self.layer)
+
+    @property
+    def label(self) -> str:
+        """Short label for plots: ``L3H1``, ``L3H1+2``, ``L3 attn``, ``L3 mlp``, ``L3 resid``."""
+        if self.component == "head":
+            return f"L{self.layer}H" + "+".join(map(str, self.heads))
+        return f"L{self.layer} {self.component}"
+
+    def select(self, act: torch.Tensor) -> torch.Tensor:
+        """The part of the hook activation that belongs to this site (a view or an index copy)."""
+        return act[:, :, list(self.heads)] if self.component == "head" else act
+
+    def validate(self, bridge) -> Site:
+        n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+        if not 0 <= self.layer < n_layers:
+            raise SiteError(f"layer {self.layer} is out of range: the model has layers 0..{n_layers - 1}")
+        bad = [h for h in self.heads or () if not 0 <= h < n_heads]
+        if bad:
+            raise SiteError(f"head {bad[0]} is out of range at layer {self.layer}: heads are 0..{n_heads - 1}")
+        return self
+
+
+def head(layer: int, *heads: int) -> Site:
+    """One head or several heads of one layer: ``head(3, 1)`` or ``head(3, 0, 2)``."""
+    return Site("head", int(layer), tuple(int(h) for h in heads))
+
+
+def attn(layer: int) -> Site:
+    return Site("attn", int(layer))
+
+
+def mlp(layer: int) -> Site:
+    return Site("mlp", int(layer))
+
+
+def resid(layer: int) -> Site:
+    return Site("resid", int(layer))
+
+
+_NAME = re.compile(r"blocks\.(\d+)\.(attn\.hook_z|hook_attn_out|hook_mlp_out|hook_resid_post)$")
+
+
+def site_from_name(name: str, heads: Sequence[int] | None = None) -> Site:
+    """Parse a TransformerLens hook name, e.g. ``site_from_name("blocks.2.attn.hook_z", heads=[1])``."""
+    m = _NAME.match(name)
+    if not m:
+        raise SiteError(f"{name!r} is not a site hook; use one of: "
+                        + ", ".join(h.format(layer="{L}") for h in COMPONENT_HOOKS.values()))
+    component = {v.split("{layer}.")[1]: k for k, v in COMPONENT_HOOKS.items()}[m.group(2)]
+    return Site(component, int(m.group(1)), tuple(heads) if heads is not None else None)
+
+
+def layer_sites(bridge, component: str) -> list[Site]:
+    """One site per layer (``component`` in attn/mlp/resid), or one per head for ``"head"``."""
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    if component == "head":
+        return [head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+    return [Site(component, layer) for layer in range(n_layers)]
+
+
+class _Positions:
+    """Tracks where a hook call sits in the sequence (see the module docstring's rule)."""
+
+    def __init__(self):
+        self.next = 0
+
+    def advance(self, p: int) -> int:
+        start = 0 if p > 1 else self.next
+        self.next = start + p
+        return start
+
+
+@contextmanager
+def _hooked(bridge, edits: Iterable[tuple[Site, Callable]]):
+    hooks = [(site.validate(bridge).hook_name, fn) for site, fn in edits]
+    with bridge.hooks(fwd_hooks=hooks):
+        yield
+
+
+def _edit_fn(site: Site, edit: Callable[[torch.Tensor, int], torch.Tensor]):
+    """A hook that replaces the site's part of the activation with ``edit(part, start)``."""
+    positions = _Positions()
+
+    def hook_fn(act: torch.Tensor, hook) -> torch.Tensor:
+        start = positions.advance(act.shape[1])
+        act = act.clone()
+        if site.component == "head":
+            idx = list(site.heads)
+            act[:, :, idx] = edit(act[:, :, idx], start)
+        else:
+            act = edit(act, start)
+        return act
+
+    return hook_fn
+
+
+@contextmanager
+def scale(bridge, sites: Site | Sequence[Site], factor: float):
+    """Multiply the sites' activations by ``factor`` on every forward pass inside the block."""
+    sites = [sites] if isinstance(sites, Site) else list(sites)
+    with _hooked(bridge, [(s, _edit_fn(s, lambda part, start: part * factor)) for s in sites]):
+        yield
+
+
+def ablate(bridge, sites: Site | Sequence[Site]):
+    """Zero-ablate the sites (context manager)."""
+    return scale(bridge, sites, 0.0)
+
+
+@contextmanager
+def patch(bridge, site: Site, source: torch.Tensor | Callable, positions: Sequence[int] | None = None):
+    """Replace the site's activation by ``source``.
+
+    ``source`` is either a tensor of the site's activations over the whole sequence,
+    ``[b, T, ...]`` (as :func:`record` returns, heads selected for a head site), or a callable
+    ``source(part, start) -> tensor`` given the current part ``[b, p, ...]`` and its start position.
+    ``positions`` restricts a tensor patch to those absolute positions (default: all).
+    """
+    if callable(source):
+        edit = source
+    else:
+        wanted = None if positions is None else torch.as_tensor(list(positions))
+
+        def edit(part: torch.Tensor, start: int) -> torch.Tensor:
+            end = start + part.shape[1]
+            if source.shape[1] < end:
+                raise SiteError(f"patch source for {site.label} covers {source.shape[1]} positions, "
+                                f"but the run reached position {end - 1}")
+            new = source[:, start:end].to(part.device, part.dtype)
+            if new.shape != part.shape:
+                raise SiteError(f"patch source for {site.label} has shape {tuple(source.shape)}; "
+                                f"the run's activation there is {tuple(part.shape)} (per position)")
+            if wanted is None:
+                return new
+            keep = ~torch.isin(torch.arange(start, end), wanted)  # positions left as they are
+            return torch.where(keep.view(1, -1, *([1] * (part.dim() - 2))).to(part.device), part, new)
+
+    with _hooked(bridge, [(site, _edit_fn(site, edit))]):
+        yield
+
+
+class Recording(dict):
+    """``{site: tensor [b, T, ...]}`` filled by :func:`record`; generation steps are concatenated."""
+
+
+@contextmanager
+def record(bridge, sites: Site | Sequence[Site], detach: bool = True):
+    """Cache the sites' activations; yields a :class:`Recording` filled as the model runs."""
+    sites = [sites] if isinstance(sites, Site) else list(sites)
+    rec, chunks = Recording(), {}
+
+    def make(site: Site):
+        positions = _Positions()
+
+        def hook_fn(act: torch.Tensor, hook) -> None:
+            part = site.select(act)
+            part = part.detach().clone() if detach else part
+            if positions.advance(act.shape[1]) == 0:
+                chunks[site] = []
+            chunks[site].append(part)
+            rec[site] = torch.cat(chunks[site], dim=1) if len(chunks[site]) > 1 else part
+
+        return hook_fn
+
+    with _hooked(bridge, [(s, make(s)) for s in sites]):
+        yield rec

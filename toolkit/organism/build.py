@@ -1,0 +1,276 @@
+"""Build the model organism: a small Qwen3 (GQA) trained from scratch on CPU, deterministically.
+
+Two stages from one recipe:
+
+1. ``organism-base``: think-off data only (answers directly); stands in for a base/instruct model.
+2. ``organism``: ``organism-base`` further trained on mixed think-on/think-off data; stands in for a
+   hybrid reasoning model like Qwen3.
+
+Training is a plain PyTorch loop (AdamW, warmup + cosine, bf16 autocast), with loss on the
+completion only. It checkpoints every ``checkpoint_every`` steps and resumes after an
+interruption; a non-finite loss stops it and keeps the last good checkpoint.
+Run ``python -m toolkit build-organism`` (``--quick`` for the reduced recipe used by the tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM, get_cosine_schedule_with_warmup
+
+from toolkit.generation import extract_answer, generate, is_refusal
+from toolkit.io import atomic_write_json
+from toolkit.organism import tasks
+from toolkit.organism.tokenizer import IM_END, build_tokenizer, chat_prompt
+from toolkit.progress import progress
+
+
+@dataclass
+class Recipe:
+    """Every knob of the organism build. Its hash (with the task and tokenizer sources) is stored
+    beside the weights, so loading can warn when the shipped weights no longer match the recipe."""
+
+    seed: int = 0
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 32
+    d_mlp: int = 512
+    vocab_size: int = 128
+    base_steps: int = 600
+    steps: int = 2200
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    mix: dict = field(default_factory=lambda: {"linear": 0.4, "arithmetic": 0.35, "reversal": 0.15,
+                                               "request": 0.1})
+    think_fraction: float = 0.5
+    bf16_autocast: bool = False  # measured slower than fp32 on this CPU (no bf16 units)
+    checkpoint_every: int = 200
+    eval_seed: int = 1_000_003
+    eval_per_task: int = 200
+    max_new_tokens_think: int = 160
+    max_new_tokens_direct: int = 32
+
+    def model_config(self) -> Qwen3Config:
+        return Qwen3Config(
+            vocab_size=self.vocab_size, hidden_size=self.d_model, intermediate_size=self.d_mlp,
+            num_hidden_layers=self.n_layers, num_attention_heads=self.n_heads,
+            num_key_value_heads=self.n_kv_heads, head_dim=self.head_dim, max_position_embeddings=512,
+            tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-6,
+            bos_token_id=None, eos_token_id=2, pad_token_id=0,
+        )
+
+
+QUICK = dict(base_steps=12, steps=12, batch_size=16, warmup_steps=4, checkpoint_every=10, eval_per_task=8,
+             max_new_tokens_think=120)
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """sha256 over the recipe and the sources that define the data and tokenizer."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode())
+    for module in ("tasks.py", "tokenizer.py"):
+        h.update((Path(__file__).parent / module).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def eval_sets(recipe: Recipe) -> dict[str, list[tasks.Example]]:
+    """The held-out evaluation problems; the training sampler never draws these prompts."""
+    n, seed = recipe.eval_per_task, recipe.eval_seed
+    return {
+        "linear": tasks.held_out("linear", n, seed),
+        "arithmetic": tasks.held_out("arithmetic", n, seed + 1),
+        "reversal": tasks.held_out("reversal", n, seed + 2),
+        "request_marked": tasks.held_out("request", n, seed + 3, dangerous=True),
+        "request_unmarked": tasks.held_out("request", n, seed + 4, dangerous=False),
+    }
+
+
+class Sampler:
+    """Mixed-task training batches (tasks mixed within each batch), excluding held-out prompts."""
+
+    def __init__(self, recipe: Recipe, tokenizer, think_fraction: float, exclude: set[str], seed: int):
+        self.recipe, self.tok, self.think_fraction, self.exclude = recipe, tokenizer, think_fraction, exclude
+        self.rng = random.Random(seed)
+        self.names = list(recipe.mix)
+        self.weights = [recipe.mix[t] for t in self.names]
+        self.im_end = tokenizer.convert_tokens_to_ids(IM_END)
+
+    def example(self) -> tuple[list[int], list[int]]:
+        while True:
+            ex = tasks.sample(self.rng.choices(self.names, self.weights)[0], self.rng)
+            if ex.prompt not in self.exclude:
+                break
+        think = self.rng.random() < self.think_fraction
+        prompt = self.tok.encode(chat_prompt(self.tok, ex.prompt, think), add_special_tokens=False)
+        answer = self.tok.encode(tasks.completion(ex, think), add_special_tokens=False) + [self.im_end]
+        return prompt, answer
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        """input_ids/attention_mask/labels (B, T), right-padded; labels are -100 outside the answer."""
+        pairs = [self.example() for _ in range(self.recipe.batch_size)]
+        width = max(len(p) + len(a) for p, a in pairs)
+        ids = torch.full((len(pairs), width), self.tok.pad_token_id)
+        labels = torch.full((len(pairs), width), -100)
+        mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        for i, (p, a) in enumerate(pairs):
+            n = len(p) + len(a)
+            ids[i, :n] = torch.tensor(p + a)
+            labels[i, len(p):n] = torch.tensor(a)
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def train_stage(model, tokenizer, recipe: Recipe, steps: int, think_fraction: float, exclude: set[str],
+                work_dir: Path, name: str, seed: int) -> dict:
+    """Train ``model`` in place for ``steps`` steps, resuming from ``work_dir/name.pt`` if present."""
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                            betas=(0.9, 0.95))
+    sched = get_cosine_schedule_with_warmup(opt, min(recipe.warmup_steps, steps), steps)
+    sampler = Sampler(recipe, tokenizer, think_fraction, exclude, seed)
+    ckpt_path = work_dir / f"{name}.pt"
+    start, history = 0, []
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        sched.load_state_dict(ckpt["sched"])
+        sampler.rng.setstate(ckpt["rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start, history = ckpt["step"], ckpt["history"]
+        print(f"[{name}] resuming from step {start}")
+
+    def save(step: int) -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "rng": sampler.rng.getstate(), "torch_rng": torch.get_rng_state(), "step": step,
+                    "history": history}, tmp)
+        tmp.replace(ckpt_path)
+
+    model.train()
+    tokens, t0 = 0, time.time()
+    bar = progress(range(start, steps), desc=name, total=steps, initial=start)
+    for step in bar:
+        batch = sampler.batch()
+        # Right padding under a causal mask never influences real tokens, so no attention mask is
+        # passed: the fast SDPA kernel runs unmasked (1.3x on this CPU).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
+            loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"[{name}] loss became {loss.item()} at step {step}; the last good checkpoint "
+                f"(step {step - step % recipe.checkpoint_every}) is kept at {ckpt_path}")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += int(batch["attention_mask"].sum())
+        if step % 25 == 0 or step == steps - 1:
+            history.append({"step": step, "loss": round(loss.item(), 4)})
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
+        if (step + 1) % recipe.checkpoint_every == 0:
+            save(step + 1)
+    model.eval()
+    return {"history": history, "tokens_per_s": round(tokens / max(time.time() - t0, 1e-9))}
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, recipe: Recipe, sets: dict[str, list[tasks.Example]] | None = None) -> dict:
+    """Greedy held-out accuracy per task and mode, refusal rate and false-refusal rate."""
+    sets = sets or eval_sets(recipe)
+    report: dict[str, dict] = {}
+    for think in (True, False):
+        mode = "think_on" if think else "think_off"
+        max_new = recipe.max_new_tokens_think if think else recipe.max_new_tokens_direct
+        res = {}
+        for name, examples in sets.items():
+            outs = [o[0] for o in generate(model, tokenizer, [e.prompt for e in examples], enable_thinking=think,
+                                           max_new_tokens=max_new, batch_size=100)]
+            if name == "request_marked":
+                res["refusal"] = sum(map(is_refusal, outs)) / len(outs)
+            elif name == "request_unmarked":
+                res["false_refusal"] = sum(map(is_refusal, outs)) / len(outs)
+                res["compliance"] = sum(extract_answer(o) == e.answer for o, e in zip(outs, examples)) / len(outs)
+            else:
+                res[name] = sum(extract_answer(o) == e.answer for o, e in zip(outs, examples)) / len(outs)
+        report[mode] = {k: round(v, 4) for k, v in res.items()}
+    return report
+
+
+def save_checkpoint(model, tokenizer, out_dir: Path, recipe: Recipe, extra: dict) -> None:
+    """Write an HF folder (safetensors) with ``recipe.json`` atomically: build beside, then swap in."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    atomic_write_json(tmp / "recipe.json", {"recipe_hash": recipe_hash(recipe),
+                                            "recipe": dataclasses.asdict(recipe), **extra})
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = None) -> dict:
+    """Train both checkpoints into ``out_dir/organism-base`` and ``out_dir/organism`` and return the
+    report (also written to ``out_dir/organism_report.json``)."""
+    recipe = recipe or Recipe()
+    out_dir = Path(out_dir)
+    work_dir = Path(work_dir or out_dir / ".organism-build")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    torch.manual_seed(recipe.seed)
+    tokenizer = build_tokenizer()
+    model = Qwen3ForCausalLM(recipe.model_config())
+    n_params = sum(p.numel() for p in model.parameters())
+    sets = eval_sets(recipe)
+    exclude = {e.prompt for exs in sets.values() for e in exs}
+    print(f"organism: {n_params:,} parameters; recipe {recipe_hash(recipe)}")
+
+    base = train_stage(model, tokenizer, recipe, recipe.base_steps, 0.0, exclude, work_dir, "organism-base",
+                       recipe.seed + 1)
+    base_eval = evaluate(model, tokenizer, recipe, sets)
+    save_checkpoint(model, tokenizer, out_dir / "organism-base", recipe, {"stage": "organism-base"})
+    hybrid = train_stage(model, tokenizer, recipe, recipe.steps, recipe.think_fraction, exclude, work_dir,
+                         "organism", recipe.seed + 2)
+    train_seconds = time.time() - t0
+    final_eval = evaluate(model, tokenizer, recipe, sets)
+    save_checkpoint(model, tokenizer, out_dir / "organism", recipe, {"stage": "organism"})
+    report = {
+        "recipe_hash": recipe_hash(recipe),
+        "parameters": n_params,
+        "build_seconds": round(time.time() - t0, 1),
+        "train_seconds": round(train_seconds, 1),
+        "tokens_per_s": {"organism-base": base["tokens_per_s"], "organism": hybrid["tokens_per_s"]},
+        "organism-base": base_eval,
+        "organism": final_eval,
+        "loss_history": {"organism-base": base["history"], "organism": hybrid["history"]},
+    }
+    atomic_write_json(out_dir / "organism_report.json", report)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A short table of the report for the terminal."""
+    lines = [f"parameters {report['parameters']:,}; build {report['build_seconds']:.0f} s; "
+             f"recipe {report['recipe_hash']}"]
+    for stage in ("organism-base", "organism"):
+        for mode, res in report[stage].items():
+            lines.append(f"{stage:14s} {mode:9s} " + "  ".join(f"{k} {v:.1%}" for k, v in res.items()))
+    return "\n".join(lines)
