@@ -206,28 +206,57 @@ def patch(bridge, site: Site, source: torch.Tensor | Callable, positions: Sequen
         yield
 
 
-class Recording(dict):
-    """``{site: tensor [b, T, ...]}`` filled by :func:`record`; generation steps are concatenated."""
+class Recording:
+    """Activations cached by :func:`record`: ``rec[site]`` is ``[b, T, ...]``, with the chunks of
+    each generation step concatenated along positions (lazily, on access)."""
+
+    def __init__(self):
+        self._chunks: dict[Site, list[torch.Tensor]] = {}
+
+    def __getitem__(self, site: Site) -> torch.Tensor:
+        if site not in self._chunks:
+            raise KeyError(f"nothing recorded at {site.label}; recorded: {[s.label for s in self._chunks]}")
+        chunks = self._chunks[site]
+        if len(chunks) > 1:
+            self._chunks[site] = chunks = [torch.cat(chunks, dim=1)]
+        return chunks[0]
+
+    def __contains__(self, site: Site) -> bool:
+        return site in self._chunks
+
+    def sites(self) -> list[Site]:
+        return list(self._chunks)
+
+    def _add(self, site: Site, part: torch.Tensor, start: int) -> None:
+        if start == 0:
+            self._chunks[site] = []
+        self._chunks[site].append(part)
 
 
 @contextmanager
 def record(bridge, sites: Site | Sequence[Site], detach: bool = True):
     """Cache the sites' activations; yields a :class:`Recording` filled as the model runs."""
     sites = [sites] if isinstance(sites, Site) else list(sites)
-    rec, chunks = Recording(), {}
+    rec = Recording()
 
     def make(site: Site):
         positions = _Positions()
 
         def hook_fn(act: torch.Tensor, hook) -> None:
             part = site.select(act)
-            part = part.detach().clone() if detach else part
-            if positions.advance(act.shape[1]) == 0:
-                chunks[site] = []
-            chunks[site].append(part)
-            rec[site] = torch.cat(chunks[site], dim=1) if len(chunks[site]) > 1 else part
+            rec._add(site, part.detach().clone() if detach else part, positions.advance(act.shape[1]))
 
         return hook_fn
 
     with _hooked(bridge, [(s, make(s)) for s in sites]):
         yield rec
+
+
+@torch.no_grad()
+def attention_patterns(bridge, input_ids: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """``{layer: [b, H, q, k]}`` attention probabilities (``blocks.{L}.attn.hook_pattern``)."""
+    for layer in layers:
+        attn(layer).validate(bridge)
+    names = {f"blocks.{layer}.attn.hook_pattern": layer for layer in layers}
+    _, cache = bridge.run_with_cache(input_ids, names_filter=lambda n: n in names)
+    return {layer: cache[name] for name, layer in names.items()}

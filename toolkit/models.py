@@ -120,7 +120,7 @@ def load(spec: str = "organism", device: str = "auto", dtype: torch.dtype | None
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                   trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # safetensors raises its own error type for corrupt files
         raise ModelLoadError(f"cannot load weights of {spec!r} from {source}: {str(err).splitlines()[0]}") from err
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
+import os
 import random
 import shutil
 import time
@@ -107,12 +107,16 @@ class Sampler:
         self.weights = [recipe.mix[t] for t in self.names]
         self.im_end = tokenizer.convert_tokens_to_ids(IM_END)
 
-    def example(self) -> tuple[list[int], list[int]]:
+    def draw(self) -> tuple[tasks.Example, bool]:
+        """A training example outside the held-out prompts, and whether it is in think-on mode."""
         while True:
             ex = tasks.sample(self.rng.choices(self.names, self.weights)[0], self.rng)
             if ex.prompt not in self.exclude:
-                break
-        think = self.rng.random() < self.think_fraction
+                return ex, self.rng.random() < self.think_fraction
+
+    def example(self) -> tuple[list[int], list[int]]:
+        """Token ids of (prompt, answer + <|im_end|>)."""
+        ex, think = self.draw()
         prompt = self.tok.encode(chat_prompt(self.tok, ex.prompt, think), add_special_tokens=False)
         answer = self.tok.encode(tasks.completion(ex, think), add_special_tokens=False) + [self.im_end]
         return prompt, answer
@@ -143,6 +147,7 @@ def train_stage(model, tokenizer, recipe: Recipe, steps: int, think_fraction: fl
                             betas=(0.9, 0.95))
     sched = get_cosine_schedule_with_warmup(opt, min(recipe.warmup_steps, steps), steps)
     sampler = Sampler(recipe, tokenizer, think_fraction, exclude, seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = work_dir / f"{name}.pt"
     start, history = 0, []
     if ckpt_path.exists():
@@ -226,6 +231,21 @@ def save_checkpoint(model, tokenizer, out_dir: Path, recipe: Recipe, extra: dict
     tmp.rename(out_dir)
 
 
+def _take_lock(lock: Path) -> None:
+    """Refuse to start while another live process builds into the same folder."""
+    if lock.exists():
+        pid = int(lock.read_text() or 0)
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass  # stale lock from an interrupted build: take it over
+        else:
+            if pid != os.getpid():
+                raise RuntimeError(f"another organism build (pid {pid}) is writing to {lock.parent}; "
+                                   f"wait for it or stop it first")
+    lock.write_text(str(os.getpid()))
+
+
 def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = None) -> dict:
     """Train both checkpoints into ``out_dir/organism-base`` and ``out_dir/organism`` and return the
     report (also written to ``out_dir/organism_report.json``)."""
@@ -233,6 +253,7 @@ def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = N
     out_dir = Path(out_dir)
     work_dir = Path(work_dir or out_dir / ".organism-build")
     work_dir.mkdir(parents=True, exist_ok=True)
+    _take_lock(work_dir / "build.lock")
     t0 = time.time()
     torch.manual_seed(recipe.seed)
     tokenizer = build_tokenizer()

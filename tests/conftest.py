@@ -1,0 +1,27 @@
+"""Shared fixtures: offline, one torch thread, tiny random Qwen2/Qwen3 models built locally."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    from toolkit.models import tiny_model_dir
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: tiny_model_dir(arch, root / arch) for arch in ("qwen2", "qwen3")}
+
+
+@pytest.fixture(scope="session", params=["qwen2", "qwen3"])
+def tiny(request, tiny_dirs):
+    """A loaded tiny model (hf, tokenizer, bridge, spec) of each architecture."""
+    from toolkit.models import load
+
+    return load(str(tiny_dirs[request.param]))

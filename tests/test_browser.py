@@ -1,0 +1,57 @@
+"""Every notebook in ``notebooks/`` run in JupyterLab in headless Chromium, with the widgets and circuitsvis
+views it declares in ``metadata["toolkit"]`` checked (see ``browser_harness``); screenshots go to
+``runs/browser/``. Run alone with ``python -m pytest -m browser``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from browser_harness import REPO, checked_notebook, chromium, install
+from playwright.sync_api import Browser
+
+from toolkit.models import ORGANISMS, data_dir
+
+pytestmark = pytest.mark.browser
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+FIXTURE = Path(__file__).parent / "fixtures" / "widget_fixture.ipynb"
+SCREENSHOTS = REPO / "runs" / "browser"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    install()
+    with chromium() as b:
+        yield b
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook(browser: Browser, notebook: Path, tmp_path: Path) -> None:
+    missing = [name for name in ORGANISMS if not (data_dir() / name / "config.json").exists()]
+    if missing:  # the notebooks would build them (~30 min) instead of failing
+        pytest.fail(f"{missing} missing from {data_dir()}: run `python -m toolkit build-organism` first")
+    with checked_notebook(browser, notebook, tmp_path, SCREENSHOTS / f"{notebook.stem}.png"):
+        pass
+
+
+def test_harness_on_fixture(browser: Browser, tmp_path: Path) -> None:
+    """The fixture passes every declared check with its test parameters injected; a widget that drives
+    nothing fails the change assertion, and one whose callback raises fails with the error."""
+    with checked_notebook(browser, FIXTURE, tmp_path, SCREENSHOTS / "widget_fixture.png") as nb:
+        assert "using 50 points" in "\n".join(nb.page.locator(".jp-OutputArea").all_inner_texts())
+        with pytest.raises(AssertionError, match="did not change"):
+            nb.operate("unused", "slider", timeout=5)
+        with pytest.raises(AssertionError, match="RuntimeError: fixture callback error"):
+            nb.operate("broken", "click")
+
+
+def test_harness_reports_cell_errors(browser: Browser, tmp_path: Path) -> None:
+    """A cell that raises fails the check, with the error in the message."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('raise ValueError("fixture error")')])
+    source = tmp_path / "failing.ipynb"
+    nbformat.write(nb, source)
+    with pytest.raises(AssertionError, match="ValueError: fixture error"):
+        with checked_notebook(browser, source, tmp_path / "lab", tmp_path / "failing.png"):
+            pass

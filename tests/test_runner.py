@@ -1,0 +1,117 @@
+"""The notebook runner, its CLI and the results helpers, on tiny throwaway notebooks."""
+
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import matplotlib
+import nbformat
+import numpy as np
+import pytest
+
+from toolkit import cli, results, runner
+
+matplotlib.use("Agg")
+
+
+def _notebook(path, params_src, *cells):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(params_src, metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(src) for src in cells]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture(scope="module")
+def nbdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("notebooks")
+    _notebook(d / "00_tiny.ipynb", "x = 1", "import toolkit.results\n",
+              "toolkit.results.save_results('00_tiny', {'x': x, 'headless': __import__('os').environ"
+              "['TOOLKIT_HEADLESS']})")
+    _notebook(d / "01_broken.ipynb", "x = 1\nlabel: str = 'a'", "y = x + 1", "y / 0")
+    return d
+
+
+def _index(run_folder):
+    return {e["notebook"]: e for e in json.loads((run_folder / "index.json").read_text())}
+
+
+def test_run_executes_and_writes_index(nbdir, tmp_path):
+    run_folder = runner.run(["00"], {}, out_root=tmp_path, notebooks_dir=nbdir)
+    assert run_folder.parent == tmp_path
+    entry = _index(run_folder)["00_tiny"]
+    assert entry["status"] == "ok" and entry["error"] is None and entry["seconds"] > 0
+    assert entry["results"] == {"x": 1, "headless": "1"}
+    assert results.notebook_results(run_folder / "00_tiny.ipynb") == {"x": 1, "headless": "1"}
+
+
+def test_cli_passes_params_and_reports_failure(nbdir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "NOTEBOOKS_DIR", nbdir)
+    assert cli.main(["run", "-p", "x=5", "--out", str(tmp_path)]) == 1
+    (run_folder,) = tmp_path.iterdir()
+    index = _index(run_folder)
+    assert list(index) == ["00_tiny", "01_broken"]
+    assert index["00_tiny"]["status"] == "ok" and index["00_tiny"]["results"]["x"] == 5
+    broken = index["01_broken"]
+    assert broken["status"] == "failed" and broken["results"] is None
+    # cells of the executed copy: parameters, injected parameters, y = x + 1, y / 0
+    assert broken["error"] == {"cell_index": 3, "ename": "ZeroDivisionError", "evalue": "division by zero"}
+    err = capsys.readouterr().err
+    assert "01_broken: cell 3 raised ZeroDivisionError" in err
+    assert "TOOLKIT_RUN_DIR" not in os.environ
+
+
+def test_undeclared_parameter_refused_before_running(nbdir, tmp_path, monkeypatch, capsys):
+    with pytest.raises(runner.RunnerError) as e:
+        runner.run(["01", "00"], {"label": "b"}, out_root=tmp_path, notebooks_dir=nbdir)
+    assert "00_tiny does not declare label; it declares: x" in str(e.value)
+    assert "01_broken" not in str(e.value)
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setattr(runner, "NOTEBOOKS_DIR", nbdir)
+    assert cli.main(["run", "nope", "--out", str(tmp_path)]) == 2  # CLI turns RunnerError into exit code 2
+    assert "error: no notebook matches" in capsys.readouterr().err
+
+
+def test_unknown_or_ambiguous_name_lists_notebooks(nbdir):
+    with pytest.raises(runner.RunnerError, match="available: 00_tiny, 01_broken"):
+        runner.resolve_notebooks(["02"], nbdir)
+    with pytest.raises(runner.RunnerError, match="several notebooks"):
+        runner.resolve_notebooks(["0"], nbdir)
+    assert [p.name for p in runner.resolve_notebooks(["01_broken.ipynb", "00", "01"], nbdir)] == [
+        "01_broken.ipynb", "00_tiny.ipynb"]
+
+
+def test_notebook_parameters(nbdir):
+    assert runner.notebook_parameters(nbdir / "01_broken.ipynb") == {"x": 1, "label": "a"}
+
+
+def test_parse_params_types():
+    assert runner.parse_params(["model=organism", "n_problems=20", "think=True", "lr=3e-3", "layers=[1, 2]",
+                                "name=a=b", "empty="]) == {
+        "model": "organism", "n_problems": 20, "think": True, "lr": 3e-3, "layers": [1, 2], "name": "a=b",
+        "empty": ""}
+    with pytest.raises(runner.RunnerError, match="key=value"):
+        runner.parse_params(["n_problems"])
+
+
+def test_save_results_and_figure(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import torch
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("TOOLKIT_RUN_DIR", str(tmp_path))
+    path = results.save_results("r", {"a": np.float32(0.5), "b": [np.int64(3), torch.tensor(2)],
+                                      "c": {"nan": float("nan")}})
+    assert path == tmp_path / "r.results.json"
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": [3, 2], "c": {"nan": None}}
+    with pytest.raises(TypeError, match=r"results\['b'\]\[0\] is a ndarray"):
+        results.save_results("bad", {"b": [np.zeros(3)]})
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    png = results.save_figure(fig, "line")
+    plt.close(fig)
+    assert png == tmp_path / "figures" / "line.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in png.parent.iterdir()] == ["line.png"]

@@ -1,0 +1,135 @@
+"""Benchmarks of the foundation: organism build time, generation throughput, bridge overhead.
+
+Each speed is reported with a baseline measured in the same run, as a ratio. Results go to
+``bench/results/foundation.json`` (git-ignored). Run ``python -m toolkit bench`` (``make bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from toolkit.io import atomic_write_json
+from toolkit.models import REPO_ROOT, data_dir, load
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run A B C A B C ... so machine drift hits all alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bridge_overhead(spec: str, batch: int = 16, length: int = 128, repeats: int = 15) -> dict:
+    """Forward-pass time of the TransformerBridge (hook flags off and on) against the plain HF model."""
+    from transformers import AutoModelForCausalLM
+
+    m = load(spec)
+    folder = m.hf.name_or_path
+    plain_sdpa = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
+    plain_eager = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    ids = torch.randint(5, 100, (batch, length), generator=torch.Generator().manual_seed(0))
+
+    def flags(on: bool) -> None:
+        m.bridge.set_use_attn_result(on)
+        m.bridge.set_use_split_qkv_input(on)
+        m.bridge.set_use_hook_mlp_in(on)
+
+    with torch.no_grad():
+        flags(False)
+        off = _interleaved({"hf_sdpa": lambda: plain_sdpa(ids), "hf_eager": lambda: plain_eager(ids),
+                            "bridge": lambda: m.bridge(ids)}, repeats)
+        flags(True)
+        on = _median_seconds(lambda: m.bridge(ids), repeats)
+        flags(False)
+    return {
+        "shape": [batch, length],
+        "seconds": {**off, "bridge_flags_on": on},
+        "ratio_bridge_flags_on_vs_hf_sdpa": round(on / off["hf_sdpa"], 2),
+        "ratio_bridge_flags_on_vs_hf_eager": round(on / off["hf_eager"], 2),
+        "ratio_bridge_flags_off_vs_hf_sdpa": round(off["bridge"] / off["hf_sdpa"], 2),
+    }
+
+
+def generation_speed(spec: str, batch: int = 32, new_tokens: int = 96, repeats: int = 3) -> dict:
+    """Greedy generation tokens/s with the KV cache, against the same generation without the cache."""
+    from toolkit.organism import Recipe, eval_sets
+
+    m = load(spec)
+    prompts = [e.prompt for e in eval_sets(Recipe(eval_per_task=batch))["arithmetic"]]
+    batch_ids = m.tokenizer(m.tokenizer.apply_chat_template(
+        [[{"role": "user", "content": p}] for p in prompts], tokenize=False, add_generation_prompt=True),
+        return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def run(use_cache: bool):
+        return lambda: m.hf.generate(**batch_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                     do_sample=False, use_cache=use_cache, pad_token_id=m.tokenizer.pad_token_id)
+
+    secs = _interleaved({"kv_cache": run(True), "no_cache": run(False)}, repeats)
+    total = batch * new_tokens
+    return {
+        "batch": batch, "new_tokens": new_tokens,
+        "tokens_per_s": round(total / secs["kv_cache"]),
+        "tokens_per_s_without_cache": round(total / secs["no_cache"]),
+        "ratio_cache_vs_no_cache_speed": round(secs["no_cache"] / secs["kv_cache"], 2),
+    }
+
+
+def build_time(full: bool) -> dict:
+    """Time the reduced recipe now (and the full one with ``full``); quote the shipped build's time."""
+    from toolkit.organism.build import QUICK, Recipe, build
+
+    out: dict = {}
+    report_file = data_dir() / "organism_report.json"
+    if report_file.exists():
+        shipped = json.loads(report_file.read_text())
+        out["shipped_build_seconds"] = shipped["build_seconds"]
+        out["shipped_train_tokens_per_s"] = shipped["tokens_per_s"]
+    recipes = {"quick": Recipe(**QUICK)} | ({"full": Recipe()} if full else {})
+    for name, recipe in recipes.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            build(Path(tmp), recipe)
+            out[f"{name}_build_seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m toolkit bench", description=__doc__)
+    parser.add_argument("--model", default="organism")
+    parser.add_argument("--full-build", action="store_true", help="also time a full organism build (~30 min)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "foundation.json"))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    results = {
+        "torch_threads": torch.get_num_threads(),
+        "organism_build": build_time(args.full_build),
+        "generation": generation_speed(args.model),
+        "bridge_overhead": bridge_overhead(args.model),
+    }
+    atomic_write_json(args.out, results)
+    print(json.dumps(results, indent=2))
+    print(f"written to {args.out}")
+    return 0

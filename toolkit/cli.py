@@ -1,0 +1,71 @@
+"""``python -m toolkit``: run notebooks headlessly, build the model organism, run the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from toolkit import runner
+
+    try:
+        run_folder = runner.run(args.names, runner.parse_params(args.param), out_root=args.out,
+                                kernel=args.kernel)
+    except runner.RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed = [e for e in json.loads((run_folder / "index.json").read_text()) if e["status"] != "ok"]
+    for entry in failed:
+        print(f"FAILED {entry['notebook']}: {runner.describe_error(entry['error'])} "
+              f"(see {run_folder / entry['notebook']}.ipynb)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _build_organism(args: argparse.Namespace) -> int:
+    from toolkit.models import data_dir
+    from toolkit.organism.build import QUICK, Recipe, build, format_report
+
+    out = Path(args.out or data_dir())
+    if args.if_missing and all((out / name / "config.json").exists() for name in ("organism", "organism-base")):
+        print(f"organism checkpoints found in {out}; not rebuilding")
+        return 0
+    report = build(out, Recipe(**QUICK) if args.quick else Recipe())
+    print(format_report(report))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import toolkit.bench
+
+    return toolkit.bench.main(args.bench_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), dispatch to a subcommand and return its exit code."""
+    parser = argparse.ArgumentParser(prog="python -m toolkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="execute notebooks with papermill into runs/<stamp>/")
+    p.add_argument("names", nargs="*", help="notebook names or prefixes, e.g. 00 02_cmap (default: all)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter every chosen notebook declares (Python literal or string)")
+    p.add_argument("--out", default=None, help="folder for run folders (default: <repo>/runs)")
+    p.add_argument("--kernel", default=None,
+                   help="Jupyter kernel (default: reasoning-circuits, installed if missing)")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("build-organism", help="train the embedded model organism's two checkpoints")
+    p.add_argument("--quick", action="store_true", help="a few steps only, to check the pipeline")
+    p.add_argument("--out", default=None, help="output folder (default: $TOOLKIT_DATA or data/)")
+    p.add_argument("--if-missing", action="store_true", help="do nothing when both checkpoints exist")
+    p.set_defaults(func=_build_organism)
+
+    p = sub.add_parser("bench", help="run the benchmarks (see `python -m toolkit bench -- --help`)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    p.set_defaults(func=_bench)
+
+    args = parser.parse_args(argv)
+    return args.func(args)

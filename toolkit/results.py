@@ -1,0 +1,91 @@
+"""Where a notebook run keeps its outputs, and how notebooks save key numbers and figures there.
+
+The runner sets ``TOOLKIT_RUN_DIR`` to ``runs/<stamp>/``; interactive sessions write to
+``runs/interactive/``. :func:`save_results` also displays its numbers as a custom mime bundle, so
+tests can read them back from an executed notebook with :func:`notebook_results`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from toolkit.io import atomic_write_json
+
+RESULTS_MIME = "application/vnd.toolkit.results+json"
+# Not imported from toolkit.models, which would load torch and transformers into every kernel.
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_dir() -> Path:
+    """The current run's folder: ``$TOOLKIT_RUN_DIR`` if set, else ``<repo>/runs/interactive`` (created)."""
+    path = Path(os.environ.get("TOOLKIT_RUN_DIR") or _REPO_ROOT / "runs" / "interactive")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _jsonable(obj, where: str):
+    """``obj`` as plain JSON: numpy/torch scalars become Python numbers, NaN and ±inf become None."""
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has key {key!r} of type {type(key).__name__}; keys must be strings")
+            out[key] = _jsonable(value, f"{where}[{key!r}]")
+        return out
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy scalar, 0-d array or tensor
+        return _jsonable(obj.item(), where)
+    raise TypeError(f"{where} is a {type(obj).__name__}, which is not JSON-serializable; save numbers, "
+                    "strings, bools, None, lists or dicts (convert arrays with .tolist())")
+
+
+def save_results(name: str, results: dict) -> Path:
+    """Write ``results`` to ``<run_dir>/<name>.results.json`` atomically and display them as a
+    ``application/vnd.toolkit.results+json`` bundle when inside IPython. Returns the file's path."""
+    if not isinstance(results, dict):
+        raise TypeError(f"results must be a dict, not {type(results).__name__}")
+    clean = _jsonable(results, "results")
+    path = atomic_write_json(run_dir() / f"{name}.results.json", clean)
+    from IPython import get_ipython
+
+    if get_ipython() is not None:
+        from IPython.display import display
+
+        display({RESULTS_MIME: clean, "text/plain": f"{name}: results saved to {path}"}, raw=True)
+    return path
+
+
+def save_figure(fig, name: str) -> Path:
+    """Save a matplotlib figure to ``<run_dir>/figures/<name>.png`` (dpi 120, tight) atomically."""
+    path = run_dir() / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def notebook_results(path: str | Path) -> dict:
+    """The results displayed by :func:`save_results` in an executed notebook, merged in output order."""
+    import nbformat
+
+    merged: dict = {}
+    for cell in nbformat.read(path, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if RESULTS_MIME in data:
+                merged.update(data[RESULTS_MIME])
+    return merged
