@@ -97,22 +97,43 @@ def generation_speed(spec: str, batch: int = 32, new_tokens: int = 96, repeats: 
     }
 
 
-def build_time(full: bool) -> dict:
-    """Time the reduced recipe now (and the full one with ``full``); quote the shipped build's time."""
-    from toolkit.organism.build import QUICK, Recipe, build
+def build_time(full: bool, timing_steps: int = 20) -> dict:
+    """Organism build time: the reduced recipe end to end, per-step training time of both stages
+    and one full evaluation, timed now and combined into a projection of the full build. ``full``
+    also times a whole build. The shipped build's own report is quoted beside."""
+    from transformers import Qwen3ForCausalLM
+
+    from toolkit.organism.build import QUICK, Recipe, build, evaluate, train_stage
+    from toolkit.organism.tokenizer import build_tokenizer
 
     out: dict = {}
     report_file = data_dir() / "organism_report.json"
     if report_file.exists():
         shipped = json.loads(report_file.read_text())
-        out["shipped_build_seconds"] = shipped["build_seconds"]
-        out["shipped_train_tokens_per_s"] = shipped["tokens_per_s"]
-    recipes = {"quick": Recipe(**QUICK)} | ({"full": Recipe()} if full else {})
-    for name, recipe in recipes.items():
+        out["shipped_report_build_seconds"] = shipped["build_seconds"]
+    recipe, tok = Recipe(), build_tokenizer()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        build(Path(tmp) / "quick", Recipe(**QUICK))
+        out["quick_build_seconds"] = round(time.perf_counter() - t0, 1)
+        step_seconds = {}
+        for stage, think_fraction in (("organism-base", 0.0), ("organism", recipe.think_fraction)):
+            model = Qwen3ForCausalLM(recipe.model_config())
+            timed = train_stage(model, tok, recipe, timing_steps, think_fraction, set(), Path(tmp), stage, 0)
+            step_seconds[stage] = timed["seconds"] / timing_steps
+    m = load("organism")
+    t0 = time.perf_counter()
+    evaluate(m.hf, m.tokenizer, recipe)
+    eval_seconds = time.perf_counter() - t0
+    out["step_seconds"] = {k: round(v, 3) for k, v in step_seconds.items()}
+    out["evaluation_seconds"] = round(eval_seconds, 1)
+    out["projected_full_build_seconds"] = round(recipe.base_steps * step_seconds["organism-base"]
+                                                + recipe.steps * step_seconds["organism"] + 2 * eval_seconds, 1)
+    if full:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             build(Path(tmp), recipe)
-            out[f"{name}_build_seconds"] = round(time.perf_counter() - t0, 1)
+            out["full_build_seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
 

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: notebooks/, data/, runs/
+
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` so readers see the old file or the new one, never half of one."""

@@ -19,9 +19,10 @@ from typing import NamedTuple
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from toolkit.io import REPO_ROOT
+
 SUPPORTED_ARCHITECTURES = ("qwen2", "qwen3")
 ORGANISMS = ("organism", "organism-base")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ModelLoadError(ValueError):

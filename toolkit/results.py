@@ -12,16 +12,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from toolkit.io import atomic_write_json
+from toolkit.io import REPO_ROOT, atomic_write_json
 
 RESULTS_MIME = "application/vnd.toolkit.results+json"
-# Not imported from toolkit.models, which would load torch and transformers into every kernel.
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_dir() -> Path:
     """The current run's folder: ``$TOOLKIT_RUN_DIR`` if set, else ``<repo>/runs/interactive`` (created)."""
-    path = Path(os.environ.get("TOOLKIT_RUN_DIR") or _REPO_ROOT / "runs" / "interactive")
+    path = Path(os.environ.get("TOOLKIT_RUN_DIR") or REPO_ROOT / "runs" / "interactive")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import nbformat
 
-from toolkit.io import atomic_write_json
+from toolkit.io import REPO_ROOT, atomic_write_json
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 DEFAULT_KERNEL = "reasoning-circuits"
 

@@ -5,14 +5,15 @@
 - :mod:`toolkit.organism.build`: the recipe, training, evaluation and report.
 """
 
-from toolkit.organism.build import Recipe, build, eval_sets, evaluate, format_report, recipe_hash
+from toolkit.organism.build import Recipe, eval_sets, evaluate, format_report, recipe_hash
 
-__all__ = ["Recipe", "build", "eval_sets", "evaluate", "format_report", "recipe_hash", "ensure_built"]
+__all__ = ["Recipe", "eval_sets", "evaluate", "format_report", "recipe_hash", "ensure_built"]
 
 
 def ensure_built() -> None:
     """Build both checkpoints into the data folder if either is missing (takes ~30 min on 2 cores)."""
     from toolkit.models import data_dir
+    from toolkit.organism.build import build
 
     if not all((data_dir() / name / "config.json").exists() for name in ("organism", "organism-base")):
         print(format_report(build(data_dir(), Recipe())))

@@ -56,12 +56,17 @@ class Recipe:
     mix: dict = field(default_factory=lambda: {"linear": 0.4, "arithmetic": 0.35, "reversal": 0.15,
                                                "request": 0.1})
     think_fraction: float = 0.5
+    # stage 3 of `organism`: a lower-lr polish weighted toward the tasks that learn last
+    polish_steps: int = 1200
+    polish_lr: float = 1e-3
+    polish_mix: dict = field(default_factory=lambda: {"linear": 0.5, "arithmetic": 0.2, "reversal": 0.2,
+                                                      "request": 0.1})
     bf16_autocast: bool = False  # measured slower than fp32 on this CPU (no bf16 units)
     checkpoint_every: int = 200
     eval_seed: int = 1_000_003
     eval_per_task: int = 200
     max_new_tokens_think: int = 160
-    max_new_tokens_direct: int = 32
+    max_new_tokens_direct: int = 48
 
     def model_config(self) -> Qwen3Config:
         return Qwen3Config(
@@ -73,7 +78,7 @@ class Recipe:
         )
 
 
-QUICK = dict(base_steps=12, steps=12, batch_size=16, warmup_steps=4, checkpoint_every=10, eval_per_task=8,
+QUICK = dict(base_steps=12, steps=12, polish_steps=6, batch_size=16, warmup_steps=4, checkpoint_every=10, eval_per_task=8,
              max_new_tokens_think=120)
 
 
@@ -100,11 +105,13 @@ def eval_sets(recipe: Recipe) -> dict[str, list[tasks.Example]]:
 class Sampler:
     """Mixed-task training batches (tasks mixed within each batch), excluding held-out prompts."""
 
-    def __init__(self, recipe: Recipe, tokenizer, think_fraction: float, exclude: set[str], seed: int):
+    def __init__(self, recipe: Recipe, tokenizer, think_fraction: float, exclude: set[str], seed: int,
+                 mix: dict | None = None):
         self.recipe, self.tok, self.think_fraction, self.exclude = recipe, tokenizer, think_fraction, exclude
         self.rng = random.Random(seed)
-        self.names = list(recipe.mix)
-        self.weights = [recipe.mix[t] for t in self.names]
+        mix = mix or recipe.mix
+        self.names = list(mix)
+        self.weights = [mix[t] for t in self.names]
         self.im_end = tokenizer.convert_tokens_to_ids(IM_END)
 
     def draw(self) -> tuple[tasks.Example, bool]:
@@ -141,15 +148,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 def train_stage(model, tokenizer, recipe: Recipe, steps: int, think_fraction: float, exclude: set[str],
-                work_dir: Path, name: str, seed: int) -> dict:
-    """Train ``model`` in place for ``steps`` steps, resuming from ``work_dir/name.pt`` if present."""
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                work_dir: Path, name: str, seed: int, lr: float | None = None, mix: dict | None = None) -> dict:
+    """Train ``model`` in place for ``steps`` steps, resuming from ``work_dir/name.pt`` if present.
+
+    ``lr`` and ``mix`` default to the recipe's."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr or recipe.lr, weight_decay=recipe.weight_decay,
                             betas=(0.9, 0.95))
     sched = get_cosine_schedule_with_warmup(opt, min(recipe.warmup_steps, steps), steps)
-    sampler = Sampler(recipe, tokenizer, think_fraction, exclude, seed)
+    sampler = Sampler(recipe, tokenizer, think_fraction, exclude, seed, mix)
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = work_dir / f"{name}.pt"
-    start, history = 0, []
+    start, history, done = 0, [], {"seconds": 0.0, "tokens": 0}  # done: totals over earlier sessions
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(ckpt["model"])
@@ -158,17 +167,22 @@ def train_stage(model, tokenizer, recipe: Recipe, steps: int, think_fraction: fl
         sampler.rng.setstate(ckpt["rng"])
         torch.set_rng_state(ckpt["torch_rng"])
         start, history = ckpt["step"], ckpt["history"]
+        done = ckpt.get("done", done)
         print(f"[{name}] resuming from step {start}")
 
     def save(step: int) -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "rng": sampler.rng.getstate(), "torch_rng": torch.get_rng_state(), "step": step,
-                    "history": history}, tmp)
+                    "history": history, "done": totals()}, tmp)
         tmp.replace(ckpt_path)
 
-    model.train()
     tokens, t0 = 0, time.time()
+
+    def totals() -> dict:
+        return {"seconds": done["seconds"] + time.time() - t0, "tokens": done["tokens"] + tokens}
+
+    model.train()
     bar = progress(range(start, steps), desc=name, total=steps, initial=start)
     for step in bar:
         batch = sampler.batch()
@@ -192,7 +206,9 @@ def train_stage(model, tokenizer, recipe: Recipe, steps: int, think_fraction: fl
         if (step + 1) % recipe.checkpoint_every == 0:
             save(step + 1)
     model.eval()
-    return {"history": history, "tokens_per_s": round(tokens / max(time.time() - t0, 1e-9))}
+    total = totals()
+    return {"history": history, "seconds": round(total["seconds"], 1),
+            "tokens_per_s": round(total["tokens"] / max(total["seconds"], 1e-9))}
 
 
 @torch.no_grad()
@@ -254,7 +270,6 @@ def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = N
     work_dir = Path(work_dir or out_dir / ".organism-build")
     work_dir.mkdir(parents=True, exist_ok=True)
     _take_lock(work_dir / "build.lock")
-    t0 = time.time()
     torch.manual_seed(recipe.seed)
     tokenizer = build_tokenizer()
     model = Qwen3ForCausalLM(recipe.model_config())
@@ -265,22 +280,30 @@ def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = N
 
     base = train_stage(model, tokenizer, recipe, recipe.base_steps, 0.0, exclude, work_dir, "organism-base",
                        recipe.seed + 1)
+    t_eval = time.time()
     base_eval = evaluate(model, tokenizer, recipe, sets)
     save_checkpoint(model, tokenizer, out_dir / "organism-base", recipe, {"stage": "organism-base"})
+    eval_seconds = time.time() - t_eval
     hybrid = train_stage(model, tokenizer, recipe, recipe.steps, recipe.think_fraction, exclude, work_dir,
                          "organism", recipe.seed + 2)
-    train_seconds = time.time() - t0
+    polish = train_stage(model, tokenizer, recipe, recipe.polish_steps, recipe.think_fraction, exclude, work_dir,
+                         "organism-polish", recipe.seed + 3, lr=recipe.polish_lr, mix=recipe.polish_mix)
+    t_eval = time.time()
     final_eval = evaluate(model, tokenizer, recipe, sets)
     save_checkpoint(model, tokenizer, out_dir / "organism", recipe, {"stage": "organism"})
+    eval_seconds += time.time() - t_eval
     report = {
         "recipe_hash": recipe_hash(recipe),
         "parameters": n_params,
-        "build_seconds": round(time.time() - t0, 1),
-        "train_seconds": round(train_seconds, 1),
-        "tokens_per_s": {"organism-base": base["tokens_per_s"], "organism": hybrid["tokens_per_s"]},
+        # training time summed over resumed sessions, plus evaluation and saving
+        "build_seconds": round(base["seconds"] + hybrid["seconds"] + polish["seconds"] + eval_seconds, 1),
+        "train_seconds": round(base["seconds"] + hybrid["seconds"] + polish["seconds"], 1),
+        "tokens_per_s": {"organism-base": base["tokens_per_s"], "organism": hybrid["tokens_per_s"],
+                         "organism-polish": polish["tokens_per_s"]},
         "organism-base": base_eval,
         "organism": final_eval,
-        "loss_history": {"organism-base": base["history"], "organism": hybrid["history"]},
+        "loss_history": {"organism-base": base["history"], "organism": hybrid["history"],
+                         "organism-polish": polish["history"]},
     }
     atomic_write_json(out_dir / "organism_report.json", report)
     shutil.rmtree(work_dir, ignore_errors=True)
