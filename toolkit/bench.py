@@ -141,8 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toolkit bench", description=__doc__)
     parser.add_argument("--model", default="organism")
     parser.add_argument("--full-build", action="store_true", help="also time a full organism build (~30 min)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice; 1 is steadier on a shared 2-core machine)")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "foundation.json"))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {
         "torch_threads": torch.get_num_threads(),

@@ -63,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--if-missing", action="store_true", help="do nothing when both checkpoints exist")
     p.set_defaults(func=_build_organism)
 
-    p = sub.add_parser("bench", help="run the benchmarks (see `python -m toolkit bench -- --help`)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    p = sub.add_parser("bench", help="run the benchmarks (options: --threads N, --full-build, --model, --out)",
+                       add_help=False)
     p.set_defaults(func=_bench)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = extra  # the benchmark parses its own options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
