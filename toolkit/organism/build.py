@@ -1,12 +1,13 @@
 """Build the model organism: a small Qwen3 (GQA) trained from scratch on CPU, deterministically.
 
-Two stages from one recipe:
+Two checkpoints from one recipe:
 
 1. ``organism-base``: think-off data only (answers directly); stands in for a base/instruct model.
-2. ``organism``: ``organism-base`` further trained on mixed think-on/think-off data; stands in for a
-   hybrid reasoning model like Qwen3.
+2. ``organism``: ``organism-base`` further trained on mixed think-on/think-off data, then polished at
+   a lower learning rate with more weight on linear equations and reversal (the tasks that learn
+   last); stands in for a hybrid reasoning model like Qwen3.
 
-Training is a plain PyTorch loop (AdamW, warmup + cosine, bf16 autocast), with loss on the
+Training is a plain PyTorch loop (AdamW, warmup + cosine, fp32; bf16 autocast was slower on this CPU), with loss on the
 completion only. It checkpoints every ``checkpoint_every`` steps and resumes after an
 interruption; a non-finite loss stops it and keeps the last good checkpoint.
 Run ``python -m toolkit build-organism`` (``--quick`` for the reduced recipe used by the tests).
@@ -78,8 +79,8 @@ class Recipe:
         )
 
 
-QUICK = dict(base_steps=12, steps=12, polish_steps=6, batch_size=16, warmup_steps=4, checkpoint_every=10, eval_per_task=8,
-             max_new_tokens_think=120)
+QUICK = dict(base_steps=12, steps=12, polish_steps=6, batch_size=16, warmup_steps=4, checkpoint_every=10,
+             eval_per_task=8, max_new_tokens_think=120)
 
 
 def recipe_hash(recipe: Recipe) -> str:
