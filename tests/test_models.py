@@ -16,6 +16,11 @@ def test_bridge_logits_equal_hf_logits(tiny):
     assert tiny.bridge.cfg.n_key_value_heads < tiny.bridge.cfg.n_heads  # GQA is exercised
 
 
+def test_the_character_tokenizer_survives_both_architectures(tiny):
+    ids = tiny.tokenizer.encode("x = -14", add_special_tokens=False)
+    assert tiny.tokenizer.decode(ids) == "x = -14" and len(ids) == 7
+
+
 def test_both_architectures_load(tiny_dirs):
     assert json.loads((tiny_dirs["qwen2"] / "config.json").read_text())["model_type"] == "qwen2"
     assert json.loads((tiny_dirs["qwen3"] / "config.json").read_text())["model_type"] == "qwen3"
