@@ -1,6 +1,6 @@
 """The benchmark's measurements run and report ratios against their in-run baselines (no timing asserted)."""
 
-from toolkit import bench
+from toolkit.benchmarks import foundation as bench
 
 
 def test_bridge_overhead_reports_ratios_against_plain_hf(tiny_dirs):

@@ -38,9 +38,9 @@ def _build_organism(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import toolkit.bench
+    from toolkit import benchmarks
 
-    return toolkit.bench.main(args.bench_args)
+    return benchmarks.main(args.bench_args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--if-missing", action="store_true", help="do nothing when both checkpoints exist")
     p.set_defaults(func=_build_organism)
 
-    p = sub.add_parser("bench", help="run the benchmarks (options: --threads N, --full-build, --model, --out)",
+    p = sub.add_parser("bench", help="run a benchmark: bench [foundation|cmap|eap] [options]; see bench NAME --help",
                        add_help=False)
     p.set_defaults(func=_bench)
 

@@ -1,7 +1,7 @@
 """Benchmarks of the foundation: organism build time, generation throughput, bridge overhead.
 
 Each speed is reported with a baseline measured in the same run, as a ratio. Results go to
-``bench/results/foundation.json`` (git-ignored). Run ``python -m toolkit bench`` (``make bench``).
+``bench/results/foundation.json`` (git-ignored). Run ``python -m toolkit bench foundation`` (``make bench``).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m toolkit bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m toolkit bench foundation", description=__doc__)
     parser.add_argument("--model", default="organism")
     parser.add_argument("--full-build", action="store_true", help="also time a full organism build (~30 min)")
     parser.add_argument("--threads", type=int, default=None,
