@@ -48,7 +48,7 @@ def test_site_names_follow_transformer_lens():
     with pytest.raises(iv.SiteError, match="not a site hook"):
         iv.site_from_name("blocks.2.hook_nonsense")
     with pytest.raises(iv.SiteError, match="unknown component"):
-        iv.Site("neuron", 0)
+        iv.Site("neurons", 0)
 
 
 def test_record_matches_run_with_cache(tiny):
@@ -144,3 +144,34 @@ def test_hooks_are_removed_after_an_error(tiny):
         with iv.ablate(tiny.bridge, iv.attn(0)):
             raise RuntimeError("boom")
     torch.testing.assert_close(tiny.hf(a).logits, before)
+
+
+def test_neuron_sites_ablate_exactly_the_chosen_mlp_neurons(tiny):
+    ids = prompt_ids(tiny.tokenizer)["input_ids"]
+    d_mlp = tiny.bridge.cfg.d_mlp
+    site = iv.neurons(1, 0, 5)
+    assert site.label == "L1N0+5" and site.hook_name == "blocks.1.mlp.hook_post"
+    assert iv.site_from_name("blocks.1.mlp.hook_post", heads=[0, 5]) == site
+    whole = iv.Site("neuron", 1, tuple(range(d_mlp)))
+    with iv.record(tiny.bridge, whole) as before:
+        tiny.bridge(ids)
+    with iv.ablate(tiny.bridge, site), iv.record(tiny.bridge, whole) as after:
+        tiny.bridge(ids)
+    assert (after[whole][:, :, [0, 5]] == 0).all()
+    keep = [u for u in range(d_mlp) if u not in (0, 5)]
+    torch.testing.assert_close(after[whole][:, :, keep], before[whole][:, :, keep])
+    with pytest.raises(iv.SiteError, match=f"neurons are 0..{d_mlp - 1}"):
+        with iv.ablate(tiny.bridge, iv.neurons(0, d_mlp)):
+            pass
+    with pytest.raises(iv.SiteError, match="need at least one index"):
+        iv.Site("neuron", 0)
+
+
+def test_head_sites_and_random_heads():
+    assert iv.head_sites([(2, 1), (0, 3), (2, 0)]) == [iv.head(0, 3), iv.head(2, 0, 1)]
+    picked = iv.random_heads(4, 4, 5, exclude=[(0, 0), (1, 1)], seed=3)
+    assert len(set(picked)) == 5 and not {(0, 0), (1, 1)} & set(picked)
+    assert picked == iv.random_heads(4, 4, 5, exclude=[(0, 0), (1, 1)], seed=3)
+    assert all(layer in (2, 3) for layer, _ in iv.random_heads(4, 4, 3, layers=[2, 3]))
+    with pytest.raises(iv.SiteError, match="only 2 are left"):
+        iv.random_heads(1, 4, 3, exclude=[(0, 0), (0, 1)])

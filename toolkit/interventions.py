@@ -9,7 +9,10 @@ component  hook point                         activation shape
 ``attn``   ``blocks.{L}.hook_attn_out``       ``[b, p, d_model]``
 ``mlp``    ``blocks.{L}.hook_mlp_out``        ``[b, p, d_model]``
 ``resid``  ``blocks.{L}.hook_resid_post``     ``[b, p, d_model]``
+``neuron`` ``blocks.{L}.mlp.hook_post``       ``[b, p, d_mlp]`` (selected neurons only)
 =========  =================================  ==================
+
+``head`` and ``neuron`` sites carry unit indices (``Site.units``: heads or MLP neurons).
 
 A head's output is ``z_h @ W_O[h]``, so editing ``hook_z`` of head h edits exactly that head's
 contribution, without materializing per-head results.
@@ -41,7 +44,9 @@ COMPONENT_HOOKS = {
     "attn": "blocks.{layer}.hook_attn_out",
     "mlp": "blocks.{layer}.hook_mlp_out",
     "resid": "blocks.{layer}.hook_resid_post",
+    "neuron": "blocks.{layer}.mlp.hook_post",
 }
+UNIT_COMPONENTS = ("head", "neuron")  # components whose sites name units (heads, neurons) at their layer
 
 
 class SiteError(ValueError):
@@ -50,17 +55,22 @@ class SiteError(ValueError):
 
 @dataclass(frozen=True)
 class Site:
-    """A component at a layer; ``heads`` is set only for ``component == "head"``."""
+    """A component at a layer; ``units`` (head or neuron indices) is set only for ``head`` and ``neuron`` sites."""
 
     component: str
     layer: int
-    heads: tuple[int, ...] | None = None
+    units: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.component not in COMPONENT_HOOKS:
             raise SiteError(f"unknown component {self.component!r}; choose from {', '.join(COMPONENT_HOOKS)}")
-        if (self.component == "head") != (self.heads is not None and len(self.heads) > 0):
-            raise SiteError("a 'head' site needs at least one head index, and only 'head' sites take heads")
+        if (self.component in UNIT_COMPONENTS) != (self.units is not None and len(self.units) > 0):
+            raise SiteError("'head' and 'neuron' sites need at least one index, and only they take indices")
+
+    @property
+    def heads(self) -> tuple[int, ...] | None:
+        """The head indices of a ``head`` site (``None`` otherwise)."""
+        return self.units if self.component == "head" else None
 
     @property
     def hook_name(self) -> str:
@@ -71,19 +81,24 @@ class Site:
         """Short label for plots: ``L3H1``, ``L3H1+2``, ``L3 attn``, ``L3 mlp``, ``L3 resid``."""
         if self.component == "head":
             return f"L{self.layer}H" + "+".join(map(str, self.heads))
+        if self.component == "neuron":
+            return f"L{self.layer}N" + ("+".join(map(str, self.units)) if len(self.units) <= 4
+                                        else f"×{len(self.units)}")
         return f"L{self.layer} {self.component}"
 
     def select(self, act: torch.Tensor) -> torch.Tensor:
         """The part of the hook activation that belongs to this site (a view or an index copy)."""
-        return act[:, :, list(self.heads)] if self.component == "head" else act
+        return act[:, :, list(self.units)] if self.units else act
 
     def validate(self, bridge) -> Site:
         n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
         if not 0 <= self.layer < n_layers:
             raise SiteError(f"layer {self.layer} is out of range: the model has layers 0..{n_layers - 1}")
-        bad = [h for h in self.heads or () if not 0 <= h < n_heads]
+        n_units = bridge.cfg.d_mlp if self.component == "neuron" else n_heads
+        bad = [u for u in self.units or () if not 0 <= u < n_units]
         if bad:
-            raise SiteError(f"head {bad[0]} is out of range at layer {self.layer}: heads are 0..{n_heads - 1}")
+            kind = self.component
+            raise SiteError(f"{kind} {bad[0]} is out of range at layer {self.layer}: {kind}s are 0..{n_units - 1}")
         return self
 
 
@@ -104,7 +119,34 @@ def resid(layer: int) -> Site:
     return Site("resid", int(layer))
 
 
-_NAME = re.compile(r"blocks\.(\d+)\.(attn\.hook_z|hook_attn_out|hook_mlp_out|hook_resid_post)$")
+def neurons(layer: int, *units: int) -> Site:
+    """MLP neurons of one layer (post-activation, ``mlp.hook_post``): ``neurons(2, 17, 300)``."""
+    return Site("neuron", int(layer), tuple(int(u) for u in units))
+
+
+def head_sites(heads: Iterable[tuple[int, int]]) -> list[Site]:
+    """``[(layer, head), ...]`` → one ``head`` site per layer holding that layer's heads (sorted)."""
+    by_layer: dict[int, set[int]] = {}
+    for layer, h in heads:
+        by_layer.setdefault(int(layer), set()).add(int(h))
+    return [head(layer, *sorted(hs)) for layer, hs in sorted(by_layer.items())]
+
+
+def random_heads(n_layers: int, n_heads: int, k: int, exclude: Iterable[tuple[int, int]] = (),
+                 layers: Iterable[int] | None = None, seed: int = 0) -> list[tuple[int, int]]:
+    """``k`` distinct random ``(layer, head)`` pairs, none in ``exclude``, from ``layers`` (default all): the
+    placebo control for a head intervention. Raises :class:`SiteError` if fewer than ``k`` heads are left."""
+    exclude = {(int(a), int(b)) for a, b in exclude}
+    pool = [(lay, h) for lay in (range(n_layers) if layers is None else sorted(set(layers))) for h in range(n_heads)
+            if (lay, h) not in exclude]
+    if k > len(pool):
+        raise SiteError(f"asked for {k} random heads but only {len(pool)} are left after excluding {len(exclude)}")
+    rng = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(pool), generator=rng).tolist()
+    return sorted(pool[i] for i in order[:k])
+
+
+_NAME = re.compile(r"blocks\.(\d+)\.(attn\.hook_z|hook_attn_out|hook_mlp_out|hook_resid_post|mlp\.hook_post)$")
 
 
 def site_from_name(name: str, heads: Sequence[int] | None = None) -> Site:
@@ -151,8 +193,8 @@ def _edit_fn(site: Site, edit: Callable[[torch.Tensor, int], torch.Tensor]):
     def hook_fn(act: torch.Tensor, hook) -> torch.Tensor:
         start = positions.advance(act.shape[1])
         act = act.clone()
-        if site.component == "head":
-            idx = list(site.heads)
+        if site.units:
+            idx = list(site.units)
             act[:, :, idx] = edit(act[:, :, idx], start)
         else:
             act = edit(act, start)

@@ -1,0 +1,65 @@
+"""Small statistics shared by the notebooks: bootstrap intervals over problems, paired differences, correlations.
+
+Every interval is a percentile bootstrap over *problems* (the unit that was sampled), with a fixed seed so a rerun
+reproduces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import stats as _stats
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean,
+                 n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """``{"estimate", "low", "high"}``: ``statistic`` of ``values`` and its percentile-bootstrap interval.
+
+    ``values`` is one number per problem (e.g. 1.0 if solved); with rows of several numbers (shape ``[n, ...]``)
+    whole rows are resampled and ``statistic`` gets the resampled array.
+    """
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    boots = np.array([statistic(x[i]) for i in idx])
+    alpha = (1 - level) / 2
+    return {"estimate": float(statistic(x)), "low": float(np.quantile(boots, alpha)),
+            "high": float(np.quantile(boots, 1 - alpha))}
+
+
+def paired_difference_ci(treated: Sequence[float], baseline: Sequence[float], n_boot: int = 2000,
+                         level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean of ``treated − baseline`` over the same problems, with a paired bootstrap interval."""
+    a, b = np.asarray(treated, dtype=float), np.asarray(baseline, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same shape, got {a.shape} and {b.shape}")
+    return bootstrap_ci(a - b, n_boot=n_boot, level=level, seed=seed)
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman correlations with their two-sided p-values, and ``n``.
+
+    Fewer than three points, or a constant series, gives NaN coefficients rather than an exception, so a notebook
+    with a short run still reports something; check ``n`` before reading them.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"correlation needs two series of one length, got {len(x)} and {len(y)}")
+    nan = float("nan")
+    out = {"n": int(len(x)), "pearson_r": nan, "pearson_p": nan, "spearman_r": nan, "spearman_p": nan}
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    pr, pp = _stats.pearsonr(x, y)
+    sr, sp = _stats.spearmanr(x, y)
+    out.update(pearson_r=float(pr), pearson_p=float(pp), spearman_r=float(sr), spearman_p=float(sp))
+    return out
+
+
+def format_ci(ci: dict[str, float], percent: bool = True) -> str:
+    """``"61.0% [55.0, 67.0]"`` (or plain numbers when ``percent`` is false)."""
+    if percent:
+        return f"{100 * ci['estimate']:.1f}% [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
+    return f"{ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
