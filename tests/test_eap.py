@@ -1,0 +1,401 @@
+"""EAP / EAP-IG against an independent implementation, faithfulness invariants, selection, GQA grouping.
+
+The reference here is written from the HF weights alone (no bridge, no hooks): an explicit float64 forward of
+Qwen2/Qwen3 in which *every target has its own copy of its input* (one per query head for q, and — ungrouped — one per
+query head for k and v as well), so the gradient at each copy is the per-edge gradient, obtained with
+``torch.autograd.grad`` on an explicitly interpolated input. Rows are run one by one, without padding.
+"""
+
+import math
+
+import pytest
+import torch
+
+from toolkit import eap
+from toolkit.models import load
+
+# ----------------------------------------------------------------------------------------------- the reference
+
+
+def _rms(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], -1)
+
+
+class Reference:
+    """Explicit forward of a Qwen2/Qwen3 HF model with per-target inputs, patchable per edge."""
+
+    def __init__(self, hf, graph: eap.Graph):
+        self.hf, self.g = hf, graph
+        cfg = hf.config
+        self.eps = cfg.rms_norm_eps
+        self.dh = graph.d_head
+        theta = cfg.rope_parameters["rope_theta"]
+        self.inv_freq = 1.0 / theta ** (torch.arange(0, self.dh, 2, dtype=torch.float64) / self.dh)
+        self.layers = hf.model.layers
+
+    @staticmethod
+    def _w(module):
+        m = getattr(module, "original_component", module)
+        return m.weight, getattr(m, "bias", None)
+
+    def _lin(self, module, x, rows=None):
+        w, b = self._w(module)
+        if rows is not None:
+            w = w[rows]
+            b = None if b is None else b[rows]
+        y = x @ w.T
+        return y if b is None else y + b
+
+    def run(self, emb, grouped=True, missing=None, corrupted_acts=None, target_inputs=None):
+        """``emb`` [p, d] → (logits [p, V], source activations list). ``missing[s][t]``: take source s's corrupted
+        activation (from ``corrupted_acts``) into target t. ``target_inputs`` (a dict) collects every target's input
+        tensor, made a fresh leaf-like node per target so gradients can be taken there."""
+        g, dh = self.g, self.dh
+        p = emb.shape[0]
+        pos = torch.arange(p, dtype=torch.float64)
+        freqs = torch.outer(pos, self.inv_freq)
+        cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+        mask = torch.full((p, p), -math.inf, dtype=torch.float64).triu(1)
+        acts = [emb]
+
+        made: dict = {}
+
+        def inp(key, t, n_src):
+            if key in made:  # a grouped k/v input is one tensor shared by its query heads
+                return made[key]
+            parts = []
+            for s in range(n_src):
+                use_corr = missing is not None and missing[s, t]
+                parts.append(corrupted_acts[s] if use_corr else acts[s])
+            x = torch.stack(parts).sum(0)
+            if target_inputs is not None:
+                x = x.clone().requires_grad_(True) if not x.requires_grad else x * 1.0
+                target_inputs[key] = x
+            made[key] = x
+            return x
+
+        for layer in range(g.n_layers):
+            blk = self.layers[layer]
+            attn = blk.self_attn
+            ln1_w = self._w(blk.input_layernorm)[0]
+            n_src = g.sources_before(layer)
+            qn = getattr(attn, "q_norm", None)
+            kn = getattr(attn, "k_norm", None)
+            outs = []
+            for h in range(g.n_heads):
+                grp = h // g.group_size
+                xq = inp(("q", layer, h), g.q_target(layer, h), n_src)
+                if grouped:
+                    xk = inp(("k", layer, grp), g.k_target(layer, grp), n_src)
+                    xv = inp(("v", layer, grp), g.v_target(layer, grp), n_src)
+                else:  # one copy per query head of the group's k/v input
+                    xk = inp(("k", layer, h), g.k_target(layer, grp), n_src)
+                    xv = inp(("v", layer, h), g.v_target(layer, grp), n_src)
+                rows_q = slice(h * dh, (h + 1) * dh)
+                rows_kv = slice(grp * dh, (grp + 1) * dh)
+                q = self._lin(attn.q_proj, _rms(xq, ln1_w, self.eps), rows_q)
+                k = self._lin(attn.k_proj, _rms(xk, ln1_w, self.eps), rows_kv)
+                v = self._lin(attn.v_proj, _rms(xv, ln1_w, self.eps), rows_kv)
+                if qn is not None:
+                    q = _rms(q, self._w(qn)[0], self.eps)
+                    k = _rms(k, self._w(kn)[0], self.eps)
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
+                a = torch.softmax(q @ k.T / math.sqrt(dh) + mask, -1)
+                z = a @ v
+                wo = self._w(attn.o_proj)[0][:, h * dh:(h + 1) * dh]
+                outs.append(z @ wo.T)
+            acts.extend(outs)
+            xm = inp(("m", layer), g.mlp_target(layer), n_src + g.n_heads)
+            mlp = blk.mlp
+            hm = _rms(xm, self._w(blk.post_attention_layernorm)[0], self.eps)
+            y = self._lin(mlp.down_proj, torch.nn.functional.silu(self._lin(mlp.gate_proj, hm))
+                          * self._lin(mlp.up_proj, hm))
+            acts.append(y)
+        xf = inp(("logits",), g.logits_target, g.n_sources)
+        final = _rms(xf, self._w(self.hf.model.norm)[0], self.eps)
+        w, b = self._w(self.hf.lm_head)
+        logits = final @ w.T + (0 if b is None else b)
+        return logits, acts
+
+    def embed(self, ids):
+        return self._w(self.hf.model.embed_tokens)[0][ids]
+
+
+def _ref_metric(logits, metric, clean_logits, cl, xl):
+    if metric == "kl":
+        ref, lp = torch.log_softmax(clean_logits, -1), torch.log_softmax(logits, -1)
+        return (ref.exp() * (ref - lp)).sum()
+    if metric == "logit_diff":
+        return logits[cl] - logits[xl]
+    p = torch.softmax(logits, -1)
+    return p[cl] - p[xl]
+
+
+def _ref_target_index(g, key, grouped):
+    kind = key[0]
+    if kind == "q":
+        return g.q_target(key[1], key[2])
+    if kind in ("k", "v"):
+        grp = key[2] if grouped else key[2] // g.group_size
+        return (g.k_target if kind == "k" else g.v_target)(key[1], grp)
+    if kind == "m":
+        return g.mlp_target(key[1])
+    return g.logits_target
+
+
+def reference_scores(ref: Reference, pairs: eap.Pairs, metric: str, alphas, grouped=True):
+    """``[n_sources, n_targets]`` scores (grouped) or, ungrouped, a dict {(s, key): score} with per-query-head k/v."""
+    g = ref.g
+    total = torch.zeros(g.n_sources, g.n_targets, dtype=torch.float64)
+    per_key: dict = {}
+    for i in range(len(pairs)):
+        n = int(pairs.lengths[i])
+        pos = int(pairs.positions[i])
+        cl, xl = int(pairs.clean_label[i]), int(pairs.corrupted_label[i])
+        e_c, e_x = ref.embed(pairs.clean_ids[i, :n]), ref.embed(pairs.corrupted_ids[i, :n])
+        with torch.no_grad():
+            lc, acts_c = ref.run(e_c)
+            _, acts_x = ref.run(e_x)
+        deltas = [ax - ac for ax, ac in zip(acts_x, acts_c, strict=True)]
+        for alpha in alphas:
+            tin: dict = {}
+            logits, _ = ref.run(e_x + alpha * (e_c - e_x), grouped=grouped, target_inputs=tin)
+            m = _ref_metric(logits[pos], metric, lc[pos], cl, xl)
+            keys = list(tin)
+            grads = torch.autograd.grad(m, [tin[k] for k in keys], allow_unused=True)
+            for key, grad in zip(keys, grads, strict=True):
+                if grad is None:
+                    continue
+                t = _ref_target_index(g, key, grouped)
+                for s in range(g.n_sources):
+                    if g.valid_mask()[s, t]:
+                        val = float((deltas[s] * grad).sum()) / len(alphas) / len(pairs)
+                        total[s, t] += val
+                        per_key[(s, key)] = per_key.get((s, key), 0.0) + val
+    return total if grouped else per_key
+
+
+def reference_patched_metric(ref: Reference, pairs: eap.Pairs, missing, metric: str) -> float:
+    out = 0.0
+    with torch.no_grad():
+        for i in range(len(pairs)):
+            n, pos = int(pairs.lengths[i]), int(pairs.positions[i])
+            e_c, e_x = ref.embed(pairs.clean_ids[i, :n]), ref.embed(pairs.corrupted_ids[i, :n])
+            lc, _ = ref.run(e_c)
+            _, acts_x = ref.run(e_x)
+            logits, _ = ref.run(e_c, missing=missing, corrupted_acts=acts_x)
+            out += float(_ref_metric(logits[pos], metric, lc[pos], int(pairs.clean_label[i]),
+                                     int(pairs.corrupted_label[i])))
+    return out / len(pairs)
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def tiny64(request, tiny_dirs):
+    """Tiny model in float64 (2 layers, 4 query / 2 KV heads)."""
+    return load(str(tiny_dirs[request.param]), dtype=torch.float64)
+
+
+def _pairs(seed=0, lengths=(7, 5, 9)):
+    """Random pairs of unequal row lengths (so batches are padded): each corrupted row differs in two tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    clean, corr = [], []
+    for n in lengths:
+        a = torch.randint(5, 120, (n,), generator=gen).tolist()
+        b = list(a)
+        for j in (0, n // 2):
+            b[j] = (b[j] + 17) % 115 + 5
+        clean.append(a)
+        corr.append(b)
+    cl = torch.randint(5, 120, (len(lengths),), generator=gen).tolist()
+    xl = [(c + 3) % 115 + 5 for c in cl]
+    return eap.Pairs.from_token_lists(clean, corr, cl, xl, pad_id=0)
+
+
+# ----------------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("metric", ["kl", "logit_diff", "prob_diff"])
+def test_eap_ig_equals_independent_reference(tiny64, metric):
+    pairs, steps = _pairs(), 3
+    fast = eap.attribute(tiny64, pairs, method="eap-ig", steps=steps, metric=metric, batch_size=2,
+                         show_progress=False)
+    ref = Reference(tiny64.hf, fast.graph)
+    slow = reference_scores(ref, pairs, metric, [k / steps for k in range(steps)])
+    assert fast.values.abs().max() > 1e-6  # not trivially zero
+    torch.testing.assert_close(fast.values, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_plain_eap_is_the_clean_gradient(tiny64):
+    pairs = _pairs(seed=1)
+    fast = eap.attribute(tiny64, pairs, method="eap", metric="logit_diff", batch_size=3, show_progress=False)
+    slow = reference_scores(Reference(tiny64.hf, fast.graph), pairs, "logit_diff", [1.0])
+    torch.testing.assert_close(fast.values, slow, atol=1e-5, rtol=1e-5)
+    kl = eap.attribute(tiny64, pairs, method="eap", metric="kl", show_progress=False)
+    assert kl.values.abs().max() < 1e-8  # the KL gradient vanishes at the clean input (documented)
+
+
+def test_grouped_kv_scores_are_sums_of_per_query_head_scores(tiny64):
+    pairs, steps = _pairs(seed=2, lengths=(6, 8)), 2
+    g = eap.Graph.from_bridge(tiny64.bridge)
+    assert g.n_kv_heads < g.n_heads  # GQA is exercised
+    ref = Reference(tiny64.hf, g)
+    alphas = [k / steps for k in range(steps)]
+    per_head = reference_scores(ref, pairs, "logit_diff", alphas, grouped=False)
+    fast = eap.attribute(tiny64, pairs, steps=steps, metric="logit_diff", show_progress=False)
+    checked = 0
+    for layer in range(g.n_layers):
+        for grp in range(g.n_kv_heads):
+            heads = range(grp * g.group_size, (grp + 1) * g.group_size)
+            for kind, target in (("k", g.k_target(layer, grp)), ("v", g.v_target(layer, grp))):
+                for s in range(g.sources_before(layer)):
+                    parts = [per_head[(s, (kind, layer, h))] for h in heads]
+                    assert len({round(x, 12) for x in parts}) > 1 or abs(parts[0]) < 1e-12  # heads differ
+                    assert fast.values[s, target].item() == pytest.approx(sum(parts), abs=1e-5, rel=1e-5)
+                    checked += 1
+    assert checked > 0
+
+
+def test_faithfulness_invariants_and_reference(tiny64):
+    pairs = _pairs(seed=3)
+    g = eap.Graph.from_bridge(tiny64.bridge)
+    for metric in ("kl", "logit_diff"):
+        full = eap.faithfulness(tiny64, pairs, eap.Circuit.full(g), metric=metric, batch_size=2)
+        empty = eap.faithfulness(tiny64, pairs, eap.Circuit.empty(g), metric=metric, batch_size=2)
+        assert full["metric"] == pytest.approx(full["clean"], abs=1e-9)
+        assert empty["metric"] == pytest.approx(empty["corrupted"], abs=1e-9)
+        assert abs(full["clean"] - full["corrupted"]) > 1e-4
+        assert full["recovered"] == pytest.approx(1.0) and empty["recovered"] == pytest.approx(0.0, abs=1e-6)
+    # a random circuit agrees with the explicit per-edge patched reference
+    gen = torch.Generator().manual_seed(0)
+    edges = (torch.rand(g.n_sources, g.n_targets, generator=gen) < 0.5) & g.valid_mask()
+    circuit = eap.Circuit(edges, g)
+    got = eap.faithfulness(tiny64, pairs, circuit, metric="logit_diff")
+    want = reference_patched_metric(Reference(tiny64.hf, g), pairs, g.valid_mask() & ~edges, "logit_diff")
+    assert got["metric"] == pytest.approx(want, abs=1e-6)
+
+
+def test_exact_scores_are_single_edge_patches(tiny64):
+    pairs = _pairs(seed=4, lengths=(5, 6))
+    exact = eap.attribute(tiny64, pairs, method="exact", metric="logit_diff", batch_size=2, show_progress=False)
+    g, ref = exact.graph, Reference(tiny64.hf, exact.graph)
+    clean = reference_patched_metric(ref, pairs, torch.zeros(g.n_sources, g.n_targets, dtype=torch.bool),
+                                     "logit_diff")
+    for s, t in [(0, g.q_target(0, 1)), (g.head_source(0, 2), g.k_target(1, 1)), (g.mlp_source(1), g.logits_target)]:
+        miss = torch.zeros(g.n_sources, g.n_targets, dtype=torch.bool)
+        miss[s, t] = True
+        want = reference_patched_metric(ref, pairs, miss, "logit_diff") - clean
+        assert exact.values[s, t].item() == pytest.approx(want, abs=1e-6)  # the bridge softmaxes in float32
+    ig = eap.attribute(tiny64, pairs, steps=8, metric="logit_diff", show_progress=False)
+    assert torch.corrcoef(torch.stack([ig.flat(), exact.flat()]))[0, 1] > 0.5
+
+
+def test_graph_names_and_validity():
+    g = eap.Graph(n_layers=2, n_heads=4, n_kv_heads=2)
+    assert g.n_sources == 1 + 2 * 5 and g.n_targets == 2 * (4 + 2 + 2 + 1) + 1
+    assert g.target_names[g.k_target(1, 1)] == "a1.kv1<k>" and g.source_names[g.head_source(1, 3)] == "a1.h3"
+    valid = g.valid_mask()
+    assert not valid[g.head_source(0, 0), g.q_target(0, 1)]  # no edge within a layer's attention
+    assert valid[g.head_source(0, 0), g.mlp_target(0)] and valid[g.head_source(0, 0), g.q_target(1, 0)]
+    assert g.target_owner(g.v_target(1, 1)) == [g.head_source(1, 2), g.head_source(1, 3)]
+    with pytest.raises(eap.EAPError, match="layer 5 is out of range"):
+        g.q_target(5, 0)
+    with pytest.raises(eap.EAPError, match="multiple"):
+        eap.Graph(2, 4, 3)
+
+
+def test_select_prune_greedy_and_importance():
+    g = eap.Graph(n_layers=2, n_heads=4, n_kv_heads=2)
+    vals = torch.zeros(g.n_sources, g.n_targets, dtype=torch.float64)
+    h0, h1 = g.head_source(0, 1), g.head_source(1, 2)
+    vals[0, g.q_target(0, 1)] = 5.0      # input -> a0.h1 -> a1.h2 -> logits: a live path
+    vals[h0, g.q_target(1, 2)] = -4.0
+    vals[h1, g.logits_target] = 3.0
+    vals[g.head_source(0, 3), g.mlp_target(1)] = 9.0   # a0.h3 -> m1, but m1 reaches nothing: dead
+    vals[0, g.k_target(1, 0)] = 0.5      # feeds a1.h0/h1, which reach nothing: dead
+    sc = eap.Scores(vals, g)
+    top = eap.select(sc, top_n=5)
+    assert top.n_edges == 3 and top.heads == frozenset({(0, 1), (1, 2)})
+    assert eap.select(sc, top_n=5, prune=False).n_edges == 5
+    signed = eap.select(sc, top_n=3, absolute=False, prune=False)
+    assert ("a0.h1", "a1.h2<q>") not in signed.edge_list()  # negative score ranks last when signed
+    assert eap.select(sc, threshold=4.5, prune=False).n_edges == 2
+    greedy = eap.select(sc, top_n=3, method="greedy")
+    assert greedy.n_edges == 3 and greedy.heads == frozenset({(0, 1), (1, 2)})  # the 9.0 edge is never reachable
+    imp = eap.head_importance(sc, top)
+    assert imp.shape == (2, 4) and imp.sum().item() == pytest.approx(1.0)
+    assert imp[0, 1].item() == pytest.approx(4 / 7) and imp[1, 2].item() == pytest.approx(3 / 7)
+    cmp = eap.compare_heads(top, {(1, 2), (0, 0)})
+    assert cmp == {"shared": {(1, 2)}, "only_a": {(0, 1)}, "only_b": {(0, 0)}}
+    with pytest.raises(eap.EAPError, match="top_n, threshold"):
+        eap.select(sc)
+
+
+def test_scores_save_load_roundtrip(tmp_path):
+    g = eap.Graph(n_layers=2, n_heads=4, n_kv_heads=2)
+    vals = torch.randn(g.n_sources, g.n_targets, dtype=torch.float64)
+    sc = eap.Scores(vals, g, {"method": "eap-ig", "metric": "kl"})
+    sc.save(tmp_path / "s.json")
+    back = eap.Scores.load(tmp_path / "s.json")
+    assert torch.equal(back.values, sc.values) and back.graph == g and back.meta["metric"] == "kl"
+    assert back.score("input", "logits") == pytest.approx(float(vals[0, -1]))
+    assert not sc.values[~g.valid_mask()].any()
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(eap.EAPError, match="not a saved Scores"):
+        eap.Scores.load(tmp_path / "bad.json")
+    with pytest.raises(eap.EAPError, match="no edge"):
+        sc.score("a1.h0", "a0.h0<q>")
+
+
+def test_bad_inputs_are_refused(tiny):
+    with pytest.raises(eap.EAPError, match="pair 1 .*5 tokens, corrupted 4"):
+        eap.Pairs.from_token_lists([[5, 6, 7], [5, 6, 7, 8, 9]], [[5, 6, 8], [5, 6, 7, 9]])
+    pairs = _pairs()
+    with pytest.raises(eap.EAPError, match="unknown metric"):
+        eap.attribute(tiny, pairs, metric="acc", show_progress=False)
+    with pytest.raises(eap.EAPError, match="unknown method"):
+        eap.attribute(tiny, pairs, method="ig", show_progress=False)
+    big = eap.Pairs.from_token_lists([[500, 6]], [[501, 6]])
+    with pytest.raises(eap.EAPError, match="outside the model's vocabulary"):
+        eap.attribute(tiny, big, show_progress=False)
+    with pytest.raises(MemoryError, match="use batch_size="):
+        eap.attribute(tiny, eap.Pairs.from_token_lists([[5] * 256] * 2, [[6] * 256] * 2), batch_size=10**7,
+                      show_progress=False) if False else eap._check_memory(tiny, 10**7, 256, "eap-ig")
+
+
+def test_make_pairs_rule_on_the_organism():
+    from toolkit.organism.tasks import held_out
+
+    organism = load("organism")
+    examples = held_out("linear", 6, seed=1) + held_out("reversal", 3, seed=1)
+    pairs = eap.make_pairs(organism, examples, max_new_tokens=24)
+    assert len(pairs) >= 4 and len(pairs) + len(pairs.dropped) == len(examples)
+    tok = organism.tokenizer
+    for i, rec in enumerate(pairs.records):
+        n = int(pairs.lengths[i])
+        clean, corr = pairs.clean_ids[i, :n].tolist(), pairs.corrupted_ids[i, :n].tolist()
+        assert len(rec["prompt"]) == len(rec["corrupted_prompt"]) and rec["prompt"] != rec["corrupted_prompt"]
+        assert tok.decode(clean).endswith(rec["response_prefix"]) and tok.decode(corr).endswith(rec["response_prefix"])
+        assert rec["clean_response"].startswith(rec["response_prefix"] + rec["clean_next"])
+        assert rec["corrupted_response"].startswith(rec["response_prefix"] + rec["corrupted_next"])
+        assert int(pairs.clean_label[i]) != int(pairs.corrupted_label[i]) and int(pairs.positions[i]) == n - 1
+        assert tok.decode(pairs.clean_ids[i, n:].tolist()).replace(tok.pad_token, "") == ""  # right padding
+    with pytest.raises(eap.EAPError, match="pair 0: .* tokens but its corruption"):
+        eap.make_pairs(organism, examples[:1], corrupted_prompts=[examples[0].prompt + "0"])
+
+
+def test_benchmark_compare_runs_on_a_tiny_model(tiny_dirs):
+    """The benchmark's measurement runs and reports its ratio against the plain-HF baseline (no timing asserted)."""
+    from transformers import AutoModelForCausalLM
+
+    from toolkit.benchmarks import eap as bench
+
+    loaded = load(str(tiny_dirs["qwen3"]))
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_dirs["qwen3"]))
+    res = bench.compare(loaded, plain, _pairs(), steps=2, repeats=1, warmup=False)
+    assert res["ratio"] > 0 and set(res["seconds"]) == {"eap_ig", "plain_fwd_bwd", "plain_fwd_bwd_frozen"}
+    assert all(p.requires_grad is False for p in loaded.hf.parameters())  # attribute() restored the frozen state
