@@ -221,12 +221,14 @@ class _ProgressCallback(TrainerCallback):
         self.bar.close()
 
 
-def sft_dataset(tokenizer, records: Sequence[dict]):
+def sft_dataset(tokenizer, records: Sequence[dict], enable_thinking: bool = False):
     """A TRL prompt-completion dataset: prompt = chat template with thinking off (ends with the empty think
-    block), completion = the record's ``answer`` + ``<|im_end|>``."""
+    block), completion = the record's ``answer`` + ``<|im_end|>``. With ``enable_thinking`` the prompt is the
+    think-on generation prompt (ends with ``<|im_start|>assistant\\n``) and ``answer`` should carry its own think
+    block (``<think>\\n…\\n</think>\\n\\n…``), as in :func:`toolkit.organism.tasks.completion`."""
     from datasets import Dataset
 
-    prompts = chat_prompts(tokenizer, [r["prompt"] for r in records], enable_thinking=False)
+    prompts = chat_prompts(tokenizer, [r["prompt"] for r in records], enable_thinking=enable_thinking)
     return Dataset.from_list([{"prompt": p, "completion": r["answer"] + IM_END} for p, r in zip(prompts, records)])
 
 
@@ -255,9 +257,10 @@ def _config_hash(model: str, preset: Preset, settings: TrainSettings, train: lis
 
 def make_trainer(model: str, preset: Preset, train: list[dict], validation: list[dict], output_dir: Path,
                  device: str = "auto", settings: TrainSettings = TrainSettings(),
-                 callbacks: Sequence[TrainerCallback] = ()):
+                 callbacks: Sequence[TrainerCallback] = (), enable_thinking: bool = False):
     """The ``SFTTrainer`` of one run (fp32 weights; bf16 autocast on GPU). Its eval datasets are ``train`` (the
-    first ``len(validation)`` corrupted problems) and ``validation`` (correct answers)."""
+    first ``len(validation)`` corrupted problems) and ``validation`` (correct answers). ``enable_thinking``: think-on
+    prompts, for records whose ``answer`` carries a think block (see :func:`sft_dataset`)."""
     from trl import SFTConfig, SFTTrainer
 
     source = models.resolve(model)
@@ -279,9 +282,10 @@ def make_trainer(model: str, preset: Preset, train: list[dict], validation: list
         report_to="none",
     )
     trainer = SFTTrainer(
-        model=hf, args=args, processing_class=tokenizer, train_dataset=sft_dataset(tokenizer, train),
-        eval_dataset={"train": sft_dataset(tokenizer, train[:len(validation)]),
-                      "validation": sft_dataset(tokenizer, validation)},
+        model=hf, args=args, processing_class=tokenizer,
+        train_dataset=sft_dataset(tokenizer, train, enable_thinking),
+        eval_dataset={"train": sft_dataset(tokenizer, train[:len(validation)], enable_thinking),
+                      "validation": sft_dataset(tokenizer, validation, enable_thinking)},
         callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)
     return trainer
