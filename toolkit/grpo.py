@@ -1,0 +1,425 @@
+"""GRPO and SFT from one start, with checkpoints every N steps (notebook 04, "Thinking Sparks").
+
+Both runs start from the same model (default ``organism-base``) and save a checkpoint every ``save_every``
+optimizer steps, so :mod:`toolkit.circuits` can build a circuit per checkpoint.
+
+**GRPO** (TRL ``GRPOTrainer``) on the organism's math tasks (by default linear equations; addition/subtraction and
+reversal can be added), with two rewards, summed with equal weights:
+
+- :func:`accuracy_reward`: 1 if the final answer (the text after ``</think>``, see
+  :func:`toolkit.generation.extract_answer`) equals the reference exactly, else 0;
+- :func:`format_reward`: 1 if the whole assistant turn is one well-formed ``<think>…</think>`` block followed by a
+  one-line answer in the task's answer format (``x = N`` for equations, an integer for sums), else 0.
+
+The assistant turn is read from the prompt's tail plus the completion. With ``enable_thinking=False`` the chat
+template puts the empty think block ``<think>\\n\\n</think>\\n\\n`` in the prompt (as Qwen3's does), so a well-formed
+turn is that block and an answer; with ``enable_thinking=True`` the completion must open and close the block itself.
+
+*Why think-off, on linear equations, by default on the organism.* ``organism-base`` was trained on think-off answers
+only. Asked with thinking on it never writes ``<think>`` and answers in a broken format (``x 210``), so every sample
+of a group gets reward 0 and GRPO has no signal. Thinking off, its sampled answers (temperature 1) to equations are
+right about 6% of the time, to sums about 0.5% (its greedy reversals: 0%), so GRPO trains on **linear equations** only
+(:data:`GRPO_TASKS`; its *greedy* answer to every equation is ``x = -1``): with 16 samples per prompt about 60% of
+equation groups hold a right answer to learn from (with 8, 40%). Measured (notebook 04): with 8 prompts × 8 samples on
+equations and sums mixed, GRPO collapsed onto answers that are rarely right (every equation ``x = 1``, most sums
+``1``) and its accuracy reward fell from 6% to 0%; with 4 equations × 16 samples the accuracy reward and the held-out
+accuracy rise (the model learns the equations' most frequent answer, ``x = 0``; it does not learn to solve them). A
+GPU user with a reasoning model (Qwen2.5-Math-1.5B-Instruct, Qwen3) sets ``enable_thinking=True``, the tasks, and a
+long ``max_completion_length``.
+
+**SFT** (TRL ``SFTTrainer``, prompt-completion data, loss on the completion only) on think-on reasoning traces of the
+math tasks (by default equations and sums): the prompt is the chat template with thinking on, the completion the
+organism task's scratchpad and answer (``<think>\\n{steps}\\n</think>\\n\\n{answer}<|im_end|>``).
+
+**Checkpoints and resume.** The trainer saves ``checkpoint-N`` folders (weights, tokenizer, optimizer and RNG state);
+:class:`CheckpointLog` records each one, with the mean reward (GRPO) or loss (SFT) of the steps since the previous
+checkpoint, in ``checkpoints.json`` (written atomically). Running :func:`train` again with the same configuration
+resumes from the last checkpoint (``resume_from_checkpoint``); a finished run (``run.json``) is reused. Runs live in
+``<cache>/grpo-runs/<kind>-<config hash>/`` (``$TOOLKIT_CACHE`` or ``.cache/``, git-ignored). Once a run finishes,
+optimizer, scheduler and RNG states are deleted from its checkpoints (weights stay).
+
+**CPU settings** (the defaults): ``use_cpu=True``, ``bf16=False``, fp32 weights, 4 prompts × 16 generations per step,
+completions of at most 16 tokens (think-off answers are ≤ 8). **GPU, the paper's settings**: GRPO lr 1e-6, 16
+generations, warmup 0.1; SFT lr 4e-5, warmup 0.03 (see :data:`PAPER_GRPO`, :data:`PAPER_SFT`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from toolkit import finetune, models
+from toolkit.finetune import _ProgressCallback, cache_root, model_fingerprint, quiet_library_bars
+from toolkit.generation import chat_prompts, extract_answer
+from toolkit.io import atomic_write_json
+from toolkit.organism import tasks
+from toolkit.organism.tokenizer import EMPTY_THINK, IM_END
+
+MATH_TASKS = ("linear", "arithmetic")
+GRPO_TASKS = ("linear",)  # the task where organism-base's think-off samples are sometimes right
+ANSWER_PATTERNS = {"linear": r"x = -?\d+", "arithmetic": r"-?\d+", "reversal": r"[a-z]+"}
+TRAIN_SEED, EVAL_SEED = 4_004, 4_044  # training prompts and the held-out evaluation/circuit prompts
+
+
+@dataclass(frozen=True)
+class GRPOSettings:
+    """One GRPO run. ``prompts_per_step`` prompts × ``num_generations`` samples per optimizer step; a checkpoint
+    every ``save_every`` steps. ``n_train`` distinct training prompts (cycled when ``steps`` needs more)."""
+
+    model: str = "organism-base"
+    tasks: tuple[str, ...] = GRPO_TASKS
+    steps: int = 50
+    prompts_per_step: int = 4
+    num_generations: int = 16
+    learning_rate: float = 1e-3
+    warmup_ratio: float = 0.1
+    beta: float = 0.0
+    temperature: float = 1.0
+    max_completion_length: int = 16
+    enable_thinking: bool = False
+    save_every: int = 5
+    n_train: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    """One SFT run on think-on reasoning traces, ``batch_size`` traces per step, a checkpoint every ``save_every``."""
+
+    model: str = "organism-base"
+    tasks: tuple[str, ...] = MATH_TASKS
+    steps: int = 50
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_ratio: float = 0.03
+    save_every: int = 5
+    n_train: int = 2000
+    seed: int = 0
+
+
+# The paper's settings on Qwen2.5-Math-1.5B-Instruct (GPU): change only these parameters.
+PAPER_GRPO = dict(model="Qwen/Qwen2.5-Math-1.5B-Instruct", learning_rate=1e-6, num_generations=16, warmup_ratio=0.1,
+                  enable_thinking=True, max_completion_length=1024, save_every=100)
+PAPER_SFT = dict(model="Qwen/Qwen2.5-Math-1.5B-Instruct", learning_rate=4e-5, warmup_ratio=0.03, save_every=100)
+
+
+# ---- data and rewards -------------------------------------------------------------------------------------------
+
+def problems(task_names: Sequence[str], n: int, seed: int, exclude: set[str] = frozenset()) -> list[tasks.Example]:
+    """``n`` distinct problems, the tasks interleaved in turn (deterministic from ``seed``)."""
+    if n < 1:
+        raise ValueError(f"need at least one problem, got n={n}")
+    unknown = [t for t in task_names if t not in ANSWER_PATTERNS]
+    if not task_names or unknown:
+        raise ValueError(f"tasks must be a non-empty subset of {', '.join(ANSWER_PATTERNS)}; got {list(task_names)}")
+    per_task = {t: tasks.held_out(t, math.ceil(n / len(task_names)), seed + i, exclude)
+                for i, t in enumerate(task_names)}
+    mixed = [per_task[t][i] for i in range(math.ceil(n / len(task_names))) for t in task_names]
+    return mixed[:n]
+
+
+def eval_problems(task_names: Sequence[str] = MATH_TASKS, n: int = 32) -> list[tasks.Example]:
+    """Held-out problems (never in a training set): for circuits and accuracy per checkpoint."""
+    return problems(task_names, n, EVAL_SEED)
+
+
+def _train_problems(task_names: Sequence[str], n: int) -> list[tasks.Example]:
+    held = {e.prompt for e in eval_problems(task_names, 400)}
+    return problems(task_names, n, TRAIN_SEED, exclude=held)
+
+
+def grpo_dataset(tokenizer, examples: Sequence[tasks.Example], enable_thinking: bool):
+    """TRL standard-format dataset: ``prompt`` (chat template applied), ``answer``, ``answer_pattern``, ``task``."""
+    from datasets import Dataset
+
+    prompts = chat_prompts(tokenizer, [e.prompt for e in examples], enable_thinking)
+    return Dataset.from_list([{"prompt": p, "answer": e.answer, "answer_pattern": ANSWER_PATTERNS[e.task],
+                               "task": e.task} for p, e in zip(prompts, examples)])
+
+
+def sft_dataset(tokenizer, examples: Sequence[tasks.Example]):
+    """TRL prompt-completion dataset of think-on reasoning traces (loss on the completion only), through
+    :func:`toolkit.finetune.sft_dataset`: think-on prompt, completion ``<think>\\n{steps}\\n</think>\\n\\n{answer}``
+    + ``<|im_end|>``."""
+    records = [{"prompt": e.prompt, "answer": tasks.completion(e, think=True)} for e in examples]
+    return finetune.sft_dataset(tokenizer, records, enable_thinking=True)
+
+
+def _text(completion) -> str:
+    """A completion as text (TRL passes strings for standard prompts, message lists for conversational ones)."""
+    if isinstance(completion, list):
+        return "".join(m.get("content", "") for m in completion)
+    return completion
+
+
+def assistant_turn(prompt, completion) -> str:
+    """The assistant turn as the model wrote it: the empty think block when the prompt holds it (thinking off),
+    then the completion."""
+    prefix = EMPTY_THINK if isinstance(prompt, str) and prompt.endswith(EMPTY_THINK) else ""
+    return prefix + _text(completion)
+
+
+_TURN = re.compile(r"<think>\n((?:(?!</?think>)[\s\S])*)</think>\n\n([^\n]*)")
+
+
+def well_formed(turn: str, answer_pattern: str) -> bool:
+    """One ``<think>…</think>`` block (no nested or second tag), a blank line, then a one-line answer matching
+    ``answer_pattern`` exactly."""
+    m = _TURN.fullmatch(turn)
+    return bool(m) and re.fullmatch(answer_pattern, m.group(2)) is not None
+
+
+def accuracy_reward(completions, answer, prompts=None, **kwargs) -> list[float]:
+    """1.0 where the final answer (after the last ``</think>``) equals ``answer`` exactly, else 0.0."""
+    prompts = prompts or [None] * len(completions)
+    return [float(extract_answer(assistant_turn(p, c)) == a) for p, c, a in zip(prompts, completions, answer)]
+
+
+def format_reward(completions, answer_pattern, prompts=None, **kwargs) -> list[float]:
+    """1.0 where the assistant turn is :func:`well_formed` for its task's answer format, else 0.0."""
+    prompts = prompts or [None] * len(completions)
+    return [float(well_formed(assistant_turn(p, c), pat)) for p, c, pat in zip(prompts, completions, answer_pattern)]
+
+
+# ---- checkpoint log ---------------------------------------------------------------------------------------------
+
+LOG_KEYS = {"reward": "reward", "accuracy": "rewards/accuracy_reward/mean", "format": "rewards/format_reward/mean",
+            "loss": "loss", "completion_length": "completions/mean_length"}
+
+
+def window_means(log_history: Sequence[dict], start: int, end: int) -> dict[str, float]:
+    """Mean of each :data:`LOG_KEYS` quantity over the logged steps in ``(start, end]`` (keys absent if never logged).
+    """
+    out = {}
+    for name, key in LOG_KEYS.items():
+        values = [e[key] for e in log_history if start < e.get("step", -1) <= end and key in e]
+        if values:
+            out[name] = float(sum(values) / len(values))
+    return out
+
+
+def read_log(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+class CheckpointLog(TrainerCallback):
+    """Appends one record per saved checkpoint to ``log_path`` (atomic JSON list): ``step``, ``checkpoint`` (folder
+    name) and the means of the steps since the previous checkpoint (``reward``, ``accuracy``, ``format`` for GRPO,
+    ``loss``). Built from the trainer state's ``log_history``, which is restored on resume; records at or after a
+    re-saved step are replaced, so an interrupted run ends with the same log as an uninterrupted one."""
+
+    def __init__(self, log_path: Path, save_every: int):
+        self.log_path, self.save_every = Path(log_path), save_every
+
+    def on_save(self, args, state, control, **kwargs):
+        step = state.global_step
+        record = {"step": step, "checkpoint": f"checkpoint-{step}",
+                  **window_means(state.log_history, step - self.save_every, step)}
+        log = [r for r in read_log(self.log_path) if r["step"] < step] + [record]
+        atomic_write_json(self.log_path, log)
+
+
+# ---- training ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    """One model of a run: ``step`` 0 is the start model (``spec`` is its name), later ones are folders."""
+
+    step: int
+    spec: str
+    reward: float | None = None
+    accuracy: float | None = None
+    format: float | None = None
+    loss: float | None = None
+
+
+@dataclass
+class TrainingRun:
+    """A finished run. ``log_history`` is the trainer's per-step log; ``seconds`` the training time of the session
+    that finished it (resumed sessions count only their own time)."""
+
+    kind: str
+    path: Path
+    settings: GRPOSettings | SFTSettings
+    checkpoints: list[Checkpoint]
+    log_history: list[dict]
+    seconds: float
+    steps_trained: int
+    reused: bool
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps_trained / self.seconds if self.seconds > 0 else float("nan")
+
+    def curve(self, key: str = "reward") -> tuple[list[int], list[float]]:
+        """Per-step ``(steps, values)`` of a logged quantity (a :data:`LOG_KEYS` name or a raw log key)."""
+        key = LOG_KEYS.get(key, key)
+        pts = [(e["step"], e[key]) for e in self.log_history if key in e]
+        return [s for s, _ in pts], [v for _, v in pts]
+
+
+def config_hash(settings: GRPOSettings | SFTSettings) -> str:
+    import trl
+
+    payload = json.dumps({"kind": type(settings).__name__, "settings": dataclasses.asdict(settings),
+                          "weights": model_fingerprint(settings.model), "trl": trl.__version__}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def run_dir(settings: GRPOSettings | SFTSettings) -> Path:
+    kind = "grpo" if isinstance(settings, GRPOSettings) else "sft"
+    return cache_root() / "grpo-runs" / f"{kind}-{config_hash(settings)}"
+
+
+def _check(settings: GRPOSettings | SFTSettings) -> None:
+    if settings.steps < 1 or settings.save_every < 1:
+        raise ValueError(f"steps and save_every must be ≥ 1, got {settings.steps} and {settings.save_every}")
+    if settings.steps % settings.save_every:
+        raise ValueError(f"steps ({settings.steps}) must be a multiple of save_every ({settings.save_every}) so the "
+                         "last step is a checkpoint")
+    if isinstance(settings, GRPOSettings) and settings.num_generations < 2:
+        raise ValueError("GRPO needs num_generations ≥ 2 (advantages are relative within a group)")
+
+
+def _load_for_training(spec: str, device: str):
+    source = models.resolve(spec)
+    models.load_config(spec)
+    device_ = models.resolve_device(device)
+    hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True,
+                                              trust_remote_code=False)
+    tokenizer = models._load_tokenizer(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return hf, tokenizer, device_
+
+
+def make_grpo_trainer(settings: GRPOSettings, output_dir: Path, device: str = "auto",
+                      callbacks: Sequence[TrainerCallback] = ()):
+    """The ``GRPOTrainer`` of one run (CPU: ``use_cpu=True``, ``bf16=False``; GPU: bf16)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    hf, tokenizer, device_ = _load_for_training(settings.model, device)
+    tokenizer.padding_side = "left"
+    batch = settings.prompts_per_step * settings.num_generations
+    args = GRPOConfig(
+        output_dir=str(output_dir), max_steps=settings.steps, learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=settings.warmup_ratio,
+        per_device_train_batch_size=batch, num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length, temperature=settings.temperature,
+        beta=settings.beta, save_strategy="steps", save_steps=settings.save_every, save_total_limit=None,
+        logging_steps=1, disable_tqdm=True, report_to="none", seed=settings.seed, data_seed=settings.seed,
+        use_cpu=device_.type == "cpu", bf16=device_.type == "cuda",
+        chat_template_kwargs={"enable_thinking": settings.enable_thinking},
+    )
+    n_needed = settings.steps * settings.prompts_per_step
+    examples = _train_problems(settings.tasks, settings.n_train)
+    examples = [examples[i % len(examples)] for i in range(max(n_needed, len(examples)))]
+    trainer = GRPOTrainer(model=hf, reward_funcs=[accuracy_reward, format_reward], args=args,
+                          train_dataset=grpo_dataset(tokenizer, examples, settings.enable_thinking),
+                          processing_class=tokenizer, callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def make_sft_trainer(settings: SFTSettings, output_dir: Path, device: str = "auto",
+                     callbacks: Sequence[TrainerCallback] = ()):
+    """The ``SFTTrainer`` of one run on think-on traces (completion-only loss, AdamW, constant lr after warmup)."""
+    from trl import SFTConfig, SFTTrainer
+
+    hf, tokenizer, device_ = _load_for_training(settings.model, device)
+    args = SFTConfig(
+        output_dir=str(output_dir), max_steps=settings.steps, learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=settings.warmup_ratio,
+        per_device_train_batch_size=settings.batch_size, optim="adamw_torch", max_grad_norm=1.0,
+        save_strategy="steps", save_steps=settings.save_every, save_total_limit=None,
+        logging_steps=1, disable_tqdm=True, report_to="none", seed=settings.seed, data_seed=settings.seed,
+        completion_only_loss=True, eos_token=IM_END, activation_checkpointing=False,
+        use_cpu=device_.type == "cpu", bf16=device_.type == "cuda",
+    )
+    trainer = SFTTrainer(model=hf, args=args, processing_class=tokenizer,
+                         train_dataset=sft_dataset(tokenizer, _train_problems(settings.tasks, settings.n_train)),
+                         callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _checkpoints(settings, path: Path, log: list[dict]) -> list[Checkpoint]:
+    fields = {f.name for f in dataclasses.fields(Checkpoint)} - {"step", "spec"}
+    return [Checkpoint(0, settings.model)] + [
+        Checkpoint(r["step"], str(path / r["checkpoint"]), **{k: r[k] for k in fields if k in r}) for r in log]
+
+
+def train(settings: GRPOSettings | SFTSettings, device: str = "auto", callbacks: Sequence[TrainerCallback] = (),
+          retrain: bool = False) -> TrainingRun:
+    """Train (or resume, or reuse) one GRPO or SFT run; returns its checkpoints, step 0 being the start model.
+
+    A finished run with the same configuration is reused unless ``retrain``; an unfinished one resumes from its last
+    checkpoint. ``callbacks`` are extra ``TrainerCallback``\\ s (the tests use one that interrupts training).
+    """
+    _check(settings)
+    kind = "grpo" if isinstance(settings, GRPOSettings) else "sft"
+    path = run_dir(settings)
+    log_path, done = path / "checkpoints.json", path / "run.json"
+    if retrain:
+        shutil.rmtree(path, ignore_errors=True)
+    if done.exists():
+        meta = json.loads(done.read_text())
+        return TrainingRun(kind, path, settings, _checkpoints(settings, path, meta["checkpoints"]),
+                           meta["log_history"], meta["seconds"], meta["steps_trained"], reused=True)
+    make = make_grpo_trainer if kind == "grpo" else make_sft_trainer
+    with quiet_library_bars(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' gradient-checkpointing renames
+        trainer = make(settings, path, device,
+                       [CheckpointLog(log_path, settings.save_every), _ProgressCallback(kind.upper()), *callbacks])
+        resume = get_last_checkpoint(str(path)) if path.is_dir() else None
+        first_step = int(resume.rsplit("-", 1)[1]) if resume else 0
+        t0 = time.time()
+        trainer.train(resume_from_checkpoint=resume)
+        seconds = round(time.time() - t0, 2)
+    log = read_log(log_path)
+    steps = [r["step"] for r in log]
+    expected = list(range(settings.save_every, settings.steps + 1, settings.save_every))
+    if steps != expected:
+        raise RuntimeError(f"{kind} run in {path} ended with checkpoints at steps {steps}, expected {expected}")
+    for ckpt in path.glob("checkpoint-*"):
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            (ckpt / name).unlink(missing_ok=True)
+    meta = {"kind": kind, "settings": dataclasses.asdict(settings), "config_hash": config_hash(settings),
+            "checkpoints": log, "log_history": trainer.state.log_history, "seconds": seconds,
+            "steps_trained": settings.steps - first_step, "resumed_from": resume}
+    atomic_write_json(done, meta)
+    return TrainingRun(kind, path, settings, _checkpoints(settings, path, log), trainer.state.log_history, seconds,
+                       settings.steps - first_step, reused=False)
+
+
+# ---- figures ----------------------------------------------------------------------------------------------------
+
+def curves_figure(runs: dict[str, TrainingRun]):
+    """Per run, the per-step training signal: GRPO's total, accuracy and format rewards; SFT's loss."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.2), squeeze=False)
+    for ax, (label, run) in zip(axes[0], runs.items()):
+        keys = ("reward", "accuracy", "format") if run.kind == "grpo" else ("loss",)
+        for key in keys:
+            steps, values = run.curve(key)
+            ax.plot(steps, values, label=key, lw=1.2)
+        ax.set_title(f"{label}: {'rewards' if run.kind == 'grpo' else 'training loss'} per step", fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
