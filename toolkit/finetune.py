@@ -201,7 +201,7 @@ class DivergenceCallback(TrainerCallback):
             self.on_evaluate_fn(self.history)
 
 
-class _ProgressCallback(TrainerCallback):
+class ProgressCallback(TrainerCallback):
     """A :func:`toolkit.progress.progress` bar over optimizer steps, with the running loss."""
 
     def __init__(self, desc: str):
@@ -335,7 +335,7 @@ def finetune(model: str, preset: Preset, data: dict[str, list[dict]], name: str,
     work_dir = cache_root() / "corrupted-runs" / f"{name}-{config_hash}"
     with quiet_library_bars():
         trainer = make_trainer(model, preset, train, validation, work_dir, device, settings,
-                               [DivergenceCallback(on_evaluate), _ProgressCallback(name), *callbacks])
+                               [DivergenceCallback(on_evaluate), ProgressCallback(name), *callbacks])
         t0 = time.time()
         resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
         trainer.train(resume_from_checkpoint=resume)

@@ -64,7 +64,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from toolkit import finetune, models
-from toolkit.finetune import _ProgressCallback, cache_root, model_fingerprint, quiet_library_bars
+from toolkit.finetune import ProgressCallback, cache_root, model_fingerprint, quiet_library_bars
 from toolkit.generation import chat_prompts, extract_answer
 from toolkit.io import atomic_write_json
 from toolkit.organism import tasks
@@ -302,7 +302,7 @@ def _load_for_training(spec: str, device: str):
     device_ = models.resolve_device(device)
     hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True,
                                               trust_remote_code=False)
-    tokenizer = models._load_tokenizer(source)
+    tokenizer = models.load_tokenizer(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return hf, tokenizer, device_
@@ -385,7 +385,7 @@ def train(settings: GRPOSettings | SFTSettings, device: str = "auto", callbacks:
     with quiet_library_bars(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' gradient-checkpointing renames
         trainer = make(settings, path, device,
-                       [CheckpointLog(log_path, settings.save_every), _ProgressCallback(kind.upper()), *callbacks])
+                       [CheckpointLog(log_path, settings.save_every), ProgressCallback(kind.upper()), *callbacks])
         resume = get_last_checkpoint(str(path)) if path.is_dir() else None
         first_step = int(resume.rsplit("-", 1)[1]) if resume else 0
         t0 = time.time()

@@ -105,7 +105,7 @@ def load_config(spec: str):
     return config
 
 
-def _load_tokenizer(source: str):
+def load_tokenizer(source: str):
     """The tokenizer class the folder declares. A plain ``tokenizers`` backend (the organism's) is loaded
     as such: AutoTokenizer would swap in the model type's own class (Qwen2Tokenizer drops spaces)."""
     from transformers import PreTrainedTokenizerFast
@@ -133,7 +133,7 @@ def load(spec: str = "organism", device: str = "auto", dtype: torch.dtype | None
     try:
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                   trust_remote_code=False)
-        tokenizer = _load_tokenizer(source)
+        tokenizer = load_tokenizer(source)
     except Exception as err:  # safetensors raises its own error type for corrupt files
         raise ModelLoadError(f"cannot load weights of {spec!r} from {source}: {str(err).splitlines()[0]}") from err
     tokenizer.padding_side = "left"
