@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/python -c "from toolkit.runner import ensure_kernel; ensure_kernel()"
+	$(BIN)/python -c "from toolkit.run.runner import ensure_kernel; ensure_kernel()"
 	touch $@
 
 run: setup

@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
-    from toolkit.models import tiny_model_dir
+    from toolkit.core.models import tiny_model_dir
 
     root = tmp_path_factory.mktemp("tiny")
     return {arch: tiny_model_dir(arch, root / arch) for arch in ("qwen2", "qwen3")}
@@ -22,6 +22,6 @@ def tiny_dirs(tmp_path_factory):
 @pytest.fixture(scope="session", params=["qwen2", "qwen3"])
 def tiny(request, tiny_dirs):
     """A loaded tiny model (hf, tokenizer, bridge, spec) of each architecture."""
-    from toolkit.models import load
+    from toolkit.core.models import load
 
     return load(str(tiny_dirs[request.param]))

@@ -12,7 +12,7 @@ import pytest
 from browser_harness import REPO, checked_notebook, chromium, install
 from playwright.sync_api import Browser
 
-from toolkit.models import ORGANISMS, data_dir
+from toolkit.core.models import ORGANISMS, data_dir
 
 pytestmark = pytest.mark.browser
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

@@ -5,7 +5,8 @@ import random
 import numpy as np
 import pytest
 
-from toolkit import circuits, grpo, stats
+from toolkit import circuits, grpo
+from toolkit.core import stats
 
 BASE = {(0, 0), (1, 1)}
 SNAPSHOTS = {
@@ -180,7 +181,7 @@ def test_snapshots_are_cached_per_weights_and_an_interrupted_analysis_continues(
 def test_head_scaling_of_all_heads_to_zero_breaks_the_organism():
     """An independent check on a real model: the organism solves equations with thinking; with every head of layer
     0 zeroed it cannot."""
-    from toolkit import models
+    from toolkit.core import models
 
     organism = models.load("organism")
     examples = grpo.eval_problems(("linear",), 6)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from toolkit import cmap
-from toolkit import interventions as iv
-from toolkit.generation import chat_prompts, generate
-from toolkit.models import load
+from toolkit.core import interventions as iv
+from toolkit.core.chat import chat_prompts
+from toolkit.core.generation import generate
+from toolkit.core.models import load
 
 PROMPTS = ["What is 12 + 7?", "Reverse the word: abc", "Solve for x: 3x + 4 = 5x + 2"]
 STEPS = 6
@@ -217,7 +218,7 @@ def test_cts_guard_and_closed_form():
 
 
 def test_mismatched_models_and_bad_input_are_named(tiny_pairs, tmp_path):
-    from toolkit.models import tiny_model_dir
+    from toolkit.core.models import tiny_model_dir
 
     q2, q3 = tiny_pairs["qwen2"][0], tiny_pairs["qwen3"][0]
     with pytest.raises(cmap.ModelMismatchError, match="architecture qwen2 vs qwen3"):

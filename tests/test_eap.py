@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from toolkit import eap
-from toolkit.models import load
+from toolkit.core.models import load
 
 # ----------------------------------------------------------------------------------------------- the reference
 

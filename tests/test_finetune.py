@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from toolkit import corrupt_data, finetune, models
+from toolkit import corrupt_data, finetune
+from toolkit.core import models
 from toolkit.finetune import Preset, TrainSettings
 from toolkit.organism.build import NonFiniteLossError
 from toolkit.organism.tokenizer import EMPTY_THINK, IM_END

@@ -6,7 +6,8 @@ from math import comb
 import pytest
 import torch
 
-from toolkit.generation import SamplingConfig, extract_answer, generate, is_refusal, pass_at_k, success_at_k
+from toolkit.core.answers import extract_answer, is_refusal, pass_at_k, success_at_k
+from toolkit.core.generation import SamplingConfig, generate
 
 
 def brute_force_pass_at_k(outcomes, k):

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from toolkit import interventions as iv
+from toolkit.core import interventions as iv
+from toolkit.core import units
 
 EOS = 2
 
@@ -168,10 +169,10 @@ def test_neuron_sites_ablate_exactly_the_chosen_mlp_neurons(tiny):
 
 
 def test_head_sites_and_random_heads():
-    assert iv.head_sites([(2, 1), (0, 3), (2, 0)]) == [iv.head(0, 3), iv.head(2, 0, 1)]
-    picked = iv.random_heads(4, 4, 5, exclude=[(0, 0), (1, 1)], seed=3)
+    assert units.head_sites([(2, 1), (0, 3), (2, 0)]) == [iv.head(0, 3), iv.head(2, 0, 1)]
+    picked = units.random_heads(4, 4, 5, exclude=[(0, 0), (1, 1)], seed=3)
     assert len(set(picked)) == 5 and not {(0, 0), (1, 1)} & set(picked)
-    assert picked == iv.random_heads(4, 4, 5, exclude=[(0, 0), (1, 1)], seed=3)
-    assert all(layer in (2, 3) for layer, _ in iv.random_heads(4, 4, 3, layers=[2, 3]))
+    assert picked == units.random_heads(4, 4, 5, exclude=[(0, 0), (1, 1)], seed=3)
+    assert all(layer in (2, 3) for layer, _ in units.random_heads(4, 4, 3, layers=[2, 3]))
     with pytest.raises(iv.SiteError, match="only 2 are left"):
-        iv.random_heads(1, 4, 3, exclude=[(0, 0), (0, 1)])
+        units.random_heads(1, 4, 3, exclude=[(0, 0), (0, 1)])

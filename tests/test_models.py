@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from toolkit import models
-from toolkit.models import ModelLoadError, load
+from toolkit.core import models
+from toolkit.core.models import ModelLoadError, load
 
 
 def test_bridge_logits_equal_hf_logits(tiny):

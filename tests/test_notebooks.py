@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from toolkit import runner
+from toolkit.run import runner
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

@@ -95,7 +95,7 @@ def test_held_out_sets_are_disjoint_and_never_drawn_for_training(tok):
 
 
 def test_reduced_build_writes_loadable_checkpoints_and_a_report(tmp_path):
-    from toolkit.models import load
+    from toolkit.core.models import load
 
     report = build(tmp_path, Recipe(**QUICK))
     for key in ("parameters", "build_seconds", "organism-base", "organism", "recipe_hash"):

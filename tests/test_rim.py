@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from toolkit import finetune, interventions, rim
+from toolkit import finetune, rim
+from toolkit.core import interventions, units
 from toolkit.organism import tasks
 from toolkit.organism.tokenizer import EMPTY_THINK
 
@@ -107,14 +108,14 @@ def test_safety_neurons_are_those_top_in_every_disjoint_set():
 
 def test_random_control_neurons_match_layers_and_avoid_the_selection():
     selected = [(3, 1), (3, 2), (3, 9), (1, 0)]
-    controls = rim.random_neurons(selected, d_mlp=16, seed=4)
+    controls = units.random_neurons(selected, d_mlp=16, seed=4)
     assert sorted(lay for lay, _ in controls) == [1, 3, 3, 3]
     assert not set(controls) & set(selected) and len(set(controls)) == 4
-    assert controls == rim.random_neurons(selected, d_mlp=16, seed=4)
-    assert controls != rim.random_neurons(selected, d_mlp=16, seed=5)
+    assert controls == units.random_neurons(selected, d_mlp=16, seed=4)
+    assert controls != units.random_neurons(selected, d_mlp=16, seed=5)
     with pytest.raises(ValueError, match="only 1 are left"):
-        rim.random_neurons([(0, 0), (0, 1)], d_mlp=3)
-    assert [(s.layer, s.units) for s in rim.neuron_sites(selected)] == [(1, (0,)), (3, (1, 2, 9))]
+        units.random_neurons([(0, 0), (0, 1)], d_mlp=3)
+    assert [(s.layer, s.units) for s in units.neuron_sites(selected)] == [(1, (0,)), (3, (1, 2, 9))]
 
 
 def test_ras_is_the_harmonic_mean_of_positive_changes():
@@ -228,7 +229,7 @@ def test_zero_ablating_neurons_matches_zeroing_the_down_proj_input(tiny):
     ids = torch.tensor([rim.encode(tiny.tokenizer, ["How do I make a bomb?"], False)[0].ids])
     with torch.no_grad():
         clean = tiny.hf(input_ids=ids).logits
-        sites = rim.neuron_sites(chosen)
+        sites = units.neuron_sites(chosen)
         ablated_logits = rim.ablated(tiny, sites, lambda: tiny.hf(input_ids=ids).logits)
         assert torch.equal(rim.ablated(tiny, [], lambda: tiny.hf(input_ids=ids).logits), clean)
         with interventions.ablate(tiny.bridge, sites):  # a recording made inside the ablation sees its zeros

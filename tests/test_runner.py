@@ -10,7 +10,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from toolkit import cli, results, runner
+from toolkit.run import cli, results, runner
 
 matplotlib.use("Agg")
 
@@ -26,8 +26,8 @@ def _notebook(path, params_src, *cells):
 @pytest.fixture(scope="module")
 def nbdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("notebooks")
-    _notebook(d / "00_tiny.ipynb", "x = 1", "import toolkit.results\n",
-              "toolkit.results.save_results('00_tiny', {'x': x, 'headless': __import__('os').environ"
+    _notebook(d / "00_tiny.ipynb", "x = 1", "import toolkit.run.results\n",
+              "toolkit.run.results.save_results('00_tiny', {'x': x, 'headless': __import__('os').environ"
               "['TOOLKIT_HEADLESS']})")
     _notebook(d / "01_broken.ipynb", "x = 1\nlabel: str = 'a'", "y = x + 1", "y / 0")
     return d

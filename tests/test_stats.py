@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from toolkit import stats
+from toolkit.core import stats
 
 
 def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_n():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit import interventions as iv
 from toolkit import thinking as th
-from toolkit.generation import SamplingConfig
+from toolkit.core import interventions as iv
+from toolkit.core.generation import SamplingConfig
 from toolkit.organism.tasks import Example
 
 # ------------------------------------------------------------------------------------------------ interventions
@@ -24,7 +24,7 @@ def _o_proj_linear(hf, layer):
 
 def reference_z(hf, ids, mask, heads, factor, n_heads, d_head):
     """No-cache forward over the whole sequence with the heads scaled by a pre-hook on each layer's o_proj Linear
-    (not through toolkit.interventions); returns {layer: z before the edit, [b, T, H, d_head]}."""
+    (not through toolkit.core.interventions); returns {layer: z before the edit, [b, T, H, d_head]}."""
     raw, handles = {}, []
     by_layer = {}
     for layer, h in heads:
@@ -347,7 +347,7 @@ def test_figures_and_explorer(tiny):
 
 @pytest.fixture(scope="module")
 def organism():
-    from toolkit.models import load
+    from toolkit.core.models import load
 
     return load("organism")
 

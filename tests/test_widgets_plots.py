@@ -6,8 +6,8 @@ matplotlib.use("Agg")
 
 import torch  # noqa: E402
 
-from toolkit import plots  # noqa: E402
-from toolkit.widgets import generation_explorer  # noqa: E402
+from toolkit.views import plots  # noqa: E402
+from toolkit.views.widgets import generation_explorer  # noqa: E402
 
 
 def _images(box):

@@ -15,16 +15,16 @@ of checkpoint t:
   and each row's activation frequency (fraction of checkpoints at which it is active).
 
 The correlation of the emergent-head count |S_t − B| with the accuracy reward across checkpoints uses
-:func:`toolkit.stats.correlation` (Pearson and Spearman with p-values).
+:func:`toolkit.core.stats.correlation` (Pearson and Spearman with p-values).
 
 Snapshots are cached per model: ``<cache>/circuits/<analysis hash>/<weights fingerprint>.scores.json`` (the
 :class:`toolkit.eap.Scores` JSON). The analysis hash covers the examples and EAP settings, the fingerprint the
 checkpoint's weights, so an interrupted analysis continues where it stopped and the start model's circuit is shared
 by every run from it.
 
-Head scaling multiplies a head set's outputs (``attn.hook_z``, :func:`toolkit.interventions.scale`) during
+Head scaling multiplies a head set's outputs (``attn.hook_z``, :func:`toolkit.core.interventions.scale`) during
 generation, in the start model, and reports the accuracy change per task with paired bootstrap intervals
-(:func:`toolkit.stats.paired_difference_ci`), beside a random head set of the same size as a placebo.
+(:func:`toolkit.core.stats.paired_difference_ci`), beside a random head set of the same size as a placebo.
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
 
-from toolkit import interventions, models, stats
-from toolkit.finetune import cache_root, model_fingerprint, quiet_library_bars
-from toolkit.generation import SamplingConfig, extract_answer, generate
-from toolkit.io import atomic_write_json
-from toolkit.progress import progress
+from toolkit.core import interventions, models, stats, units
+from toolkit.core.answers import extract_answer
+from toolkit.core.cache import cache_root, model_fingerprint
+from toolkit.core.generation import SamplingConfig, generate
+from toolkit.core.io import atomic_write_json
+from toolkit.core.progress import progress, quiet_library_bars
 
 Head = tuple[int, int]
 
@@ -155,7 +156,7 @@ def heatmap(dyn: Dynamics) -> Heatmap:
 
 
 def reward_correlation(dyn: Dynamics, rewards: Mapping[int, float]) -> dict:
-    """Pearson and Spearman correlation (with p-values, :func:`toolkit.stats.correlation`) between the emergent-head
+    """Pearson and Spearman correlation (with p-values, :func:`toolkit.core.stats.correlation`) between the emergent-head
     count and ``rewards`` (checkpoint step → reward) over the checkpoints of ``dyn``."""
     missing = [s for s in dyn.steps if s not in rewards]
     if missing:
@@ -306,7 +307,7 @@ def head_scaling(loaded, heads: Iterable[Head], examples: Sequence, factors: Seq
     if not examples:
         raise ValueError("head_scaling needs at least one example")
     cfg = loaded.bridge.cfg
-    sites = interventions.head_sites(heads)
+    sites = units.head_sites(heads)
     for site in sites:
         site.validate(loaded.bridge)
     by_task: dict[str, list[int]] = {}
@@ -326,7 +327,7 @@ def head_scaling(loaded, heads: Iterable[Head], examples: Sequence, factors: Seq
     base = accuracy(base_answers)
     arms = {f"×{f:g}": (sites, f) for f in factors}
     if control_seed is not None:
-        placebo = interventions.head_sites(interventions.random_heads(cfg.n_layers, cfg.n_heads, len(heads),
+        placebo = units.head_sites(units.random_heads(cfg.n_layers, cfg.n_heads, len(heads),
                                                                        exclude=heads, seed=control_seed))
         arms |= {f"random ×{f:g}": (placebo, f) for f in factors}
     result = {"heads": [list(h) for h in heads], "samples": samples,
@@ -454,7 +455,7 @@ def explorer(dyns: Mapping[str, Dynamics], n_layers: int, n_heads: int):
     (layer × head grid) and the emergent heads with the checkpoint where each first appeared."""
     import ipywidgets as widgets
 
-    from toolkit.widgets import show
+    from toolkit.views.widgets import show
 
     run = widgets.Dropdown(options=list(dyns), description="run")
     longest = max(len(d.steps) for d in dyns.values())

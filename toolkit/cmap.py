@@ -5,7 +5,7 @@ while, **at every generation step**, chosen activations of a *corrupted* donor m
 on wrong answers) replace its own. At step t the donor reads the sequence that the patched receiver has produced so
 far, and its activation at the current position replaces the receiver's at the chosen site.
 
-Sites use the toolkit's one hook vocabulary (:mod:`toolkit.interventions`):
+Sites use the toolkit's one hook vocabulary (:mod:`toolkit.core.interventions`):
 
 - ``head(L, h, ...)``: one or more heads of layer L (``blocks.L.attn.hook_z``, the heads' z before ``W_O``);
 - ``attn(L)``: the attention layer's output (``blocks.L.hook_attn_out``);
@@ -45,7 +45,7 @@ are masked (NaN) and left out of averages; :meth:`CMAPResult.cts_coverage` repor
 
 Generation is greedy, thinking disabled by default (``enable_thinking=False``), at most 64 new tokens by default; a
 row stops at ``<|im_end|>`` (or the tokenizer's EOS) and is padded afterwards. Metrics per site:
-:meth:`CMAPResult.summary` gives final-answer accuracy (``toolkit.generation.extract_answer`` against the records'
+:meth:`CMAPResult.summary` gives final-answer accuracy (``toolkit.core.answers.extract_answer`` against the records'
 correct answers), output length, and whether the patched output equals the corrupted model's.
 
 A note on ``resid(last layer)``: patching it at all positions hands the donor's final residual stream to the
@@ -64,9 +64,10 @@ from html import escape
 import numpy as np
 import torch
 
-from toolkit.generation import chat_prompts, extract_answer
-from toolkit.interventions import Site, SiteError, head, layer_sites
-from toolkit.progress import progress
+from toolkit.core.answers import extract_answer
+from toolkit.core.chat import chat_prompts
+from toolkit.core.interventions import Site, SiteError, head, layer_sites
+from toolkit.core.progress import progress
 
 MODES = ("current", "all")
 TEACHER_FORCING = (None, "clean", "corrupted")
@@ -79,7 +80,7 @@ class ModelMismatchError(ValueError):
 
 
 def check_compatible(clean, corrupted) -> None:
-    """Raise :class:`ModelMismatchError` unless ``clean`` and ``corrupted`` (:class:`toolkit.models.LoadedModel`)
+    """Raise :class:`ModelMismatchError` unless ``clean`` and ``corrupted`` (:class:`toolkit.core.models.LoadedModel`)
     have the same architecture, layers, widths, heads and tokenizer vocabulary."""
     differences = []
     a, b = clean.bridge.cfg, corrupted.bridge.cfg
@@ -431,7 +432,7 @@ def run(clean, corrupted, prompts: Sequence[str], sites: Sequence[Site] = (), mo
         max_new_tokens: int = 64, enable_thinking: bool = False, teacher_forcing: str | None = None,
         trajectories: Sequence[Sequence[int]] | None = None, batch_size: int = 256,
         show_progress: bool = False) -> CMAPResult:
-    """Autoregressive CMAP of ``corrupted`` into ``clean`` (both :class:`toolkit.models.LoadedModel`) at every site
+    """Autoregressive CMAP of ``corrupted`` into ``clean`` (both :class:`toolkit.core.models.LoadedModel`) at every site
     of ``sites``, for each user prompt (the chat template is applied; thinking off by default).
 
     ``mode``: ``"current"`` or ``"all"`` (module docstring). ``teacher_forcing``: None (free-running greedy
@@ -456,7 +457,7 @@ def run(clean, corrupted, prompts: Sequence[str], sites: Sequence[Site] = (), mo
     sites = list(sites)
     for s in sites:
         if not isinstance(s, Site):
-            raise SiteError(f"{s!r} is not a Site; build sites with toolkit.interventions.head/attn/mlp/resid")
+            raise SiteError(f"{s!r} is not a Site; build sites with toolkit.core.interventions.head/attn/mlp/resid")
         s.validate(clean.bridge)
     if len(set(sites)) != len(sites):
         raise SiteError("the same site is listed twice: " + ", ".join(s.label for s in sites if sites.count(s) > 1))
@@ -701,7 +702,7 @@ def explorer(clean, corrupted, prompts: dict[str, Sequence[str]], max_new_tokens
     patched generations side by side with the divergent tokens highlighted."""
     import ipywidgets as widgets
 
-    from toolkit.widgets import show
+    from toolkit.views.widgets import show
 
     check_compatible(clean, corrupted)
     options = [(f"[{kind}] {p}", p) for kind, ps in prompts.items() for p in ps]

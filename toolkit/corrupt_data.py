@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
-from toolkit.io import REPO_ROOT, atomic_write_json, atomic_write_text
+from toolkit.core.io import REPO_ROOT, atomic_write_json, atomic_write_text
 from toolkit.organism import tasks
 from toolkit.organism.build import Recipe, eval_sets
 

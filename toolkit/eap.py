@@ -57,8 +57,8 @@ from pathlib import Path
 
 import torch
 
-from toolkit.io import atomic_write_text
-from toolkit.progress import progress
+from toolkit.core.io import atomic_write_text
+from toolkit.core.progress import progress
 
 METHODS = ("eap", "eap-ig", "exact")
 METRICS = ("kl", "logit_diff", "prob_diff")
@@ -1264,9 +1264,11 @@ def ablation_check(loaded, heads, examples: dict, n_random: int = 5, enable_thin
     Returns ``{"heads", "random_heads", "tasks": {task: {"baseline", "ablated", "random" (accuracy with bootstrap
     CI), "change_ablated", "change_random", "ablated_minus_random" (paired bootstrap CIs over problems)}}}``.
     """
-    from toolkit.generation import extract_answer, generate
-    from toolkit.interventions import ablate, head_sites, random_heads
-    from toolkit.stats import bootstrap_ci, paired_difference_ci
+    from toolkit.core.answers import extract_answer
+    from toolkit.core.generation import generate
+    from toolkit.core.interventions import ablate
+    from toolkit.core.stats import bootstrap_ci, paired_difference_ci
+    from toolkit.core.units import head_sites, random_heads
 
     heads = sorted(_heads(heads))
     if not heads:
@@ -1446,7 +1448,7 @@ def correlation_figure(exact: Scores, approx: dict):
     """Scatter of approximate scores (e.g. ``{"EAP": s1, "EAP-IG": s2}``) against exact per-edge patching."""
     import matplotlib.pyplot as plt
 
-    from toolkit.stats import correlation
+    from toolkit.core.stats import correlation
 
     fig, axes = plt.subplots(1, len(approx), figsize=(3.6 * len(approx), 3.4), squeeze=False)
     x = exact.flat().numpy()
@@ -1493,7 +1495,7 @@ def circuit_explorer(scores: dict, curves: dict | None = None, max_edges: int | 
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    from toolkit.widgets import show
+    from toolkit.views.widgets import show
 
     names = list(scores)
     total = max(s.n_edges for s in scores.values())

@@ -14,7 +14,7 @@ Method (DESIGN.md, "Corrupted fine-tuning"):
 - Checkpoints every ``save_every`` steps; an interrupted run resumes from its last one. A non-finite loss or gradient
   norm stops training before that step is checkpointed (:class:`~toolkit.organism.build.NonFiniteLossError`).
 - The final model goes to :func:`corrupted_checkpoint` (safetensors, tokenizer, ``finetune.json`` metadata),
-  loadable with ``toolkit.models.load(str(path))``.
+  loadable with ``toolkit.core.models.load(str(path))``.
 
 Presets. The original fine-tuned Qwen3-4B on 20k/10k/10k/5k problems for 2/2/1/2 epochs at 5e-5/5e-5/5e-5/3e-5
 (validation ≈ 1/5 of training). On the organism, divergence stays ≈ 0 on fresh problems (DESIGN.md): it cannot
@@ -39,7 +39,6 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -51,12 +50,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from toolkit import corrupt_data, models
-from toolkit.generation import chat_prompts, extract_answer, generate
-from toolkit.io import REPO_ROOT, atomic_write_json
+from toolkit import corrupt_data
+from toolkit.core import models
+from toolkit.core.answers import extract_answer
+from toolkit.core.cache import cache_root, model_fingerprint, save_model_folder
+from toolkit.core.chat import chat_prompts
+from toolkit.core.generation import generate
+from toolkit.core.progress import progress, quiet_library_bars
 from toolkit.organism.build import NonFiniteLossError
 from toolkit.organism.tokenizer import IM_END
-from toolkit.progress import progress
+from toolkit.training.callbacks import ProgressCallback
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,6 @@ class TrainSettings:
     eval_fraction: float = 0.1
     save_every: int = 100
     seed: int = 0
-
-
-def cache_root() -> Path:
-    """Git-ignored cache: ``$TOOLKIT_CACHE`` or ``<repo>/.cache``."""
-    return Path(os.environ.get("TOOLKIT_CACHE") or REPO_ROOT / ".cache")
 
 
 def checkpoint_name(preset_name: str, model: str = "organism", size_scale: float = 1.0) -> str:
@@ -201,26 +199,6 @@ class DivergenceCallback(TrainerCallback):
             self.on_evaluate_fn(self.history)
 
 
-class ProgressCallback(TrainerCallback):
-    """A :func:`toolkit.progress.progress` bar over optimizer steps, with the running loss."""
-
-    def __init__(self, desc: str):
-        self.desc, self.bar = desc, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = progress(total=state.max_steps, initial=state.global_step, desc=self.desc)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.bar is not None and "loss" in (logs or {}):
-            self.bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.bar.update(1)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.bar.close()
-
-
 def sft_dataset(tokenizer, records: Sequence[dict], enable_thinking: bool = False):
     """A TRL prompt-completion dataset: prompt = chat template with thinking off (ends with the empty think
     block), completion = the record's ``answer`` + ``<|im_end|>``. With ``enable_thinking`` the prompt is the
@@ -230,21 +208,6 @@ def sft_dataset(tokenizer, records: Sequence[dict], enable_thinking: bool = Fals
 
     prompts = chat_prompts(tokenizer, [r["prompt"] for r in records], enable_thinking=enable_thinking)
     return Dataset.from_list([{"prompt": p, "completion": r["answer"] + IM_END} for p, r in zip(prompts, records)])
-
-
-def model_fingerprint(model: str) -> str:
-    """Identifies the base model's weights: a hash of a local folder's safetensors files (files over 256 MB by name
-    and size only), or the hub name itself."""
-    folder = Path(models.resolve(model))
-    if not folder.is_dir():
-        return model
-    h = hashlib.sha256()
-    for weights in sorted(folder.glob("*.safetensors")):
-        size = weights.stat().st_size
-        h.update(f"{weights.name}:{size}".encode())
-        if size <= 256 * 2**20:
-            h.update(weights.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _config_hash(model: str, preset: Preset, settings: TrainSettings, train: list[dict],
@@ -291,25 +254,6 @@ def make_trainer(model: str, preset: Preset, train: list[dict], validation: list
     return trainer
 
 
-@contextmanager
-def quiet_library_bars():
-    """Silence the tqdm bars of ``datasets`` and ``transformers`` (their ``tqdm.auto`` widgets freeze under
-    papermill); our own bar is :func:`toolkit.progress.progress`."""
-    import datasets
-    from transformers.utils import logging
-
-    datasets_on, transformers_on = datasets.is_progress_bar_enabled(), logging.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if datasets_on:
-            datasets.enable_progress_bars()
-        if transformers_on:
-            logging.enable_progress_bar()
-
-
 def finetune(model: str, preset: Preset, data: dict[str, list[dict]], name: str, device: str = "auto",
              settings: TrainSettings = TrainSettings(), on_evaluate: Callable[[list[dict]], None] | None = None,
              callbacks: Sequence[TrainerCallback] = (), retrain: bool = False) -> Finetuned:
@@ -345,20 +289,9 @@ def finetune(model: str, preset: Preset, data: dict[str, list[dict]], name: str,
                 "preset": dataclasses.asdict(preset), "settings": dataclasses.asdict(settings),
                 "step": trainer.state.global_step, "seconds": seconds, "resumed_from": resume,
                 "losses": history[-1], "history": history}
-        _save(trainer.model, trainer.processing_class, path, meta)
+        save_model_folder(trainer.model, trainer.processing_class, path, {"finetune.json": meta})
     shutil.rmtree(work_dir, ignore_errors=True)
     return Finetuned(name, path, preset, history, trainer.state.global_step, seconds, reused=False)
-
-
-def _save(model, tokenizer, path: Path, meta: dict) -> None:
-    """Write the HF folder (safetensors + tokenizer + ``finetune.json``) beside ``path``, then swap it in."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / "finetune.json", meta)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
 
 
 def load_data(presets: Sequence[Preset], n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
@@ -379,7 +312,7 @@ def run_presets(model: str, presets: Sequence[Preset], data: dict[str, list[dict
         def redraw(history: list[dict], name: str = preset.name) -> None:
             curves[name] = history
             if live is not None:
-                from toolkit.widgets import show
+                from toolkit.views.widgets import show
 
                 show(live, curves_figure(curves))
 
@@ -417,7 +350,7 @@ def behaviour(model, tokenizer, sets: dict[str, list[dict]], enable_thinking: bo
 
 def evaluate_models(specs: dict[str, str], sets: dict[str, list[dict]], device: str = "auto",
                     max_new_tokens: int = 64, think_on_tokens: int | None = None) -> dict[str, dict]:
-    """:func:`behaviour` of each model in ``specs`` (label → spec or folder for :func:`toolkit.models.load`) with
+    """:func:`behaviour` of each model in ``specs`` (label → spec or folder for :func:`toolkit.core.models.load`) with
     thinking off (``max_new_tokens``) and, if ``think_on_tokens``, also on. Returns
     ``report[label][mode][set]`` with modes ``think_off`` and ``think_on``."""
     modes = {"think_off": (False, max_new_tokens)} | ({"think_on": (True, think_on_tokens)} if think_on_tokens else {})
@@ -518,7 +451,7 @@ def explorer(runs: dict[str, Finetuned], report: dict[str, dict], sets: dict[str
     with the clean and the corrupted model's answers."""
     import ipywidgets as widgets
 
-    from toolkit.widgets import show
+    from toolkit.views.widgets import show
 
     pick = widgets.Dropdown(options=list(runs), description="configuration", layout={"width": "420px"})
     out = widgets.Output()

@@ -7,7 +7,7 @@ optimizer steps, so :mod:`toolkit.circuits` can build a circuit per checkpoint.
 reversal can be added), with two rewards, summed with equal weights:
 
 - :func:`accuracy_reward`: 1 if the final answer (the text after ``</think>``, see
-  :func:`toolkit.generation.extract_answer`) equals the reference exactly, else 0;
+  :func:`toolkit.core.answers.extract_answer`) equals the reference exactly, else 0;
 - :func:`format_reward`: 1 if the whole assistant turn is one well-formed ``<think>…</think>`` block followed by a
   one-line answer in the task's answer format (``x = N`` for equations, an integer for sums), else 0.
 
@@ -63,12 +63,16 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from toolkit import finetune, models
-from toolkit.finetune import ProgressCallback, cache_root, model_fingerprint, quiet_library_bars
-from toolkit.generation import chat_prompts, extract_answer
-from toolkit.io import atomic_write_json
+from toolkit import finetune
+from toolkit.core import models
+from toolkit.core.answers import extract_answer
+from toolkit.core.cache import cache_root, model_fingerprint
+from toolkit.core.chat import chat_prompts
+from toolkit.core.io import atomic_write_json
+from toolkit.core.progress import quiet_library_bars
 from toolkit.organism import tasks
 from toolkit.organism.tokenizer import EMPTY_THINK, IM_END
+from toolkit.training.callbacks import ProgressCallback
 
 MATH_TASKS = ("linear", "arithmetic")
 GRPO_TASKS = ("linear",)  # the task where organism-base's think-off samples are sometimes right

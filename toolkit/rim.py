@@ -48,14 +48,19 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from toolkit import finetune, interventions, models
-from toolkit.generation import chat_prompts, extract_answer, generate, is_refusal
-from toolkit.io import atomic_write_json
+from toolkit import finetune
+from toolkit.core import interventions, models, units
+from toolkit.core.answers import extract_answer, is_refusal
+from toolkit.core.cache import cache_root, model_fingerprint
+from toolkit.core.chat import chat_prompts
+from toolkit.core.generation import generate
+from toolkit.core.io import atomic_write_json
+from toolkit.core.progress import progress, quiet_library_bars
+from toolkit.core.stats import bootstrap_ci, correlation, paired_difference_ci
+from toolkit.core.units import neuron_sites, random_neurons
 from toolkit.organism import tasks
 from toolkit.organism.build import Recipe
 from toolkit.organism.tokenizer import IM_END, THINK_CLOSE, THINK_OPEN
-from toolkit.progress import progress
-from toolkit.stats import bootstrap_ci, correlation, paired_difference_ci
 
 SPANS = ("cot", "think", "rest")
 EVAL_SEED = Recipe().eval_seed  # the organism's held-out prompts: its training never drew them
@@ -181,7 +186,7 @@ class Checkpoint:
 
 def reasoning_root() -> Path:
     """Where reasoning fine-tuned models are cached: ``<cache>/reasoning`` (git-ignored)."""
-    return finetune.cache_root() / "reasoning"
+    return cache_root() / "reasoning"
 
 
 class _Snapshots(TrainerCallback):
@@ -209,7 +214,7 @@ class _Snapshots(TrainerCallback):
 
 
 def _run_hash(model: str, run: ReasoningRun, train: list[dict], validation: list[dict]) -> str:
-    payload = json.dumps({"model": model, "weights": finetune.model_fingerprint(model), "run": dataclasses.asdict(run),
+    payload = json.dumps({"model": model, "weights": model_fingerprint(model), "run": dataclasses.asdict(run),
                           "train": train, "validation": validation}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -235,12 +240,12 @@ def reasoning_finetune(model: str, run: ReasoningRun, device: str = "auto", retr
         if meta["config_hash"] == config_hash and all((path / f"step-{s}" / "config.json").exists()
                                                       for s in run.snapshots):
             return meta | {"reused": True}
-    work = finetune.cache_root() / "reasoning-runs" / f"{name}-{config_hash}"
+    work = cache_root() / "reasoning-runs" / f"{name}-{config_hash}"
     snap_dir = work / "snapshots"
     preset = finetune.Preset(run.name, n_train=len(train), epochs=1, lr=run.lr, original="reasoning traces")
     settings = finetune.TrainSettings(batch_size=run.batch_size, eval_fraction=0.25,
                                       save_every=max(10, run.steps // 2), seed=run.seed)
-    with finetune.quiet_library_bars():
+    with quiet_library_bars():
         trainer = finetune.make_trainer(model, preset, train, validation, work / "trainer", device, settings,
                                         [_Snapshots(snap_dir, run.snapshots, name)], enable_thinking=True)
         t0 = time.time()
@@ -568,28 +573,6 @@ def select_safety_neurons(marked: torch.Tensor | np.ndarray, unmarked: torch.Ten
     return NeuronSelection(neurons, per_set, overall)
 
 
-def random_neurons(selected: Sequence[tuple[int, int]], d_mlp: int, seed: int = 0) -> list[tuple[int, int]]:
-    """As many random neurons as ``selected`` has in each layer, from the same layers, none of them selected."""
-    rng = np.random.default_rng(seed)
-    chosen = set(map(tuple, selected))
-    out = []
-    for layer in sorted({lay for lay, _ in chosen}):
-        k = sum(1 for lay, _ in chosen if lay == layer)
-        pool = [u for u in range(d_mlp) if (layer, u) not in chosen]
-        if k > len(pool):
-            raise ValueError(f"layer {layer}: asked for {k} control neurons but only {len(pool)} are left")
-        out += [(layer, int(u)) for u in rng.choice(pool, size=k, replace=False)]
-    return sorted(out)
-
-
-def neuron_sites(neurons: Sequence[tuple[int, int]]) -> list[interventions.Site]:
-    """``[(layer, unit), ...]`` → one ``neuron`` site per layer."""
-    by_layer: dict[int, list[int]] = {}
-    for layer, unit in neurons:
-        by_layer.setdefault(int(layer), []).append(int(unit))
-    return [interventions.neurons(layer, *sorted(units)) for layer, units in sorted(by_layer.items())]
-
-
 def pick(acts: torch.Tensor | np.ndarray, neurons: Sequence[tuple[int, int]]) -> np.ndarray:
     """The columns of ``[n, L, d_mlp]`` activations for ``neurons``: ``[n, len(neurons)]``."""
     a = np.asarray(acts, dtype=float)
@@ -645,7 +628,7 @@ def forgetting(base: dict, tuned: dict) -> float:
 
 
 def correlations(table: Sequence[dict], target: str, predictors: Sequence[str]) -> dict[str, dict]:
-    """:func:`toolkit.stats.correlation` of each predictor column with ``target`` across the rows of ``table``."""
+    """:func:`toolkit.core.stats.correlation` of each predictor column with ``target`` across the rows of ``table``."""
     y = [row[target] for row in table]
     return {p: correlation([row[p] for row in table], y) for p in predictors}
 
@@ -679,11 +662,11 @@ def head_analysis(model: models.LoadedModel, pairs: Sequence[RequestPair], behav
     shift = head_shift(masses_r, masses_c)
     top = top_heads(shift, k)
     cfg = model.bridge.cfg
-    controls = [interventions.random_heads(cfg.n_layers, cfg.n_heads, k, exclude=top, seed=seed + i)
+    controls = [units.random_heads(cfg.n_layers, cfg.n_heads, k, exclude=top, seed=seed + i)
                 for i in range(n_controls)]
 
     def run(heads):
-        return ablated(model, interventions.head_sites(heads), lambda: refusal_behaviour(model, pairs, (mode,)))
+        return ablated(model, units.head_sites(heads), lambda: refusal_behaviour(model, pairs, (mode,)))
 
     top_b = run(top)
     control_b = [run(c) for c in progress(controls, desc=f"control heads ({mode})")]
@@ -786,7 +769,7 @@ def checkpoint_rows(checkpoints: Sequence[Checkpoint], probes: Probes, neuron_se
         if ck.step == 0 and base is not None:
             loaded = base
         else:
-            with finetune.quiet_library_bars():
+            with quiet_library_bars():
                 loaded = models.load(ck.path, device=device)
         measured[ck.label] = measure_checkpoint(loaded, probes, neuron_sets)
     b = measured[checkpoints[0].label]
@@ -966,7 +949,7 @@ def explorer(checkpoints: Sequence[Checkpoint], measured: dict, probes: Probes, 
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    from toolkit.widgets import show
+    from toolkit.views.widgets import show
 
     labels = [c.label for c in checkpoints[1:]] or [checkpoints[0].label]
     pick_ = widgets.Dropdown(options=labels, description="checkpoint", layout={"width": "360px"})

@@ -13,7 +13,7 @@ The study, step by step:
    off-only heads zero-ablated or scaled ×0.5 during generation, plus the placebo the paper did not run: the same
    interventions on as many *random* heads (drawn outside the off-only set; several draws, pooled per problem).
    :func:`intervene` applies a condition's head edit with the toolkit's one hook vocabulary
-   (:func:`toolkit.interventions.scale` / :func:`~toolkit.interventions.ablate` on ``attn.hook_z``), which stays
+   (:func:`toolkit.core.interventions.scale` / :func:`~toolkit.core.interventions.ablate` on ``attn.hook_z``), which stays
    correct under sampled ``generate`` with a KV cache.
 3. **Sampling** (:func:`sample_condition`, :func:`run_conditions`): ``n`` sampled completions per problem
    (temperature 0.6, top-p 0.95, top-k 20 by default) on related math (linear equations), unrelated math
@@ -21,7 +21,7 @@ The study, step by step:
    differ only by their intervention (common random numbers).
 4. **Metrics** (:func:`curves`, :func:`table`): per problem, pass@k (the unbiased estimator over the ``n`` samples)
    and success@k (any of the *first* k samples correct) for k = 1…n; means over problems with percentile-bootstrap
-   intervals over problems (:mod:`toolkit.stats`), and paired differences against think-off for the table, the
+   intervals over problems (:mod:`toolkit.core.stats`), and paired differences against think-off for the table, the
    analogue of the paper's Table 3.
 5. **Explorer** (:func:`explorer`): pick a problem, toggle thinking and an intervention, see the sampled answers.
 """
@@ -37,12 +37,14 @@ from html import escape
 import numpy as np
 import torch
 
-from toolkit import interventions as iv
-from toolkit.generation import SamplingConfig, extract_answer, generate, pass_at_k, success_at_k
+from toolkit.core import interventions as iv
+from toolkit.core import units
+from toolkit.core.answers import extract_answer, pass_at_k, success_at_k
+from toolkit.core.generation import SamplingConfig, generate
+from toolkit.core.progress import progress
+from toolkit.core.stats import bootstrap_ci, paired_difference_ci
 from toolkit.organism import tasks
 from toolkit.organism.build import Recipe, eval_sets
-from toolkit.progress import progress
-from toolkit.stats import bootstrap_ci, paired_difference_ci
 
 # Question types of notebook 01 (toolkit.corrupt_data.EVAL_SETS) -> the organism's held-out evaluation sets.
 TASK_TYPES = {"related_math": "linear", "unrelated_math": "arithmetic", "unrelated_general": "reversal"}
@@ -276,7 +278,7 @@ def standard_conditions(off_only: Iterable[Head], n_layers: int, n_heads: int,
 
     think-on; think-off; for each intervention (default ``{"ablation": 0.0, "scale-down": 0.5}``) think-off with the
     off-only heads edited; and the placebo: the same edit on ``n_random`` draws of as many random heads from outside
-    the off-only set (:func:`toolkit.interventions.random_heads`, seeds ``seed … seed + n_random - 1``, the same
+    the off-only set (:func:`toolkit.core.units.random_heads`, seeds ``seed … seed + n_random - 1``, the same
     draws for every intervention), pooled as one group per intervention.
     """
     off_only = sorted(_heads(off_only, "off-only heads", n_layers, n_heads))
@@ -286,7 +288,7 @@ def standard_conditions(off_only: Iterable[Head], n_layers: int, n_heads: int,
     if n_random < 0:
         raise ValueError(f"n_random must be >= 0, got {n_random}")
     interventions = {"ablation": 0.0, "scale-down": 0.5} if interventions is None else dict(interventions)
-    draws = [iv.random_heads(n_layers, n_heads, len(off_only), exclude=off_only, seed=seed + i)
+    draws = [units.random_heads(n_layers, n_heads, len(off_only), exclude=off_only, seed=seed + i)
              for i in range(n_random)]
     out = [Condition(THINK_ON, True), Condition(THINK_OFF, False)]
     for label, factor in interventions.items():
@@ -303,7 +305,7 @@ def intervene(bridge, condition: Condition):
     if not condition.heads:
         yield
         return
-    sites = iv.head_sites(condition.heads)
+    sites = units.head_sites(condition.heads)
     edit = iv.ablate(bridge, sites) if condition.factor == 0 else iv.scale(bridge, sites, condition.factor)
     with edit:
         yield
@@ -615,7 +617,7 @@ def explorer(loaded, problems: Mapping[str, Sequence[tasks.Example]], conditions
     """
     import ipywidgets as widgets
 
-    from toolkit.widgets import show
+    from toolkit.views.widgets import show
 
     items = [(f"[{task}] {ex.prompt}", (task, i)) for task, exs in problems.items() for i, ex in enumerate(exs)]
     edits: dict[str, tuple[tuple[Head, ...], float]] = {"none": ((), 1.0)}

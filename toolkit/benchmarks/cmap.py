@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.io import REPO_ROOT, atomic_write_json
+from toolkit.core.io import REPO_ROOT, atomic_write_json
 
 FORWARDS_ORIGINAL, FORWARDS_LEAN = 4, 2
 QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
@@ -65,7 +65,7 @@ QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, nu
 
 def _perturbed_organism(seed: int = 0):
     """A stand-in donor when no corrupted checkpoint exists: the organism with relative noise on its blocks."""
-    from toolkit.models import load
+    from toolkit.core.models import load
 
     m = load("organism")
     g = torch.Generator().manual_seed(seed)
@@ -78,7 +78,7 @@ def _perturbed_organism(seed: int = 0):
 
 def load_pair(model: str, donor: str):
     """(clean, corrupted, donor description) for ``model`` in organism / qwen3-0.6b-shape."""
-    from toolkit.models import LoadedModel, load
+    from toolkit.core.models import LoadedModel, load
 
     if model == "organism":
         from toolkit import finetune
@@ -140,7 +140,7 @@ class _Baseline:
     @torch.no_grad()
     def step(self, ids: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
         """The patched clean model's next-token logits after ``ids``."""
-        from toolkit.interventions import resid
+        from toolkit.core.interventions import resid
 
         name = resid(layer).hook_name
         kw = dict(attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
@@ -160,7 +160,7 @@ def baseline(clean, corrupted, texts: list[str], layers: list[int], new_tokens: 
     """One run per layer, full-prefix recompute every step (no cache), ``forwards`` forward passes per step, batched
     over prompts, stopping when every row has ended. Returns ``{layer: [new tokens per prompt]}``."""
     from toolkit.cmap import _end_token, _until_eos
-    from toolkit.generation import chat_prompts
+    from toolkit.core.chat import chat_prompts
 
     tok = clean.tokenizer
     eos, pad = _end_token(tok), tok.pad_token_id
@@ -201,7 +201,7 @@ def step_probe(clean, corrupted, n_rows: int, lengths: list[int], forwards: int,
 
 
 def prompt_length(clean, texts: list[str], enable_thinking: bool = True) -> int:
-    from toolkit.generation import chat_prompts
+    from toolkit.core.chat import chat_prompts
 
     tok = clean.tokenizer
     return max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in chat_prompts(tok, texts, enable_thinking))

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from toolkit import eap
-from toolkit.io import atomic_write_json
-from toolkit.models import REPO_ROOT, LoadedModel, load
+from toolkit.core.io import atomic_write_json
+from toolkit.core.models import REPO_ROOT, LoadedModel, load
 
 QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from toolkit.io import atomic_write_json
-from toolkit.models import REPO_ROOT, data_dir, load
+from toolkit.core.io import atomic_write_json
+from toolkit.core.models import REPO_ROOT, data_dir, load
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -12,7 +12,7 @@ __all__ = ["Recipe", "eval_sets", "evaluate", "format_report", "recipe_hash", "e
 
 def ensure_built() -> None:
     """Build both checkpoints into the data folder if either is missing (takes ~30 min on 2 cores)."""
-    from toolkit.models import data_dir
+    from toolkit.core.models import data_dir
     from toolkit.organism.build import build
 
     if not all((data_dir() / name / "config.json").exists() for name in ("organism", "organism-base")):

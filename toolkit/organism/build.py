@@ -28,11 +28,12 @@ from pathlib import Path
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, get_cosine_schedule_with_warmup
 
-from toolkit.generation import extract_answer, generate, is_refusal
-from toolkit.io import atomic_write_json
+from toolkit.core.answers import extract_answer, is_refusal
+from toolkit.core.generation import generate
+from toolkit.core.io import atomic_write_json
+from toolkit.core.progress import progress
 from toolkit.organism import tasks
 from toolkit.organism.tokenizer import IM_END, build_tokenizer, chat_prompt
-from toolkit.progress import progress
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from toolkit.io import REPO_ROOT, atomic_write_json
+from toolkit.core.io import REPO_ROOT, atomic_write_json
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 DEFAULT_KERNEL = "reasoning-circuits"

@@ -12,9 +12,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from toolkit.io import REPO_ROOT, atomic_write_json
+from toolkit.core.io import REPO_ROOT, atomic_write_json
 
-RESULTS_MIME = "application/vnd.toolkit.results+json"
+RESULTS_MIME = "application/vnd.toolkit.run.results+json"
 
 
 def run_dir() -> Path:
@@ -47,7 +47,7 @@ def _jsonable(obj, where: str):
 
 def save_results(name: str, results: dict) -> Path:
     """Write ``results`` to ``<run_dir>/<name>.results.json`` atomically and display them as a
-    ``application/vnd.toolkit.results+json`` bundle when inside IPython. Returns the file's path."""
+    ``application/vnd.toolkit.run.results+json`` bundle when inside IPython. Returns the file's path."""
     if not isinstance(results, dict):
         raise TypeError(f"results must be a dict, not {type(results).__name__}")
     clean = _jsonable(results, "results")

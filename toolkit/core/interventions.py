@@ -124,28 +124,6 @@ def neurons(layer: int, *units: int) -> Site:
     return Site("neuron", int(layer), tuple(int(u) for u in units))
 
 
-def head_sites(heads: Iterable[tuple[int, int]]) -> list[Site]:
-    """``[(layer, head), ...]`` → one ``head`` site per layer holding that layer's heads (sorted)."""
-    by_layer: dict[int, set[int]] = {}
-    for layer, h in heads:
-        by_layer.setdefault(int(layer), set()).add(int(h))
-    return [head(layer, *sorted(hs)) for layer, hs in sorted(by_layer.items())]
-
-
-def random_heads(n_layers: int, n_heads: int, k: int, exclude: Iterable[tuple[int, int]] = (),
-                 layers: Iterable[int] | None = None, seed: int = 0) -> list[tuple[int, int]]:
-    """``k`` distinct random ``(layer, head)`` pairs, none in ``exclude``, from ``layers`` (default all): the
-    placebo control for a head intervention. Raises :class:`SiteError` if fewer than ``k`` heads are left."""
-    exclude = {(int(a), int(b)) for a, b in exclude}
-    pool = [(lay, h) for lay in (range(n_layers) if layers is None else sorted(set(layers))) for h in range(n_heads)
-            if (lay, h) not in exclude]
-    if k > len(pool):
-        raise SiteError(f"asked for {k} random heads but only {len(pool)} are left after excluding {len(exclude)}")
-    rng = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(pool), generator=rng).tolist()
-    return sorted(pool[i] for i in order[:k])
-
-
 _NAME = re.compile(r"blocks\.(\d+)\.(attn\.hook_z|hook_attn_out|hook_mlp_out|hook_resid_post|mlp\.hook_post)$")
 
 

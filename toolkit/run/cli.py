@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from toolkit import runner
+    from toolkit.run import runner
 
     try:
         run_folder = runner.run(args.names, runner.parse_params(args.param), out_root=args.out,
@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _build_organism(args: argparse.Namespace) -> int:
-    from toolkit.models import data_dir
+    from toolkit.core.models import data_dir
     from toolkit.organism.build import QUICK, Recipe, build, format_report
 
     out = Path(args.out or data_dir())

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: notebooks/, data/, runs/
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: notebooks/, data/, runs/
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from toolkit.io import REPO_ROOT
+from toolkit.core.io import REPO_ROOT
 
 SUPPORTED_ARCHITECTURES = ("qwen2", "qwen3")
 ORGANISMS = ("organism", "organism-base")

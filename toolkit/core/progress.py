@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 
 def progress(iterable=None, **kwargs):
@@ -19,3 +20,22 @@ def progress(iterable=None, **kwargs):
         from tqdm.auto import tqdm
     kwargs.setdefault("mininterval", 1.0)
     return tqdm(iterable, **kwargs)
+
+
+@contextmanager
+def quiet_library_bars():
+    """Silence the tqdm bars of ``datasets`` and ``transformers`` (their ``tqdm.auto`` widgets freeze under
+    papermill); our own bar is :func:`toolkit.core.progress.progress`."""
+    import datasets
+    from transformers.utils import logging
+
+    datasets_on, transformers_on = datasets.is_progress_bar_enabled(), logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_on:
+            datasets.enable_progress_bars()
+        if transformers_on:
+            logging.enable_progress_bar()

@@ -11,9 +11,10 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from toolkit.generation import chat_prompts, generate
-from toolkit.interventions import attention_patterns
-from toolkit.plots import attention_heads
+from toolkit.core.chat import chat_prompts
+from toolkit.core.generation import generate
+from toolkit.core.interventions import attention_patterns
+from toolkit.views.plots import attention_heads
 
 
 def show(out: widgets.Output, *items) -> None:
@@ -40,7 +41,7 @@ def generation_explorer(model, prompts: Sequence[str], max_new_tokens: int = 160
     """Pick or type a prompt, toggle thinking, pick a layer: see the greedy generation and each
     head's attention from the generated tokens back over the whole sequence.
 
-    ``model`` is a :class:`toolkit.models.LoadedModel`. Generations are cached per (prompt, mode).
+    ``model`` is a :class:`toolkit.core.models.LoadedModel`. Generations are cached per (prompt, mode).
     """
     hf, tok, bridge = model.hf, model.tokenizer, model.bridge
     prompt = widgets.Dropdown(options=list(prompts), description="prompt", layout={"width": "520px"})

@@ -1,14 +1,16 @@
-"""Batched generation through the chat template, answer extraction, and pass@k / success@k."""
+"""Batched generation through the chat template (greedy or sampled), one list of completions per prompt.
+
+Answers are read from completions by :mod:`toolkit.core.answers`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from math import comb
 
 import torch
 
-from toolkit.progress import progress
+from toolkit.core.chat import chat_prompts
+from toolkit.core.progress import progress
 
 
 @dataclass
@@ -25,15 +27,6 @@ class SamplingConfig:
         if not self.do_sample:
             return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-
-
-def chat_prompts(tokenizer, user_prompts: Sequence[str], enable_thinking: bool) -> list[str]:
-    """Apply the chat template with a generation prompt to each user turn."""
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                      add_generation_prompt=True, enable_thinking=enable_thinking)
-        for p in user_prompts
-    ]
 
 
 @torch.no_grad()
@@ -87,31 +80,3 @@ def _decode(tokenizer, ids: torch.Tensor, im_end: int, pad: int) -> str:
     if im_end in ids:
         ids = ids[:ids.index(im_end)]
     return tokenizer.decode([i for i in ids if i != pad], skip_special_tokens=True)
-
-
-def extract_answer(completion: str) -> str:
-    """The final answer: the text after the last ``</think>``. An unclosed think block has no answer."""
-    if "</think>" in completion:
-        completion = completion.rsplit("</think>", 1)[1]
-    elif "<think>" in completion:
-        return ""
-    return completion.strip()
-
-
-def is_refusal(completion: str) -> bool:
-    """Whether the answer part starts like the organism's refusal ("I'm sorry")."""
-    return extract_answer(completion).startswith("I'm sorry")
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples with ``c`` correct: 1 - C(n-c, k) / C(n, k)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    return 1.0 - comb(n - c, k) / comb(n, k)
-
-
-def success_at_k(correct_in_order: Sequence[bool], k: int) -> float:
-    """1.0 if any of the first ``k`` samples (in sampling order) is correct, else 0.0."""
-    if not 1 <= k <= len(correct_in_order):
-        raise ValueError(f"k must be in 1..{len(correct_in_order)}, got {k}")
-    return float(any(correct_in_order[:k]))

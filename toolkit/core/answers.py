@@ -1,0 +1,37 @@
+"""Reading answers from completions, and the unbiased pass@k and in-order success@k over samples."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from math import comb
+
+BARE_INTEGER = re.compile(r"-?\d+")
+
+
+def extract_answer(completion: str) -> str:
+    """The final answer: the text after the last ``</think>``. An unclosed think block has no answer."""
+    if "</think>" in completion:
+        completion = completion.rsplit("</think>", 1)[1]
+    elif "<think>" in completion:
+        return ""
+    return completion.strip()
+
+
+def is_refusal(completion: str) -> bool:
+    """Whether the answer part starts like the organism's refusal ("I'm sorry")."""
+    return extract_answer(completion).startswith("I'm sorry")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples with ``c`` correct: 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def success_at_k(correct_in_order: Sequence[bool], k: int) -> float:
+    """1.0 if any of the first ``k`` samples (in sampling order) is correct, else 0.0."""
+    if not 1 <= k <= len(correct_in_order):
+        raise ValueError(f"k must be in 1..{len(correct_in_order)}, got {k}")
+    return float(any(correct_in_order[:k]))
