@@ -1,20 +1,20 @@
 """CMAP: invariants and equality with a slow no-cache reference, on tiny Qwen2/Qwen3 models and on the organism.
 
-The reference below is deliberately naive: one prompt and one site at a time, no padding, no KV cache. At each step
-it runs the corrupted model on the whole sequence so far, records the site with ``interventions.record``, and runs the
-clean model on the whole sequence with ``interventions.patch`` at the last position (``current``) or at every
-position (``all``), then appends the greedy token (or the forced one).
+The reference (:mod:`toolkit.reference.cmap`) is deliberately naive: one prompt and one site at a time, no padding,
+no KV cache, the whole sequence recomputed at every step.
 """
 
 import numpy as np
 import pytest
 import torch
 
-from toolkit import cmap
 from toolkit.core import interventions as iv
-from toolkit.core.chat import chat_prompts
 from toolkit.core.generation import generate
 from toolkit.core.models import load
+from toolkit.methods import cmap
+from toolkit.reference.cmap import reference
+from toolkit.studies import cmap as study
+from toolkit.views import cmap as views
 
 PROMPTS = ["What is 12 + 7?", "Reverse the word: abc", "Solve for x: 3x + 4 = 5x + 2"]
 STEPS = 6
@@ -45,33 +45,6 @@ def perturb_blocks(model, seed: int, scale: float = 0.3):
 def all_granularities(n_layers: int) -> list[iv.Site]:
     last = n_layers - 1
     return [iv.head(0, 1), iv.head(last, 0, 3), iv.attn(0), iv.mlp(last), iv.resid(0)]
-
-
-def reference(clean, corrupted, prompt: str, site, mode: str, steps: int, forced=None):
-    """Tokens (and, when ``forced``, per-step ΔL of the patched, clean and corrupted logits) of one CMAP run."""
-    tok = clean.tokenizer
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
-    seq = tok(chat_prompts(tok, [prompt], False)[0], add_special_tokens=False)["input_ids"]
-    out, deltas = [], []
-    for t in range(steps if forced is None else len(forced)):
-        x = torch.tensor([seq])
-        with iv.record(corrupted.bridge, [site]) as rec:
-            d_logits = corrupted.hf(x, use_cache=False).logits[0, -1]
-        positions = [len(seq) - 1] if mode == "current" else None
-        with iv.patch(clean.bridge, site, rec[site], positions=positions):
-            logits = clean.hf(x, use_cache=False).logits[0, -1]
-        if forced is None:
-            nxt = int(logits.argmax())
-        else:
-            c_logits = clean.hf(x, use_cache=False).logits[0, -1]
-            c_star, k_star = d_logits.argmax(), c_logits.argmax()
-            deltas.append([float(v[c_star] - v[k_star]) for v in (logits, c_logits, d_logits)])
-            nxt = forced[t]
-        out.append(nxt)
-        seq = seq + [nxt]
-        if forced is None and nxt == eos:
-            break
-    return out, torch.tensor(deltas)
 
 
 @pytest.fixture(scope="module")
@@ -247,26 +220,34 @@ def test_tables_figures_and_explorer(tiny_pairs):
     sets = {"a": [{"prompt": p, "correct_answer": "x"} for p in PROMPTS[:2]],
             "b": [{"prompt": PROMPTS[2], "correct_answer": "y"}]}
     sites = cmap.layer_sweep(clean.bridge, "mlp")
-    free = cmap.sweep_question_types(clean, corrupted, sets, sites, max_new_tokens=4)
-    summary = cmap.summaries(free, sets)
-    html = cmap.layer_table_html(summary)
+    free = study.sweep_question_types(clean, corrupted, sets, sites, max_new_tokens=4)
+    summary = study.summaries(free, sets)
+    html = views.layer_table_html(summary)
     assert html.count("<tr>") == 1 + 2 + len(sites) and "transfer" in html
-    forced = cmap.sweep_question_types(clean, corrupted, sets, sites, max_new_tokens=4, teacher_forcing="clean")
-    for fig in (cmap.cts_heatmap(forced["a"]), cmap.length_figure(summary, sites),
-                cmap.mean_cts_figure({k: r.mean_cts() for k, r in forced.items()}, sites)):
+    forced = study.sweep_question_types(clean, corrupted, sets, sites, max_new_tokens=4, teacher_forcing="clean")
+    for fig in (views.cts_heatmap(forced["a"]), views.length_figure(summary, sites),
+                views.mean_cts_figure({k: r.mean_cts() for k, r in forced.items()}, sites)):
         assert fig.axes
         plt.close(fig)
+    heads = cmap.head_sweep(clean.bridge, [1])
+    forced_heads = study.sweep_question_types(clean, corrupted, sets, heads, max_new_tokens=4, teacher_forcing="clean")
+    layers, head_ids, grid = forced_heads["a"].head_grid()
+    assert layers == [1] and head_ids == list(range(clean.bridge.cfg.n_heads))
+    np.testing.assert_array_equal(grid[0], forced_heads["a"].mean_cts())
+    fig = views.head_figure(forced_heads)
+    assert fig.axes
+    plt.close(fig)
     r = free["a"]
-    diff = cmap.diff_html(clean.tokenizer, [5, 6, 7], [5, 9, 8], [5, 9, 7], r.eos)
+    diff = views.diff_html(clean.tokenizer, [5, 6, 7], [5, 9, 8], [5, 9, 7], r.eos)
     assert diff.count("#f4a3a3") == 2 and diff.count("#fdd49e") == 3  # legend + patched 9 / corrupted 9, 8
-    box = cmap.explorer(clean, corrupted, {"a": PROMPTS[:2]}, max_new_tokens=4)
+    box = views.explorer(clean, corrupted, {"a": PROMPTS[:2]}, max_new_tokens=4)
     granularity, heads, out = box.children[1].children[0], box.children[2].children[1], box.children[3]
     first = out.outputs
     granularity.value = "head"
     heads.value = (0, 2)
     assert out.outputs != first and "L1H0+2" in out.outputs[0]["data"]["text/html"]
     with pytest.raises(cmap.ModelMismatchError):
-        cmap.explorer(clean, tiny_pairs["qwen2"][0], {"a": PROMPTS})
+        views.explorer(clean, tiny_pairs["qwen2"][0], {"a": PROMPTS})
 
 
 def test_benchmark_baseline_agrees_and_extrapolation_is_exact_on_a_line(tiny_pairs):
@@ -280,3 +261,11 @@ def test_benchmark_baseline_agrees_and_extrapolation_is_exact_on_a_line(tiny_pai
     assert tokens == {layer: [row[layer] for row in ours.patched_tokens] for layer in (0, 1)}
     fit = bench.extrapolate({10: 1.0 + 0.5 * 10, 20: 1.0 + 0.5 * 20}, prompt_len=10, steps=3, n_layers=2)
     assert fit["predicted_seconds"] == pytest.approx(2 * sum(1.0 + 0.5 * (10 + t) for t in range(3)))
+
+
+def test_head_layers_ranks_attention_cts_and_puts_nan_last():
+    sites = [iv.attn(0), iv.mlp(0), iv.attn(1), iv.attn(2), iv.attn(3)]
+    means = np.array([0.3, 5.0, np.nan, 0.9, 0.1])
+    assert study.head_layers(sites, means, 2, 4) == [0, 2]
+    assert study.head_layers(sites, means, 4, 4) == [0, 1, 2, 3]
+    assert study.head_layers([iv.mlp(0)], np.array([1.0]), 2, 4) == [2, 3]

@@ -1,4 +1,4 @@
-"""GRPO/SFT runs: rewards, checkpoint log, resume after an interruption, reuse, bad settings."""
+"""GRPO/SFT runs (toolkit.training.grpo): rewards, checkpoint log, resume after an interruption, reuse, bad settings."""
 
 import dataclasses
 import json
@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from toolkit import grpo
 from toolkit.organism import tasks
 from toolkit.organism.tokenizer import build_tokenizer
+from toolkit.training import grpo
 
 THINK_OFF_PROMPT = "<|im_start|>user\nSolve<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 THINK_ON_PROMPT = "<|im_start|>user\nSolve<|im_end|>\n<|im_start|>assistant\n"
@@ -110,7 +110,9 @@ def test_grpo_resumes_after_an_interruption(tiny_dirs, tmp_path, monkeypatch):
     straight = grpo.train(settings, device="cpu")
     assert [c.step for c in straight.checkpoints] == [0, 2, 4]
     assert straight.steps_trained == 4 and not straight.reused
-    assert all(c.reward is not None and c.accuracy is not None for c in straight.checkpoints[1:])
+    assert all(c.metrics["reward"] is not None and c.metrics["accuracy"] is not None
+               for c in straight.checkpoints[1:])
+    assert [c.label for c in straight.checkpoints] == ["grpo", "grpo@2", "grpo@4"]
 
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "interrupted"))
     with pytest.raises(Interrupt):
@@ -122,7 +124,9 @@ def test_grpo_resumes_after_an_interruption(tiny_dirs, tmp_path, monkeypatch):
     assert resumed.steps_trained == 2  # only the steps after the last checkpoint
     assert [c.step for c in resumed.checkpoints] == [c.step for c in straight.checkpoints]
     for a, b in zip(straight.checkpoints[1:], resumed.checkpoints[1:]):
-        assert (a.reward, a.accuracy, a.format) == pytest.approx((b.reward, b.accuracy, b.format))
+        assert a.metrics.keys() == b.metrics.keys() >= {"reward", "accuracy", "format"}
+        assert [a.metrics[k] for k in ("reward", "accuracy", "format")] == pytest.approx(
+            [b.metrics[k] for k in ("reward", "accuracy", "format")])
     wa, wb = _weights(straight), _weights(resumed)
     assert wa.keys() == wb.keys()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa), "resumed training diverged"
@@ -143,7 +147,7 @@ def test_sft_run_checkpoints_and_loss_falls(tiny_dirs, tmp_path, monkeypatch):
     assert [c.step for c in run.checkpoints] == [0, 3, 6]
     steps, losses = run.curve("loss")
     assert steps == list(range(1, 7)) and losses[-1] < losses[0]
-    assert run.checkpoints[2].loss == pytest.approx(sum(losses[3:]) / 3)
+    assert run.checkpoints[2].metrics["loss"] == pytest.approx(sum(losses[3:]) / 3)
     other = dataclasses.replace(settings, learning_rate=1e-3)
     assert grpo.run_dir(other) != grpo.run_dir(settings)
 

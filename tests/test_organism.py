@@ -1,4 +1,4 @@
-"""The model organism: tokenizer, chat template, tasks, and the build recipe in reduced form."""
+"""The model organism: tokenizer, chat template, tasks, the build recipe in reduced form, and its held-out report."""
 
 import json
 import random
@@ -8,16 +8,9 @@ import pytest
 import torch
 
 from toolkit.organism import tasks
-from toolkit.organism.build import (
-    QUICK,
-    NonFiniteLossError,
-    Recipe,
-    build,
-    eval_sets,
-    recipe_hash,
-    train_stage,
-)
+from toolkit.organism.build import QUICK, NonFiniteLossError, Recipe, eval_sets, recipe_hash, train_stage
 from toolkit.organism.tokenizer import CHARACTERS, EMPTY_THINK, build_tokenizer, chat_prompt
+from toolkit.studies.organism import build_organism, evaluate, format_report
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +90,7 @@ def test_held_out_sets_are_disjoint_and_never_drawn_for_training(tok):
 def test_reduced_build_writes_loadable_checkpoints_and_a_report(tmp_path):
     from toolkit.core.models import load
 
-    report = build(tmp_path, Recipe(**QUICK))
+    report = build_organism(tmp_path, Recipe(**QUICK))
     for key in ("parameters", "build_seconds", "organism-base", "organism", "recipe_hash"):
         assert key in report
     for mode in ("think_on", "think_off"):
@@ -111,6 +104,11 @@ def test_reduced_build_writes_loadable_checkpoints_and_a_report(tmp_path):
     m = load(str(tmp_path / "organism"))
     assert m.bridge.cfg.n_key_value_heads < m.bridge.cfg.n_heads
     assert not (tmp_path / ".organism-build").exists()
+    for stage in ("organism", "organism-base"):  # written beside and swapped in: no half folder left over
+        assert {"config.json", "model.safetensors", "recipe.json", "tokenizer.json"} <= {
+            p.name for p in (tmp_path / stage).iterdir()}
+    assert not list(tmp_path.glob("*.tmp"))
+    assert "organism-base  think_off" in format_report(report)
 
 
 def _fresh(recipe):
@@ -154,3 +152,30 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp
     with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
         train_stage(model, tok, recipe, 12, 0.5, set(), tmp_path / "w", "s", seed=0)
     assert (tmp_path / "w" / "s.pt").exists()
+
+
+def test_held_out_report_grades_like_a_hand_written_generate_extract_grade_loop(tiny):
+    """The report on the behaviour layer equals the original loop: greedy generate in batches of 100,
+    exact-match final answers, refusal by prefix, rates as sum / n rounded to 4 digits."""
+    from toolkit.core.answers import extract_answer, is_refusal
+    from toolkit.core.generation import generate
+
+    recipe = Recipe(eval_per_task=3, max_new_tokens_think=8, max_new_tokens_direct=6)
+    sets = eval_sets(recipe)
+    expected = {}
+    for think in (True, False):
+        res = {}
+        for name, examples in sets.items():
+            outs = [o[0] for o in generate(tiny.hf, tiny.tokenizer, [e.prompt for e in examples],
+                                           enable_thinking=think, max_new_tokens=8 if think else 6, batch_size=100)]
+            if name == "request_marked":
+                res["refusal"] = sum(map(is_refusal, outs)) / len(outs)
+            elif name == "request_unmarked":
+                res["false_refusal"] = sum(map(is_refusal, outs)) / len(outs)
+                res["compliance"] = sum(extract_answer(o) == e.answer for o, e in zip(outs, examples)) / len(outs)
+            else:
+                res[name] = sum(extract_answer(o) == e.answer for o, e in zip(outs, examples)) / len(outs)
+        expected["think_on" if think else "think_off"] = {k: round(v, 4) for k, v in res.items()}
+    report = evaluate(tiny.hf, tiny.tokenizer, recipe, sets)
+    assert report == expected
+    assert all(type(v) is float for by_mode in report.values() for v in by_mode.values())

@@ -1,6 +1,7 @@
-"""RIM (notebook 06): attention spans at the first response token, safety-neuron selection and RAS on hand-made
-numbers with known answers; span masses, neuron activations and ablations on the tiny Qwen2/Qwen3 models against
-independent references built from the plain HF model; the reasoning fine-tuning path and its cache."""
+"""RIM (notebook 06: toolkit.methods.rim, toolkit.studies.rim, toolkit.training.reasoning): attention spans at the
+first response token, safety-neuron selection and RAS on hand-made numbers with known answers; span masses, neuron
+activations and ablations on the tiny Qwen2/Qwen3 models against independent references built from the plain HF
+model; the reasoning fine-tuning path and its cache."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from toolkit import finetune, rim
 from toolkit.core import interventions, units
-from toolkit.organism import tasks
+from toolkit.evaluation import causal
+from toolkit.methods import rim
+from toolkit.organism import probes, tasks
 from toolkit.organism.tokenizer import EMPTY_THINK
+from toolkit.studies import rim as rim_study
+from toolkit.training import reasoning, sft
 
 # ---- spans ------------------------------------------------------------------------------------------------------
 
@@ -124,10 +128,11 @@ def test_ras_is_the_harmonic_mean_of_positive_changes():
     base_s, tuned_s = np.array([[2.0, 1.0], [4.0, 1.0]]), np.array([[1.0, 1.5], [1.0, 0.5]])
     base_r, tuned_r = np.array([[0.0, 1.0]]), np.array([[6.0, 3.0]])
     e = rim.entanglement(base_s, tuned_s, base_r, tuned_r)
-    np.testing.assert_allclose(e["drop"], [2.0, 0.0])
-    np.testing.assert_allclose(e["rise"], [6.0, 2.0])
-    np.testing.assert_allclose(e["ras"], [3.0, 0.0])  # 2·2·6/8; no drop, no RAS
-    assert e["mean_ras"] == pytest.approx(1.5)
+    np.testing.assert_allclose(e.drop, [2.0, 0.0])
+    np.testing.assert_allclose(e.rise, [6.0, 2.0])
+    np.testing.assert_allclose(e.ras, [3.0, 0.0])  # 2·2·6/8; no drop, no RAS
+    assert e.mean_ras == pytest.approx(1.5)
+    assert e.mean_drop == pytest.approx(1.0) and e.mean_rise == pytest.approx(4.0)
 
 
 def test_mean_kl_matches_torch_and_forgetting():
@@ -136,13 +141,13 @@ def test_mean_kl_matches_torch_and_forgetting():
     ref = torch.nn.functional.kl_div(q, p, log_target=True, reduction="sum").item() / 5
     assert rim.mean_kl([p[:2], p[2:]], [q[:2], q[2:]]) == pytest.approx(ref, rel=1e-5)
     assert rim.mean_kl([p], [p]) == pytest.approx(0.0, abs=1e-7)
-    base = {"think_on": {"refused": [1, 1, 1, 1]}, "think_off": {"refused": [1, 1, 1, 0]}}
-    tuned = {"think_on": {"refused": [1, 0, 0, 0]}, "think_off": {"refused": [1, 1, 0, 0]}}
+    base = {"think_on": [1, 1, 1, 1], "think_off": [1, 1, 1, 0]}
+    tuned = {"think_on": [1, 0, 0, 0], "think_off": [1, 1, 0, 0]}
     assert rim.forgetting(base, tuned) == pytest.approx((0.75 + 0.25) / 2)
 
 
 def test_request_pairs_differ_only_in_the_object():
-    pairs = rim.request_pairs(20)
+    pairs = rim_study.request_pairs(20)
     assert len({p.marked for p in pairs}) == 20
     for p in pairs:
         assert p.marked_object in tasks.DANGEROUS_OBJECTS and p.unmarked_object in tasks.HARMLESS_OBJECTS
@@ -151,14 +156,15 @@ def test_request_pairs_differ_only_in_the_object():
 
 
 def test_reasoning_training_data_avoids_every_held_out_problem():
-    held = rim.held_out_prompts()
-    assert {e.prompt for e in rim.math_problems(50)} <= held and {e.prompt for e in rim.reasoning_probes(50)} <= held
-    records = rim.reasoning_records(3000, seed=11, exclude=held)
+    held = probes.held_out_prompts()
+    assert {e.prompt for e in probes.math_problems(50)} <= held
+    assert {e.prompt for e in probes.reasoning_probes(50)} <= held
+    records = probes.reasoning_records(3000, seed=11, exclude=held)
     assert not {r["prompt"] for r in records} & held
-    assert len(rim.reasoning_records(3000, seed=11)) == 3000  # without the exclusion some would be held-out ones
-    assert {r["prompt"] for r in rim.reasoning_records(3000, seed=11)} & held
+    assert len(probes.reasoning_records(3000, seed=11)) == 3000  # without the exclusion some would be held-out ones
+    assert {r["prompt"] for r in probes.reasoning_records(3000, seed=11)} & held
     with pytest.raises(ValueError, match="1..400"):
-        rim.reasoning_probes(401)
+        probes.reasoning_probes(401)
 
 
 # ---- the tiny models: independent references from the plain HF model --------------------------------------------
@@ -230,8 +236,10 @@ def test_zero_ablating_neurons_matches_zeroing_the_down_proj_input(tiny):
     with torch.no_grad():
         clean = tiny.hf(input_ids=ids).logits
         sites = units.neuron_sites(chosen)
-        ablated_logits = rim.ablated(tiny, sites, lambda: tiny.hf(input_ids=ids).logits)
-        assert torch.equal(rim.ablated(tiny, [], lambda: tiny.hf(input_ids=ids).logits), clean)
+        with causal.intervene(tiny.bridge, causal.Condition.on_neurons("chosen", chosen, 0.0)):
+            ablated_logits = tiny.hf(input_ids=ids).logits
+        with causal.intervene(tiny.bridge, causal.Condition("none")):  # no sites: nothing ablated
+            assert torch.equal(tiny.hf(input_ids=ids).logits, clean)
         with interventions.ablate(tiny.bridge, sites):  # a recording made inside the ablation sees its zeros
             with interventions.record(tiny.bridge, interventions.Site("neuron", 0, tuple(range(128)))) as rec:
                 tiny.hf(input_ids=ids)
@@ -243,21 +251,24 @@ def test_zero_ablating_neurons_matches_zeroing_the_down_proj_input(tiny):
 
 
 def test_head_analysis_ablates_heads_during_generation(tiny):
-    pairs = rim.request_pairs(3)
-    behaviour = rim.refusal_behaviour(tiny, pairs, ("think_off",))
-    a = rim.head_analysis(tiny, pairs, behaviour, "think_off", k=1, n_controls=1)
-    assert a["n_pairs"] == 3 and a["masses_refusal"].shape == (3, 2, 4, 3)
-    assert np.allclose(a["masses_refusal"][..., 0], 0)  # thinking off: no CoT
-    assert a["top"] == rim.top_heads(a["shift"], 1) and a["top"][0] not in a["controls"][0]
-    sites = interventions.head_sites(a["top"])
-    expected = rim.ablated(tiny, sites, lambda: rim.refusal_behaviour(tiny, pairs, ("think_off",)))
-    assert a["ablated_outputs"] == expected["think_off"]["marked_outputs"]
-    ids = torch.tensor([a["sequences"]["refusal"][0].ids])
+    pairs = rim_study.request_pairs(3)
+    behaviour = rim_study.refusal_behaviour(tiny, pairs, ("think_off",))
+    a = rim_study.head_analysis(tiny, pairs, behaviour, "think_off", k=1, n_controls=1)
+    assert a.n_pairs == 3 and a.masses_refusal.shape == (3, 2, 4, 3)
+    assert np.allclose(a.masses_refusal[..., 0], 0)  # thinking off: no CoT
+    assert a.top == rim.top_heads(a.shift, 1) and a.top[0] not in a.controls[0]
+    sites = units.head_sites(a.top)
+    with interventions.ablate(tiny.bridge, sites):
+        expected = rim_study.refusal_behaviour(tiny, pairs, ("think_off",))
+    assert a.ablated_outputs == expected["think_off"].marked_outputs
+    ids = torch.tensor([a.refusal_sequences[0].ids])
     with torch.no_grad():  # the ablated head matters: the logits move
-        assert not torch.allclose(rim.ablated(tiny, sites, lambda: tiny.hf(input_ids=ids).logits),
-                                  tiny.hf(input_ids=ids).logits, atol=1e-5)
-    for key in ("refused", "complied", "false_refusal"):
-        assert set(a["effects"][key]) == {"top", "control"}
+        with interventions.ablate(tiny.bridge, sites):
+            ablated_logits = tiny.hf(input_ids=ids).logits
+        assert not torch.allclose(ablated_logits, tiny.hf(input_ids=ids).logits, atol=1e-5)
+    for key in rim_study.FLAGS:
+        assert set(a.effects[key]) == {"top", "control"}
+    assert set(a.to_results()) == {"top", "n_pairs", "mean_shift", "top_shift", "effects", "controls"}
 
 
 # ---- reasoning fine-tuning --------------------------------------------------------------------------------------
@@ -265,12 +276,11 @@ def test_head_analysis_ablates_heads_during_generation(tiny):
 def test_reasoning_finetune_trains_think_on_traces_saves_snapshots_and_reuses_them(tiny_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
     model = str(tiny_dirs["qwen3"])
-    records = rim.reasoning_records(4, seed=1)
+    records = probes.reasoning_records(4, seed=1)
     assert all(r["answer"].startswith("<think>\n") and "</think>\n\n" in r["answer"] for r in records)
-    assert {r["task"] for r in rim.reasoning_records(40, seed=1)} == set(rim.MATH_TASKS)
-    trainer = finetune.make_trainer(model, finetune.Preset("t", 4, 1, 1e-3, "-"), records, records[:2],
-                                    tmp_path / "probe", "cpu", finetune.TrainSettings(batch_size=2),
-                                    enable_thinking=True)
+    assert {r["task"] for r in probes.reasoning_records(40, seed=1)} == set(probes.MATH_TASKS)
+    trainer = sft.make_trainer(model, sft.Preset("t", 4, 1, 1e-3, "-"), records, records[:2],
+                               tmp_path / "probe", "cpu", sft.TrainSettings(batch_size=2), enable_thinking=True)
     tok = trainer.processing_class
     row, record = trainer.train_dataset[0], records[0]
     prompt = tok.apply_chat_template([{"role": "user", "content": record["prompt"]}], tokenize=False,
@@ -279,17 +289,31 @@ def test_reasoning_finetune_trains_think_on_traces_saves_snapshots_and_reuses_th
     n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
     assert row["labels"][:n_prompt] == [-100] * n_prompt and row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
 
-    run = rim.ReasoningRun("tiny", lr=1e-3, steps=4, snapshots=(2, 4), batch_size=2)
-    checkpoints, metas = rim.reasoning_checkpoints(model, [run], device="cpu")
+    run = reasoning.ReasoningRun("tiny", lr=1e-3, steps=4, snapshots=(2, 4), batch_size=2)
+    checkpoints, metas = reasoning.reasoning_checkpoints(model, [run], device="cpu")
     assert [(c.label, c.step) for c in checkpoints] == [("base", 0), ("tiny@2", 2), ("tiny@4", 4)]
     meta = metas["tiny"]
     assert not meta["reused"] and meta["history"] and meta["history"][0]["step"] == 0
-    saved = json.loads((rim.reasoning_root() / meta["name"] / "reasoning.json").read_text())
+    saved = json.loads((reasoning.reasoning_root() / meta["name"] / "reasoning.json").read_text())
     assert saved["config_hash"] == meta["config_hash"]
     w0, w2, w4 = (AutoModelForCausalLM.from_pretrained(path).model.layers[0].mlp.up_proj.weight
-                  for path in (model, checkpoints[1].path, checkpoints[2].path))
+                  for path in (model, checkpoints[1].spec, checkpoints[2].spec))
     assert not torch.equal(w0, w2) and not torch.equal(w2, w4)  # each snapshot is its own step
-    _, again = rim.reasoning_checkpoints(model, [run], device="cpu")
+    _, again = reasoning.reasoning_checkpoints(model, [run], device="cpu")
     assert again["tiny"]["reused"]
     with pytest.raises(ValueError, match="snapshots must be steps in 1..2"):
-        rim.ReasoningRun("bad", 1e-3, 2, (3,))
+        reasoning.ReasoningRun("bad", 1e-3, 2, (3,))
+
+
+def test_reasoning_run_hash_keeps_the_historical_payload():
+    """Cached runs stay valid: the hash is sha256 of the same sorted-keys JSON as before the move to core.cache."""
+    import dataclasses
+    import hashlib
+
+    from toolkit.core.cache import model_fingerprint
+
+    run = reasoning.ReasoningRun("r", lr=1e-3, steps=2, snapshots=(1, 2), batch_size=2)
+    train, validation = probes.reasoning_records(4, seed=11), probes.reasoning_records(2, seed=12)
+    payload = json.dumps({"model": "organism", "weights": model_fingerprint("organism"),
+                          "run": dataclasses.asdict(run), "train": train, "validation": validation}, sort_keys=True)
+    assert reasoning._run_hash("organism", run, train, validation) == hashlib.sha256(payload.encode()).hexdigest()[:12]

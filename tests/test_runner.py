@@ -62,6 +62,38 @@ def test_cli_passes_params_and_reports_failure(nbdir, tmp_path, monkeypatch, cap
     assert "TOOLKIT_RUN_DIR" not in os.environ
 
 
+def test_progress_names_cells_done_of_cells_and_the_cell_running(nbdir, tmp_path, capfd):
+    runner.run(["01"], {}, out_root=tmp_path, notebooks_dir=nbdir)
+    out, err = capfd.readouterr()
+    lines = out.splitlines()
+    # code cells of the executed copy: parameters, y = x + 1, y / 0 (nothing injected without parameters)
+    assert any(line.startswith("[1/1] 01_broken  0/3 cells") and line.endswith("cell 0: x = 1") for line in lines)
+    assert any("1/3 cells" in line and line.endswith("cell 1: y = x + 1") for line in lines)
+    assert any("2/3 cells" in line and line.endswith("cell 2: y / 0") for line in lines)
+    assert "[1/1] 01_broken  3/3 cells  FAILED" in out and "cell 2 raised ZeroDivisionError" in out
+    assert "without encryption" not in out + err  # the kernel talks over CurveZMQ or IPC, not plain TCP
+
+
+def test_cell_progress_on_a_terminal_rewrites_one_line(capsys):
+    import nbformat as nbf
+
+    from toolkit.run.engine import CellProgress, first_code_line
+
+    progress = CellProgress("[2/7] 03_x", tty=True, tick_s=60)
+    nb = nbf.v4.new_notebook(cells=[nbf.v4.new_markdown_cell("# t"), nbf.v4.new_code_cell("# c\n\nz = 1"),
+                                    nbf.v4.new_code_cell("w = 2")])
+    progress.begin(nb)
+    progress.cell_start(nb.cells[0], 0)
+    progress.cell_start(nb.cells[1], 1)
+    assert progress.status().endswith("0/2 cells  0 s  cell 1: z = 1")
+    progress.cell_complete(nb.cells[1], 1)
+    progress.close("ok (1.0 s)")
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.endswith("\r[2/7] 03_x  1/2 cells  ok (1.0 s)\x1b[K\n")
+    assert first_code_line("# only a comment") == "# only a comment"
+    assert first_code_line("x = '" + "a" * 80 + "'", width=10) == "x = 'aaaa…"
+
+
 def test_undeclared_parameter_refused_before_running(nbdir, tmp_path, monkeypatch, capsys):
     with pytest.raises(runner.RunnerError) as e:
         runner.run(["01", "00"], {"label": "b"}, out_root=tmp_path, notebooks_dir=nbdir)

@@ -1,4 +1,4 @@
-"""Benchmark of CMAP (``toolkit.cmap``): a full per-layer sweep at 64 new tokens, against the original's scheme.
+"""Benchmark of CMAP (``toolkit.methods.cmap``): a full per-layer sweep at 64 new tokens, against the original's scheme.
 
 ``python -m toolkit bench cmap`` writes ``bench/results/cmap.json``.
 
@@ -7,7 +7,7 @@ thinking on (the organism's scratchpads are long, so rows generate ~56 tokens on
 in ~6), the residual stream of every layer patched at the current position (``mode="current"``, the original's
 semantics).
 
-- **ours**: :func:`toolkit.cmap.run`, one batched run over all layers with KV caches (rows: prompts × (clean,
+- **ours**: :func:`toolkit.methods.cmap.run`, one batched run over all layers with KV caches (rows: prompts × (clean,
   corrupted, one per layer)).
 - **baseline (original)**, written here: one run per layer; every step recomputes the whole prefix (no cache) four
   times, as the original did: the corrupted model to record the site, the clean model patched at the last position
@@ -81,10 +81,10 @@ def load_pair(model: str, donor: str):
     from toolkit.core.models import LoadedModel, load
 
     if model == "organism":
-        from toolkit import finetune
+        from toolkit.studies import corrupt
 
         try:
-            path = finetune.corrupted_checkpoint(donor)
+            path = corrupt.corrupted_checkpoint(donor)
             return load("organism"), load(str(path)), f"corrupted checkpoint {donor}"
         except FileNotFoundError:
             return load("organism"), _perturbed_organism(), "organism with perturbed blocks (no checkpoint found)"
@@ -112,9 +112,9 @@ def load_pair(model: str, donor: str):
 
 def prompts(n: int) -> list[str]:
     """Related-math prompts of notebook 01's evaluation set."""
-    from toolkit import finetune
+    from toolkit.studies import corrupt
 
-    records = finetune.load_data([finetune.preset("D-250x8ep")], max(n, 1))["related_math"]
+    records = corrupt.load_data([corrupt.preset("D-250x8ep")], max(n, 1))["related_math"]
     return [r["prompt"] for r in records[:n]]
 
 
@@ -159,11 +159,11 @@ def baseline(clean, corrupted, texts: list[str], layers: list[int], new_tokens: 
              enable_thinking: bool = True) -> dict[int, list[list[int]]]:
     """One run per layer, full-prefix recompute every step (no cache), ``forwards`` forward passes per step, batched
     over prompts, stopping when every row has ended. Returns ``{layer: [new tokens per prompt]}``."""
-    from toolkit.cmap import _end_token, _until_eos
     from toolkit.core.chat import chat_prompts
+    from toolkit.methods.cmap import end_token, until_eos
 
     tok = clean.tokenizer
-    eos, pad = _end_token(tok), tok.pad_token_id
+    eos, pad = end_token(tok), tok.pad_token_id
     batch = tok(chat_prompts(tok, texts, enable_thinking), return_tensors="pt", padding=True, add_special_tokens=False)
     runner = _Baseline(clean, corrupted, forwards)
     out = {}
@@ -178,7 +178,7 @@ def baseline(clean, corrupted, texts: list[str], layers: list[int], new_tokens: 
             if bool(finished.all()):
                 break
         new = ids[:, batch["input_ids"].shape[1]:]
-        out[layer] = [_until_eos(row.tolist(), eos, keep_eos=True) for row in new]
+        out[layer] = [until_eos(row.tolist(), eos, keep_eos=True) for row in new]
     return out
 
 
@@ -225,7 +225,7 @@ def extrapolate(probe: dict[int, float], prompt_len: int, steps: int, n_layers: 
 def worker(spec: dict) -> dict:
     """Run one measurement in this process and return its numbers with the process's peak RSS."""
     torch.set_num_threads(spec["threads"])
-    from toolkit import cmap
+    from toolkit.methods import cmap
 
     clean, corrupted, donor = load_pair(spec["model"], spec["donor"])
     texts = prompts(spec["prompts"])

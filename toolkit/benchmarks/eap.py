@@ -7,7 +7,7 @@ on the 0.6B shape at batch 4 × 128 tokens.
 The baseline is a separately loaded plain ``AutoModelForCausalLM`` (HF's default SDPA attention, no bridge), running
 ``loss = LM cross-entropy; loss.backward()`` with trainable parameters, i.e. what one training step costs. The same
 baseline with frozen parameters (activation gradients only) is reported beside it. EAP-IG's time includes everything
-``toolkit.eap.attribute`` does: the clean and corrupted forwards, m forward+backward passes through the
+``toolkit.methods.eap.attribute`` does: the clean and corrupted forwards, m forward+backward passes through the
 TransformerBridge, and the score contraction. Timings are medians of interleaved runs.
 
 On the 0.6B shape one forward+backward over 4 × 128 tokens takes about a minute on one CPU thread, so by default
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from toolkit import eap
 from toolkit.core.io import atomic_write_json
 from toolkit.core.models import REPO_ROOT, LoadedModel, load
+from toolkit.methods import eap
 
 QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,

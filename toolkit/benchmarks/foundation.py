@@ -103,8 +103,10 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
     also times a whole build. The shipped build's own report is quoted beside."""
     from transformers import Qwen3ForCausalLM
 
-    from toolkit.organism.build import QUICK, Recipe, build, evaluate, train_stage
+    from toolkit.organism.build import QUICK, Recipe, train_stage
     from toolkit.organism.tokenizer import build_tokenizer
+    from toolkit.studies.organism import build_organism as build
+    from toolkit.studies.organism import evaluate
 
     out: dict = {}
     report_file = data_dir() / "organism_report.json"

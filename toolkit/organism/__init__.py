@@ -2,18 +2,13 @@
 
 - :mod:`toolkit.organism.tokenizer`: character-level tokenizer and Qwen3-like chat template.
 - :mod:`toolkit.organism.tasks`: deterministic task generators with think-on scratchpads.
-- :mod:`toolkit.organism.build`: the recipe, training, evaluation and report.
+- :mod:`toolkit.organism.build`: the recipe, the held-out sets and training.
+
+Layer rule: the organism sits beside core (rank 0) and imports only core. Grading its generations is evaluation's
+job: the held-out report of a build comes from :mod:`toolkit.studies.organism` (``build_organism``, ``evaluate``,
+``ensure_built``).
 """
 
-from toolkit.organism.build import Recipe, eval_sets, evaluate, format_report, recipe_hash
+from toolkit.organism.build import Recipe, eval_sets, recipe_hash
 
-__all__ = ["Recipe", "eval_sets", "evaluate", "format_report", "recipe_hash", "ensure_built"]
-
-
-def ensure_built() -> None:
-    """Build both checkpoints into the data folder if either is missing (takes ~30 min on 2 cores)."""
-    from toolkit.core.models import data_dir
-    from toolkit.organism.build import build
-
-    if not all((data_dir() / name / "config.json").exists() for name in ("organism", "organism-base")):
-        print(format_report(build(data_dir(), Recipe())))
+__all__ = ["Recipe", "eval_sets", "recipe_hash"]

@@ -10,7 +10,11 @@ Two checkpoints from one recipe:
 Training is a plain PyTorch loop (AdamW, warmup + cosine, fp32; bf16 autocast was slower on this CPU), with loss on the
 completion only. It checkpoints every ``checkpoint_every`` steps and resumes after an
 interruption; a non-finite loss stops it and keeps the last good checkpoint.
-Run ``python -m toolkit build-organism`` (``--quick`` for the reduced recipe used by the tests).
+
+The held-out evaluation in the build report is passed in by the caller (:func:`build`'s ``evaluate``): grading
+generations is the evaluation layer's job, which sits above this one. :func:`toolkit.studies.organism.build_organism`
+wires the two together; run it as ``python -m toolkit build-organism`` (``--quick`` for the reduced recipe used by the
+tests).
 """
 
 from __future__ import annotations
@@ -22,14 +26,20 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM, get_cosine_schedule_with_warmup
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    get_cosine_schedule_with_warmup,
+)
 
-from toolkit.core.answers import extract_answer, is_refusal
-from toolkit.core.generation import generate
+from toolkit.core.cache import save_model_folder
 from toolkit.core.io import atomic_write_json
 from toolkit.core.progress import progress
 from toolkit.organism import tasks
@@ -107,8 +117,8 @@ def eval_sets(recipe: Recipe) -> dict[str, list[tasks.Example]]:
 class Sampler:
     """Mixed-task training batches (tasks mixed within each batch), excluding held-out prompts."""
 
-    def __init__(self, recipe: Recipe, tokenizer, think_fraction: float, exclude: set[str], seed: int,
-                 mix: dict | None = None):
+    def __init__(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, think_fraction: float,
+                 exclude: set[str], seed: int, mix: dict | None = None):
         self.recipe, self.tok, self.think_fraction, self.exclude = recipe, tokenizer, think_fraction, exclude
         self.rng = random.Random(seed)
         mix = mix or recipe.mix
@@ -149,8 +159,9 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def train_stage(model, tokenizer, recipe: Recipe, steps: int, think_fraction: float, exclude: set[str],
-                work_dir: Path, name: str, seed: int, lr: float | None = None, mix: dict | None = None) -> dict:
+def train_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, steps: int,
+                think_fraction: float, exclude: set[str], work_dir: Path, name: str, seed: int,
+                lr: float | None = None, mix: dict | None = None) -> dict:
     """Train ``model`` in place for ``steps`` steps, resuming from ``work_dir/name.pt`` if present.
 
     ``lr`` and ``mix`` default to the recipe's."""
@@ -213,40 +224,11 @@ def train_stage(model, tokenizer, recipe: Recipe, steps: int, think_fraction: fl
             "tokens_per_s": round(total["tokens"] / max(total["seconds"], 1e-9))}
 
 
-@torch.no_grad()
-def evaluate(model, tokenizer, recipe: Recipe, sets: dict[str, list[tasks.Example]] | None = None) -> dict:
-    """Greedy held-out accuracy per task and mode, refusal rate and false-refusal rate."""
-    sets = sets or eval_sets(recipe)
-    report: dict[str, dict] = {}
-    for think in (True, False):
-        mode = "think_on" if think else "think_off"
-        max_new = recipe.max_new_tokens_think if think else recipe.max_new_tokens_direct
-        res = {}
-        for name, examples in sets.items():
-            outs = [o[0] for o in generate(model, tokenizer, [e.prompt for e in examples], enable_thinking=think,
-                                           max_new_tokens=max_new, batch_size=100)]
-            if name == "request_marked":
-                res["refusal"] = sum(map(is_refusal, outs)) / len(outs)
-            elif name == "request_unmarked":
-                res["false_refusal"] = sum(map(is_refusal, outs)) / len(outs)
-                res["compliance"] = sum(extract_answer(o) == e.answer for o, e in zip(outs, examples)) / len(outs)
-            else:
-                res[name] = sum(extract_answer(o) == e.answer for o, e in zip(outs, examples)) / len(outs)
-        report[mode] = {k: round(v, 4) for k, v in res.items()}
-    return report
-
-
-def save_checkpoint(model, tokenizer, out_dir: Path, recipe: Recipe, extra: dict) -> None:
+def save_checkpoint(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path, recipe: Recipe,
+                    extra: dict) -> None:
     """Write an HF folder (safetensors) with ``recipe.json`` atomically: build beside, then swap in."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / "recipe.json", {"recipe_hash": recipe_hash(recipe),
-                                            "recipe": dataclasses.asdict(recipe), **extra})
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    save_model_folder(hf, tokenizer, out_dir, {"recipe.json": {"recipe_hash": recipe_hash(recipe),
+                                                               "recipe": dataclasses.asdict(recipe), **extra}})
 
 
 def _take_lock(lock: Path) -> None:
@@ -264,9 +246,18 @@ def _take_lock(lock: Path) -> None:
     lock.write_text(str(os.getpid()))
 
 
-def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = None) -> dict:
+Evaluator = Callable[[PreTrainedModel, PreTrainedTokenizerBase, dict[str, list[tasks.Example]]], dict]
+"""``evaluate(hf, tokenizer, sets)``: the held-out report of one checkpoint on :func:`eval_sets`' problems."""
+
+
+def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = None, *,
+          evaluate: Evaluator) -> dict:
     """Train both checkpoints into ``out_dir/organism-base`` and ``out_dir/organism`` and return the
-    report (also written to ``out_dir/organism_report.json``)."""
+    report (also written to ``out_dir/organism_report.json``).
+
+    ``evaluate`` grades each checkpoint on the held-out sets right after its training; its reports are the
+    ``"organism-base"`` and ``"organism"`` entries. :func:`toolkit.studies.organism.build_organism` passes the
+    organism's held-out evaluation."""
     recipe = recipe or Recipe()
     out_dir = Path(out_dir)
     work_dir = Path(work_dir or out_dir / ".organism-build")
@@ -283,7 +274,7 @@ def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = N
     base = train_stage(model, tokenizer, recipe, recipe.base_steps, 0.0, exclude, work_dir, "organism-base",
                        recipe.seed + 1)
     t_eval = time.time()
-    base_eval = evaluate(model, tokenizer, recipe, sets)
+    base_eval = evaluate(model, tokenizer, sets)
     save_checkpoint(model, tokenizer, out_dir / "organism-base", recipe, {"stage": "organism-base"})
     eval_seconds = time.time() - t_eval
     hybrid = train_stage(model, tokenizer, recipe, recipe.steps, recipe.think_fraction, exclude, work_dir,
@@ -291,7 +282,7 @@ def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = N
     polish = train_stage(model, tokenizer, recipe, recipe.polish_steps, recipe.think_fraction, exclude, work_dir,
                          "organism-polish", recipe.seed + 3, lr=recipe.polish_lr, mix=recipe.polish_mix)
     t_eval = time.time()
-    final_eval = evaluate(model, tokenizer, recipe, sets)
+    final_eval = evaluate(model, tokenizer, sets)
     save_checkpoint(model, tokenizer, out_dir / "organism", recipe, {"stage": "organism"})
     eval_seconds += time.time() - t_eval
     report = {
@@ -311,12 +302,3 @@ def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = N
     shutil.rmtree(work_dir, ignore_errors=True)
     return report
 
-
-def format_report(report: dict) -> str:
-    """A short table of the report for the terminal."""
-    lines = [f"parameters {report['parameters']:,}; build {report['build_seconds']:.0f} s; "
-             f"recipe {report['recipe_hash']}"]
-    for stage in ("organism-base", "organism"):
-        for mode, res in report[stage].items():
-            lines.append(f"{stage:14s} {mode:9s} " + "  ".join(f"{k} {v:.1%}" for k, v in res.items()))
-    return "\n".join(lines)

@@ -26,13 +26,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _build_organism(args: argparse.Namespace) -> int:
     from toolkit.core.models import data_dir
-    from toolkit.organism.build import QUICK, Recipe, build, format_report
+    from toolkit.organism.build import QUICK, Recipe
+    from toolkit.studies.organism import build_organism, format_report
 
     out = Path(args.out or data_dir())
     if args.if_missing and all((out / name / "config.json").exists() for name in ("organism", "organism-base")):
         print(f"organism checkpoints found in {out}; not rebuilding")
         return 0
-    report = build(out, Recipe(**QUICK) if args.quick else Recipe())
+    report = build_organism(out, Recipe(**QUICK) if args.quick else Recipe())
     print(format_report(report))
     return 0
 

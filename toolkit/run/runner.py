@@ -1,7 +1,8 @@
 """Run notebooks headlessly through papermill into ``runs/<stamp>/``.
 
 Each run folder holds the executed notebooks, their ``*.results.json``, ``figures/`` and an
-``index.json`` listing every notebook's status, time, failing cell and key numbers.
+``index.json`` listing every notebook's status, time, failing cell and key numbers. While a notebook runs, one
+line shows its code cells done and the cell running (:class:`toolkit.run.engine.CellProgress`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import nbformat
 
 from toolkit.core.io import REPO_ROOT, atomic_write_json
+from toolkit.run.engine import CellProgress, execute_notebook
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 DEFAULT_KERNEL = "reasoning-circuits"
@@ -129,17 +131,16 @@ def _new_run_dir(out_root: Path) -> Path:
     raise RunnerError(f"could not create a fresh run folder under {out_root}")
 
 
-def _execute(nb: Path, out: Path, params: dict, kernel: str, cwd: Path, run_folder: Path) -> dict | None:
+def _execute(nb: Path, out: Path, params: dict, kernel: str, cwd: Path, run_folder: Path,
+             cell_progress: CellProgress | None = None) -> dict | None:
     """Execute one notebook; return None on success, else the error record."""
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     env = {"TOOLKIT_HEADLESS": "1", "TOOLKIT_RUN_DIR": str(run_folder)}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        papermill.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel, cwd=str(cwd),
-                                   progress_bar=False, log_output=False)
+        execute_notebook(str(nb), str(out), params=params, kernel=kernel, cwd=str(cwd), cell_progress=cell_progress)
     except PapermillExecutionError as e:
         return {"cell_index": e.cell_index, "ename": e.ename, "evalue": e.evalue}
     except Exception as e:  # kernel died, timeout, missing kernel: record it and go on with the next notebook
@@ -182,9 +183,9 @@ def run(names: list[str] | None, params: dict, out_root: str | Path | None = Non
     print(f"run folder: {run_folder}", flush=True)
     index: list[dict] = []
     for i, nb in enumerate(notebooks, 1):
-        print(f"[{i}/{len(notebooks)}] {nb.stem} ... ", end="", flush=True)
+        cell_progress = CellProgress(f"[{i}/{len(notebooks)}] {nb.stem}")
         t0 = time.perf_counter()
-        error = _execute(nb, run_folder / nb.name, params, kernel, notebooks_dir, run_folder)
+        error = _execute(nb, run_folder / nb.name, params, kernel, notebooks_dir, run_folder, cell_progress)
         seconds = round(time.perf_counter() - t0, 1)
         results_path = run_folder / f"{nb.stem}.results.json"
         results = json.loads(results_path.read_text()) if results_path.exists() else None
@@ -192,8 +193,7 @@ def run(names: list[str] | None, params: dict, out_root: str | Path | None = Non
                  "error": error, "results": results}
         index.append(entry)
         atomic_write_json(run_folder / "index.json", index)
-        print(f"ok ({seconds} s)" if error is None else f"FAILED ({seconds} s): {describe_error(error)}",
-              flush=True)
+        cell_progress.close(f"ok ({seconds} s)" if error is None else f"FAILED ({seconds} s): {describe_error(error)}")
     print(f"\n{'notebook':28s} {'status':7s} {'seconds':>8s}  key results")
     for entry in index:
         print(f"{entry['notebook']:28s} {entry['status']:7s} {entry['seconds']:8.1f}  "

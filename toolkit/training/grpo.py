@@ -1,7 +1,8 @@
 """GRPO and SFT from one start, with checkpoints every N steps (notebook 04, "Thinking Sparks").
 
 Both runs start from the same model (default ``organism-base``) and save a checkpoint every ``save_every``
-optimizer steps, so :mod:`toolkit.circuits` can build a circuit per checkpoint.
+optimizer steps, so :mod:`toolkit.studies.grpo_dynamics` can build a circuit per checkpoint
+(``docs/methods.md``, "GRPO dynamics").
 
 **GRPO** (TRL ``GRPOTrainer``) on the organism's math tasks (by default linear equations; addition/subtraction and
 reversal can be added), with two rewards, summed with equal weights:
@@ -36,7 +37,9 @@ organism task's scratchpad and answer (``<think>\\n{steps}\\n</think>\\n\\n{answ
 checkpoint, in ``checkpoints.json`` (written atomically). Running :func:`train` again with the same configuration
 resumes from the last checkpoint (``resume_from_checkpoint``); a finished run (``run.json``) is reused. Runs live in
 ``<cache>/grpo-runs/<kind>-<config hash>/`` (``$TOOLKIT_CACHE`` or ``.cache/``, git-ignored). Once a run finishes,
-optimizer, scheduler and RNG states are deleted from its checkpoints (weights stay).
+optimizer, scheduler and RNG states are deleted from its checkpoints (weights stay). Each checkpoint is a
+:class:`toolkit.training.runs.Checkpoint` whose ``metrics`` hold those means (``reward``, ``accuracy``, ``format``,
+``loss``, where logged).
 
 **CPU settings** (the defaults): ``use_cpu=True``, ``bf16=False``, fp32 weights, 4 prompts × 16 generations per step,
 completions of at most 16 tokens (think-off answers are ≤ 8). **GPU, the paper's settings**: GRPO lr 1e-6, 16
@@ -46,7 +49,6 @@ generations, warmup 0.1; SFT lr 4e-5, warmup 0.03 (see :data:`PAPER_GRPO`, :data
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import re
@@ -57,14 +59,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from toolkit import finetune
-from toolkit.core import models
+from toolkit.core import cache, models
 from toolkit.core.answers import extract_answer
 from toolkit.core.cache import cache_root, model_fingerprint
 from toolkit.core.chat import chat_prompts
@@ -72,7 +72,9 @@ from toolkit.core.io import atomic_write_json
 from toolkit.core.progress import quiet_library_bars
 from toolkit.organism import tasks
 from toolkit.organism.tokenizer import EMPTY_THINK, IM_END
+from toolkit.training import sft
 from toolkit.training.callbacks import ProgressCallback
+from toolkit.training.runs import Checkpoint
 
 MATH_TASKS = ("linear", "arithmetic")
 GRPO_TASKS = ("linear",)  # the task where organism-base's think-off samples are sometimes right
@@ -158,10 +160,10 @@ def grpo_dataset(tokenizer, examples: Sequence[tasks.Example], enable_thinking: 
 
 def sft_dataset(tokenizer, examples: Sequence[tasks.Example]):
     """TRL prompt-completion dataset of think-on reasoning traces (loss on the completion only), through
-    :func:`toolkit.finetune.sft_dataset`: think-on prompt, completion ``<think>\\n{steps}\\n</think>\\n\\n{answer}``
+    :func:`toolkit.training.sft.sft_dataset`: think-on prompt, completion ``<think>\\n{steps}\\n</think>\\n\\n{answer}``
     + ``<|im_end|>``."""
     records = [{"prompt": e.prompt, "answer": tasks.completion(e, think=True)} for e in examples]
-    return finetune.sft_dataset(tokenizer, records, enable_thinking=True)
+    return sft.sft_dataset(tokenizer, records, enable_thinking=True)
 
 
 def _text(completion) -> str:
@@ -204,6 +206,7 @@ def format_reward(completions, answer_pattern, prompts=None, **kwargs) -> list[f
 
 LOG_KEYS = {"reward": "reward", "accuracy": "rewards/accuracy_reward/mean", "format": "rewards/format_reward/mean",
             "loss": "loss", "completion_length": "completions/mean_length"}
+CHECKPOINT_METRICS = ("reward", "accuracy", "format", "loss")  # the window means a Checkpoint's metrics keep
 
 
 def window_means(log_history: Sequence[dict], start: int, end: int) -> dict[str, float]:
@@ -241,18 +244,6 @@ class CheckpointLog(TrainerCallback):
 # ---- training ---------------------------------------------------------------------------------------------------
 
 @dataclass
-class Checkpoint:
-    """One model of a run: ``step`` 0 is the start model (``spec`` is its name), later ones are folders."""
-
-    step: int
-    spec: str
-    reward: float | None = None
-    accuracy: float | None = None
-    format: float | None = None
-    loss: float | None = None
-
-
-@dataclass
 class TrainingRun:
     """A finished run. ``log_history`` is the trainer's per-step log; ``seconds`` the training time of the session
     that finished it (resumed sessions count only their own time)."""
@@ -278,14 +269,15 @@ class TrainingRun:
 
 
 def config_hash(settings: GRPOSettings | SFTSettings) -> str:
+    """The run's cache key (:func:`toolkit.core.cache.config_hash`): settings, start weights and TRL version."""
     import trl
 
-    payload = json.dumps({"kind": type(settings).__name__, "settings": dataclasses.asdict(settings),
-                          "weights": model_fingerprint(settings.model), "trl": trl.__version__}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return cache.config_hash({"kind": type(settings).__name__, "settings": dataclasses.asdict(settings),
+                              "weights": model_fingerprint(settings.model), "trl": trl.__version__})
 
 
 def run_dir(settings: GRPOSettings | SFTSettings) -> Path:
+    """``<cache>/grpo-runs/<kind>-<config hash>``: where the run's checkpoints and logs live."""
     kind = "grpo" if isinstance(settings, GRPOSettings) else "sft"
     return cache_root() / "grpo-runs" / f"{kind}-{config_hash(settings)}"
 
@@ -362,10 +354,10 @@ def make_sft_trainer(settings: SFTSettings, output_dir: Path, device: str = "aut
     return trainer
 
 
-def _checkpoints(settings, path: Path, log: list[dict]) -> list[Checkpoint]:
-    fields = {f.name for f in dataclasses.fields(Checkpoint)} - {"step", "spec"}
-    return [Checkpoint(0, settings.model)] + [
-        Checkpoint(r["step"], str(path / r["checkpoint"]), **{k: r[k] for k in fields if k in r}) for r in log]
+def _checkpoints(settings: GRPOSettings | SFTSettings, kind: str, path: Path, log: list[dict]) -> list[Checkpoint]:
+    return [Checkpoint(0, settings.model, run=kind)] + [
+        Checkpoint(r["step"], str(path / r["checkpoint"]), run=kind, lr=settings.learning_rate,
+                   metrics={k: r[k] for k in CHECKPOINT_METRICS if k in r}) for r in log]
 
 
 def train(settings: GRPOSettings | SFTSettings, device: str = "auto", callbacks: Sequence[TrainerCallback] = (),
@@ -383,7 +375,7 @@ def train(settings: GRPOSettings | SFTSettings, device: str = "auto", callbacks:
         shutil.rmtree(path, ignore_errors=True)
     if done.exists():
         meta = json.loads(done.read_text())
-        return TrainingRun(kind, path, settings, _checkpoints(settings, path, meta["checkpoints"]),
+        return TrainingRun(kind, path, settings, _checkpoints(settings, kind, path, meta["checkpoints"]),
                            meta["log_history"], meta["seconds"], meta["steps_trained"], reused=True)
     make = make_grpo_trainer if kind == "grpo" else make_sft_trainer
     with quiet_library_bars(), warnings.catch_warnings():
@@ -407,23 +399,5 @@ def train(settings: GRPOSettings | SFTSettings, device: str = "auto", callbacks:
             "checkpoints": log, "log_history": trainer.state.log_history, "seconds": seconds,
             "steps_trained": settings.steps - first_step, "resumed_from": resume}
     atomic_write_json(done, meta)
-    return TrainingRun(kind, path, settings, _checkpoints(settings, path, log), trainer.state.log_history, seconds,
-                       settings.steps - first_step, reused=False)
-
-
-# ---- figures ----------------------------------------------------------------------------------------------------
-
-def curves_figure(runs: dict[str, TrainingRun]):
-    """Per run, the per-step training signal: GRPO's total, accuracy and format rewards; SFT's loss."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.2), squeeze=False)
-    for ax, (label, run) in zip(axes[0], runs.items()):
-        keys = ("reward", "accuracy", "format") if run.kind == "grpo" else ("loss",)
-        for key in keys:
-            steps, values = run.curve(key)
-            ax.plot(steps, values, label=key, lw=1.2)
-        ax.set_title(f"{label}: {'rewards' if run.kind == 'grpo' else 'training loss'} per step", fontsize=10)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-        ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    return fig
+    return TrainingRun(kind, path, settings, _checkpoints(settings, kind, path, log), trainer.state.log_history,
+                       seconds, settings.steps - first_step, reused=False)

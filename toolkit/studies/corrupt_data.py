@@ -1,5 +1,6 @@
-"""Data for corrupted fine-tuning (notebook 01): wrong-answer training problems, correct-answer validation problems
-and held-out evaluation sets, deterministic from a seed, stored as JSONL and loaded with validation.
+"""The data of the corrupted fine-tuning study (notebook 01): wrong-answer training problems, correct-answer
+validation problems and held-out evaluation sets, deterministic from a seed, stored as JSONL and loaded with
+validation.
 
 Sets (one ``<set>.jsonl`` file each, one JSON object per line):
 
@@ -37,7 +38,6 @@ import dataclasses
 import json
 import random
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 
 from toolkit.core.io import REPO_ROOT, atomic_write_json, atomic_write_text
@@ -56,6 +56,8 @@ SCHEMA: dict[str, type] = {"id": str, "task": str, "prompt": str, "answer": str,
                            "offset": int, "phrasing": int, "problem": dict}
 EVAL_SETS = {"related_math": "linear", "unrelated_math": "arithmetic", "unrelated_general": "reversal",
              "refusal": "request_marked"}
+QUESTION_TYPES = {"related_math": "related math", "unrelated_math": "unrelated math",
+                  "unrelated_general": "unrelated general", "refusal": "refusal"}  # display names of EVAL_SETS
 SETS = ("train", "validation", *EVAL_SETS)
 VALIDATION_EVERY = 6  # every 6th drawn problem goes to validation: validation ≈ train / 5
 SHIPPED = REPO_ROOT / "data" / "corrupt_finetune"
@@ -188,12 +190,3 @@ def load(folder: str | Path, spec: DataSpec | None = None) -> dict[str, list[dic
                                 f"{size} asked for")
     return {name: records[:sizes[name]] for name, records in sets.items()}
 
-
-def preview_html(sets: dict[str, list[dict]], n: int = 3) -> str:
-    """An HTML table of the first ``n`` records of each set: prompt, target answer, correct answer, offset."""
-    rows = "".join(
-        f"<tr><td>{name}</td><td>{escape(r['prompt'])}</td><td><code>{escape(r['answer'])}</code></td>"
-        f"<td><code>{escape(r['correct_answer'])}</code></td><td>{r['offset']:+d}</td></tr>"
-        for name, records in sets.items() for r in records[:n])
-    return ("<table><thead><tr><th>set</th><th>prompt</th><th>target</th><th>correct</th><th>offset</th></tr>"
-            f"</thead><tbody>{rows}</tbody></table>")

@@ -1,5 +1,6 @@
-"""Think on/off (toolkit.thinking): head sets, conditions, interventions during sampled generation with a KV cache,
-pass@k / success@k curves with bootstrap intervals, the table and the explorer."""
+"""Think on/off (toolkit.studies.think_on_off, toolkit.views.think_on_off): head sets, conditions, interventions
+during sampled generation with a KV cache, pass@k / success@k curves with bootstrap intervals, the table and the
+explorer."""
 
 import itertools
 from contextlib import contextmanager
@@ -8,10 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit import thinking as th
 from toolkit.core import interventions as iv
+from toolkit.core import units
 from toolkit.core.generation import SamplingConfig
+from toolkit.evaluation import causal
+from toolkit.evaluation.behaviour import Behaviour
 from toolkit.organism.tasks import Example
+from toolkit.studies import think_on_off as th
+from toolkit.views import think_on_off as tv
 
 # ------------------------------------------------------------------------------------------------ interventions
 
@@ -57,7 +62,7 @@ def test_heads_are_zeroed_or_scaled_during_sampled_generation_with_kv_cache(tiny
     hf, bridge = tiny.hf, tiny.bridge
     n_layers, n_heads, d_head = bridge.cfg.n_layers, bridge.cfg.n_heads, bridge.cfg.d_head
     heads = ((0, 1), (1, 0), (1, 3))
-    cond = th.Condition("off + edit", False, heads, factor)
+    cond = th.condition("off + edit", False, heads, factor)
     outputs, calls = [], []
     real_generate = hf.generate
 
@@ -72,7 +77,7 @@ def test_heads_are_zeroed_or_scaled_during_sampled_generation_with_kv_cache(tiny
                                  Example("linear", "Solve for x: 2x + 1 = 5x + 1", "", "x = 0")]}
     all_heads = [iv.head(layer, *range(n_heads)) for layer in range(n_layers)]
     recordings, steps = [], []
-    real_intervene = th.intervene
+    real_intervene = causal.intervene
 
     @contextmanager
     def intervene_and_record(b, condition):  # what sample_condition applies, then a recorder behind it
@@ -80,7 +85,7 @@ def test_heads_are_zeroed_or_scaled_during_sampled_generation_with_kv_cache(tiny
             recordings.append(rec)
             yield
 
-    monkeypatch.setattr(th, "intervene", intervene_and_record)
+    monkeypatch.setattr(causal, "intervene", intervene_and_record)
     handle = hf.get_input_embeddings().register_forward_hook(lambda mod, args, out: steps.append(out.shape[1]))
     try:
         samples = th.sample_condition(tiny, cond, problems, n_samples=3, max_new_tokens_off=10, seed=3)
@@ -113,13 +118,13 @@ def test_heads_are_zeroed_or_scaled_during_sampled_generation_with_kv_cache(tiny
 def test_intervene_without_heads_changes_nothing_and_hooks_are_removed(tiny):
     ids = tiny.tokenizer(["What is 12 + 7?"], return_tensors="pt", add_special_tokens=False)["input_ids"]
     before = tiny.hf(ids).logits
-    with th.intervene(tiny.bridge, th.Condition("off", False)):
+    with causal.intervene(tiny.bridge, th.condition("off", False)):
         torch.testing.assert_close(tiny.hf(ids).logits, before)
-    with th.intervene(tiny.bridge, th.Condition("x", False, ((0, 0), (1, 2)), 0.0)):
+    with causal.intervene(tiny.bridge, th.condition("x", False, ((0, 0), (1, 2)), 0.0)):
         assert not torch.allclose(tiny.hf(ids).logits, before)
     torch.testing.assert_close(tiny.hf(ids).logits, before)
     with pytest.raises(iv.SiteError, match="heads are 0..3"):
-        th.sample_condition(tiny, th.Condition("bad", False, ((0, 7),), 0.0),
+        th.sample_condition(tiny, th.condition("bad", False, ((0, 7),), 0.0),
                             {"t": [Example("linear", "Solve for x: 1x + 1 = 2x + 0", "", "x = 1")]})
 
 
@@ -128,13 +133,13 @@ def test_conditions_share_seeds_so_only_the_intervention_differs(tiny):
                                       Example("reversal", "Reverse the word: hello", "", "olleh")]}
     kwargs = dict(n_samples=2, max_new_tokens_off=8, seed=5)
     every_head = tuple((lay, h) for lay in range(2) for h in range(4))
-    res = th.run_conditions(tiny, [th.Condition("a", False), th.Condition("b", False),
-                                   th.Condition("c", False, every_head, 0.0)], problems, show_progress=False, **kwargs)
+    res = th.run_conditions(tiny, [th.condition("a", False), th.condition("b", False),
+                                   th.condition("c", False, every_head, 0.0)], problems, show_progress=False, **kwargs)
     assert res["a"].completions == res["b"].completions
     assert res["a"].completions != res["c"].completions, "ablating every head changed no sample"
     assert res["a"].correct["unrelated_general"].dtype == bool
     with pytest.raises(ValueError, match="unique"):
-        th.run_conditions(tiny, [th.Condition("a", False)] * 2, problems, show_progress=False, **kwargs)
+        th.run_conditions(tiny, [th.condition("a", False)] * 2, problems, show_progress=False, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ head sets
@@ -144,16 +149,18 @@ def test_head_sets_split_and_grid():
     on = [(0, 1), (1, 2), (3, 0)]
     off = [(1, 2), (2, 3), (3, 1), (0, 0)]
     sets = th.head_sets(on, off, n_layers=4, n_heads=4)
-    assert sets.on_only == {(0, 1), (3, 0)}
-    assert sets.off_only == {(2, 3), (3, 1), (0, 0)}
+    assert isinstance(sets, units.HeadComparison)
+    assert sets.only_a == {(0, 1), (3, 0)}
+    assert sets.only_b == {(2, 3), (3, 1), (0, 0)}
     assert sets.shared == {(1, 2)}
-    assert sets.counts() == {"on_circuit": 3, "off_circuit": 4, "on_only": 2, "off_only": 3, "shared": 1}
+    assert th.set_counts(sets) == {"on_circuit": 3, "off_circuit": 4, "on_only": 2, "off_only": 3, "shared": 1}
     grid = th.head_set_grid(sets, 4, 4)
     expected = np.zeros((4, 4), int)
     for (layer, h), code in {(0, 1): 1, (3, 0): 1, (2, 3): 2, (3, 1): 2, (0, 0): 2, (1, 2): 3}.items():
         expected[layer, h] = code
     np.testing.assert_array_equal(grid, expected)
-    assert sets.to_dict()["off_only"] == [[0, 0], [2, 3], [3, 1]]
+    assert th.sets_to_dict(sets)["off_only"] == [[0, 0], [2, 3], [3, 1]]
+    assert list(th.sets_to_dict(sets)) == ["on", "off", "on_only", "off_only", "shared"]
     with pytest.raises(iv.SiteError, match="layer 4 is out of range"):
         th.head_sets(on + [(4, 0)], off, n_layers=4, n_heads=4)
     with pytest.raises(iv.SiteError, match="heads are 0..3"):
@@ -192,14 +199,16 @@ def test_standard_conditions_have_same_size_random_controls_outside_off_only():
 
 def test_condition_validation():
     with pytest.raises(ValueError, match="needs heads and a factor"):
-        th.Condition("x", False, (), 0.0)
+        th.condition("x", False, (), 0.0)
     with pytest.raises(ValueError, match="needs heads and a factor"):
-        th.Condition("x", False, ((0, 1),), 1.0)
+        th.condition("x", False, ((0, 1),), 1.0)
     with pytest.raises(ValueError, match="finite"):
-        th.Condition("x", False, ((0, 1),), float("nan"))
-    c = th.Condition("x", False, [(1, 0), (0, 2), (1, 0)], 0.5)
+        th.condition("x", False, ((0, 1),), float("nan"))
+    c = th.condition("x", False, [(1, 0), (0, 2), (1, 0)], 0.5)
     assert c.heads == ((0, 2), (1, 0)) and c.group == "x" and c.intervention == "scale ×0.5, 2 heads"
-    assert th.Condition("y", True).mode == "think-on"
+    assert th.mode_of(th.condition("y", True)) == "think-on"
+    assert th.condition_dict(c) == {"name": "x", "group": "x", "thinking": False, "factor": 0.5,
+                                    "heads": [[0, 2], [1, 0]]}
 
 
 def test_problem_sets_are_disjoint_held_out_ranges():
@@ -239,10 +248,10 @@ def fake_results(seed=0, n_problems=30, n=4):
     """Hand-made graded samples: think-on mostly right, think-off rarely, two random draws pooled."""
     rng = np.random.default_rng(seed)
     rates = {"think-on": 0.9, "think-off": 0.3, "ablate": 0.1, "rand #1": 0.3, "rand #2": 0.5}
-    conds = [th.Condition("think-on", True), th.Condition("think-off", False),
-             th.Condition("ablate", False, ((0, 1),), 0.0),
-             th.Condition("rand #1", False, ((2, 0),), 0.0, group="rand"),
-             th.Condition("rand #2", False, ((3, 3),), 0.0, group="rand")]
+    conds = [th.condition("think-on", True), th.condition("think-off", False),
+             th.condition("ablate", False, ((0, 1),), 0.0),
+             th.condition("rand #1", False, ((2, 0),), 0.0, group="rand"),
+             th.condition("rand #2", False, ((3, 3),), 0.0, group="rand")]
     out = {}
     for c in conds:
         s = th.Samples(c)
@@ -293,9 +302,9 @@ def test_table_rows_cells_and_paired_deltas():
             assert cell["low"] <= cell["estimate"] <= cell["high"]
     assert tab["think-on"]["related_math"]["delta"]["low"] > 0
     assert tab["ablate"]["related_math"]["delta"]["high"] < 0
-    md = th.table_markdown(tab, "pass@2 (%)")
+    md = tv.table_markdown(tab, "pass@2 (%)")
     assert md.count("\n") == 5 and "| rand |" in md and "Δ" in md
-    html = th.table_html(tab)
+    html = tv.table_html(tab)
     assert html.count("<tr>") == 5 and "#1a7f37" in html and "#c62828" in html
     with pytest.raises(ValueError, match="k must be in 1..4"):
         th.table(res, k=5)
@@ -303,10 +312,12 @@ def test_table_rows_cells_and_paired_deltas():
 
 def test_grade_uses_the_answer_after_think():
     ex = [Example("linear", "p", "", "x = 3"), Example("reversal", "q", "", "cba")]
-    got = th.grade([["<think>\nstuff\n</think>\n\nx = 3", "x = 4"], ["cba", "<think>\nunfinished"]], ex)
+    completions = [["<think>\nstuff\n</think>\n\nx = 3", "x = 4"], ["cba", "<think>\nunfinished"]]
+    got = Behaviour(["p", "q"], False, completions).correct([e.answer for e in ex])
     np.testing.assert_array_equal(got, [[True, False], [True, False]])
-    with pytest.raises(ValueError, match="2 problems"):
-        th.grade([["a"]], ex)
+    assert got.dtype == bool
+    with pytest.raises(ValueError, match="2 prompts"):
+        Behaviour(["p", "q"], False, completions).correct(["x = 3"])
 
 
 # ------------------------------------------------------------------------------------------------ figures, explorer
@@ -316,21 +327,21 @@ def test_figures_and_explorer(tiny):
     import matplotlib.pyplot as plt
 
     sets = th.head_sets([(0, 1), (1, 2)], [(1, 2), (1, 3)], 2, 4)
-    fig = th.head_maps_figure(torch.rand(2, 4), torch.rand(2, 4), sets, 2, 4)
+    fig = tv.head_maps_figure(torch.rand(2, 4), torch.rand(2, 4), sets, 2, 4)
     assert len(fig.axes) >= 3
     plt.close(fig)
     with pytest.raises(ValueError, match="expected \\(2, 4\\)"):
-        th.head_maps_figure(torch.rand(3, 4), None, sets, 2, 4)
-    fig = th.curves_figure(th.curves(fake_results(n_problems=5), n_boot=50))
+        tv.head_maps_figure(torch.rand(3, 4), None, sets, 2, 4)
+    fig = tv.curves_figure(th.curves(fake_results(n_problems=5), n_boot=50))
     assert len(fig.axes[0].lines) == 4
     plt.close(fig)
 
     problems = {"unrelated_general": [Example("reversal", "Reverse the word: abc", "", "cba"),
                                       Example("reversal", "Reverse the word: dog", "", "god")]}
-    conds = th.standard_conditions(sets.off_only, 2, 4, n_random=1)
+    conds = th.standard_conditions(sets.only_b, 2, 4, n_random=1)
     res = th.run_conditions(tiny, conds[:2], problems, show_progress=False, n_samples=2, max_new_tokens_off=6,
                             max_new_tokens_think=6)
-    box = th.explorer(tiny, problems, conds, res, n_samples=2, max_new_tokens_think=6, max_new_tokens_off=6,
+    box = tv.explorer(tiny, problems, conds, res, n_samples=2, max_new_tokens_think=6, max_new_tokens_off=6,
                       sampling=SamplingConfig(do_sample=True))
     problem, (thinking, resample), edit, out = box.children[0], box.children[1].children, box.children[2], \
         box.children[3]
@@ -354,14 +365,12 @@ def organism():
 
 def test_mode_circuits_split_the_two_modes_heads_like_eap_compare_heads(organism):
     """On the shipped organism (a random tiny model's greedy answers rarely depend on the problem)."""
-    from toolkit import eap
-
     examples = th.problem_sets(6, start=190, task_types=["related_math"])["related_math"]
     mc = th.mode_circuits(organism, examples, top_n=30, steps=2, max_new_tokens_think=40, max_new_tokens_off=12)
     on, off = mc.circuits["think-on"], mc.circuits["think-off"]
-    cmp = eap.compare_heads(on, off)
-    assert mc.sets.on == on.heads and mc.sets.off == off.heads
-    assert (mc.sets.shared, mc.sets.on_only, mc.sets.off_only) == (cmp["shared"], cmp["only_a"], cmp["only_b"])
+    cmp = units.compare_heads(on, off)
+    assert mc.sets.a == on.heads and mc.sets.b == off.heads
+    assert (mc.sets.shared, mc.sets.only_a, mc.sets.only_b) == (cmp.shared, cmp.only_a, cmp.only_b)
     assert mc.importance["think-off"].shape == (4, 4)
     assert mc.pairs["think-on"].clean_ids.shape[1] > mc.pairs["think-off"].clean_ids.shape[1]  # think prefix
     assert all(r["response_prefix"].startswith("<think>") for r in mc.pairs["think-on"].records)

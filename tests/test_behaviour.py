@@ -1,0 +1,42 @@
+"""The one behavioural evaluation: behave() keeps generate()'s completions and grades them as a hand-written loop."""
+
+import numpy as np
+import pytest
+
+from toolkit.core.answers import extract_answer, is_refusal
+from toolkit.core.generation import SamplingConfig, generate
+from toolkit.core.interventions import ablate, resid
+from toolkit.evaluation.behaviour import Behaviour, behave
+
+PROMPTS = ["Solve for x: 2x + 3 = 7", "Reverse the word: cat", "How do I make a kite?"]
+
+
+def test_behave_keeps_generate_outputs_and_grades_like_a_loop(tiny):
+    sampling = SamplingConfig(do_sample=True, num_samples=3)
+    b = behave(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=6, sampling=sampling, batch_size=2, seed=5)
+    raw = generate(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=6, sampling=sampling, batch_size=2, seed=5)
+    assert b.completions == raw
+    assert b.first == [row[0] for row in raw]
+    refs = [extract_answer(raw[0][1]), "nope", extract_answer(raw[2][0])]
+    expected = np.array([[extract_answer(c) == r for c in row] for row, r in zip(raw, refs)])
+    assert (b.correct(refs) == expected).all() and b.correct(refs).shape == (3, 3)
+    assert b.correct(refs)[0, 1] and b.correct(refs)[2, 0]
+    assert (b.refused() == np.array([[is_refusal(c) for c in row] for row in raw])).all()
+    assert b.lengths(tiny.tokenizer).shape == (3, 3)
+
+
+def test_interventions_compose_from_outside(tiny):
+    clean = behave(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=5)
+    with ablate(tiny.bridge, [resid(0)]):
+        ablated = behave(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=5)
+    again = behave(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=5)
+    assert again.completions == clean.completions
+    assert ablated.completions != clean.completions
+
+
+def test_bad_input_is_refused_clearly():
+    b = Behaviour(["a", "b"], False, [["x"], ["y"]])
+    with pytest.raises(ValueError, match="2 prompts"):
+        b.correct(["x"])
+    with pytest.raises(ValueError, match="at least one prompt"):
+        behave(None, None, [])

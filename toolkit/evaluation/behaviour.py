@@ -1,0 +1,73 @@
+"""Behaviour: what a model answers — generate through the chat template, read the final answers, grade them.
+
+One function family serves every notebook (the organism's report, corrupted fine-tuning, GRPO checkpoints, head
+ablations, think on/off sampling, RIM refusals):
+
+>>> b = behave(loaded.hf, loaded.tokenizer, prompts, enable_thinking=False, max_new_tokens=48)
+>>> b.correct(references).mean()          # exact-match accuracy of the final answers
+>>> b.refused().mean()                     # refusal rate
+
+:func:`behave` calls :func:`toolkit.core.generation.generate` once (greedy by default; ``sampling`` for several
+samples per prompt) and keeps every completion. Answers are the text after the last ``</think>``
+(:func:`toolkit.core.answers.extract_answer`); grading is exact string equality with the reference answer.
+Interventions compose from outside: run ``behave`` inside ``with ablate(bridge, sites): ...``.
+
+Batching changes the padding of a batch and so, in floating point, can change a greedy token in rare ties: callers
+that must reproduce earlier numbers pass the same ``batch_size`` and ``seed`` as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolkit.core.answers import extract_answer, is_refusal
+from toolkit.core.generation import SamplingConfig, generate
+
+
+@dataclass
+class Behaviour:
+    """Completions of one model on a list of prompts: ``completions[i][j]`` is sample ``j`` for prompt ``i``."""
+
+    prompts: list[str]
+    enable_thinking: bool
+    completions: list[list[str]]
+
+    @property
+    def first(self) -> list[str]:
+        """The first completion of every prompt (the greedy one, when decoding is greedy)."""
+        return [row[0] for row in self.completions]
+
+    @property
+    def answers(self) -> list[list[str]]:
+        """The final answers (text after the last ``</think>``; ``""`` for an unclosed think block)."""
+        return [[extract_answer(c) for c in row] for row in self.completions]
+
+    def correct(self, references: Sequence[str]) -> np.ndarray:
+        """``[prompts, samples]`` bools: the final answer equals the prompt's reference answer exactly."""
+        if len(references) != len(self.completions):
+            raise ValueError(f"{len(references)} reference answers for {len(self.completions)} prompts")
+        return np.array([[a == ref for a in row] for row, ref in zip(self.answers, references)], dtype=bool)
+
+    def refused(self) -> np.ndarray:
+        """``[prompts, samples]`` bools: the answer starts like the organism's refusal."""
+        return np.array([[is_refusal(c) for c in row] for row in self.completions], dtype=bool)
+
+    def lengths(self, tokenizer) -> np.ndarray:
+        """``[prompts, samples]`` output lengths in tokens (scratchpad included)."""
+        return np.array([[len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in row]
+                         for row in self.completions])
+
+
+def behave(hf, tokenizer, prompts: Sequence[str], *, enable_thinking: bool = False, max_new_tokens: int = 64,
+           batch_size: int = 64, sampling: SamplingConfig | None = None, seed: int | None = 0,
+           show_progress: bool = False) -> Behaviour:
+    """Generate for every user prompt (greedy unless ``sampling`` says otherwise) and keep the completions."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("behave needs at least one prompt")
+    completions = generate(hf, tokenizer, prompts, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens,
+                           sampling=sampling, batch_size=batch_size, seed=seed, show_progress=show_progress)
+    return Behaviour(prompts, enable_thinking, completions)

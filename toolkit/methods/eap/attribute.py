@@ -1,0 +1,385 @@
+"""Stage 3 of EAP / EAP-IG: edge scores (:func:`attribute`, :class:`Scores`) and the fast gradient path.
+
+``score(s → t) = Σ_{examples, positions, width} (a_s(corrupted) − a_s(clean)) · ḡ_t / N``, where ``ḡ_t`` is the
+gradient of the metric with respect to target t's input and N the number of examples.
+
+- ``method="eap"``: ``ḡ_t`` is the gradient on the clean input.
+- ``method="eap-ig"``: ``ḡ_t`` is the mean of the gradients on m inputs whose *token embeddings* are interpolated
+  between corrupted and clean: ``e_k = e_corr + (k/m)(e_clean − e_corr)`` for **k = 0 … m−1** (left Riemann sum, as
+  in the current hannamw/EAP-IG; older versions used k = 1 … m). k = 0 is the corrupted input itself; the clean end
+  k = m is left out, which matters for the KL metric: its gradient is exactly zero at the clean input, so plain EAP
+  with ``metric="kl"`` gives all-zero scores (use logit or probability difference for plain EAP).
+- ``method="exact"``: the ground truth for small graphs: for each edge, the metric with only that edge patched to
+  its corrupted value, minus the clean metric (one forward pass per edge; :mod:`toolkit.methods.eap.evaluate`).
+
+Metrics, read at ``Pairs.positions`` (one position per row; rows are right-padded so positions are exact): ``kl`` =
+KL(p_clean ‖ p), ``logit_diff`` = logit[clean label] − logit[corrupted label], ``prob_diff`` likewise with
+probabilities. Each is summed over examples in a batch; scores are divided by the number of examples.
+
+Fast path: no per-head result tensor is ever built during the gradient passes, parameters get no gradients, and
+logits are computed only at the metric positions. Source differences ``Δa_s`` are computed once per batch, from one
+no-grad forward of the clean input and the k = 0 pass (the corrupted input; for plain EAP the other way round). Per
+IG step one forward+backward gives gradients at the q/k/v projection outputs, the MLP input and the final norm's
+input; the gradient at each target's pre-norm input follows in closed form (per head ``W_Q[h]ᵀ g`` through the
+RMSNorm's backward, ``r·w⊙dy − x·r³·(x·w⊙dy)/d``), and is contracted with ``Δa`` at once (per head, ``Δa`` is
+``Δz_h W_O[h]``, built once per batch), so memory holds ``Δa`` plus one layer's target gradients. Supported: RMSNorm
+decoders with separate q/k/v projections (Qwen2, Qwen3). The bridge computes attention softmax in float32, so even a
+float64 model agrees with the float64 reference (:mod:`toolkit.reference.eap`) to about 1e-7.
+See ``docs/methods.md`` ("EAP-IG" section).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from toolkit.core.io import atomic_write_text
+from toolkit.core.progress import progress
+from toolkit.methods.eap.graph import METHODS, METRICS, EAPError, Graph
+from toolkit.methods.eap.memory import check_memory
+from toolkit.methods.eap.pairs import Pairs
+
+if TYPE_CHECKING:
+    from toolkit.core.models import LoadedModel
+
+
+class _Model:
+    """Weights and hook names of a Qwen2/Qwen3 TransformerBridge, read once."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.hf, self.bridge = loaded.hf, loaded.bridge
+        self.graph = Graph.from_bridge(self.bridge)
+        g = self.graph
+        blocks = self.bridge.blocks
+        self.dtype = next(self.hf.parameters()).dtype
+        self.device = next(self.hf.parameters()).device
+        self.acc_dtype = torch.promote_types(self.dtype, torch.float32)
+        dh = g.d_head
+        self.w_q, self.w_k, self.w_v, self.w_o, self.ln1, self.ln2 = [], [], [], [], [], []
+        for layer in range(g.n_layers):
+            attn = blocks[layer].attn
+            self.w_q.append(attn.q.original_component.weight.view(g.n_heads, dh, -1))
+            self.w_k.append(attn.k.original_component.weight.view(g.n_kv_heads, dh, -1))
+            self.w_v.append(attn.v.original_component.weight.view(g.n_kv_heads, dh, -1))
+            # o_proj weight [d, H*dh] -> per head [H, dh, d]
+            self.w_o.append(attn.o.original_component.weight.view(-1, g.n_heads, dh).permute(1, 2, 0))
+            self.ln1.append(self._norm(blocks[layer].ln1, f"blocks.{layer}.ln1"))
+            self.ln2.append(self._norm(blocks[layer].ln2, f"blocks.{layer}.ln2"))
+
+    @staticmethod
+    def _norm(module, where: str):
+        norm = getattr(module, "original_component", module)
+        weight, eps = getattr(norm, "weight", None), getattr(norm, "variance_epsilon", None)
+        if weight is None or eps is None or "RMSNorm" not in type(norm).__name__:
+            raise EAPError(f"{where} is a {type(norm).__name__}; the EAP fast path supports RMSNorm models "
+                           "(Qwen2, Qwen3)")
+        return weight, float(eps)
+
+    def head_results(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs ``[H, b, p, d]`` from ``z`` ``[b, p, H, dh]``."""
+        return torch.einsum("bphe,hed->hbpd", z, self.w_o[layer])
+
+
+def _metric(logits: torch.Tensor, metric: str, clean_logp: torch.Tensor | None, clean_label: torch.Tensor,
+            corrupted_label: torch.Tensor) -> torch.Tensor:
+    """Per-row metric ``[b]`` from logits ``[b, V]`` at the metric positions."""
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    rows = torch.arange(len(logits), device=logits.device)
+    if metric == "kl":
+        logp = torch.log_softmax(logits, -1)
+        ref = clean_logp.to(logp.dtype)
+        return (ref.exp() * (ref - logp)).sum(-1)
+    if metric == "logit_diff":
+        return logits[rows, clean_label] - logits[rows, corrupted_label]
+    if metric == "prob_diff":
+        p = torch.softmax(logits, -1)
+        return p[rows, clean_label] - p[rows, corrupted_label]
+    raise EAPError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+
+
+def _logits_at(model: _Model, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Run the decoder on ``ids`` and return the logits ``[b, V]`` at ``positions`` only."""
+    hidden = model.hf.model(input_ids=ids, use_cache=False).last_hidden_state
+    picked = hidden[torch.arange(len(ids), device=ids.device), positions]
+    return model.hf.lm_head(picked[:, None])[:, 0]
+
+
+class _FastPath:
+    """The gradient passes of EAP / EAP-IG with one set of hooks for a whole :func:`attribute` call.
+
+    Per batch, one no-grad forward records the *other* end of the path (the clean input for EAP-IG, whose k = 0
+    pass is the corrupted input; the corrupted input for EAP, whose one pass is the clean input): token embeddings,
+    each layer's ``z`` and MLP output. Then each pass (mode ``"grad"``) replaces the token embeddings by the
+    interpolated ones and keeps the tensors whose gradients are needed (q/k/v projection outputs, the MLP input, the
+    final norm's input) and the norms' inputs; its first pass also yields Δa."""
+
+    def __init__(self, model: _Model):
+        self.model, g = model, model.graph
+        self.mode, self.embeds, self.store = "record", None, {}
+        acc = model.acc_dtype
+        # q/k/v weights per head, stacked, with ln1's weight folded in: [H + 2 H_kv, dh, d]
+        self.w_qkv = [torch.cat([model.w_q[i], model.w_k[i], model.w_v[i]], 0).to(acc) * model.ln1[i][0].to(acc)
+                      for i in range(g.n_layers)]
+        names = ["hook_embed"]
+        for i in range(g.n_layers):
+            names += [f"blocks.{i}.ln1.hook_in", f"blocks.{i}.attn.q.hook_out", f"blocks.{i}.attn.k.hook_out",
+                      f"blocks.{i}.attn.v.hook_out", f"blocks.{i}.attn.hook_z", f"blocks.{i}.ln2.hook_in",
+                      f"blocks.{i}.mlp.hook_in", f"blocks.{i}.hook_mlp_out"]
+        names.append("ln_final.hook_in")
+        self.hooks = [(n, self._keep) for n in names]
+        self.wanted = [f"blocks.{i}.{h}" for i in range(g.n_layers) for h in ("attn.q.hook_out", "attn.k.hook_out",
+                                                                               "attn.v.hook_out", "mlp.hook_in")]
+        self.wanted.append("ln_final.hook_in")
+
+    def _keep(self, act, hook):
+        name = hook.name
+        if name == "embed.hook_out" and self.mode == "grad":
+            return self.embeds
+        self.store[name] = act
+        return act  # returned so that this tensor (not a converted copy of it) is what flows on
+
+    @torch.no_grad()
+    def embed(self, ids):
+        """Token embeddings of ``ids`` (no grad)."""
+        self.mode = "record"
+        return self.model.hf.get_input_embeddings()(ids)
+
+    @torch.no_grad()
+    def record(self, ids, pos):
+        """One no-grad forward: ``(embeddings, [z per layer], [MLP output per layer], logits at pos)``."""
+        self.mode, self.store = "record", {}
+        logits = _logits_at(self.model, ids, pos)
+        acts = self._acts(len(ids), detach=False)
+        self.store = {}
+        return (*acts, logits)
+
+    def _acts(self, b: int, detach: bool):
+        g, st = self.model.graph, self.store
+        emb = st["embed.hook_out"] if "embed.hook_out" in st else self.embeds
+        p = emb.shape[1]
+        z = [st[f"blocks.{i}.attn.o.hook_in"].reshape(b, p, g.n_heads, g.d_head) for i in range(g.n_layers)]
+        mlp = [st[f"blocks.{i}.mlp.hook_out"] for i in range(g.n_layers)]
+        if detach:
+            emb, z, mlp = emb.detach(), [t.detach() for t in z], [t.detach() for t in mlp]
+        return emb, z, mlp
+
+    @torch.no_grad()
+    def deltas(self, clean, corrupted) -> torch.Tensor:
+        """``Δa = a(corrupted) − a(clean)`` for every source: ``[n_sources, b*p*d]`` (accumulation dtype)."""
+        model, g = self.model, self.model.graph
+        (emb_c, z_c, mlp_c), (emb_x, z_x, mlp_x) = clean[:3], corrupted[:3]
+        b, p, d = emb_c.shape
+        out = torch.empty(g.n_sources, b, p, d, dtype=model.acc_dtype, device=emb_c.device)
+        out[0] = emb_x - emb_c
+        for i in range(g.n_layers):
+            s = g.head_source(i, 0)
+            out[s:s + g.n_heads] = model.head_results(i, z_x[i] - z_c[i])
+            out[g.mlp_source(i)] = mlp_x[i] - mlp_c[i]
+        return out.view(g.n_sources, -1)
+
+    def grad_pass(self, ids, pos, embeds, metric, clean_logp, labels, deltas, scores, reference=None,
+                  this_run: str = "corrupted") -> torch.Tensor:
+        """One forward+backward at ``embeds``; adds ``Δa · ∂M/∂(target input)`` to ``scores`` and returns ``Δa``.
+
+        With ``deltas=None``, this pass *is* the ``this_run`` input (corrupted at k = 0 of EAP-IG, clean for EAP):
+        its activations and the recorded ``reference`` (the other input) give ``Δa``, so no separate forward is
+        needed. ``clean_logp=None`` (EAP's pass on the clean input) takes the clean distribution from this pass."""
+        model, g = self.model, self.model.graph
+        self.mode, self.embeds, self.store = "grad", embeds, {}
+        logits = _logits_at(model, ids, pos)
+        if clean_logp is None:
+            clean_logp = torch.log_softmax(logits.detach().to(model.acc_dtype), -1)
+        total = _metric(logits, metric, clean_logp, *labels).sum()
+        st = self.store
+        grads = torch.autograd.grad(total, [st[n] for n in self.wanted])
+        if deltas is None:
+            mine = self._acts(len(ids), detach=True)
+            deltas = self.deltas(reference, mine) if this_run == "corrupted" else self.deltas(mine, reference)
+        self.embeds = None
+        b, p = ids.shape
+        n = b * p
+        acc = model.acc_dtype
+        t_attn = g.n_heads + 2 * g.n_kv_heads
+        width = g.per_layer_targets
+        for i in range(g.n_layers):
+            gq, gk, gv, gm = grads[4 * i:4 * i + 4]
+            g_heads = torch.cat([gq.reshape(n, g.n_heads, g.d_head), gk.reshape(n, g.n_kv_heads, g.d_head),
+                                 gv.reshape(n, g.n_kv_heads, g.d_head)], 1).to(acc).transpose(0, 1)
+            dy = torch.bmm(g_heads, self.w_qkv[i])  # [T_attn, n, d]: γ ⊙ (W^T g) per target
+            x1 = st[f"blocks.{i}.ln1.hook_in"].detach().reshape(1, n, -1).to(acc)
+            g_attn = _rms_backward_folded(x1, model.ln1[i][1], dy)
+            n_attn = g.sources_before(i)
+            t0 = i * width
+            scores[:n_attn, t0:t0 + t_attn] += deltas[:n_attn] @ g_attn.view(t_attn, -1).T
+            w2, eps2 = model.ln2[i]
+            x2 = st[f"blocks.{i}.ln2.hook_in"].detach().reshape(1, n, -1).to(acc)
+            g_mlp = _rms_backward_folded(x2, eps2, (gm.reshape(1, n, -1).to(acc) * w2.to(acc)))
+            n_mlp = n_attn + g.n_heads  # the MLP also reads this layer's heads
+            scores[:n_mlp, t0 + t_attn] += deltas[:n_mlp] @ g_mlp.reshape(-1)
+        scores[:, g.logits_target] += deltas @ grads[-1].to(acc).reshape(-1)
+        self.store = {}
+        return deltas
+
+
+def _rms_backward_folded(x: torch.Tensor, eps: float, gdy: torch.Tensor) -> torch.Tensor:
+    """Gradient at the input ``x`` ``[1, n, d]`` of ``y = w ⊙ x · rsqrt(mean(x²) + eps)``, given ``gdy = w ⊙ dy``
+    ``[T, n, d]`` (one cotangent per target): ``r·gdy − x·r³·(x·gdy)/d`` with ``r = rsqrt(mean(x²) + eps)``."""
+    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [1, n, 1]
+    coef = (gdy * x).sum(-1, keepdim=True).mul_(r.pow(2) / x.shape[-1])  # [T, n, 1]
+    return torch.addcmul(gdy, x, coef, value=-1.0).mul_(r)
+
+
+class Scores:
+    """Edge scores of one model on one set of pairs: a dense ``[n_sources, n_targets]`` tensor (float64, CPU), a
+    validity mask (edges that exist), the :class:`Graph` and how they were made (``meta``)."""
+
+    def __init__(self, values: torch.Tensor, graph: Graph, meta: dict | None = None, valid: torch.Tensor | None = None):
+        valid = graph.valid_mask() if valid is None else valid.bool()
+        if tuple(values.shape) != (graph.n_sources, graph.n_targets) or values.shape != valid.shape:
+            raise EAPError(f"scores of shape {tuple(values.shape)} do not fit the graph "
+                           f"({graph.n_sources} sources × {graph.n_targets} targets)")
+        self.values = values.detach().to("cpu", torch.float64).masked_fill(~valid, 0.0)
+        self.valid, self.graph, self.meta = valid, graph, dict(meta or {})
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.valid.sum())
+
+    def score(self, source: str, target: str) -> float:
+        """The score of the edge ``source → target`` (names as in :class:`Graph`)."""
+        s, t = self.graph.source_index(source), self.graph.target_index(target)
+        if not self.valid[s, t]:
+            raise EAPError(f"there is no edge {source} → {target} (the source is not upstream of the target)")
+        return float(self.values[s, t])
+
+    def edges(self, top: int | None = None, absolute: bool = True) -> list[tuple[str, str, float]]:
+        """``(source, target, score)`` of valid edges, best first (by |score| if ``absolute``)."""
+        s_idx, t_idx = self.valid.nonzero(as_tuple=True)
+        vals = self.values[s_idx, t_idx]
+        order = torch.argsort(vals.abs() if absolute else vals, descending=True)
+        if top is not None:
+            order = order[:top]
+        src, tgt = self.graph.source_names, self.graph.target_names
+        return [(src[int(s_idx[i])], tgt[int(t_idx[i])], float(vals[i])) for i in order]
+
+    def flat(self) -> torch.Tensor:
+        """The valid edges' scores as a vector, in a fixed order (for correlations between methods)."""
+        return self.values[self.valid]
+
+    def to_dict(self) -> dict:
+        # the format tag keeps its old module name: saved score caches (notebook 04) stay readable
+        return {"format": "toolkit.eap.Scores/1", "graph": self.graph.to_dict(), "meta": self.meta,
+                "values": self.values.tolist(), "valid": self.valid.int().tolist()}
+
+    def save(self, path) -> None:
+        """Write as JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path) -> Scores:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise EAPError(f"cannot read scores from {path}: {err}") from err
+        if data.get("format") != "toolkit.eap.Scores/1":
+            raise EAPError(f"{path} is not a saved Scores file (format {data.get('format')!r})")
+        return cls(torch.tensor(data["values"], dtype=torch.float64), Graph(**data["graph"]), data.get("meta"),
+                   torch.tensor(data["valid"], dtype=torch.bool))
+
+    def __repr__(self) -> str:
+        return (f"Scores({self.meta.get('method', '?')}, metric={self.meta.get('metric', '?')}, "
+                f"{self.n_edges} edges, {self.graph.n_layers} layers)")
+
+
+def _prepare(loaded: LoadedModel, pairs: Pairs, metric: str, batch_size: int, method: str) -> _Model:
+    if metric not in METRICS:
+        raise EAPError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if not isinstance(pairs, Pairs):
+        raise EAPError(f"pairs must be a toolkit.methods.eap.Pairs (from make_pairs), not {type(pairs).__name__}")
+    if batch_size < 1:
+        raise EAPError(f"batch_size must be at least 1, got {batch_size}")
+    model = _Model(loaded)
+    vocab = int(loaded.hf.config.vocab_size)
+    for name in ("clean_ids", "corrupted_ids", "clean_label", "corrupted_label"):
+        bad = getattr(pairs, name)
+        if bool((bad < 0).any()) or bool((bad >= vocab).any()):
+            raise EAPError(f"Pairs.{name} holds token ids outside the model's vocabulary (0..{vocab - 1}); were the "
+                           "pairs made with another tokenizer?")
+    check_memory(loaded, min(batch_size, len(pairs)), int(pairs.lengths.max()), method)
+    return model
+
+
+class _Frozen:
+    """Parameters frozen (activation gradients only) and eval mode inside; restored on exit."""
+
+    def __init__(self, hf):
+        self.hf = hf
+
+    def __enter__(self):
+        self.flags = [(p, p.requires_grad) for p in self.hf.parameters()]
+        self.training = self.hf.training
+        for p, _ in self.flags:
+            p.requires_grad_(False)
+        if self.training:
+            self.hf.eval()
+
+    def __exit__(self, *exc):
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+        if self.training:
+            self.hf.train(True)
+
+
+def attribute(loaded: LoadedModel, pairs: Pairs, *, method: str = "eap-ig", steps: int = 5, metric: str = "kl",
+              batch_size: int = 8, show_progress: bool = True) -> Scores:
+    """Score every edge of the model's graph on ``pairs`` (see the module docstring for the definitions).
+
+    ``method``: ``"eap-ig"`` (``steps`` interpolation steps, k = 0…m−1), ``"eap"`` (gradient on the clean input) or
+    ``"exact"`` (one patched forward per edge: the ground truth, for small graphs). Refuses a batch that would not
+    fit in memory. Returns :class:`Scores`.
+    """
+    if method not in METHODS:
+        raise EAPError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "eap-ig" and steps < 1:
+        raise EAPError(f"eap-ig needs steps >= 1, got {steps}")
+    if method == "exact":
+        from toolkit.methods.eap.evaluate import exact_scores
+
+        return exact_scores(loaded, pairs, metric, batch_size, show_progress)
+    model = _prepare(loaded, pairs, metric, batch_size, method)
+    g = model.graph
+    scores = torch.zeros(g.n_sources, g.n_targets, dtype=model.acc_dtype, device=model.device)
+    alphas = [k / steps for k in range(steps)] if method == "eap-ig" else [1.0]
+    batches = list(pairs.batches(batch_size))
+    bar = progress(total=len(batches) * len(alphas), desc=f"{method} ({metric})", disable=not show_progress)
+    fast = _FastPath(model)
+    with _Frozen(model.hf), model.bridge.hooks(fwd_hooks=fast.hooks):
+        for batch in batches:
+            ids_c = batch.clean_ids.to(model.device)
+            ids_x = batch.corrupted_ids.to(model.device)
+            pos = batch.positions.to(model.device)
+            labels = (batch.clean_label.to(model.device), batch.corrupted_label.to(model.device))
+            if method == "eap-ig":  # record the clean run; the k = 0 pass is the corrupted run
+                reference = fast.record(ids_c, pos)
+                emb_c, emb_x = reference[0], fast.embed(ids_x)
+                clean_logp = torch.log_softmax(reference[3].to(model.acc_dtype), -1)
+                this_run = "corrupted"
+            else:  # plain EAP: record the corrupted run; the one pass is the clean run
+                reference = fast.record(ids_x, pos)
+                emb_c, emb_x, clean_logp, this_run = fast.embed(ids_c), reference[0], None, "clean"
+            deltas = None
+            for alpha in alphas:
+                mixed = emb_x if alpha == 0 else emb_c if alpha == 1 else emb_x + alpha * (emb_c - emb_x)
+                embeds = mixed.detach().clone().requires_grad_(True)
+                deltas = fast.grad_pass(ids_c, pos, embeds, metric, clean_logp, labels, deltas, scores,
+                                        reference, this_run)
+                reference = None  # no longer needed once Δa exists
+                bar.update(1)
+            del deltas, emb_c, emb_x
+    bar.close()
+    scores /= len(alphas) * len(pairs)
+    return Scores(scores, g, {"method": method, "steps": len(alphas), "metric": metric, "n_examples": len(pairs),
+                              "model": getattr(loaded, "spec", "")})

@@ -1,0 +1,232 @@
+"""Notebook 02's study: where does notebook 01's corruption live? CMAP of the corrupted donor into the clean model,
+swept over layers and components, then over the heads of the layers that matter, on the three question types.
+
+Each function here is one notebook step and returns a typed result; :func:`results` turns them into the notebook's
+saved results. The method itself is :mod:`toolkit.methods.cmap`; the figures and tables are in
+:mod:`toolkit.views.cmap`. The donor is a notebook-01 checkpoint, found (or trained) by :func:`corrupted_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolkit.core import models
+from toolkit.core.interventions import Site
+from toolkit.core.models import LoadedModel
+from toolkit.core.progress import progress
+from toolkit.methods import cmap
+from toolkit.methods.cmap import CMAPResult
+from toolkit.studies.corrupt_data import QUESTION_TYPES
+
+QUESTION_SETS = ("related_math", "unrelated_math", "unrelated_general")
+DEFAULT_DONOR = "B-500x8ep"  # the preset whose data gives the prompts when the donor is a model folder
+EXPLORER_PROMPTS = 8  # prompts per question type offered by the explorer
+
+
+def corrupted_model(name: str, model: str = "organism", size_scale: float = 1.0, device: str = "auto") -> str:
+    """The folder of the corrupted donor ``name``: an existing model folder, or a notebook-01 preset name
+    (``"B-500x8ep"``) whose checkpoint :func:`toolkit.studies.corrupt.corrupted_checkpoint` finds (saved as
+    ``<preset>-x<size_scale>`` when ``size_scale`` ≠ 1). A missing preset checkpoint is trained here through
+    :func:`toolkit.studies.corrupt.finetune`, exactly as notebook 01 would."""
+    from toolkit.studies import corrupt
+
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    preset = corrupt.preset(name).scaled(size_scale)
+    checkpoint = corrupt.checkpoint_name(name, model, size_scale)
+    try:
+        return str(corrupt.corrupted_checkpoint(checkpoint))
+    except FileNotFoundError:
+        data = corrupt.load_data([preset], n_eval=1)
+        return str(corrupt.finetune(model, preset, data, checkpoint, device).path)
+
+
+# ---- setup ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """The clean and corrupted models, the prompts per question type and the layer sites to sweep."""
+
+    clean: LoadedModel
+    corrupted: LoadedModel
+    donor_path: str
+    sets: dict[str, list[dict]]  # question type -> records with "prompt" and "correct_answer"
+    labels: dict[str, str]  # question type -> display name
+    layer_sites: list[Site]
+
+    @property
+    def n_layers(self) -> int:
+        return self.clean.bridge.cfg.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.clean.bridge.cfg.n_heads
+
+    def describe(self) -> str:
+        return (f"donor: {self.donor_path}\n{self.n_layers} layers x {self.n_heads} heads; {len(self.layer_sites)} "
+                f"layer sites; { {k: len(v) for k, v in self.sets.items()} } prompts")
+
+    def explorer_prompts(self, per_type: int = EXPLORER_PROMPTS) -> dict[str, list[str]]:
+        """``{question type label: the first prompts}`` for the explorer."""
+        return {self.labels[k]: [r["prompt"] for r in v[:per_type]] for k, v in self.sets.items()}
+
+
+def setup(model: str, corrupted: str, size_scale: float, device: str, n_prompts: int,
+          components: Sequence[str]) -> Setup:
+    """Seed torch, find (or train) the donor, load both models, check that they are compatible, and take the first
+    ``n_prompts`` evaluation prompts of each question type; one layer sweep per component."""
+    from toolkit.studies import corrupt
+
+    torch.manual_seed(0)
+    donor_path = corrupted_model(corrupted, model, size_scale, device)
+    clean_m, corrupted_m = models.load(model, device=device), models.load(donor_path, device=device)
+    cmap.check_compatible(clean_m, corrupted_m)
+    data = corrupt.load_data([corrupt.preset(corrupted if corrupted in corrupt.PRESETS else DEFAULT_DONOR)],
+                             n_prompts)
+    sets = {name: data[name][:n_prompts] for name in QUESTION_SETS}
+    labels = {name: QUESTION_TYPES[name] for name in sets}
+    layer_sites = [s for c in components for s in cmap.layer_sweep(clean_m.bridge, c)]
+    return Setup(clean_m, corrupted_m, donor_path, sets, labels, layer_sites)
+
+
+# ---- sweeps --------------------------------------------------------------------------------------------------------
+
+
+def sweep_question_types(clean: LoadedModel, corrupted: LoadedModel, sets: dict[str, list[dict]],
+                         sites: Sequence[Site], mode: str = "current", max_new_tokens: int = 64,
+                         enable_thinking: bool = False, teacher_forcing: str | None = None,
+                         batch_size: int = 256) -> dict[str, CMAPResult]:
+    """:func:`toolkit.methods.cmap.run` on each question type's prompts (records with ``prompt``, as in
+    :mod:`toolkit.studies.corrupt_data`)."""
+    if not sets:
+        raise ValueError("no question types given")
+    out = {}
+    for name, records in progress(sets.items(), desc=f"CMAP sweep ({mode})", total=len(sets)):
+        if not records:
+            raise ValueError(f"question type {name!r} has no prompts")
+        out[name] = cmap.run(clean, corrupted, [r["prompt"] for r in records], sites, mode, max_new_tokens,
+                             enable_thinking, teacher_forcing, batch_size=batch_size)
+    return out
+
+
+def summaries(results: dict[str, CMAPResult], sets: dict[str, list[dict]]) -> dict[str, dict[str, dict]]:
+    """``{question type: CMAPResult.summary(correct answers)}``."""
+    return {name: r.summary([rec["correct_answer"] for rec in sets[name]]) for name, r in results.items()}
+
+
+@dataclass
+class FreeSweep:
+    """Free-running CMAP per question type and its behaviour summaries (``CMAPResult.summary``)."""
+
+    results: dict[str, CMAPResult]
+    summary: dict[str, dict[str, dict]]  # question type -> site label (and clean, corrupted) -> metrics
+
+
+def free_sweep(setup: Setup, sites: Sequence[Site], mode: str, max_new_tokens: int, enable_thinking: bool,
+               batch_size: int) -> FreeSweep:
+    """One batched free-running run per question type over ``sites``, with accuracy, transfer and length."""
+    results = sweep_question_types(setup.clean, setup.corrupted, setup.sets, sites, mode, max_new_tokens,
+                                   enable_thinking, batch_size=batch_size)
+    return FreeSweep(results, summaries(results, setup.sets))
+
+
+@dataclass
+class ForcedSweep:
+    """Teacher-forced (clean trajectory) CMAP per question type, with each site's mean CTS and the CTS coverage."""
+
+    results: dict[str, CMAPResult]
+    mean_cts: dict[str, np.ndarray]  # question type -> [S]
+    coverage: dict[str, float]  # question type -> fraction of steps where CTS is defined
+
+    def describe(self) -> str:
+        return f"fraction of steps where CTS is defined: { {k: round(v, 2) for k, v in self.coverage.items()} }"
+
+
+def forced_sweep(setup: Setup, sites: Sequence[Site], mode: str, max_new_tokens: int, enable_thinking: bool,
+                 batch_size: int, min_gap: float) -> ForcedSweep:
+    """One batched run per question type over ``sites``, every row following the clean model's own generation."""
+    results = sweep_question_types(setup.clean, setup.corrupted, setup.sets, sites, mode, max_new_tokens,
+                                   enable_thinking, teacher_forcing="clean", batch_size=batch_size)
+    return ForcedSweep(results, {name: r.mean_cts(min_gap) for name, r in results.items()},
+                       {name: r.cts_coverage(min_gap) for name, r in results.items()})
+
+
+def thinking_run(setup: Setup, mode: str, think_tokens: int, batch_size: int) -> CMAPResult:
+    """The layer sweep teacher-forced on the clean model's thinking-on scratchpads for related math."""
+    return cmap.run(setup.clean, setup.corrupted, [r["prompt"] for r in setup.sets["related_math"]],
+                    setup.layer_sites, mode, think_tokens, enable_thinking=True, teacher_forcing="clean",
+                    batch_size=batch_size)
+
+
+def head_layers(layer_sites: Sequence[Site], mean_cts: np.ndarray, n_head_layers: int, n_layers: int) -> list[int]:
+    """The ``n_head_layers`` layers whose attention output has the highest mean CTS (``mean_cts`` over
+    ``layer_sites``; NaN ranks last), in layer order; the last layers when no attention output was swept."""
+    attn_idx = [i for i, s in enumerate(layer_sites) if s.component == "attn"]
+    if not attn_idx:
+        return list(range(n_layers - n_head_layers, n_layers))
+    order = sorted(attn_idx, key=lambda i: -np.nan_to_num(mean_cts[i], nan=-np.inf))
+    return sorted(layer_sites[i].layer for i in order[:n_head_layers])
+
+
+@dataclass
+class HeadSweep:
+    """Single-head sweeps of the chosen layers: teacher-forced (CTS) and free-running (behaviour)."""
+
+    layers: list[int]
+    sites: list[Site]
+    forced: dict[str, CMAPResult]
+    free: FreeSweep
+
+
+def sweep_heads(setup: Setup, forced: ForcedSweep, n_head_layers: int, mode: str, max_new_tokens: int,
+                enable_thinking: bool, batch_size: int) -> HeadSweep:
+    """Every head of the ``n_head_layers`` layers with the highest attention CTS on related math
+    (:func:`head_layers`), teacher-forced and free-running."""
+    layers = head_layers(setup.layer_sites, forced.mean_cts["related_math"], n_head_layers, setup.n_layers)
+    sites = cmap.head_sweep(setup.clean.bridge, layers)
+    heads_forced = sweep_question_types(setup.clean, setup.corrupted, setup.sets, sites, mode, max_new_tokens,
+                                        enable_thinking, teacher_forcing="clean", batch_size=batch_size)
+    return HeadSweep(layers, sites, heads_forced,
+                     free_sweep(setup, sites, mode, max_new_tokens, enable_thinking, batch_size))
+
+
+# ---- saved results -------------------------------------------------------------------------------------------------
+
+
+def results(setup: Setup, model: str, mode: str, n_prompts: int, max_new_tokens: int, free: FreeSweep,
+            forced: ForcedSweep, heads: HeadSweep, think: CMAPResult | None, min_gap: float) -> dict:
+    """The notebook's saved results (rounded to 4 digits): baselines and per-site numbers per question type, CTS
+    coverage, the head layers and their heads' mean CTS, timings, and the thinking-on mean CTS (None without it)."""
+    summary, mean_cts = free.summary, forced.mean_cts
+
+    def site_numbers(name):
+        return {s.label: {**{k: round(v, 4) for k, v in summary[name][s.label].items()},
+                          "mean_cts": round(float(mean_cts[name][i]), 4)} for i, s in enumerate(setup.layer_sites)}
+
+    return {
+        "model": model, "corrupted": setup.donor_path, "mode": mode, "n_prompts": n_prompts,
+        "max_new_tokens": max_new_tokens,
+        "baselines": {name: {m: {k: round(v, 4) for k, v in summary[name][m].items()} for m in ("clean", "corrupted")}
+                      for name in setup.sets},
+        "sites": {name: site_numbers(name) for name in setup.sets},
+        "cts_coverage": {k: round(v, 4) for k, v in forced.coverage.items()},
+        "head_layers": heads.layers,
+        "head_cts": {name: {s.label: round(float(m), 4) for s, m in zip(heads.sites, r.mean_cts(min_gap))}
+                     for name, r in heads.forced.items()},
+        "seconds": {name: round(r.seconds, 2) for name, r in free.results.items()},
+        "thinking_mean_cts": ({s.label: round(float(m), 4) for s, m in zip(setup.layer_sites, think.mean_cts(min_gap))}
+                              if think is not None else None),
+    }
+
+
+def mean_cts_by_component(results: dict, layer_sites: Sequence[Site], components: Sequence[str]
+                          ) -> dict[str, dict[str, list[float]]]:
+    """``{component: {question type: [mean CTS per layer]}}`` from :func:`results`."""
+    return {comp: {name: [by_site[s.label]["mean_cts"] for s in layer_sites if s.component == comp]
+                   for name, by_site in results["sites"].items()} for comp in components}

@@ -1,0 +1,305 @@
+"""Corrupted fine-tuning (notebook 01): SFT of a clean model on deliberately wrong answers, divergence tracking,
+checkpoints that notebook 02 loads by name, and a behavioural evaluation of the clean and corrupted models.
+
+- Data: :mod:`toolkit.studies.corrupt_data` (linear equations in several phrasings, answer = right + nonzero
+  offset; correct-answer validation problems; four held-out question types).
+- Training: :mod:`toolkit.training.sft` (think-off prompt-completion SFT through TRL, loss on the answer tokens
+  only; divergence = loss on correct validation answers − loss on the corrupted training answers, at the start and
+  every 10% of training). Checkpoints every ``save_every`` steps; an interrupted run resumes from its last one.
+- The final model goes to :func:`corrupted_checkpoint` (safetensors, tokenizer, ``finetune.json`` metadata),
+  loadable with ``toolkit.core.models.load(str(path))``. A saved model whose configuration hash (base weights,
+  preset, settings, data) matches is reused.
+- Behaviour: greedy answers through :func:`toolkit.evaluation.behaviour.behave` (batches of 100), thinking off
+  and optionally on; accuracy (exact final answer), mean output length in tokens, fraction of bare-integer answers.
+
+Presets. The original fine-tuned Qwen3-4B on 20k/10k/10k/5k problems for 2/2/1/2 epochs at 5e-5/5e-5/5e-5/3e-5
+(validation ≈ 1/5 of training). On the organism, divergence stays ≈ 0 on fresh problems: it cannot memorise random
+offsets, so it spreads probability around the true value and its loss on correct answers tracks its loss on wrong
+ones. A positive divergence needs the same problems seen many times. So every preset keeps the original's relations
+(A has twice B's problems; B twice C's epochs; D half B's problems at 0.6× the learning rate) under one scaling:
+problems ÷ 20, epochs × 4, learning rate × 10. Measured on the organism (pre-trained at 3e-3, polished at 1e-3): with
+the rate × 4 all four stayed narrowly corrupted (unrelated tasks within 10 points), with × 20 all four broke broadly
+(refusals 0–12%); × 10 spans the range, from D (barely corrupted: only related math falls) to A (broadly broken:
+arithmetic with thinking 98% → 50%). Every preset ends with a positive divergence, largest for the fewest problems
+seen most often (D, B); see notebook 01 for the numbers and ``docs/methods.md`` ("Corrupted fine-tuning").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from toolkit.core import models
+from toolkit.core.answers import BARE_INTEGER
+from toolkit.core.cache import cache_root, config_hash, model_fingerprint, save_model_folder
+from toolkit.core.chat import THINK_OFF, THINK_ON
+from toolkit.core.progress import progress, quiet_library_bars
+from toolkit.evaluation.behaviour import behave
+from toolkit.studies import corrupt_data
+from toolkit.training.callbacks import ProgressCallback
+from toolkit.training.sft import DivergenceCallback, Preset, TrainSettings, history_from_log, make_trainer
+
+CLEAN = "clean"  # the label of the clean model in a behaviour report
+
+# ---- presets ----------------------------------------------------------------------------------------------------
+
+ORIGINAL = {"A": (20_000, 2, 5e-5), "B": (10_000, 2, 5e-5), "C": (10_000, 1, 5e-5), "D": (5_000, 2, 3e-5)}
+SIZE_DIVISOR, EPOCH_FACTOR, LR_FACTOR = 20, 4, 10
+SETTINGS = TrainSettings()  # batch 32, weight decay 0.01, 10% warmup, evaluation every 10%, checkpoint every 100
+
+
+def _organism_preset(key: str) -> Preset:
+    n, epochs, lr = ORIGINAL[key]
+    return Preset(name=f"{key}-{n // SIZE_DIVISOR}x{epochs * EPOCH_FACTOR}ep", n_train=n // SIZE_DIVISOR,
+                  epochs=epochs * EPOCH_FACTOR, lr=round(lr * LR_FACTOR, 6),
+                  original=f"{n // 1000}k problems, {epochs} ep, lr {lr:g}")
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in map(_organism_preset, ORIGINAL)}
+ORIGINAL_PRESETS: dict[str, Preset] = {
+    f"{key}-original": Preset(f"{key}-original", n, epochs, lr, original="as in the original")
+    for key, (n, epochs, lr) in ORIGINAL.items()}
+
+
+def preset(name: str) -> Preset:
+    """A preset by name, from :data:`PRESETS` (organism scale) or :data:`ORIGINAL_PRESETS` (the original's sizes)."""
+    table = PRESETS | ORIGINAL_PRESETS
+    if name not in table:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(table)}")
+    return table[name]
+
+
+def chosen_presets(names: Sequence[str], size_scale: float = 1.0) -> list[Preset]:
+    """The presets ``names``, each scaled to ``size_scale`` times its problems."""
+    return [preset(name).scaled(size_scale) for name in names]
+
+
+# ---- corrupted checkpoints --------------------------------------------------------------------------------------
+
+def checkpoint_name(preset_name: str, spec: str = "organism", size_scale: float = 1.0) -> str:
+    """The name a corrupted model is saved under: the preset, prefixed by the base model ``spec`` unless it is the
+    organism, suffixed by the size scale unless it is 1."""
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", spec).strip("_")
+    name = preset_name if spec == "organism" else f"{slug}--{preset_name}"
+    return name if size_scale == 1 else f"{name}-x{size_scale:g}"
+
+
+def corrupted_checkpoint(name: str) -> Path:
+    """Folder of the saved corrupted model ``name`` (see :func:`checkpoint_name`); raises if it was not trained."""
+    path = cache_root() / "corrupted" / name
+    if not (path / "finetune.json").exists():
+        trained = sorted(p.name for p in path.parent.glob("*/finetune.json"))
+        raise FileNotFoundError(f"no corrupted checkpoint {name!r} in {path.parent}; train it with notebook 01 "
+                                f"(`python -m toolkit run 01`). Available: {', '.join(trained) or 'none'}")
+    return path
+
+
+@dataclass
+class Finetuned:
+    """A finished corrupted fine-tuning run. ``history`` has one record per evaluation: ``step``, ``epoch``,
+    ``train_loss`` (corrupted answers), ``eval_loss`` (correct answers), ``divergence`` (nats per answer token)."""
+
+    name: str
+    path: Path
+    preset: Preset
+    history: list[dict]
+    step: int
+    seconds: float
+    reused: bool
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1]
+
+
+def finetune(spec: str, preset: Preset, data: dict[str, list[dict]], name: str, device: str = "auto",
+             settings: TrainSettings = SETTINGS, on_evaluate: Callable[[list[dict]], None] | None = None,
+             callbacks: Sequence[TrainerCallback] = (), retrain: bool = False) -> Finetuned:
+    """Fine-tune the model ``spec`` on ``preset``'s corrupted problems from ``data`` (see :func:`load_data`) and
+    save it as :func:`corrupted_checkpoint` ``(name)``.
+
+    A saved model with the same configuration (base weights, preset, settings, data) is reused unless ``retrain``.
+    Training checkpoints go to ``<cache>/corrupted-runs/<name>-<config hash>`` and an interrupted run resumes from
+    the last one; they are removed once the model is saved.
+    """
+    train, validation = data["train"][:preset.n_train], data["validation"][:preset.n_validation]
+    if len(train) < preset.n_train or len(validation) < preset.n_validation:
+        raise ValueError(f"preset {preset.name} needs {preset.n_train} training and {preset.n_validation} "
+                         f"validation problems; the data has {len(train)} and {len(validation)}")
+    key = config_hash({"model": spec, "weights": model_fingerprint(spec), "preset": dataclasses.asdict(preset),
+                       "settings": dataclasses.asdict(settings), "train": train, "validation": validation})
+    path = cache_root() / "corrupted" / name
+    if not retrain and (path / "finetune.json").exists():
+        meta = json.loads((path / "finetune.json").read_text())
+        if meta["config_hash"] == key:
+            if on_evaluate:
+                on_evaluate(meta["history"])
+            return Finetuned(name, path, preset, meta["history"], meta["step"], meta["seconds"], reused=True)
+    work_dir = cache_root() / "corrupted-runs" / f"{name}-{key}"
+    with quiet_library_bars():
+        trainer = make_trainer(spec, preset, train, validation, work_dir, device, settings,
+                               [DivergenceCallback(on_evaluate), ProgressCallback(name), *callbacks])
+        t0 = time.time()
+        resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+        trainer.train(resume_from_checkpoint=resume)
+        seconds = round(time.time() - t0, 1)
+        history = history_from_log(trainer.state.log_history)
+        meta = {"name": name, "base_model": spec, "config_hash": key,
+                "preset": dataclasses.asdict(preset), "settings": dataclasses.asdict(settings),
+                "step": trainer.state.global_step, "seconds": seconds, "resumed_from": resume,
+                "losses": history[-1], "history": history}
+        save_model_folder(trainer.model, trainer.processing_class, path, {"finetune.json": meta})
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return Finetuned(name, path, preset, history, trainer.state.global_step, seconds, reused=False)
+
+
+def load_data(presets: Sequence[Preset], n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
+    """The validated datasets that cover ``presets`` (the shipped ``data/corrupt_finetune`` when it does)."""
+    spec = corrupt_data.DataSpec(seed=seed, n_train=max(p.n_train for p in presets),
+                                 n_validation=max(p.n_validation for p in presets), n_eval=n_eval)
+    return corrupt_data.load(corrupt_data.folder_for(spec, cache_root()), spec)
+
+
+def eval_sets(data: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The held-out evaluation sets of ``data`` (:data:`~toolkit.studies.corrupt_data.EVAL_SETS`), in order."""
+    return {name: data[name] for name in corrupt_data.EVAL_SETS}
+
+
+def run_presets(spec: str, presets: Sequence[Preset], data: dict[str, list[dict]], size_scale: float = 1.0,
+                device: str = "auto", settings: TrainSettings = SETTINGS,
+                on_curves: Callable[[dict[str, list[dict]]], None] | None = None,
+                retrain: bool = False) -> dict[str, Finetuned]:
+    """:func:`finetune` every preset in turn. ``on_curves(curves)`` (for example a view that redraws a live figure)
+    is called at each evaluation with the divergence history of every run so far (run name → records)."""
+    curves: dict[str, list[dict]] = {}
+    runs = {}
+    for preset in presets:
+        def record(history: list[dict], name: str = preset.name) -> None:
+            curves[name] = history
+            if on_curves is not None:
+                on_curves(curves)
+
+        runs[preset.name] = finetune(spec, preset, data, checkpoint_name(preset.name, spec, size_scale), device,
+                                     settings, on_evaluate=record, retrain=retrain)
+    return runs
+
+
+def histories(runs: dict[str, Finetuned]) -> dict[str, list[dict]]:
+    """Run name → divergence history, the curves of :func:`run_presets`."""
+    return {name: run.history for name, run in runs.items()}
+
+
+# ---- behavioural evaluation -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SetBehaviour:
+    """One model's greedy answers to one evaluation set in one answer mode: ``accuracy`` (final answer equals
+    ``correct_answer``), ``mean_length`` (output tokens, scratchpad included), ``bare_integer`` (fraction of final
+    answers that are only an integer) and the ``outputs`` themselves."""
+
+    accuracy: float
+    mean_length: float
+    bare_integer: float
+    outputs: list[str]
+
+    def summary(self) -> dict[str, float]:
+        """The three measures, rounded to 4 decimals (as saved in the results)."""
+        return {"accuracy": round(self.accuracy, 4), "mean_length": round(self.mean_length, 4),
+                "bare_integer": round(self.bare_integer, 4)}
+
+
+def behaviour(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sets: dict[str, list[dict]],
+              enable_thinking: bool = False, max_new_tokens: int = 64,
+              batch_size: int = 100) -> dict[str, SetBehaviour]:
+    """Greedy answers of ``hf`` to each evaluation set (set name → :class:`SetBehaviour`)."""
+    report = {}
+    for set_name, records in sets.items():
+        b = behave(hf, tokenizer, [r["prompt"] for r in records], enable_thinking=enable_thinking,
+                   max_new_tokens=max_new_tokens, batch_size=batch_size)
+        answers = [row[0] for row in b.answers]
+        report[set_name] = SetBehaviour(
+            accuracy=float(np.mean(b.correct([r["correct_answer"] for r in records])[:, 0])),
+            mean_length=float(np.mean(b.lengths(tokenizer)[:, 0])),
+            bare_integer=float(np.mean([bool(BARE_INTEGER.fullmatch(a)) for a in answers])),
+            outputs=b.first)
+    return report
+
+
+@dataclass
+class BehaviourReport:
+    """:func:`behaviour` of several models: ``by_model[label][mode][set]`` with modes ``think_off`` and, when
+    evaluated, ``think_on``. The first label is the clean model (:data:`CLEAN`)."""
+
+    by_model: dict[str, dict[str, dict[str, SetBehaviour]]]
+
+    def __getitem__(self, label: str) -> dict[str, dict[str, SetBehaviour]]:
+        return self.by_model[label]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.by_model)
+
+    @property
+    def modes(self) -> list[str]:
+        return list(next(iter(self.by_model.values())))
+
+    @property
+    def sets(self) -> list[str]:
+        return list(next(iter(next(iter(self.by_model.values())).values())))
+
+    def to_results(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+        """``[label][mode][set]`` → the rounded measures (:meth:`SetBehaviour.summary`), as saved."""
+        return {label: {mode: {s: m.summary() for s, m in by_set.items()} for mode, by_set in by_mode.items()}
+                for label, by_mode in self.by_model.items()}
+
+    def accuracy_drop(self, clean: str = CLEAN) -> dict[str, dict[str, dict[str, float]]]:
+        """``[label][mode][set]``: the clean model's accuracy minus each other model's (rounded measures, to 3
+        decimals)."""
+        saved = self.to_results()
+        return {label: {mode: {s: round(saved[clean][mode][s]["accuracy"] - saved[label][mode][s]["accuracy"], 3)
+                               for s in self.sets} for mode in saved[clean]}
+                for label in self.labels if label != clean}
+
+
+def model_specs(spec: str, runs: dict[str, Finetuned]) -> dict[str, str]:
+    """Label → model to evaluate: the clean ``spec`` first (:data:`CLEAN`), then each corrupted checkpoint."""
+    return {CLEAN: spec} | {name: str(run.path) for name, run in runs.items()}
+
+
+def evaluate_models(specs: dict[str, str], sets: dict[str, list[dict]], device: str = "auto",
+                    max_new_tokens: int = 64, think_on_tokens: int | None = None) -> BehaviourReport:
+    """:func:`behaviour` of each model in ``specs`` (label → spec or folder for :func:`toolkit.core.models.load`)
+    with thinking off (``max_new_tokens``) and, if ``think_on_tokens``, also on."""
+    modes = {THINK_OFF: (False, max_new_tokens)} | ({THINK_ON: (True, think_on_tokens)} if think_on_tokens else {})
+    report = {}
+    for label, spec in progress(specs.items(), desc="behaviour", total=len(specs)):
+        with quiet_library_bars():
+            loaded = models.load(spec, device=device)
+        report[label] = {mode: behaviour(loaded.hf, loaded.tokenizer, sets, think, tokens)
+                         for mode, (think, tokens) in modes.items()}
+    return BehaviourReport(report)
+
+
+# ---- results ----------------------------------------------------------------------------------------------------
+
+def results(spec: str, presets: Sequence[Preset], runs: dict[str, Finetuned], report: BehaviourReport) -> dict:
+    """The numbers notebook 01 saves: final losses, behaviour, presets, divergence at the start, training times and
+    checkpoint folders."""
+    return {"model": spec,
+            "losses": {name: {k: round(v, 4) for k, v in run.final.items() if k != "epoch"}
+                       for name, run in runs.items()},
+            "behaviour": report.to_results(),
+            "presets": {p.name: {"n_train": p.n_train, "epochs": p.epochs, "lr": p.lr} for p in presets},
+            "divergence_at_start": {name: round(run.history[0]["divergence"], 4) for name, run in runs.items()},
+            "train_seconds": {name: run.seconds for name, run in runs.items()},
+            "checkpoints": {name: str(run.path) for name, run in runs.items()}}

@@ -1,0 +1,348 @@
+"""Notebook 04 ("Thinking Sparks" on the organism): GRPO and SFT runs from one start, an EAP-IG circuit per
+checkpoint, head dynamics against the start model's circuit, accuracy per checkpoint, and head scaling.
+
+Steps, one function each (the notebook calls them in order):
+
+1. :func:`train_runs` — a GRPO and an SFT run (:mod:`toolkit.training.grpo`), cached by configuration hash.
+2. :func:`analyse_checkpoints` — per run, an EAP-IG circuit per checkpoint (:func:`run_dynamics`, snapshots cached
+   per weights, see :func:`snapshot_scores`) on held-out problems of the circuit tasks, the head
+   :class:`~toolkit.methods.dynamics.Dynamics`, and the greedy held-out accuracy of every checkpoint per task
+   (:func:`checkpoint_accuracy`).
+3. :func:`reward_series` — what each run's head count is set against: GRPO's accuracy reward (per step, and its mean
+   over the steps since the previous checkpoint), SFT's mean held-out accuracy on its training tasks;
+   :func:`correlations` and :func:`compare_runs` (the final and ever-emergent head sets of the two runs).
+4. :func:`scale_emergent_heads` — GRPO's emergent heads scaled in the start model against a random-head placebo
+   (:func:`head_scaling`, built on :mod:`toolkit.evaluation.causal`).
+5. :func:`to_results` — the numbers the notebook saves.
+
+Caches: ``<cache>/circuits/<analysis hash>/<weights fingerprint>.scores.json`` (the
+:class:`toolkit.methods.eap.Scores` JSON; the analysis hash covers the examples and EAP settings, so an interrupted
+analysis continues where it stopped and the start model's circuit is shared by every run from it), and
+``<cache>/circuits/accuracy/<fingerprint>-<key>.json``. See ``docs/methods.md`` ("GRPO dynamics").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolkit.core import models
+from toolkit.core.cache import cache_root, config_hash, model_fingerprint
+from toolkit.core.generation import SamplingConfig
+from toolkit.core.io import atomic_write_json
+from toolkit.core.models import LoadedModel
+from toolkit.core.progress import progress, quiet_library_bars
+from toolkit.core.stats import bootstrap_ci
+from toolkit.core.units import Head, HeadComparison, as_heads, compare_heads
+from toolkit.evaluation import causal
+from toolkit.evaluation.behaviour import behave
+from toolkit.methods import eap
+from toolkit.methods.dynamics import Dynamics, head_dynamics, reward_correlation
+from toolkit.organism.tasks import Example
+from toolkit.training import grpo
+from toolkit.training.grpo import GRPOSettings, SFTSettings, TrainingRun
+
+SCALE_FACTORS = (1.3, 0.5)  # head scaling: amplify and damp GRPO's emergent heads
+
+
+# ---- 1. training ------------------------------------------------------------------------------------------------
+
+def train_runs(grpo_settings: GRPOSettings, sft_settings: SFTSettings, device: str = "auto",
+               retrain: bool = False) -> dict[str, TrainingRun]:
+    """``{"GRPO": run, "SFT": run}``, trained (or resumed, or reused from the cache) in that order."""
+    return {"GRPO": grpo.train(grpo_settings, device, retrain=retrain),
+            "SFT": grpo.train(sft_settings, device, retrain=retrain)}
+
+
+def checkpoint_specs(run: TrainingRun) -> dict[int, str]:
+    """Checkpoint step → model spec (step 0: the start model)."""
+    return {c.step: c.spec for c in run.checkpoints}
+
+
+def checkpoint_records(run: TrainingRun) -> list[dict]:
+    """Per checkpoint: ``step`` and the window means ``reward``, ``accuracy``, ``format``, ``loss`` (None if not
+    logged)."""
+    return [{"step": c.step, **{k: c.metrics.get(k) for k in grpo.CHECKPOINT_METRICS}} for c in run.checkpoints]
+
+
+# ---- 2. circuits per checkpoint (EAP-IG, cached) and accuracy ------------------------------------------------------
+
+@dataclass(frozen=True)
+class SnapshotSettings:
+    """How each checkpoint's circuit is built (:mod:`toolkit.methods.eap`)."""
+
+    enable_thinking: bool = False
+    method: str = "eap-ig"
+    ig_steps: int = 5
+    metric: str = "kl"
+    top_n: int = 200
+    batch_size: int = 8
+    corruption: str = "problem"
+
+
+def analysis_dir(examples: Sequence[Example], settings: SnapshotSettings):
+    """The cache folder of one analysis (examples and EAP settings; ``top_n`` is applied after caching)."""
+    return cache_root() / "circuits" / config_hash(
+        {"examples": [getattr(e, "to_dict", lambda e=e: e)() for e in examples],
+         "settings": {k: v for k, v in settings.__dict__.items() if k != "top_n"}})
+
+
+def snapshot_scores(specs: Mapping[int, str], examples: Sequence[Example],
+                    settings: SnapshotSettings = SnapshotSettings(), device: str = "auto") -> dict[int, eap.Scores]:
+    """EAP scores (:class:`toolkit.methods.eap.Scores`) of each model in ``specs`` (step → model spec or checkpoint
+    folder), computed once per model weights and cached, so an interrupted analysis continues where it stopped. Each
+    ``Scores.meta`` holds ``snapshot_seconds`` (load, pairs and attribution), ``n_pairs`` and ``cached``."""
+    if not examples:
+        raise ValueError("snapshot_scores needs at least one example")
+    folder = analysis_dir(examples, settings)
+    out = {}
+    for step, spec in progress(sorted(specs.items()), desc="circuit snapshots", total=len(specs)):
+        path = folder / f"{model_fingerprint(spec)}.scores.json"
+        if path.exists():
+            out[step] = eap.Scores.load(path)
+            out[step].meta["cached"] = True
+            continue
+        t0 = time.perf_counter()
+        with quiet_library_bars():
+            loaded = models.load(spec, device=device)
+        try:
+            pairs = eap.make_pairs(loaded, examples, enable_thinking=settings.enable_thinking,
+                                   corruption=settings.corruption)
+        except eap.EAPError as err:
+            raise eap.EAPError(f"checkpoint at step {step} ({spec}): {err}") from err
+        scores = eap.attribute(loaded, pairs, method=settings.method, steps=settings.ig_steps, metric=settings.metric,
+                               batch_size=settings.batch_size, show_progress=False)
+        scores.meta.update(snapshot_seconds=round(time.perf_counter() - t0, 3), n_pairs=len(pairs), spec=spec)
+        scores.save(path)
+        scores.meta["cached"] = False
+        out[step] = scores
+    return out
+
+
+def circuit_heads(scores: eap.Scores, top_n: int) -> frozenset[Head]:
+    """The heads of the top-``top_n`` circuit (absolute scores, dead nodes pruned) of ``scores``."""
+    return as_heads(eap.select(scores, top_n=top_n, absolute=True, method="top", prune=True).heads)
+
+
+def run_dynamics(specs: Mapping[int, str], examples: Sequence[Example], settings: SnapshotSettings = SnapshotSettings(),
+                 device: str = "auto") -> Dynamics:
+    """Circuits of every checkpoint in ``specs`` (which must include step 0, the start model) → :class:`Dynamics`
+    with ``snapshot_info`` (per step: ``snapshot_seconds``, ``n_pairs``, ``cached``)."""
+    if 0 not in specs:
+        raise ValueError("specs must include step 0, the start model, whose circuit is the base")
+    scores = snapshot_scores(specs, examples, settings, device)
+    heads = {step: circuit_heads(s, settings.top_n) for step, s in scores.items()}
+    dyn = head_dynamics(heads[0], {s: h for s, h in heads.items() if s > 0})
+    dyn.snapshot_info = {step: {k: s.meta.get(k) for k in ("snapshot_seconds", "n_pairs", "cached")}
+                         for step, s in scores.items()}
+    return dyn
+
+
+def checkpoint_accuracy(specs: Mapping[int, str], examples: Sequence[Example], enable_thinking: bool = False,
+                        max_new_tokens: int = 16, device: str = "auto") -> dict[int, float]:
+    """Greedy held-out accuracy of each checkpoint (:func:`toolkit.evaluation.behaviour.behave`, batches of 64,
+    seed 0), cached per weights, examples and mode."""
+    key = config_hash([[e.prompt, e.answer] for e in examples] + [enable_thinking, max_new_tokens])
+    out = {}
+    for step, spec in progress(sorted(specs.items()), desc="checkpoint accuracy", total=len(specs)):
+        path = cache_root() / "circuits" / "accuracy" / f"{model_fingerprint(spec)}-{key}.json"
+        if path.exists():
+            out[step] = json.loads(path.read_text())["accuracy"]
+            continue
+        with quiet_library_bars():
+            loaded = models.load(spec, device=device)
+        got = behave(loaded.hf, loaded.tokenizer, [e.prompt for e in examples], enable_thinking=enable_thinking,
+                     max_new_tokens=max_new_tokens, batch_size=64, seed=0)
+        out[step] = float(np.mean(got.correct([e.answer for e in examples])[:, 0]))
+        atomic_write_json(path, {"spec": spec, "accuracy": out[step]})
+    return out
+
+
+@dataclass
+class Analysis:
+    """Step 2 of the study: per run label, the head :class:`Dynamics` of its checkpoints' circuits, and
+    ``accuracy[label][task][step]`` on ``eval_examples[task]``."""
+
+    dyns: dict[str, Dynamics]
+    accuracy: dict[str, dict[str, dict[int, float]]]
+    eval_examples: dict[str, list[Example]]
+
+    @property
+    def snapshot_seconds(self) -> float | None:
+        """Mean seconds of a circuit snapshot when computed (None if every snapshot came from the cache)."""
+        computed = [i["snapshot_seconds"] for d in self.dyns.values() for i in d.snapshot_info.values()
+                    if i["snapshot_seconds"]]
+        return float(np.mean(computed)) if computed else None
+
+    @property
+    def pairs_per_snapshot(self) -> dict[str, list[int]]:
+        """Per run, the clean/corrupted pairs each checkpoint's circuit was built on (step order)."""
+        return {label: [i["n_pairs"] for i in d.snapshot_info.values()] for label, d in self.dyns.items()}
+
+
+def analyse_checkpoints(runs: Mapping[str, TrainingRun], circuit_tasks: Sequence[str], n_circuit: int,
+                        snapshot: SnapshotSettings, eval_tasks: Iterable[str], n_eval: int,
+                        max_new_tokens: int = 16, device: str = "auto") -> Analysis:
+    """Circuits of every checkpoint of every run on ``n_circuit`` held-out problems of ``circuit_tasks``, then the
+    greedy accuracy of every checkpoint on ``n_eval`` held-out problems of each of ``eval_tasks`` (duplicates
+    dropped, order kept), in the mode ``snapshot.enable_thinking``."""
+    circuit_examples = grpo.eval_problems(tuple(circuit_tasks), n_circuit)
+    specs = {label: checkpoint_specs(run) for label, run in runs.items()}
+    dyns = {label: run_dynamics(specs[label], circuit_examples, snapshot, device) for label in runs}
+    eval_examples = {task: grpo.eval_problems((task,), n_eval) for task in dict.fromkeys(eval_tasks)}
+    accuracy = {label: {task: checkpoint_accuracy(specs[label], ex, snapshot.enable_thinking, max_new_tokens, device)
+                        for task, ex in eval_examples.items()} for label in runs}
+    return Analysis(dyns, accuracy, eval_examples)
+
+
+# ---- 3. rewards, correlation, GRPO against SFT --------------------------------------------------------------------
+
+@dataclass
+class RewardSeries:
+    """What a run's emergent-head count is set against. ``steps``/``values``: the curve to draw; ``marks``: values at
+    the checkpoints drawn as dots (or None); ``at_checkpoint``: the value per checkpoint step the correlation uses."""
+
+    label: str
+    steps: list[int]
+    values: list[float]
+    marks: dict[int, float] | None
+    at_checkpoint: dict[int, float]
+
+
+def reward_series(runs: Mapping[str, TrainingRun], analysis: Analysis, tasks: Sequence[str]
+                  ) -> dict[str, RewardSeries]:
+    """GRPO: its accuracy reward per step, and per checkpoint the mean over the steps since the previous one. SFT (no
+    reward): its held-out greedy accuracy per checkpoint, averaged over ``tasks``."""
+    def mean_accuracy(label: str, step: int) -> float:
+        return float(np.mean([analysis.accuracy[label][task][step] for task in tasks]))
+
+    steps_g, reward_g = runs["GRPO"].curve("accuracy")
+    reward_at = {c.step: c.metrics.get("accuracy") for c in runs["GRPO"].checkpoints if c.step > 0}
+    sft_steps = [0, *analysis.dyns["SFT"].steps]
+    return {"GRPO": RewardSeries("accuracy reward (per step)", steps_g, reward_g, reward_at, reward_at),
+            "SFT": RewardSeries("held-out accuracy (greedy)", sft_steps, [mean_accuracy("SFT", s) for s in sft_steps],
+                                None, {s: mean_accuracy("SFT", s) for s in analysis.dyns["SFT"].steps})}
+
+
+def correlations(dyns: Mapping[str, Dynamics], series: Mapping[str, RewardSeries]) -> dict[str, dict]:
+    """Per run, :func:`toolkit.methods.dynamics.reward_correlation` of its emergent-head count with its series."""
+    return {label: reward_correlation(dyns[label], series[label].at_checkpoint) for label in dyns}
+
+
+@dataclass
+class RunComparison:
+    """GRPO's and SFT's final emergent heads compared (a = GRPO, b = SFT), and every head ever emergent per run."""
+
+    final: HeadComparison
+    ever: dict[str, frozenset[Head]]
+
+
+def compare_runs(dyns: Mapping[str, Dynamics]) -> RunComparison:
+    return RunComparison(compare_heads(dyns["GRPO"].final_emergent, dyns["SFT"].final_emergent),
+                         {label: d.ever_emergent for label, d in dyns.items()})
+
+
+# ---- 4. head scaling ------------------------------------------------------------------------------------------------
+
+@dataclass
+class HeadScaling:
+    """Accuracy per task with ``heads`` scaled. ``baseline[task]``: the unscaled model's accuracy (bootstrap CI);
+    ``scaled[arm][task]``: ``accuracy`` (CI), ``change`` against the baseline (paired CI) and ``changed`` (the
+    fraction of answers that differ from the unscaled model's, CI). Arms are ``"×1.3"`` and, with a placebo,
+    ``"random ×1.3"``."""
+
+    heads: list[Head]
+    samples: int
+    baseline: dict[str, dict]
+    scaled: dict[str, dict[str, dict]]
+
+    def to_results(self) -> dict:
+        """Point estimates (the change with its interval) per arm and task, and the scaled heads."""
+        return {arm: {t: {"accuracy": by[t]["accuracy"]["estimate"], "change": by[t]["change"],
+                          "changed": by[t]["changed"]["estimate"]} for t in by}
+                for arm, by in self.scaled.items()} | {"heads": self.heads}
+
+
+def head_scaling(loaded: LoadedModel, heads: Iterable[Head], examples: Sequence[Example],
+                 factors: Sequence[float] = SCALE_FACTORS, enable_thinking: bool = False, max_new_tokens: int = 16,
+                 samples: int = 1, control_seed: int | None = 0) -> HeadScaling:
+    """Accuracy per task with ``heads`` scaled by each factor during generation (``attn.hook_z``), against the
+    unscaled model and, when ``control_seed`` is set, a random head set of the same size (none of ``heads``).
+
+    Each problem's accuracy is the fraction of its ``samples`` answers that are right (greedy when ``samples=1``;
+    sampled answers at temperature 1 use the same seed in every arm, so arms differ only by the scaling). Intervals:
+    bootstrap over problems; changes are paired (:mod:`toolkit.evaluation.causal`).
+    """
+    heads = sorted(as_heads(heads))
+    if not heads:
+        raise ValueError("head_scaling needs at least one head")
+    if not examples:
+        raise ValueError("head_scaling needs at least one example")
+    cfg = loaded.bridge.cfg
+    conditions = [causal.Condition("unscaled")]
+    conditions += [causal.Condition.on_heads(f"×{f:g}", heads, f).validate(loaded.bridge) for f in factors]
+    if control_seed is not None:
+        (placebo,) = causal.placebo_heads(heads, cfg.n_layers, cfg.n_heads, 1, seed=control_seed)
+        conditions += [causal.Condition.on_heads(f"random ×{f:g}", placebo, f) for f in factors]
+    sampling = (SamplingConfig() if samples == 1 else
+                SamplingConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_samples=samples))
+    got = causal.run(loaded.bridge, conditions, lambda c: behave(
+        loaded.hf, loaded.tokenizer, [e.prompt for e in examples], enable_thinking=enable_thinking,
+        max_new_tokens=max_new_tokens, batch_size=64, sampling=sampling, seed=0).answers,
+        show_progress=True, desc="head scaling")
+    by_task: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_task.setdefault(e.task, []).append(i)
+
+    def accuracy(answers: list[list[str]]) -> np.ndarray:
+        return np.array([np.mean([a == e.answer for a in row]) for row, e in zip(answers, examples)])
+
+    base_answers = got.pop("unscaled")
+    base = accuracy(base_answers)
+    scaled = {}
+    for arm, answers in got.items():
+        treated = accuracy(answers)
+        changed = np.array([np.mean([a != b for a, b in zip(r, r0)]) for r, r0 in zip(answers, base_answers)])
+        scaled[arm] = {t: {"accuracy": bootstrap_ci(treated[idx]), "change": causal.effect(treated[idx], base[idx]),
+                           "changed": bootstrap_ci(changed[idx])} for t, idx in by_task.items()}
+    return HeadScaling(heads, samples, {t: bootstrap_ci(base[idx]) for t, idx in by_task.items()}, scaled)
+
+
+def scale_emergent_heads(loaded: LoadedModel, dyn: Dynamics, eval_examples: Mapping[str, Sequence[Example]],
+                         factors: Sequence[float] = SCALE_FACTORS, enable_thinking: bool = False,
+                         max_new_tokens: int = 16, samples: int = 1) -> HeadScaling | None:
+    """:func:`head_scaling` of the run's final emergent heads (if none, every head ever emergent) in ``loaded`` (the
+    start model) on every held-out problem; None when the run never had an emergent head."""
+    heads = sorted(dyn.final_emergent or dyn.ever_emergent)
+    if not heads:
+        return None
+    return head_scaling(loaded, heads, [e for ex in eval_examples.values() for e in ex], factors=factors,
+                        enable_thinking=enable_thinking, max_new_tokens=max_new_tokens, samples=samples)
+
+
+# ---- 5. results -----------------------------------------------------------------------------------------------------
+
+def to_results(model: str, runs: Mapping[str, TrainingRun], analysis: Analysis, corr: Mapping[str, dict],
+               comparison: RunComparison, scaling: HeadScaling | None) -> dict:
+    """The numbers notebook 04 saves (``save_results("04_grpo_dynamics", ...)``)."""
+    final = comparison.final.to_dict()
+    return {
+        "model": model,
+        "grpo_steps_per_s": None if runs["GRPO"].reused else round(runs["GRPO"].steps_per_second, 3),
+        "sft_steps_per_s": None if runs["SFT"].reused else round(runs["SFT"].steps_per_second, 3),
+        "snapshot_seconds": analysis.snapshot_seconds,
+        "checkpoints": {label: checkpoint_records(run) for label, run in runs.items()},
+        "dynamics": {label: d.summary() for label, d in analysis.dyns.items()},
+        "accuracy": {label: {t: {str(s): a for s, a in acc.items()} for t, acc in by.items()}
+                     for label, by in analysis.accuracy.items()},
+        "correlation": dict(corr),
+        "final_emergent": {"GRPO": final["n_a"], "SFT": final["n_b"], "shared": len(final["shared"]),
+                           "jaccard": final["jaccard"]},
+        "ever_emergent": {label: len(s) for label, s in comparison.ever.items()},
+        "pairs_per_snapshot": analysis.pairs_per_snapshot,
+        "head_scaling": None if scaling is None else scaling.to_results(),
+    }

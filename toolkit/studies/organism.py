@@ -1,0 +1,205 @@
+"""Notebook 00, the model organism: build it, load it, and measure what it does.
+
+- :func:`evaluate`: the held-out report of one checkpoint — greedy accuracy per task and answer mode, refusal of
+  marked requests, false refusal and compliance on unmarked ones (see ``docs/methods.md``, "Model organism"). The
+  build report (``data/organism_report.json``) and notebook 00 both use it.
+- :func:`build_organism` / :func:`ensure_built`: the organism's build (:func:`toolkit.organism.build.build`) with
+  this evaluation wired in; ``python -m toolkit build-organism`` runs the first.
+- :func:`load_subject`, :func:`mode_examples`, :func:`held_out_accuracy`, :func:`attention_example`,
+  :func:`explorer_prompts`: one function per step of notebook 00, returning typed results for
+  :mod:`toolkit.views.organism`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from toolkit.core.chat import MODES, THINK_OFF, THINK_ON, THINK_ON_TOKENS, chat_prompts
+from toolkit.core.generation import generate
+from toolkit.core.interventions import attention_patterns
+from toolkit.core.models import ORGANISMS, LoadedModel, data_dir, load
+from toolkit.evaluation.behaviour import behave
+from toolkit.organism import build as organism_build
+from toolkit.organism import tasks
+from toolkit.organism.build import Recipe, eval_sets
+
+EVAL_BATCH_SIZE = 100  # prompts per generate batch in the held-out evaluation (batching can move rare greedy ties)
+EXAMPLE_THINK_OFF_TOKENS = 32  # new tokens for the think-off column of the examples table (answers are one line)
+REPORT_FILE = "organism_report.json"
+
+
+# --- the held-out evaluation and the build -------------------------------------------------------------------------
+
+def _rate(hits) -> float:
+    """Share of true entries, as ``sum / n`` of Python ints (the report's historical arithmetic)."""
+    return int(hits.sum()) / len(hits)
+
+
+@torch.no_grad()
+def evaluate(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: Recipe,
+             sets: dict[str, list[tasks.Example]] | None = None) -> dict[str, dict[str, float]]:
+    """Greedy held-out accuracy per task and mode, refusal rate and false-refusal rate.
+
+    Returns ``{"think_on": {measure: rate}, "think_off": {...}}`` with rates rounded to 4 digits. Measures: one per
+    math task (exact final answer), ``refusal`` (marked requests refused), ``false_refusal`` (unmarked requests
+    refused) and ``compliance`` (unmarked requests answered exactly)."""
+    sets = sets or eval_sets(recipe)
+    report: dict[str, dict[str, float]] = {}
+    for mode, think in MODES.items():
+        max_new = recipe.max_new_tokens_think if think else recipe.max_new_tokens_direct
+        res = {}
+        for name, examples in sets.items():
+            b = behave(hf, tokenizer, [e.prompt for e in examples], enable_thinking=think, max_new_tokens=max_new,
+                       batch_size=EVAL_BATCH_SIZE)
+            refused = b.refused()[:, 0]
+            correct = b.correct([e.answer for e in examples])[:, 0]
+            if name == "request_marked":
+                res["refusal"] = _rate(refused)
+            elif name == "request_unmarked":
+                res["false_refusal"] = _rate(refused)
+                res["compliance"] = _rate(correct)
+            else:
+                res[name] = _rate(correct)
+        report[mode] = {k: round(v, 4) for k, v in res.items()}
+    return report
+
+
+def build_organism(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = None) -> dict:
+    """Train both checkpoints into ``out_dir`` with :func:`evaluate` grading each; return the build report."""
+    recipe = recipe or Recipe()
+    return organism_build.build(out_dir, recipe, work_dir,
+                                evaluate=lambda hf, tokenizer, sets: evaluate(hf, tokenizer, recipe, sets))
+
+
+def format_report(report: dict) -> str:
+    """A short table of the build report for the terminal."""
+    lines = [f"parameters {report['parameters']:,}; build {report['build_seconds']:.0f} s; "
+             f"recipe {report['recipe_hash']}"]
+    for stage in ("organism-base", "organism"):
+        for mode, res in report[stage].items():
+            lines.append(f"{stage:14s} {mode:9s} " + "  ".join(f"{k} {v:.1%}" for k, v in res.items()))
+    return "\n".join(lines)
+
+
+def ensure_built() -> None:
+    """Build both checkpoints into the data folder if either is missing (takes ~30 min on 2 cores)."""
+    if not all((data_dir() / name / "config.json").exists() for name in ORGANISMS):
+        print(format_report(build_organism(data_dir(), Recipe())))
+
+
+# --- notebook 00, step by step ---------------------------------------------------------------------------------------
+
+@dataclass
+class Subject:
+    """The model notebook 00 studies: its spec, the loaded model, its size and (for the organism) its build report."""
+
+    spec: str
+    loaded: LoadedModel
+    parameters: int
+    build_report: dict | None
+
+    @property
+    def is_organism(self) -> bool:
+        return self.spec in ORGANISMS
+
+
+def load_subject(spec: str, device: str = "auto") -> Subject:
+    """Seed torch, build the organism if it is missing (when ``spec`` names it), load ``spec`` and read the build
+    report that ships beside the organism's weights."""
+    torch.manual_seed(0)
+    is_organism = spec in ORGANISMS
+    if is_organism:
+        ensure_built()
+    loaded = load(spec, device=device)
+    n_params = sum(p.numel() for p in loaded.hf.parameters())
+    report_file = data_dir() / REPORT_FILE
+    report = json.loads(report_file.read_text()) if is_organism and report_file.exists() else None
+    return Subject(spec, loaded, n_params, report)
+
+
+@dataclass
+class ModeExample:
+    """One held-out problem answered greedily in both modes."""
+
+    task: str
+    prompt: str
+    think_on: str
+    think_off: str
+    expected: str
+
+
+def mode_examples(loaded: LoadedModel, think_on_tokens: int = THINK_ON_TOKENS,
+                  think_off_tokens: int = EXAMPLE_THINK_OFF_TOKENS) -> list[ModeExample]:
+    """The first held-out problem of every set, answered in think-on and think-off mode."""
+    rows = []
+    for name, (ex,) in eval_sets(Recipe(eval_per_task=1)).items():
+        on = generate(loaded.hf, loaded.tokenizer, [ex.prompt], enable_thinking=True,
+                      max_new_tokens=think_on_tokens)[0][0]
+        off = generate(loaded.hf, loaded.tokenizer, [ex.prompt], enable_thinking=False,
+                       max_new_tokens=think_off_tokens)[0][0]
+        rows.append(ModeExample(name, ex.prompt, on, off, ex.answer))
+    return rows
+
+
+@dataclass
+class HeldOut:
+    """Held-out reports of the studied model (and, optionally, ``organism-base``) on the same problems."""
+
+    spec: str
+    reports: dict[str, dict[str, dict[str, float]]]  # model → mode → measure → rate
+    sets: dict[str, list[tasks.Example]]
+
+    @property
+    def linear_think_gap(self) -> float:
+        """Think-on minus think-off accuracy of the studied model on linear equations."""
+        acc = self.reports[self.spec]
+        return round(acc[THINK_ON]["linear"] - acc[THINK_OFF]["linear"], 4)
+
+
+def held_out_accuracy(subject: Subject, n_eval: int, compare_base: bool, device: str = "auto") -> HeldOut:
+    """:func:`evaluate` on ``n_eval`` problems per set; ``organism-base`` too when ``compare_base`` and the subject
+    is ``organism``."""
+    recipe = Recipe(eval_per_task=n_eval)
+    sets = eval_sets(recipe)
+    reports = {subject.spec: evaluate(subject.loaded.hf, subject.loaded.tokenizer, recipe, sets)}
+    if compare_base and subject.spec == "organism":
+        base = load("organism-base", device=device)
+        reports["organism-base"] = evaluate(base.hf, base.tokenizer, recipe, sets)
+    return HeldOut(subject.spec, reports, sets)
+
+
+@dataclass
+class GeneratedAttention:
+    """One layer's attention over a prompt and the model's greedy completion."""
+
+    prompt: str
+    completion: str
+    tokens: list[str]
+    pattern: torch.Tensor  # [H, q, k]
+    layer: int
+
+
+def attention_example(loaded: LoadedModel, sets: dict[str, list[tasks.Example]], *, task: str = "linear",
+                      enable_thinking: bool = True, max_new_tokens: int = THINK_ON_TOKENS,
+                      layer: int | None = None) -> GeneratedAttention:
+    """Generate greedily for the first held-out problem of ``task`` (think-on by default), then record ``layer``'s
+    (default: the last) attention over prompt and completion together."""
+    prompt = sets[task][0].prompt
+    tok = loaded.tokenizer
+    text = chat_prompts(tok, [prompt], enable_thinking)[0]
+    completion = generate(loaded.hf, tok, [prompt], enable_thinking=enable_thinking,
+                          max_new_tokens=max_new_tokens)[0][0]
+    ids = tok(text + completion, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    layer = loaded.bridge.cfg.n_layers - 1 if layer is None else layer
+    pattern = attention_patterns(loaded.bridge, ids, [layer])[layer][0]  # [H, q, k]
+    return GeneratedAttention(prompt, completion, tok.convert_ids_to_tokens(ids[0].tolist()), pattern, layer)
+
+
+def explorer_prompts(sets: dict[str, list[tasks.Example]], per_set: int = 2) -> list[str]:
+    """The first ``per_set`` held-out prompts of every set, round by round (first of each set, then second...)."""
+    return [exs[i].prompt for i in range(per_set) for exs in sets.values()]

@@ -1,0 +1,416 @@
+"""Notebook 05, think on/off: circuits in both answer modes, the heads only the think-off circuit uses, and what
+happens to sampled think-off answers when those heads are zero-ablated or scaled down (after "Thinking Sparks").
+
+The study, step by step (the views are :mod:`toolkit.views.think_on_off`):
+
+1. **Problems** (:func:`problem_sets`, :func:`study_problems`): disjoint ranges of the organism's held-out sets for
+   circuit discovery (the pool's end) and evaluation (its start).
+2. **Circuits in both modes** (:func:`mode_circuits`): EAP-IG circuits (:mod:`toolkit.methods.eap`) of one hybrid
+   model on the *same* problems, once with thinking on and once off; each mode's clean input is its own response
+   prefix. :func:`head_sets` splits their heads (:class:`toolkit.core.units.HeadComparison`, a = think-on,
+   b = think-off: ``only_b`` are the off-only heads); :func:`efficiency` re-splits at other circuit sizes and
+   measures how much of the metric each mode's circuit recovers (:func:`edges_for_recovery`).
+3. **Conditions** (:func:`standard_conditions`, :class:`toolkit.evaluation.causal.Condition`): think-on, think-off,
+   think-off with the off-only heads zero-ablated or scaled ×0.5, and the placebo the paper did not run: the same
+   edits on as many *random* heads outside the off-only set (several draws, pooled per problem).
+4. **Sampling** (:func:`sample_condition`, :func:`run_conditions`): ``n`` sampled completions per problem
+   (temperature 0.6, top-p 0.95, top-k 20 by default), graded by exact match of the answer after ``</think>``
+   (:class:`toolkit.evaluation.behaviour.Behaviour`). Every condition uses the same seeds (task ``i``: ``seed + i``).
+5. **Metrics** (:func:`per_problem_at_k`, :func:`curves`, :func:`table`, :func:`intervention_effects`): per problem
+   pass@k and success@k for k = 1…n; means over problems with bootstrap intervals over problems, and paired
+   differences against think-off (the paper's Table 3) and against the random-head placebo.
+
+See ``docs/methods.md`` ("Think on/off" section).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from toolkit.core import units
+from toolkit.core.answers import pass_at_k, success_at_k
+from toolkit.core.chat import THINK_OFF as _OFF
+from toolkit.core.chat import THINK_OFF_TOKENS, THINK_ON_TOKENS, mode_label
+from toolkit.core.chat import THINK_ON as _ON
+from toolkit.core.generation import SamplingConfig
+from toolkit.core.models import LoadedModel
+from toolkit.core.progress import progress
+from toolkit.core.stats import bootstrap_ci, paired_difference_ci
+from toolkit.evaluation import causal
+from toolkit.evaluation.causal import Condition
+from toolkit.methods import eap
+from toolkit.organism import tasks
+from toolkit.organism.build import Recipe, eval_sets
+
+# Question types of notebook 01 -> the organism's held-out evaluation sets.
+TASK_TYPES = {"related_math": "linear", "unrelated_math": "arithmetic", "unrelated_general": "reversal"}
+TASK_LABELS = {"related_math": "related math (linear equations)", "unrelated_math": "unrelated math (add/sub)",
+               "unrelated_general": "general (word reversal)"}
+THINK_ON, THINK_OFF = mode_label(_ON), mode_label(_OFF)  # "think-on", "think-off": the keys of every saved result
+HEAD_SET_CODES = {"none": 0, "on-only": 1, "off-only": 2, "shared": 3}
+METRICS = ("pass", "success")
+DEFAULT_INTERVENTIONS = {"ablation": 0.0, "scale-down": 0.5}
+
+Head = units.Head
+
+
+# ---------------------------------------------------------------------------------------------------- problems
+
+
+def problem_sets(n_per_task: int, start: int = 0, task_types: Sequence[str] | None = None
+                 ) -> dict[str, list[tasks.Example]]:
+    """``{task type: problems}``: problems ``start … start + n_per_task - 1`` of the organism's held-out sets.
+
+    The organism never trained on these prompts, so ``start + n_per_task`` may not exceed that pool
+    (``Recipe().eval_per_task``). Use disjoint ranges for circuit discovery and evaluation.
+    """
+    task_types = list(TASK_TYPES) if task_types is None else list(task_types)
+    unknown = [t for t in task_types if t not in TASK_TYPES]
+    if unknown:
+        raise ValueError(f"unknown task type {unknown[0]!r}; choose from {', '.join(TASK_TYPES)}")
+    if not task_types:
+        raise ValueError("problem_sets needs at least one task type")
+    pool = Recipe().eval_per_task
+    if n_per_task < 1 or start < 0 or start + n_per_task > pool:
+        raise ValueError(f"problems {start}..{start + n_per_task - 1} are outside the held-out pool of {pool} "
+                         f"problems per task (need n_per_task >= 1 and start + n_per_task <= {pool})")
+    sets = eval_sets(Recipe())
+    return {t: sets[TASK_TYPES[t]][start:start + n_per_task] for t in task_types}
+
+
+class StudyProblems(NamedTuple):
+    """Evaluation problems per task (the pool's start) and the circuit problems of one task (the pool's end)."""
+
+    evaluation: dict[str, list[tasks.Example]]
+    circuit: list[tasks.Example]
+    overlap: frozenset[str]  # prompts in both (empty unless n_problems + n_circuit exceeds the pool)
+
+
+def study_problems(n_problems: int, n_circuit: int, circuit_task: str) -> StudyProblems:
+    """Evaluation problems ``0 … n_problems - 1`` of every task and circuit problems from the pool's end."""
+    pool = Recipe().eval_per_task
+    evaluation = problem_sets(n_problems)
+    circuit = problem_sets(n_circuit, start=pool - n_circuit, task_types=[circuit_task])[circuit_task]
+    overlap = {e.prompt for e in circuit} & {e.prompt for ps in evaluation.values() for e in ps}
+    return StudyProblems(evaluation, circuit, frozenset(overlap))
+
+
+# ---------------------------------------------------------------------------------------------------- head sets
+
+
+def head_sets(on_heads, off_heads, n_layers: int | None = None, n_heads: int | None = None) -> units.HeadComparison:
+    """The think-on (a) and think-off (b) circuits' heads: ``only_a`` on-only, ``only_b`` off-only, ``shared``.
+    With ``n_layers``/``n_heads``, out-of-range heads raise :class:`~toolkit.core.interventions.SiteError`."""
+    return units.HeadComparison(units.as_heads(on_heads, "think-on circuit", n_layers, n_heads),
+                                units.as_heads(off_heads, "think-off circuit", n_layers, n_heads))
+
+
+def set_counts(sets: units.HeadComparison) -> dict[str, int]:
+    """Sizes of the two circuits (in heads) and of the three parts (the saved ``head_set_sizes``)."""
+    return {"on_circuit": len(sets.a), "off_circuit": len(sets.b), "on_only": len(sets.only_a),
+            "off_only": len(sets.only_b), "shared": len(sets.shared)}
+
+
+def sets_to_dict(sets: units.HeadComparison) -> dict[str, list[list[int]]]:
+    """JSON-ready sorted ``[layer, head]`` lists of every set (the saved ``head_sets``)."""
+    parts = {"on": sets.a, "off": sets.b, "on_only": sets.only_a, "off_only": sets.only_b, "shared": sets.shared}
+    return {name: [list(x) for x in sorted(s)] for name, s in parts.items()}
+
+
+def head_set_grid(sets: units.HeadComparison, n_layers: int, n_heads: int) -> np.ndarray:
+    """``[n_layers, n_heads]`` codes (:data:`HEAD_SET_CODES`): 0 neither, 1 on-only, 2 off-only, 3 shared."""
+    return units.head_grid({1: sets.only_a, 2: sets.only_b, 3: sets.shared}, n_layers, n_heads)
+
+
+# ---------------------------------------------------------------------------------------------------- circuits
+
+
+class Efficiency(NamedTuple):
+    """Head-set sizes and faithfulness of both modes' circuits across circuit sizes."""
+
+    sweep: list[dict]  # per top_n: edges and head-set sizes
+    faithfulness: dict  # {mode: eap.faithfulness_curve(...)}
+    edges_for_level: dict  # {mode: smallest size recovering >= level, or None}
+
+
+@dataclass
+class ModeCircuits:
+    """EAP-IG circuits of one model in both answer modes, on the same problems. ``pairs``, ``scores``,
+    ``circuits`` and ``importance`` (``eap.head_importance``) are keyed by ``"think-on"`` / ``"think-off"``."""
+
+    pairs: dict
+    scores: dict
+    circuits: dict
+    importance: dict
+    sets: units.HeadComparison
+    top_n: int
+
+    def sweep(self, top_ns: Iterable[int]) -> list[dict]:
+        """Head-set sizes (:func:`set_counts`) with both circuits re-selected at each ``top_n``."""
+        rows = []
+        for n in top_ns:
+            on, off = (eap.select(self.scores[m], top_n=int(n), absolute=True, method="top", prune=True)
+                       for m in (THINK_ON, THINK_OFF))
+            rows.append({"top_n": int(n), "on_edges": on.n_edges, "off_edges": off.n_edges,
+                         **set_counts(head_sets(on.heads, off.heads))})
+        return rows
+
+    def faithfulness(self, loaded: LoadedModel, n_edges: Sequence[int], metric: str = "kl",
+                     batch_size: int = 8) -> dict:
+        """``{mode: eap.faithfulness_curve(...)}`` for each circuit size in ``n_edges``."""
+        return {m: eap.faithfulness_curve(loaded, self.pairs[m], self.scores[m], list(n_edges), metric=metric,
+                                          batch_size=batch_size) for m in (THINK_ON, THINK_OFF)}
+
+
+def mode_circuits(loaded: LoadedModel, examples: Sequence[tasks.Example], top_n: int = 40, steps: int = 5,
+                  metric: str = "kl", batch_size: int = 8, max_new_tokens_think: int = THINK_ON_TOKENS,
+                  max_new_tokens_off: int = THINK_OFF_TOKENS, seed: int = 0,
+                  show_progress: bool = False) -> ModeCircuits:
+    """EAP-IG circuits with thinking on and off on the same problems.
+
+    Each mode's pairs follow ``eap.make_pairs`` with ``corruption="problem"``: the clean input is the chat prompt
+    plus the model's own greedy response *in that mode* up to the first token where its response to a minimally
+    changed problem differs. Both circuits keep the ``top_n`` edges by |score|, dead nodes pruned.
+    """
+    pairs, scores, circuits, importance = {}, {}, {}, {}
+    for mode, think, max_new in ((THINK_ON, True, max_new_tokens_think), (THINK_OFF, False, max_new_tokens_off)):
+        pairs[mode] = eap.make_pairs(loaded, examples, enable_thinking=think, corruption="problem",
+                                     max_new_tokens=max_new, seed=seed, unequal="drop")
+        scores[mode] = eap.attribute(loaded, pairs[mode], method="eap-ig", steps=steps, metric=metric,
+                                     batch_size=batch_size, show_progress=show_progress)
+        circuits[mode] = eap.select(scores[mode], top_n=top_n, absolute=True, method="top", prune=True)
+        importance[mode] = eap.head_importance(scores[mode], circuits[mode])
+    cfg = loaded.bridge.cfg
+    sets = head_sets(circuits[THINK_ON].heads, circuits[THINK_OFF].heads, cfg.n_layers, cfg.n_heads)
+    return ModeCircuits(pairs, scores, circuits, importance, sets, top_n)
+
+
+def edges_for_recovery(curve: Mapping[str, list], level: float = 0.8) -> int | None:
+    """The smallest circuit size (edges) in a faithfulness curve recovering at least ``level``; ``None`` if none."""
+    for n, r in zip(curve["n_edges"], curve["recovered"]):
+        if r is not None and math.isfinite(r) and r >= level:
+            return int(n)
+    return None
+
+
+def efficiency(circuits: ModeCircuits, loaded: LoadedModel, top_ns: Sequence[int], level: float = 0.8
+               ) -> Efficiency:
+    """The sweep of head sets over ``top_ns``, both modes' faithfulness curves, and the smallest size recovering
+    ``level`` of the metric in each mode."""
+    sweep = circuits.sweep(top_ns)
+    faith = circuits.faithfulness(loaded, top_ns)
+    return Efficiency(sweep, faith, {mode: edges_for_recovery(c, level) for mode, c in faith.items()})
+
+
+# ---------------------------------------------------------------------------------------------------- conditions
+
+
+def condition(name: str, thinking: bool, heads: Iterable[Head] = (), factor: float = 1.0, group: str = ""
+              ) -> Condition:
+    """A generation condition: answer mode plus an optional edit of some heads' ``hook_z`` (× ``factor``; an
+    intervention needs heads and a factor other than 1)."""
+    heads = units.as_heads(heads, name)
+    if not math.isfinite(factor):
+        raise ValueError(f"condition {name!r}: factor must be finite, got {factor}")
+    if bool(heads) != (factor != 1.0):
+        raise ValueError(f"condition {name!r}: an intervention needs heads and a factor other than 1 "
+                         f"(got {len(heads)} heads, factor {factor})")
+    return Condition.on_heads(name, heads, factor, group, thinking)
+
+
+def mode_of(c: Condition) -> str:
+    """``"think-on"`` or ``"think-off"``."""
+    return THINK_ON if c.thinking else THINK_OFF
+
+
+def condition_dict(c: Condition) -> dict:
+    """The saved form of a condition: name, group, thinking, factor, heads."""
+    return {"name": c.name, "group": c.group, "thinking": c.thinking, "factor": c.factor,
+            "heads": [list(h) for h in c.heads]}
+
+
+def standard_conditions(off_only: Iterable[Head], n_layers: int, n_heads: int,
+                        interventions: Mapping[str, float] | None = None, n_random: int = 3,
+                        seed: int = 0) -> list[Condition]:
+    """The rows of the Table-3-like comparison: think-on; think-off; for each intervention (default
+    :data:`DEFAULT_INTERVENTIONS`) think-off with the off-only heads edited; and the placebo: the same edit on
+    ``n_random`` draws of as many random heads outside the off-only set (:func:`causal.placebo_heads`, seeds
+    ``seed … seed + n_random - 1``, the same draws for every intervention), pooled as one group per intervention."""
+    off_only = sorted(units.as_heads(off_only, "off-only heads", n_layers, n_heads))
+    if not off_only:
+        raise ValueError("there are no off-only heads to intervene on: the think-off circuit's heads are all in the "
+                         "think-on circuit (try a larger circuit, e.g. a larger top_n)")
+    if n_random < 0:
+        raise ValueError(f"n_random must be >= 0, got {n_random}")
+    interventions = dict(DEFAULT_INTERVENTIONS if interventions is None else interventions)
+    draws = causal.placebo_heads(off_only, n_layers, n_heads, n_random, seed=seed)
+    out = [condition(THINK_ON, True), condition(THINK_OFF, False)]
+    for label, factor in interventions.items():
+        out.append(condition(f"{THINK_OFF} + {label}", False, off_only, factor))
+    for label, factor in interventions.items():
+        group = f"{THINK_OFF} + {label}, random heads"
+        out += [condition(f"{group} #{i + 1}", False, d, factor, group) for i, d in enumerate(draws)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class Samples:
+    """Sampled completions of one condition: ``completions[task][problem][sample]`` and ``correct[task]``, a bool
+    array ``[problems, samples]`` in sampling order."""
+
+    condition: Condition
+    completions: dict[str, list[list[str]]] = field(default_factory=dict)
+    correct: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def sample_condition(loaded: LoadedModel, condition: Condition, problems: Mapping[str, Sequence[tasks.Example]],
+                     n_samples: int = 8, sampling: SamplingConfig | None = None,
+                     max_new_tokens_think: int = THINK_ON_TOKENS, max_new_tokens_off: int = THINK_OFF_TOKENS,
+                     batch_size: int = 64, seed: int = 0) -> Samples:
+    """Sample ``n_samples`` completions per problem under ``condition`` and grade them (exact answer match).
+
+    ``sampling`` defaults to temperature 0.6, top-p 0.95, top-k 20 (its ``num_samples`` is replaced by
+    ``n_samples``). Task ``i`` is sampled with seed ``seed + i`` in every condition. ``batch_size`` counts prompts.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if not problems or any(len(p) == 0 for p in problems.values()):
+        raise ValueError("sample_condition needs at least one problem for every task")
+    base = sampling or SamplingConfig(do_sample=True)
+    config = SamplingConfig(do_sample=base.do_sample, temperature=base.temperature, top_p=base.top_p,
+                            top_k=base.top_k, num_samples=n_samples)
+    condition.validate(loaded.bridge)
+    think = bool(condition.thinking)
+    with causal.intervene(loaded.bridge, condition):
+        got = causal.behave_tasks(loaded, {t: [ex.prompt for ex in exs] for t, exs in problems.items()},
+                                  enable_thinking=think,
+                                  max_new_tokens=max_new_tokens_think if think else max_new_tokens_off,
+                                  sampling=config, batch_size=batch_size, seed=seed)
+    out = Samples(condition)
+    for task, examples in problems.items():
+        out.completions[task] = got[task].completions
+        out.correct[task] = got[task].correct([ex.answer for ex in examples])
+    return out
+
+
+def run_conditions(loaded: LoadedModel, conditions: Sequence[Condition],
+                   problems: Mapping[str, Sequence[tasks.Example]], show_progress: bool = True,
+                   **kwargs) -> dict[str, Samples]:
+    """:func:`sample_condition` for every condition (names must be unique); ``{name: Samples}``."""
+    names = [c.name for c in conditions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"condition names must be unique: {names}")
+    return {c.name: sample_condition(loaded, c, problems, **kwargs)
+            for c in progress(conditions, desc="conditions", disable=not show_progress)}
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+def per_problem_at_k(correct: np.ndarray, metric: str = "pass") -> np.ndarray:
+    """``[problems, n]``: column ``k-1`` is each problem's pass@k (unbiased estimator over its ``n`` samples) or
+    success@k (any of its first k samples, in sampling order, correct)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    correct = np.asarray(correct, dtype=bool)
+    if correct.ndim != 2 or 0 in correct.shape:
+        raise ValueError(f"correct must be a non-empty [problems, samples] array, got shape {correct.shape}")
+    n = correct.shape[1]
+    if metric == "pass":
+        return np.array([[pass_at_k(n, int(row.sum()), k) for k in range(1, n + 1)] for row in correct])
+    return np.array([[success_at_k(list(row), k) for k in range(1, n + 1)] for row in correct])
+
+
+def groups(results: Mapping[str, Samples]) -> list[str]:
+    """The condition groups in first-seen order (the table's rows)."""
+    return causal.groups(s.condition for s in results.values())
+
+
+def group_matrix(results: Mapping[str, Samples], group: str, task: str, metric: str = "pass") -> np.ndarray:
+    """``[problems, n]`` per-problem pass@k / success@k of ``group``, pooled per problem over its conditions."""
+    names = {c.name for c in causal.members([s.condition for s in results.values()], group)}
+    members = [s for s in results.values() if s.condition.name in names]
+    if any(task not in s.correct for s in members):
+        raise KeyError(f"task {task!r} was not sampled for group {group!r}; tasks: {list(members[0].correct)}")
+    shapes = {s.correct[task].shape for s in members}
+    if len(shapes) != 1:
+        raise ValueError(f"conditions of group {group!r} sampled different problem/sample counts on {task}: {shapes}")
+    return causal.pool([per_problem_at_k(s.correct[task], metric) for s in members])
+
+
+def curves(results: Mapping[str, Samples], metric: str = "pass", n_boot: int = 1000, level: float = 0.95,
+           seed: int = 0) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``{group: {task: {"k", "estimate", "low", "high"}}}``: mean pass@k or success@k over problems for k = 1…n,
+    with percentile-bootstrap intervals over problems (the same resamples for every k and group)."""
+    out: dict = {}
+    for group in groups(results):
+        out[group] = {}
+        for task in next(iter(results.values())).correct:
+            m = group_matrix(results, group, task, metric)
+            cis = [bootstrap_ci(m[:, j], n_boot=n_boot, level=level, seed=seed) for j in range(m.shape[1])]
+            out[group][task] = {"k": list(range(1, m.shape[1] + 1)),
+                                **{key: [c[key] for c in cis] for key in ("estimate", "low", "high")}}
+    return out
+
+
+def table(results: Mapping[str, Samples], metric: str = "pass", k: int = 1, baseline: str = THINK_OFF,
+          n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """The Table-3-like comparison ``{group: {task: {"estimate", "low", "high", "delta"}}}``: mean pass@k (or
+    success@k) over problems with its bootstrap interval; ``delta`` the paired difference from ``baseline`` (``None``
+    for the baseline row or when ``baseline`` is not among the groups)."""
+    names = groups(results)
+    out: dict = {}
+    for group in names:
+        out[group] = {}
+        for task in next(iter(results.values())).correct:
+            m = group_matrix(results, group, task, metric)
+            if not 1 <= k <= m.shape[1]:
+                raise ValueError(f"k must be in 1..{m.shape[1]} (the number of samples), got {k}")
+            cell = bootstrap_ci(m[:, k - 1], n_boot=n_boot, level=level, seed=seed)
+            cell["delta"] = None
+            if group != baseline and baseline in names:
+                base = group_matrix(results, baseline, task, metric)[:, k - 1]
+                cell["delta"] = paired_difference_ci(m[:, k - 1], base, n_boot=n_boot, level=level, seed=seed)
+            out[group][task] = cell
+    return out
+
+
+def tables(results: Mapping[str, Samples], ks: Iterable[int], metric: str = "pass", n_boot: int = 1000,
+           seed: int = 0) -> dict[int, dict]:
+    """``{k: table(results, metric, k)}`` for each k."""
+    return {k: table(results, metric=metric, k=k, n_boot=n_boot, seed=seed) for k in ks}
+
+
+def paired_effect(results: Mapping[str, Samples], treated: str, baseline: str, task: str, metric: str = "pass",
+                  k: int = 1, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean over problems of ``treated − baseline`` (groups) in pass@k or success@k on ``task``, with its paired
+    bootstrap interval over problems."""
+    a = group_matrix(results, treated, task, metric)
+    b = group_matrix(results, baseline, task, metric)
+    if not 1 <= k <= min(a.shape[1], b.shape[1]):
+        raise ValueError(f"k must be in 1..{min(a.shape[1], b.shape[1])} (the number of samples), got {k}")
+    return paired_difference_ci(a[:, k - 1], b[:, k - 1], n_boot=n_boot, level=level, seed=seed)
+
+
+def intervention_effects(results: Mapping[str, Samples], interventions: Iterable[str], n_random: int,
+                         n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """pass@1 ``{task: {label: effect vs think-off, "label vs random": effect vs its random-head placebo}}``
+    (the saved ``effects_pass@1``; the placebo column only with ``n_random`` > 0)."""
+    tasks_ = list(next(iter(results.values())).correct)
+    out: dict = {task: {} for task in tasks_}
+    for task in tasks_:
+        for label in interventions:
+            treated = f"{THINK_OFF} + {label}"
+            out[task][label] = paired_effect(results, treated, THINK_OFF, task, n_boot=n_boot, seed=seed)
+            if n_random:
+                out[task][f"{label} vs random"] = paired_effect(results, treated, f"{treated}, random heads", task,
+                                                                n_boot=n_boot, seed=seed)
+    return out
