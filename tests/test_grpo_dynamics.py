@@ -6,6 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
+from test_dynamics import BASE, SNAPSHOTS  # noqa: E402  (the hand-made sequence of head sets)
 
 from toolkit.core.cache import model_fingerprint  # noqa: E402
 from toolkit.core.units import compare_heads  # noqa: E402
@@ -13,14 +14,6 @@ from toolkit.methods import dynamics  # noqa: E402
 from toolkit.studies import grpo_dynamics as study  # noqa: E402
 from toolkit.training.grpo import eval_problems  # noqa: E402
 from toolkit.views import grpo_dynamics as view  # noqa: E402
-
-BASE = {(0, 0), (1, 1)}
-SNAPSHOTS = {
-    10: {(0, 0), (1, 1), (2, 0)},
-    20: {(0, 0), (2, 0), (3, 1)},
-    30: {(1, 1), (3, 1)},
-    40: {(0, 0), (1, 1), (2, 0), (0, 3)},
-}
 
 
 def test_figures_draw(tmp_path):

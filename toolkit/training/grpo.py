@@ -59,12 +59,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from toolkit.core import cache, models
+from toolkit.core import cache
 from toolkit.core.answers import extract_answer
 from toolkit.core.cache import cache_root, model_fingerprint
 from toolkit.core.chat import chat_prompts
@@ -292,24 +291,12 @@ def _check(settings: GRPOSettings | SFTSettings) -> None:
         raise ValueError("GRPO needs num_generations ≥ 2 (advantages are relative within a group)")
 
 
-def _load_for_training(spec: str, device: str):
-    source = models.resolve(spec)
-    models.load_config(spec)
-    device_ = models.resolve_device(device)
-    hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True,
-                                              trust_remote_code=False)
-    tokenizer = models.load_tokenizer(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return hf, tokenizer, device_
-
-
 def make_grpo_trainer(settings: GRPOSettings, output_dir: Path, device: str = "auto",
                       callbacks: Sequence[TrainerCallback] = ()):
     """The ``GRPOTrainer`` of one run (CPU: ``use_cpu=True``, ``bf16=False``; GPU: bf16)."""
     from trl import GRPOConfig, GRPOTrainer
 
-    hf, tokenizer, device_ = _load_for_training(settings.model, device)
+    hf, tokenizer, device_ = sft.load_for_training(settings.model, device)
     tokenizer.padding_side = "left"
     batch = settings.prompts_per_step * settings.num_generations
     args = GRPOConfig(
@@ -337,7 +324,7 @@ def make_sft_trainer(settings: SFTSettings, output_dir: Path, device: str = "aut
     """The ``SFTTrainer`` of one run on think-on traces (completion-only loss, AdamW, constant lr after warmup)."""
     from trl import SFTConfig, SFTTrainer
 
-    hf, tokenizer, device_ = _load_for_training(settings.model, device)
+    hf, tokenizer, device_ = sft.load_for_training(settings.model, device)
     args = SFTConfig(
         output_dir=str(output_dir), max_steps=settings.steps, learning_rate=settings.learning_rate,
         lr_scheduler_type="constant_with_warmup", warmup_steps=settings.warmup_ratio,

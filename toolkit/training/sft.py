@@ -126,6 +126,21 @@ def sft_dataset(tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], ena
     return Dataset.from_list([{"prompt": p, "completion": r["answer"] + IM_END} for p, r in zip(prompts, records)])
 
 
+def load_for_training(spec: str, device: str = "auto"):
+    """``(hf, tokenizer, device)`` for a training run on ``spec``: fp32 weights from safetensors (never remote code),
+    the one tokenizer loader (:func:`toolkit.core.models.load_tokenizer`), a pad token (the EOS token if the
+    tokenizer has none)."""
+    source = models.resolve(spec)
+    models.load_config(spec)
+    device_ = models.resolve_device(device)
+    hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True,
+                                              trust_remote_code=False)
+    tokenizer = models.load_tokenizer(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return hf, tokenizer, device_
+
+
 def make_trainer(spec: str, preset: Preset, train: list[dict], validation: list[dict], output_dir: Path,
                  device: str = "auto", settings: TrainSettings = TrainSettings(),
                  callbacks: Sequence[TrainerCallback] = (), enable_thinking: bool = False):
@@ -134,12 +149,7 @@ def make_trainer(spec: str, preset: Preset, train: list[dict], validation: list[
     prompts, for records whose ``answer`` carries a think block (see :func:`sft_dataset`)."""
     from trl import SFTConfig, SFTTrainer
 
-    source = models.resolve(spec)
-    models.load_config(spec)
-    device_ = models.resolve_device(device)
-    hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True,
-                                              trust_remote_code=False)
-    tokenizer = models.load_tokenizer(source)
+    hf, tokenizer, device_ = load_for_training(spec, device)
     args = SFTConfig(
         output_dir=str(output_dir), num_train_epochs=preset.epochs, learning_rate=preset.lr,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=4 * settings.batch_size,

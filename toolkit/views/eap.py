@@ -19,7 +19,7 @@ from toolkit.methods import eap
 from toolkit.studies.emergent import AblationCheck, AttentionView, CircuitResults, Emergent, ExactComparison, Setup
 from toolkit.views.attention import circuitsvis_attention
 from toolkit.views.explorer import explorer
-from toolkit.views.style import despine
+from toolkit.views.style import despine, label_head_grid
 
 _KIND_COLORS = {"q": "#3b6fb6", "k": "#2a9d5c", "v": "#e08a2c", "m": "#7a7a7a", "logits": "#7a7a7a"}
 _HEAD_MAP_COLORS = ["#f2f2f2", "#8c8c8c", "#d62728", "#1f77b4"]  # neither, shared, only A, only B
@@ -212,11 +212,7 @@ def head_map_figure(a, b, n_layers: int, n_heads: int, labels: tuple[str, str] =
         for h in range(n_heads):
             ax.text(h, layer, ["", "shared", f"only\n{labels[0]}", f"only\n{labels[1]}"][int(m[layer, h])],
                     ha="center", va="center", fontsize=6.5, color="white" if m[layer, h] >= 1 else "black")
-    ax.set_xticks(range(n_heads))
-    ax.set_yticks(range(n_layers))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(title or f"Circuit heads: {labels[0]} vs {labels[1]}", fontsize=10)
+    label_head_grid(ax, n_layers, n_heads, title or f"Circuit heads: {labels[0]} vs {labels[1]}")
     fig.tight_layout()
     return fig
 

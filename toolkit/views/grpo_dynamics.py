@@ -17,7 +17,7 @@ from toolkit.methods.dynamics import Dynamics, Heatmap, checkpoint_map
 from toolkit.studies.grpo_dynamics import Analysis, HeadScaling, RewardSeries, RunComparison
 from toolkit.training.grpo import TrainingRun
 from toolkit.views.explorer import explorer as explorer_scaffold
-from toolkit.views.style import despine
+from toolkit.views.style import despine, label_head_grid
 
 HEATMAP_COLORS = ListedColormap(["#f2f2f2", "#4c72b0", "#dd8452"])  # inactive, base head, emergent head
 MAP_COLORS = ListedColormap(["#f2f2f2", "#4c72b0", "#dd8452", "#b0b0b0"])  # none, base kept, emergent, base lost
@@ -196,11 +196,8 @@ def checkpoint_map_figure(dyn: Dynamics, index: int, n_layers: int, n_heads: int
     grid = checkpoint_map(dyn, index, n_layers, n_heads)
     fig, ax = plt.subplots(figsize=(0.5 * n_heads + 2.5, 0.4 * n_layers + 1.2))
     ax.imshow(grid, cmap=MAP_COLORS, vmin=0, vmax=3, aspect="auto")
-    ax.set_xticks(range(n_heads))
-    ax.set_yticks(range(n_layers))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(title or f"step {dyn.steps[index]}: blue base kept, orange emergent, grey base lost", fontsize=9)
+    label_head_grid(ax, n_layers, n_heads,
+                    title or f"step {dyn.steps[index]}: blue base kept, orange emergent, grey base lost", fontsize=9)
     fig.tight_layout()
     return fig
 

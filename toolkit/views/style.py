@@ -22,3 +22,12 @@ def despine(*axes) -> None:
     """Hide the top and right spines of each matplotlib axis."""
     for ax in axes:
         ax.spines[["top", "right"]].set_visible(False)
+
+
+def label_head_grid(ax, n_layers: int, n_heads: int, title: str, fontsize: float = 10) -> None:
+    """Ticks, axis labels and title of a layer × head image (one cell per head)."""
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(n_layers))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=fontsize)
