@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from toolkit.core.answers import extract_answer, is_refusal
 from toolkit.core.generation import SamplingConfig, generate
@@ -61,9 +62,9 @@ class Behaviour:
                          for row in self.completions])
 
 
-def behave(hf, tokenizer, prompts: Sequence[str], *, enable_thinking: bool = False, max_new_tokens: int = 64,
-           batch_size: int = 64, sampling: SamplingConfig | None = None, seed: int | None = 0,
-           show_progress: bool = False) -> Behaviour:
+def behave(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
+           enable_thinking: bool = False, max_new_tokens: int = 64, batch_size: int = 64,
+           sampling: SamplingConfig | None = None, seed: int | None = 0, show_progress: bool = False) -> Behaviour:
     """Generate for every user prompt (greedy unless ``sampling`` says otherwise) and keep the completions."""
     prompts = list(prompts)
     if not prompts:

@@ -40,6 +40,7 @@ from toolkit.core import interventions as iv
 from toolkit.core import units
 from toolkit.core.generation import SamplingConfig
 from toolkit.core.interventions import Site
+from toolkit.core.models import LoadedModel
 from toolkit.core.progress import progress
 from toolkit.core.stats import bootstrap_ci, paired_difference_ci
 from toolkit.evaluation.behaviour import Behaviour, behave
@@ -201,7 +202,7 @@ def run(bridge, conditions: Sequence[Condition], measure: Callable[[Condition], 
     return out
 
 
-def behave_tasks(loaded, prompts: Mapping[str, Sequence[str]], *, enable_thinking: bool = False,
+def behave_tasks(loaded: LoadedModel, prompts: Mapping[str, Sequence[str]], *, enable_thinking: bool = False,
                  max_new_tokens: int = 64, sampling: SamplingConfig | None = None, batch_size: int = 64,
                  seed: int | None = 0, seed_step: int = 1) -> dict[str, Behaviour]:
     """``{task: Behaviour}``: one :func:`toolkit.evaluation.behaviour.behave` call per task, in ``prompts`` order.
