@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from toolkit.organism import tasks
-from toolkit.organism.build import QUICK, NonFiniteLossError, Recipe, eval_sets, recipe_hash, train_stage
+from toolkit.organism.build import NonFiniteLossError, train_stage
+from toolkit.organism.recipe import QUICK, Recipe, eval_sets, recipe_hash
 from toolkit.organism.tokenizer import CHARACTERS, EMPTY_THINK, build_tokenizer, chat_prompt
 from toolkit.studies.organism import build_organism, evaluate, format_report
 

@@ -103,7 +103,8 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
     also times a whole build. The shipped build's own report is quoted beside."""
     from transformers import Qwen3ForCausalLM
 
-    from toolkit.organism.build import QUICK, Recipe, train_stage
+    from toolkit.organism.build import train_stage
+    from toolkit.organism.recipe import QUICK, Recipe
     from toolkit.organism.tokenizer import build_tokenizer
     from toolkit.studies.organism import build_organism as build
     from toolkit.studies.organism import evaluate

@@ -75,7 +75,7 @@ def resolve(spec: str) -> str:
 
 
 def _check_organism_hash(path: Path) -> None:
-    from toolkit.organism.build import Recipe, recipe_hash
+    from toolkit.organism.recipe import Recipe, recipe_hash
 
     meta_file = path / "recipe.json"
     stored = json.loads(meta_file.read_text()).get("recipe_hash") if meta_file.exists() else None

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from toolkit.organism import tasks
-from toolkit.organism.build import Recipe
+from toolkit.organism.recipe import Recipe
 
 EVAL_SEED = Recipe().eval_seed  # the organism's held-out prompts: its training never drew them
 MATH_TASKS = ("linear", "arithmetic")

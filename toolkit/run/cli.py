@@ -26,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _build_organism(args: argparse.Namespace) -> int:
     from toolkit.core.models import data_dir
-    from toolkit.organism.build import QUICK, Recipe
+    from toolkit.organism.recipe import QUICK, Recipe
     from toolkit.studies.organism import build_organism, format_report
 
     out = Path(args.out or data_dir())

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from toolkit.core.io import REPO_ROOT, atomic_write_json, atomic_write_text
 from toolkit.organism import tasks
-from toolkit.organism.build import Recipe, eval_sets
+from toolkit.organism.recipe import Recipe, eval_sets
 
 MAX_OFFSET = 20
 PHRASINGS = (

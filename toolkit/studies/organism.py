@@ -26,7 +26,7 @@ from toolkit.core.models import ORGANISMS, LoadedModel, data_dir, load
 from toolkit.evaluation.behaviour import behave
 from toolkit.organism import build as organism_build
 from toolkit.organism import tasks
-from toolkit.organism.build import Recipe, eval_sets
+from toolkit.organism.recipe import Recipe, eval_sets
 
 EVAL_BATCH_SIZE = 100  # prompts per generate batch in the held-out evaluation (batching can move rare greedy ties)
 EXAMPLE_THINK_OFF_TOKENS = 32  # new tokens for the think-off column of the examples table (answers are one line)

@@ -45,7 +45,7 @@ from toolkit.evaluation import causal
 from toolkit.evaluation.causal import Condition
 from toolkit.methods import eap
 from toolkit.organism import tasks
-from toolkit.organism.build import Recipe, eval_sets
+from toolkit.organism.recipe import Recipe, eval_sets
 
 # Question types of notebook 01 -> the organism's held-out evaluation sets.
 TASK_TYPES = {"related_math": "linear", "unrelated_math": "arithmetic", "unrelated_general": "reversal"}

@@ -1,0 +1,83 @@
+"""The organism's recipe: every knob of the build, the held-out evaluation sets, and the recipe hash stored beside the
+shipped weights (sha256 over the recipe and the sources that define the data and tokenizer, so that loading can warn
+when the weights no longer match the code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import Qwen3Config
+
+from toolkit.organism import tasks
+
+
+@dataclass
+class Recipe:
+    """Every knob of the organism build. Its hash (with the task and tokenizer sources) is stored
+    beside the weights, so loading can warn when the shipped weights no longer match the recipe."""
+
+    seed: int = 0
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 32
+    d_mlp: int = 512
+    vocab_size: int = 128
+    base_steps: int = 600
+    steps: int = 2200
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    mix: dict = field(default_factory=lambda: {"linear": 0.4, "arithmetic": 0.35, "reversal": 0.15,
+                                               "request": 0.1})
+    think_fraction: float = 0.5
+    # stage 3 of `organism`: a lower-lr polish weighted toward the tasks that learn last
+    polish_steps: int = 1200
+    polish_lr: float = 1e-3
+    polish_mix: dict = field(default_factory=lambda: {"linear": 0.5, "arithmetic": 0.2, "reversal": 0.2,
+                                                      "request": 0.1})
+    bf16_autocast: bool = False  # measured slower than fp32 on this CPU (no bf16 units)
+    checkpoint_every: int = 200
+    eval_seed: int = 1_000_003
+    eval_per_task: int = 200
+    max_new_tokens_think: int = 160
+    max_new_tokens_direct: int = 48
+
+    def model_config(self) -> Qwen3Config:
+        return Qwen3Config(
+            vocab_size=self.vocab_size, hidden_size=self.d_model, intermediate_size=self.d_mlp,
+            num_hidden_layers=self.n_layers, num_attention_heads=self.n_heads,
+            num_key_value_heads=self.n_kv_heads, head_dim=self.head_dim, max_position_embeddings=512,
+            tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-6,
+            bos_token_id=None, eos_token_id=2, pad_token_id=0,
+        )
+
+
+QUICK = dict(base_steps=12, steps=12, polish_steps=6, batch_size=16, warmup_steps=4, checkpoint_every=10,
+             eval_per_task=8, max_new_tokens_think=120)
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """sha256 over the recipe and the sources that define the data and tokenizer."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode())
+    for module in ("tasks.py", "tokenizer.py"):
+        h.update((Path(__file__).parent / module).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def eval_sets(recipe: Recipe) -> dict[str, list[tasks.Example]]:
+    """The held-out evaluation problems; the training sampler never draws these prompts."""
+    n, seed = recipe.eval_per_task, recipe.eval_seed
+    return {
+        "linear": tasks.held_out("linear", n, seed),
+        "arithmetic": tasks.held_out("arithmetic", n, seed + 1),
+        "reversal": tasks.held_out("reversal", n, seed + 2),
+        "request_marked": tasks.held_out("request", n, seed + 3, dangerous=True),
+        "request_unmarked": tasks.held_out("request", n, seed + 4, dangerous=False),
+    }
