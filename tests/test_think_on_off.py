@@ -11,9 +11,11 @@ import torch
 
 from toolkit.core import interventions as iv
 from toolkit.core import units
+from toolkit.core.answers import per_problem_at_k
 from toolkit.core.generation import SamplingConfig
 from toolkit.evaluation import causal
 from toolkit.evaluation.behaviour import Behaviour
+from toolkit.methods import eap
 from toolkit.organism.tasks import Example
 from toolkit.studies import think_on_off as th
 from toolkit.views import think_on_off as tv
@@ -229,8 +231,8 @@ def test_problem_sets_are_disjoint_held_out_ranges():
 def test_per_problem_pass_and_success_at_k_match_enumeration():
     rng = np.random.default_rng(0)
     correct = rng.random((6, 5)) < 0.4
-    p = th.per_problem_at_k(correct, "pass")
-    s = th.per_problem_at_k(correct, "success")
+    p = per_problem_at_k(correct, "pass")
+    s = per_problem_at_k(correct, "success")
     for i, row in enumerate(correct):
         for k in range(1, 6):
             subsets = list(itertools.combinations(row, k))
@@ -239,9 +241,9 @@ def test_per_problem_pass_and_success_at_k_match_enumeration():
     np.testing.assert_allclose(p[:, 0], correct.mean(1))
     assert np.all(np.diff(p, axis=1) >= -1e-12) and np.all(np.diff(s, axis=1) >= 0)
     with pytest.raises(ValueError, match="unknown metric"):
-        th.per_problem_at_k(correct, "best")
+        per_problem_at_k(correct, "best")
     with pytest.raises(ValueError, match="non-empty"):
-        th.per_problem_at_k(np.zeros((0, 3), bool))
+        per_problem_at_k(np.zeros((0, 3), bool))
 
 
 def fake_results(seed=0, n_problems=30, n=4):
@@ -265,8 +267,8 @@ def test_curves_pool_groups_and_bracket_the_estimate():
     res = fake_results()
     cur = th.curves(res, metric="pass", n_boot=300)
     assert list(cur) == ["think-on", "think-off", "ablate", "rand"]
-    pooled = (th.per_problem_at_k(res["rand #1"].correct["related_math"])
-              + th.per_problem_at_k(res["rand #2"].correct["related_math"])) / 2
+    pooled = (per_problem_at_k(res["rand #1"].correct["related_math"])
+              + per_problem_at_k(res["rand #2"].correct["related_math"])) / 2
     c = cur["rand"]["related_math"]
     assert c["k"] == [1, 2, 3, 4]
     np.testing.assert_allclose(c["estimate"], pooled.mean(0))
@@ -274,7 +276,7 @@ def test_curves_pool_groups_and_bracket_the_estimate():
         for t in group.values():
             assert all(lo <= e <= hi for lo, e, hi in zip(t["low"], t["estimate"], t["high"]))
     # a slow reference for one interval: resample problems by hand with the same generator and seed
-    m = th.per_problem_at_k(res["think-off"].correct["unrelated_math"])[:, 1]
+    m = per_problem_at_k(res["think-off"].correct["unrelated_math"])[:, 1]
     idx = np.random.default_rng(0).integers(0, len(m), size=(300, len(m)))
     boots = np.sort([m[i].mean() for i in idx])
     t = cur["think-off"]["unrelated_math"]
@@ -381,6 +383,6 @@ def test_mode_circuits_split_the_two_modes_heads_like_eap_compare_heads(organism
 
 def test_edges_for_recovery_reads_the_first_size_reaching_the_level():
     curve = {"n_edges": [5, 10, 20, 40], "recovered": [0.2, float("nan"), 0.85, 0.95]}
-    assert th.edges_for_recovery(curve, 0.8) == 20
-    assert th.edges_for_recovery(curve, 0.9) == 40
-    assert th.edges_for_recovery(curve, 0.99) is None
+    assert eap.edges_for_recovery(curve, 0.8) == 20
+    assert eap.edges_for_recovery(curve, 0.9) == 40
+    assert eap.edges_for_recovery(curve, 0.99) is None

@@ -9,16 +9,16 @@ The study, step by step (the views are :mod:`toolkit.views.think_on_off`):
    model on the *same* problems, once with thinking on and once off; each mode's clean input is its own response
    prefix. :func:`head_sets` splits their heads (:class:`toolkit.core.units.HeadComparison`, a = think-on,
    b = think-off: ``only_b`` are the off-only heads); :func:`efficiency` re-splits at other circuit sizes and
-   measures how much of the metric each mode's circuit recovers (:func:`edges_for_recovery`).
+   measures how much of the metric each mode's circuit recovers (:func:`toolkit.methods.eap.edges_for_recovery`).
 3. **Conditions** (:func:`standard_conditions`, :class:`toolkit.evaluation.causal.Condition`): think-on, think-off,
    think-off with the off-only heads zero-ablated or scaled ×0.5, and the placebo the paper did not run: the same
    edits on as many *random* heads outside the off-only set (several draws, pooled per problem).
 4. **Sampling** (:func:`sample_condition`, :func:`run_conditions`): ``n`` sampled completions per problem
    (temperature 0.6, top-p 0.95, top-k 20 by default), graded by exact match of the answer after ``</think>``
    (:class:`toolkit.evaluation.behaviour.Behaviour`). Every condition uses the same seeds (task ``i``: ``seed + i``).
-5. **Metrics** (:func:`per_problem_at_k`, :func:`curves`, :func:`table`, :func:`intervention_effects`): per problem
-   pass@k and success@k for k = 1…n; means over problems with bootstrap intervals over problems, and paired
-   differences against think-off (the paper's Table 3) and against the random-head placebo.
+5. **Metrics** (:func:`~toolkit.core.answers.per_problem_at_k`, :func:`curves`, :func:`table`,
+   :func:`intervention_effects`): per problem pass@k and success@k for k = 1…n; means over problems with bootstrap
+   intervals over problems; paired differences against think-off (the paper's Table 3) and the random-head placebo.
 
 See ``docs/methods.md`` ("Think on/off" section).
 """
@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from toolkit.core import units
-from toolkit.core.answers import pass_at_k, success_at_k
+from toolkit.core.answers import AT_K_METRICS, per_problem_at_k
 from toolkit.core.chat import THINK_OFF as _OFF
 from toolkit.core.chat import THINK_OFF_TOKENS, THINK_ON_TOKENS, mode_label
 from toolkit.core.chat import THINK_ON as _ON
@@ -53,7 +53,7 @@ TASK_LABELS = {"related_math": "related math (linear equations)", "unrelated_mat
                "unrelated_general": "general (word reversal)"}
 THINK_ON, THINK_OFF = mode_label(_ON), mode_label(_OFF)  # "think-on", "think-off": the keys of every saved result
 HEAD_SET_CODES = {"none": 0, "on-only": 1, "off-only": 2, "shared": 3}
-METRICS = ("pass", "success")
+METRICS = AT_K_METRICS
 DEFAULT_INTERVENTIONS = {"ablation": 0.0, "scale-down": 0.5}
 
 Head = units.Head
@@ -190,21 +190,13 @@ def mode_circuits(loaded: LoadedModel, examples: Sequence[tasks.Example], top_n:
     return ModeCircuits(pairs, scores, circuits, importance, sets, top_n)
 
 
-def edges_for_recovery(curve: Mapping[str, list], level: float = 0.8) -> int | None:
-    """The smallest circuit size (edges) in a faithfulness curve recovering at least ``level``; ``None`` if none."""
-    for n, r in zip(curve["n_edges"], curve["recovered"]):
-        if r is not None and math.isfinite(r) and r >= level:
-            return int(n)
-    return None
-
-
 def efficiency(circuits: ModeCircuits, loaded: LoadedModel, top_ns: Sequence[int], level: float = 0.8
                ) -> Efficiency:
     """The sweep of head sets over ``top_ns``, both modes' faithfulness curves, and the smallest size recovering
     ``level`` of the metric in each mode."""
     sweep = circuits.sweep(top_ns)
     faith = circuits.faithfulness(loaded, top_ns)
-    return Efficiency(sweep, faith, {mode: edges_for_recovery(c, level) for mode, c in faith.items()})
+    return Efficiency(sweep, faith, {mode: eap.edges_for_recovery(c, level) for mode, c in faith.items()})
 
 
 # ---------------------------------------------------------------------------------------------------- conditions
@@ -313,21 +305,6 @@ def run_conditions(loaded: LoadedModel, conditions: Sequence[Condition],
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
-
-
-def per_problem_at_k(correct: np.ndarray, metric: str = "pass") -> np.ndarray:
-    """``[problems, n]``: column ``k-1`` is each problem's pass@k (unbiased estimator over its ``n`` samples) or
-    success@k (any of its first k samples, in sampling order, correct)."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    correct = np.asarray(correct, dtype=bool)
-    if correct.ndim != 2 or 0 in correct.shape:
-        raise ValueError(f"correct must be a non-empty [problems, samples] array, got shape {correct.shape}")
-    n = correct.shape[1]
-    if metric == "pass":
-        return np.array([[pass_at_k(n, int(row.sum()), k) for k in range(1, n + 1)] for row in correct])
-    return np.array([[success_at_k(list(row), k) for k in range(1, n + 1)] for row in correct])
-
 
 def groups(results: Mapping[str, Samples]) -> list[str]:
     """The condition groups in first-seen order (the table's rows)."""

@@ -9,17 +9,9 @@ clean receiver's at every generation step (the method, its batching and its KV-c
 The slow no-cache reference the tests check :func:`run` against is :mod:`toolkit.reference.cmap`.
 """
 
-from toolkit.methods.cmap.engine import (
-    MODES,
-    TEACHER_FORCING,
-    ModelMismatchError,
-    check_compatible,
-    end_token,
-    head_sweep,
-    layer_sweep,
-    run,
-)
+from toolkit.methods.cmap.engine import MODES, TEACHER_FORCING, end_token, run
 from toolkit.methods.cmap.result import MIN_GAP, CMAPResult, until_eos
+from toolkit.methods.cmap.setup import ModelMismatchError, check_compatible, head_sweep, layer_sweep
 
 __all__ = ["MIN_GAP", "MODES", "TEACHER_FORCING", "CMAPResult", "ModelMismatchError", "check_compatible",
            "end_token", "head_sweep", "layer_sweep", "run", "until_eos"]

@@ -24,11 +24,11 @@ circuit and not another) are :func:`toolkit.core.units.compare_heads` of two cir
 
 from toolkit.methods.eap.attribute import Scores, attribute
 from toolkit.methods.eap.circuit import Circuit, greedy, head_importance, prune_edges, ranked_heads, select
-from toolkit.methods.eap.evaluate import exact_scores, faithfulness, faithfulness_curve
+from toolkit.methods.eap.evaluate import edges_for_recovery, exact_scores, faithfulness, faithfulness_curve
 from toolkit.methods.eap.graph import METHODS, METRICS, EAPError, Graph
 from toolkit.methods.eap.memory import check_memory, estimate_memory
 from toolkit.methods.eap.pairs import Pairs, corrupt_prompt, make_pairs
 
 __all__ = ["METHODS", "METRICS", "Circuit", "EAPError", "Graph", "Pairs", "Scores", "attribute", "check_memory",
-           "corrupt_prompt", "estimate_memory", "exact_scores", "faithfulness", "faithfulness_curve", "greedy",
-           "head_importance", "make_pairs", "prune_edges", "ranked_heads", "select"]
+           "corrupt_prompt", "edges_for_recovery", "estimate_memory", "exact_scores", "faithfulness",
+           "faithfulness_curve", "greedy", "head_importance", "make_pairs", "prune_edges", "ranked_heads", "select"]

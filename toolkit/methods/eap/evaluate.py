@@ -16,7 +16,7 @@ The tests check both against the explicit float64 reference (:mod:`toolkit.refer
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -246,3 +246,11 @@ def faithfulness_curve(loaded: LoadedModel, pairs: Pairs, scores: Scores, n_edge
             "metric": vals["circuits"], "recovered": [_recovered(v, vals["clean"], vals["corrupted"])
                                                       for v in vals["circuits"]],
             "clean": vals["clean"], "corrupted": vals["corrupted"], "metric_name": metric}
+
+
+def edges_for_recovery(curve: Mapping[str, list], level: float = 0.8) -> int | None:
+    """The smallest circuit size (edges) in a faithfulness curve recovering at least ``level``; ``None`` if none."""
+    for n, r in zip(curve["n_edges"], curve["recovered"]):
+        if r is not None and math.isfinite(r) and r >= level:
+            return int(n)
+    return None
