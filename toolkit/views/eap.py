@@ -10,7 +10,6 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML
-from matplotlib.colors import ListedColormap
 from matplotlib.patches import FancyArrowPatch
 
 from toolkit.core.stats import correlation, format_ci
@@ -19,10 +18,9 @@ from toolkit.methods import eap
 from toolkit.studies.emergent import AblationCheck, AttentionView, CircuitResults, Emergent, ExactComparison, Setup
 from toolkit.views.attention import circuitsvis_attention
 from toolkit.views.explorer import explorer
-from toolkit.views.style import despine, label_head_grid
+from toolkit.views.style import despine, head_set_cmap, label_head_grid
 
 _KIND_COLORS = {"q": "#3b6fb6", "k": "#2a9d5c", "v": "#e08a2c", "m": "#7a7a7a", "logits": "#7a7a7a"}
-_HEAD_MAP_COLORS = ["#f2f2f2", "#8c8c8c", "#d62728", "#1f77b4"]  # neither, shared, only A, only B
 
 
 # --------------------------------------------------------------------------------------------------- tables
@@ -207,7 +205,7 @@ def head_map_figure(a, b, n_layers: int, n_heads: int, labels: tuple[str, str] =
     (codes of :meth:`toolkit.core.units.HeadComparison.grid`)."""
     m = compare_heads(a, b).grid(n_layers, n_heads)
     fig, ax = plt.subplots(figsize=(1.0 * n_heads + 2.8, 0.75 * n_layers + 1.2))
-    ax.imshow(m, cmap=ListedColormap(_HEAD_MAP_COLORS), vmin=0, vmax=3, origin="lower")
+    ax.imshow(m, cmap=head_set_cmap(), vmin=0, vmax=3, origin="lower")
     for layer in range(n_layers):
         for h in range(n_heads):
             ax.text(h, layer, ["", "shared", f"only\n{labels[0]}", f"only\n{labels[1]}"][int(m[layer, h])],
