@@ -147,3 +147,71 @@ def test_save_results_and_figure(tmp_path, monkeypatch):
     assert png == tmp_path / "figures" / "line.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in png.parent.iterdir()] == ["line.png"]
+
+
+CLAIM_CELL = """
+from toolkit.evaluation.claims import Claims, Null
+from toolkit.run.results import save_claims
+claims = Claims("02_seeded")
+claims.add("grows", paper="Paper A, section 1", statement="x grows", measure="x", estimate=seed, ci=(seed - 0.5,
+           seed + 0.5), null=Null.target(0.0), direction=1)
+save_claims(claims)
+"""
+
+
+@pytest.fixture(scope="module")
+def seeded_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seeded")
+    _notebook(d / "02_seeded.ipynb", "seed = 0", CLAIM_CELL)
+    return d
+
+
+def test_seeds_run_each_seed_and_aggregate_the_scorecard(seeded_dir, tmp_path):
+    run_folder = runner.run([], {}, out_root=tmp_path, notebooks_dir=seeded_dir, seeds=2)
+    for k in (0, 1):
+        (claim,) = json.loads((run_folder / f"seed-{k}" / "claims.json").read_text())
+        assert claim["estimate"] == k and claim["verdict"] == ("inconclusive" if k == 0 else "reproduces")
+    (claim,) = json.loads((run_folder / "claims.json").read_text())
+    assert claim["seeds"]["verdicts"] == ["inconclusive", "reproduces"] and claim["verdict"] == "inconclusive"
+    assert claim["seeds"]["estimates"] == [0, 1] and claim["seeds"]["missing"] == []
+    text = (run_folder / "REPORT.md").read_text()
+    assert "## Paper A" in text and "**grows**" in text and "Missing seeds" not in text
+
+
+def test_interrupted_seeds_run_keeps_the_finished_seeds(seeded_dir, tmp_path, monkeypatch):
+    real = runner._run_notebooks
+
+    def stop_on_seed_one(notebooks, params, *args, **kw):
+        if params["seed"] == 1:
+            raise KeyboardInterrupt
+        return real(notebooks, params, *args, **kw)
+
+    monkeypatch.setattr(runner, "_run_notebooks", stop_on_seed_one)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run([], {}, out_root=tmp_path, notebooks_dir=seeded_dir, seeds=3)
+    (run_folder,) = tmp_path.iterdir()
+    (claim,) = json.loads((run_folder / "claims.json").read_text())
+    assert claim["seeds"]["missing"] == [1, 2] and claim["seeds"]["verdicts"] == ["inconclusive", None, None]
+    assert "**Missing seeds** (did not finish): 1, 2." in (run_folder / "REPORT.md").read_text()
+
+
+def test_bad_seeds_are_refused_before_running(nbdir, seeded_dir, tmp_path, monkeypatch, capsys):
+    for bad in (0, -2):
+        with pytest.raises(runner.RunnerError, match="positive number of seeds"):
+            runner.run([], {}, out_root=tmp_path, notebooks_dir=seeded_dir, seeds=bad)
+    with pytest.raises(runner.RunnerError, match="00_tiny, 01_broken declares none"):
+        runner.run([], {}, out_root=tmp_path, notebooks_dir=nbdir, seeds=2)
+    with pytest.raises(runner.RunnerError, match="not both"):
+        runner.run([], {"seed": 1}, out_root=tmp_path, notebooks_dir=seeded_dir, seeds=2)
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setattr(runner, "NOTEBOOKS_DIR", seeded_dir)
+    assert cli.main(["run", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "positive number of seeds" in capsys.readouterr().err
+
+
+def test_save_claims_refuses_an_empty_registry(tmp_path, monkeypatch):
+    from toolkit.evaluation.claims import ClaimError, Claims
+
+    monkeypatch.setenv("TOOLKIT_RUN_DIR", str(tmp_path))
+    with pytest.raises(ClaimError, match="05_x registered no claims"):
+        results.save_claims(Claims("05_x"))

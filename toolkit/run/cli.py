@@ -13,14 +13,14 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         run_folder = runner.run(args.names, runner.parse_params(args.param), out_root=args.out,
-                                kernel=args.kernel)
+                                kernel=args.kernel, seeds=args.seeds)
     except runner.RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = [e for e in json.loads((run_folder / "index.json").read_text()) if e["status"] != "ok"]
     for entry in failed:
-        print(f"FAILED {entry['notebook']}: {runner.describe_error(entry['error'])} "
-              f"(see {run_folder / entry['notebook']}.ipynb)", file=sys.stderr)
+        where = run_folder / (f"seed-{entry['seed']}" if "seed" in entry else "") / f"{entry['notebook']}.ipynb"
+        print(f"FAILED {entry['notebook']}: {runner.describe_error(entry['error'])} (see {where})", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter every chosen notebook declares (Python literal or string)")
     p.add_argument("--out", default=None, help="folder for run folders (default: <repo>/runs)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="run every notebook with seed=0..N-1 into seed-<k>/ and aggregate the claims across seeds")
     p.add_argument("--kernel", default=None,
                    help="Jupyter kernel (default: reasoning-circuits, installed if missing)")
     p.set_defaults(func=_run)

@@ -11,10 +11,15 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toolkit.core.io import REPO_ROOT, atomic_write_json
 
+if TYPE_CHECKING:
+    from toolkit.evaluation.claims import Claims
+
 RESULTS_MIME = "application/vnd.toolkit.run.results+json"
+CLAIMS_MIME = "application/vnd.toolkit.run.claims+json"
 
 
 def run_dir() -> Path:
@@ -58,6 +63,29 @@ def save_results(name: str, results: dict) -> Path:
         from IPython.display import display
 
         display({RESULTS_MIME: clean, "text/plain": f"{name}: results saved to {path}"}, raw=True)
+    return path
+
+
+def save_claims(claims: Claims) -> Path:
+    """Write a notebook's claims to ``<run_dir>/<notebook>.claims.json`` atomically (the runner gathers them into
+    ``claims.json`` and ``REPORT.md``) and, inside IPython, display them as a scorecard table.
+
+    Refuses an empty registry: a notebook that saves claims must have made at least one."""
+    from toolkit.evaluation.claims import ClaimError
+
+    if len(claims) == 0:
+        raise ClaimError(f"{claims.notebook} registered no claims; add them with claims.add(...) before saving")
+    records = claims.to_records()
+    path = atomic_write_json(run_dir() / f"{claims.notebook}.claims.json", records)
+    from IPython import get_ipython
+
+    if get_ipython() is not None:
+        from IPython.display import display
+
+        from toolkit.run.report import claims_markdown
+
+        display({CLAIMS_MIME: records, "text/markdown": claims_markdown(records),
+                 "text/plain": f"{claims.notebook}: {len(records)} claims saved to {path}"}, raw=True)
     return path
 
 

@@ -1,8 +1,10 @@
 """Run notebooks headlessly through papermill into ``runs/<stamp>/``.
 
-Each run folder holds the executed notebooks, their ``*.results.json``, ``figures/`` and an
-``index.json`` listing every notebook's status, time, failing cell and key numbers. While a notebook runs, one
-line shows its code cells done and the cell running (:class:`toolkit.run.engine.CellProgress`).
+Each run folder holds the executed notebooks, their ``*.results.json`` and ``*.claims.json``, ``figures/``, an
+``index.json`` listing every notebook's status, time, failing cell and key numbers, and the scorecard
+(``claims.json``, ``REPORT.md``; :mod:`toolkit.run.report`). ``--seeds N`` runs every notebook once per seed.
+While a notebook runs, one line shows its code cells done and the cell running
+(:class:`toolkit.run.engine.CellProgress`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import nbformat
 
 from toolkit.core.io import REPO_ROOT, atomic_write_json
+from toolkit.run import report
 from toolkit.run.engine import CellProgress, execute_notebook
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -168,35 +171,70 @@ def _short(results: dict | None, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def run(names: list[str] | None, params: dict, out_root: str | Path | None = None, kernel: str | None = None,
-        notebooks_dir: str | Path | None = None) -> Path:
-    """Execute the named notebooks (all if ``names`` is empty) with ``params`` into a fresh
-    ``<out_root>/<stamp>/`` (default ``<repo>/runs``) and return that folder.
-
-    Parameters a notebook does not declare are refused before anything runs. A failing notebook is
-    recorded in ``index.json`` (cell index, exception) and the run goes on with the next one."""
-    notebooks_dir = Path(notebooks_dir or NOTEBOOKS_DIR)
-    notebooks = resolve_notebooks(names, notebooks_dir)
-    _check_params(notebooks, params)
-    kernel = kernel or ensure_kernel()
-    run_folder = _new_run_dir(Path(out_root or REPO_ROOT / "runs"))
-    print(f"run folder: {run_folder}", flush=True)
+def _run_notebooks(notebooks: list[Path], params: dict, kernel: str, notebooks_dir: Path, folder: Path,
+                   label: str = "") -> list[dict]:
+    """Execute ``notebooks`` in order into ``folder``; write and return ``index.json``'s entries."""
+    folder.mkdir(parents=True, exist_ok=True)
     index: list[dict] = []
     for i, nb in enumerate(notebooks, 1):
-        cell_progress = CellProgress(f"[{i}/{len(notebooks)}] {nb.stem}")
+        cell_progress = CellProgress(f"{label}[{i}/{len(notebooks)}] {nb.stem}")
         t0 = time.perf_counter()
-        error = _execute(nb, run_folder / nb.name, params, kernel, notebooks_dir, run_folder, cell_progress)
+        error = _execute(nb, folder / nb.name, params, kernel, notebooks_dir, folder, cell_progress)
         seconds = round(time.perf_counter() - t0, 1)
-        results_path = run_folder / f"{nb.stem}.results.json"
+        results_path = folder / f"{nb.stem}.results.json"
         results = json.loads(results_path.read_text()) if results_path.exists() else None
         entry = {"notebook": nb.stem, "status": "failed" if error else "ok", "seconds": seconds,
                  "error": error, "results": results}
         index.append(entry)
-        atomic_write_json(run_folder / "index.json", index)
+        atomic_write_json(folder / "index.json", index)
         cell_progress.close(f"ok ({seconds} s)" if error is None else f"FAILED ({seconds} s): {describe_error(error)}")
+    report.write_report(folder)
+    return index
+
+
+def _check_seeds(notebooks: list[Path], params: dict, seeds: int) -> None:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise RunnerError(f"--seeds needs a positive number of seeds, got {seeds!r}")
+    if "seed" in params:
+        raise RunnerError("give either --seeds N or -p seed=K, not both")
+    lacking = [nb.stem for nb in notebooks if "seed" not in notebook_parameters(nb)]
+    if lacking:
+        raise RunnerError(f"--seeds needs a `seed` parameter in every notebook; {', '.join(lacking)} declares none")
+
+
+def run(names: list[str] | None, params: dict, out_root: str | Path | None = None, kernel: str | None = None,
+        notebooks_dir: str | Path | None = None, seeds: int | None = None) -> Path:
+    """Execute the named notebooks (all if ``names`` is empty) with ``params`` into a fresh
+    ``<out_root>/<stamp>/`` (default ``<repo>/runs``) and return that folder.
+
+    Parameters a notebook does not declare are refused before anything runs. A failing notebook is
+    recorded in ``index.json`` (cell index, exception) and the run goes on with the next one. Every run folder gets
+    ``claims.json`` and ``REPORT.md`` (:mod:`toolkit.run.report`). With ``seeds=N`` the notebooks run once per seed
+    ``0 … N−1`` (``-p seed=k``) into ``seed-<k>/``, and the top folder's scorecard aggregates the seeds that
+    finished, naming any that did not (an interrupted run keeps the finished seeds)."""
+    notebooks_dir = Path(notebooks_dir or NOTEBOOKS_DIR)
+    notebooks = resolve_notebooks(names, notebooks_dir)
+    _check_params(notebooks, params)
+    if seeds is not None:
+        _check_seeds(notebooks, params, seeds)
+    kernel = kernel or ensure_kernel()
+    run_folder = _new_run_dir(Path(out_root or REPO_ROOT / "runs"))
+    print(f"run folder: {run_folder}", flush=True)
+    if seeds is None:
+        index = _run_notebooks(notebooks, params, kernel, notebooks_dir, run_folder)
+    else:
+        index = []
+        try:
+            for k in range(seeds):
+                seed_index = _run_notebooks(notebooks, {**params, "seed": k}, kernel, notebooks_dir,
+                                            run_folder / f"seed-{k}", label=f"seed {k} ")
+                index += [{**entry, "seed": k} for entry in seed_index]
+                atomic_write_json(run_folder / "index.json", index)
+        finally:  # also on Ctrl-C: the seeds that finished keep their scorecard
+            report.write_seeds_report(run_folder, range(seeds))
     print(f"\n{'notebook':28s} {'status':7s} {'seconds':>8s}  key results")
     for entry in index:
-        print(f"{entry['notebook']:28s} {entry['status']:7s} {entry['seconds']:8.1f}  "
-              f"{_short(entry['results'])}")
-    print(f"\nexecuted notebooks, figures and index.json in {run_folder}")
+        name = entry["notebook"] + (f" (seed {entry['seed']})" if "seed" in entry else "")
+        print(f"{name:28s} {entry['status']:7s} {entry['seconds']:8.1f}  {_short(entry['results'])}")
+    print(f"\nexecuted notebooks, figures, index.json, claims.json and REPORT.md in {run_folder}")
     return run_folder
