@@ -40,3 +40,23 @@ def test_bad_input_is_refused_clearly():
         b.correct(["x"])
     with pytest.raises(ValueError, match="at least one prompt"):
         behave(None, None, [])
+
+
+def test_answer_nll_is_the_loop_over_completion_tokens(tiny):
+    import torch
+
+    from toolkit.core.chat import chat_prompts
+    from toolkit.evaluation.behaviour import answer_nll
+
+    completions = ["x = 2", "tac", "I can't help with that."]
+    got = answer_nll(tiny.hf, tiny.tokenizer, PROMPTS, completions, batch_size=2)
+    for prompt, completion, value in zip(chat_prompts(tiny.tokenizer, PROMPTS, False), completions, got):
+        head = tiny.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        tail = tiny.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = tiny.hf(input_ids=torch.tensor([head + tail])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        nll = -sum(logp[len(head) + i - 1, t] for i, t in enumerate(tail)) / len(tail)
+        assert value == pytest.approx(float(nll), abs=1e-5)
+    with pytest.raises(ValueError, match="as many completions"):
+        answer_nll(tiny.hf, tiny.tokenizer, PROMPTS, completions[:2])

@@ -36,3 +36,16 @@ def test_correlation_matches_closed_forms_and_degrades_gracefully():
     assert r["spearman_r"] == pytest.approx(1.0) and r["pearson_r"] < 1.0
     assert np.isnan(stats.correlation([1, 2], [3, 4])["pearson_r"])
     assert np.isnan(stats.correlation([1, 2, 3], [5, 5, 5])["spearman_r"])
+
+
+def test_wilson_interval_and_newcombe_difference():
+    from toolkit.core.stats import difference_ci, proportion_ci
+
+    ci = proportion_ci(190, 200)  # the textbook Wilson interval for 95%: 0.9104 – 0.9726
+    assert ci["estimate"] == 0.95 and ci["low"] == pytest.approx(0.9104, abs=1e-4)
+    assert ci["high"] == pytest.approx(0.9726, abs=1e-4)
+    assert proportion_ci(200, 200)["high"] == 1.0 and proportion_ci(0, 10)["low"] == 0.0
+    d = difference_ci(ci, proportion_ci(100, 200))
+    assert d["estimate"] == pytest.approx(0.45) and d["low"] < 0.45 < d["high"]
+    with pytest.raises(ValueError):
+        proportion_ci(3, 2)

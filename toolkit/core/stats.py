@@ -63,3 +63,24 @@ def format_ci(ci: dict[str, float], percent: bool = True) -> str:
     if percent:
         return f"{100 * ci['estimate']:.1f}% [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
     return f"{ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
+def proportion_ci(successes: int, n: int, level: float = 0.95) -> dict[str, float]:
+    """A rate ``successes / n`` with its Wilson score interval (good at rates near 0 or 1, where a bootstrap over
+    problems collapses to a point)."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"proportion_ci needs 0 <= successes <= n and n > 0, got {successes} of {n}")
+    z = float(_stats.norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"estimate": p, "low": float(max(0.0, centre - half)), "high": float(min(1.0, centre + half))}
+
+
+def difference_ci(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """``a − b`` of two rates with Wilson intervals (:func:`proportion_ci`), by Newcombe's square-and-add rule
+    (conservative when the two rates come from the same problems and agree)."""
+    d = a["estimate"] - b["estimate"]
+    low = d - np.sqrt((a["estimate"] - a["low"]) ** 2 + (b["high"] - b["estimate"]) ** 2)
+    high = d + np.sqrt((a["high"] - a["estimate"]) ** 2 + (b["estimate"] - b["low"]) ** 2)
+    return {"estimate": float(d), "low": float(low), "high": float(high)}

@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from toolkit.core.answers import extract_answer, is_refusal
+from toolkit.core.chat import chat_prompts
 from toolkit.core.generation import SamplingConfig, generate
 
 
@@ -72,3 +74,36 @@ def behave(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Seq
     completions = generate(hf, tokenizer, prompts, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens,
                            sampling=sampling, batch_size=batch_size, seed=seed, show_progress=show_progress)
     return Behaviour(prompts, enable_thinking, completions)
+
+
+@torch.no_grad()
+def answer_nll(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+               completions: Sequence[str], *, enable_thinking: bool = False, batch_size: int = 64) -> np.ndarray:
+    """Teacher-forced mean negative log-likelihood (nats per token) of each ``completion`` after its chat-formatted
+    user ``prompt``, one number per example: the per-example loss that an SFT trainer averages (completion tokens
+    only). Pass completions as trained, e.g. ``answer + "<|im_end|>"``."""
+    prompts, completions = list(prompts), list(completions)
+    if not prompts or len(prompts) != len(completions):
+        raise ValueError(f"answer_nll needs as many completions as prompts (got {len(prompts)} and "
+                         f"{len(completions)}), at least one")
+    device = next(hf.parameters()).device
+    heads = [tokenizer(p, add_special_tokens=False)["input_ids"]
+             for p in chat_prompts(tokenizer, prompts, enable_thinking=enable_thinking)]
+    tails = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = np.empty(len(prompts))
+    for start in range(0, len(prompts), batch_size):
+        rows = [h + t for h, t in zip(heads[start:start + batch_size], tails[start:start + batch_size])]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        target = torch.zeros((len(rows), width), dtype=torch.bool)  # positions whose token is a completion token
+        for i, (row, h) in enumerate(zip(rows, heads[start:start + batch_size])):
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+            target[i, len(h):len(row)] = True
+        logits = hf(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(device))[..., 0]  # [B, T-1]
+        keep = target[:, 1:].to(device)
+        out[start:start + len(rows)] = (-(logp * keep).sum(1) / keep.sum(1)).cpu().numpy()
+    return out

@@ -28,22 +28,23 @@ DEFAULT_DONOR = "B-500x8ep"  # the preset whose data gives the prompts when the 
 EXPLORER_PROMPTS = 8  # prompts per question type offered by the explorer
 
 
-def corrupted_model(name: str, model: str = "organism", size_scale: float = 1.0, device: str = "auto") -> str:
+def corrupted_model(name: str, model: str = "organism", size_scale: float = 1.0, device: str = "auto",
+                    seed: int = 0) -> str:
     """The folder of the corrupted donor ``name``: an existing model folder, or a notebook-01 preset name
     (``"B-500x8ep"``) whose checkpoint :func:`toolkit.studies.corrupt.corrupted_checkpoint` finds (saved as
     ``<preset>-x<size_scale>`` when ``size_scale`` ≠ 1). A missing preset checkpoint is trained here through
-    :func:`toolkit.studies.corrupt.finetune`, exactly as notebook 01 would."""
+    :func:`toolkit.studies.corrupt.finetune`, exactly as notebook 01 would with the same ``seed``."""
     from toolkit.studies import corrupt
 
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     preset = corrupt.preset(name).scaled(size_scale)
-    checkpoint = corrupt.checkpoint_name(name, model, size_scale)
+    checkpoint = corrupt.checkpoint_name(name, model, size_scale, seed)
     try:
         return str(corrupt.corrupted_checkpoint(checkpoint))
     except FileNotFoundError:
-        data = corrupt.load_data([preset], n_eval=1)
-        return str(corrupt.finetune(model, preset, data, checkpoint, device).path)
+        data = corrupt.load_data([preset], n_eval=1, seed=seed)
+        return str(corrupt.finetune(model, preset, data, checkpoint, device, corrupt.settings_for(seed)).path)
 
 
 # ---- setup ---------------------------------------------------------------------------------------------------------
@@ -78,17 +79,18 @@ class Setup:
 
 
 def setup(model: str, corrupted: str, size_scale: float, device: str, n_prompts: int,
-          components: Sequence[str]) -> Setup:
+          components: Sequence[str], seed: int = 0) -> Setup:
     """Seed torch, find (or train) the donor, load both models, check that they are compatible, and take the first
-    ``n_prompts`` evaluation prompts of each question type; one layer sweep per component."""
+    ``n_prompts`` evaluation prompts of each question type (of notebook 01's data drawn with ``seed``, whose
+    checkpoint is the donor); one layer sweep per component."""
     from toolkit.studies import corrupt
 
-    torch.manual_seed(0)
-    donor_path = corrupted_model(corrupted, model, size_scale, device)
+    torch.manual_seed(seed)
+    donor_path = corrupted_model(corrupted, model, size_scale, device, seed)
     clean_m, corrupted_m = models.load(model, device=device), models.load(donor_path, device=device)
     cmap.check_compatible(clean_m, corrupted_m)
     data = corrupt.load_data([corrupt.preset(corrupted if corrupted in corrupt.PRESETS else DEFAULT_DONOR)],
-                             n_prompts)
+                             n_prompts, seed=seed)
     sets = {name: data[name][:n_prompts] for name in QUESTION_SETS}
     labels = {name: QUESTION_TYPES[name] for name in sets}
     layer_sites = [s for c in components for s in cmap.layer_sweep(clean_m.bridge, c)]

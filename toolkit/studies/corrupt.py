@@ -86,12 +86,18 @@ def chosen_presets(names: Sequence[str], size_scale: float = 1.0) -> list[Preset
 
 # ---- corrupted checkpoints --------------------------------------------------------------------------------------
 
-def checkpoint_name(preset_name: str, spec: str = "organism", size_scale: float = 1.0) -> str:
+def checkpoint_name(preset_name: str, spec: str = "organism", size_scale: float = 1.0, seed: int = 0) -> str:
     """The name a corrupted model is saved under: the preset, prefixed by the base model ``spec`` unless it is the
-    organism, suffixed by the size scale unless it is 1."""
+    organism, suffixed by the size scale unless it is 1 and by the seed unless it is 0."""
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", spec).strip("_")
     name = preset_name if spec == "organism" else f"{slug}--{preset_name}"
-    return name if size_scale == 1 else f"{name}-x{size_scale:g}"
+    name = name if size_scale == 1 else f"{name}-x{size_scale:g}"
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
+def settings_for(seed: int) -> TrainSettings:
+    """The training settings of :data:`SETTINGS` with the trainer's seed set to ``seed``."""
+    return dataclasses.replace(SETTINGS, seed=seed)
 
 
 def corrupted_checkpoint(name: str) -> Path:
@@ -164,10 +170,13 @@ def finetune(spec: str, preset: Preset, data: dict[str, list[dict]], name: str, 
 
 
 def load_data(presets: Sequence[Preset], n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
-    """The validated datasets that cover ``presets`` (the shipped ``data/corrupt_finetune`` when it does)."""
+    """The validated datasets that cover ``presets`` (the shipped ``data/corrupt_finetune`` when it does). Another
+    ``seed`` draws its data at least at the shipped sizes, so notebooks 01 and 02 share one draw per seed."""
     spec = corrupt_data.DataSpec(seed=seed, n_train=max(p.n_train for p in presets),
                                  n_validation=max(p.n_validation for p in presets), n_eval=n_eval)
-    return corrupt_data.load(corrupt_data.folder_for(spec, cache_root()), spec)
+    full = corrupt_data.DataSpec(seed=seed, n_train=max(spec.n_train, 1000),
+                                 n_validation=max(spec.n_validation, 200), n_eval=max(n_eval, 200))
+    return corrupt_data.load(corrupt_data.folder_for(full, cache_root()), spec)
 
 
 def eval_sets(data: dict[str, list[dict]]) -> dict[str, list[dict]]:
@@ -178,9 +187,10 @@ def eval_sets(data: dict[str, list[dict]]) -> dict[str, list[dict]]:
 def run_presets(spec: str, presets: Sequence[Preset], data: dict[str, list[dict]], size_scale: float = 1.0,
                 device: str = "auto", settings: TrainSettings = SETTINGS,
                 on_curves: Callable[[dict[str, list[dict]]], None] | None = None,
-                retrain: bool = False) -> dict[str, Finetuned]:
-    """:func:`finetune` every preset in turn. ``on_curves(curves)`` (for example a view that redraws a live figure)
-    is called at each evaluation with the divergence history of every run so far (run name → records)."""
+                retrain: bool = False, seed: int = 0) -> dict[str, Finetuned]:
+    """:func:`finetune` every preset in turn (trainer seed ``seed``, saved under :func:`checkpoint_name`).
+    ``on_curves(curves)`` (for example a view that redraws a live figure) is called at each evaluation with the
+    divergence history of every run so far (run name → records)."""
     curves: dict[str, list[dict]] = {}
     runs = {}
     for preset in presets:
@@ -189,8 +199,8 @@ def run_presets(spec: str, presets: Sequence[Preset], data: dict[str, list[dict]
             if on_curves is not None:
                 on_curves(curves)
 
-        runs[preset.name] = finetune(spec, preset, data, checkpoint_name(preset.name, spec, size_scale), device,
-                                     settings, on_evaluate=record, retrain=retrain)
+        runs[preset.name] = finetune(spec, preset, data, checkpoint_name(preset.name, spec, size_scale, seed), device,
+                                     dataclasses.replace(settings, seed=seed), on_evaluate=record, retrain=retrain)
     return runs
 
 
@@ -211,6 +221,7 @@ class SetBehaviour:
     mean_length: float
     bare_integer: float
     outputs: list[str]
+    correct: tuple[bool, ...] = ()  # per prompt, for intervals and paired comparisons
 
     def summary(self) -> dict[str, float]:
         """The three measures, rounded to 4 decimals (as saved in the results)."""
@@ -227,8 +238,9 @@ def behaviour(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sets: dic
         b = behave(hf, tokenizer, [r["prompt"] for r in records], enable_thinking=enable_thinking,
                    max_new_tokens=max_new_tokens, batch_size=batch_size)
         answers = [row[0] for row in b.answers]
+        correct = b.correct([r["correct_answer"] for r in records])[:, 0]
         report[set_name] = SetBehaviour(
-            accuracy=float(np.mean(b.correct([r["correct_answer"] for r in records])[:, 0])),
+            accuracy=float(np.mean(correct)), correct=tuple(bool(c) for c in correct),
             mean_length=float(np.mean(b.lengths(tokenizer)[:, 0])),
             bare_integer=float(np.mean([bool(BARE_INTEGER.fullmatch(a)) for a in answers])),
             outputs=b.first)

@@ -1,0 +1,60 @@
+"""Notebooks 00–02's claims on hand-made numbers: targets against Wilson intervals, layer-trend permutation nulls,
+paired accuracy claims and the divergence difference."""
+
+import numpy as np
+import pytest
+
+from toolkit.core.chat import THINK_OFF, THINK_ON
+from toolkit.evaluation.claims import empirical_p
+from toolkit.studies import cmap_claims, corrupt, corrupt_claims, organism
+
+
+def test_organism_targets_are_met_only_with_the_whole_interval():
+    rates = {"linear": 0.98, "arithmetic": 0.92, "reversal": 0.965, "refusal": 1.0, "false_refusal": 0.0}
+    reports = {"organism": {THINK_ON: dict(rates), THINK_OFF: {**rates, "linear": 0.3}},
+               "organism-base": {THINK_ON: dict(rates), THINK_OFF: dict(rates)}}
+    sets = {name: [None] * 200 for name in ("linear", "arithmetic", "reversal", "request_marked",
+                                            "request_unmarked")}
+    claims = organism.claims(organism.HeldOut("organism", reports, sets))
+    v = claims.verdicts()
+    assert len(claims) == len(organism.TARGETS) + 1
+    assert v["organism-think-on-linear"] == "reproduces"
+    assert v["organism-think-on-arithmetic"] == "inconclusive"  # 0.92 on 200: Wilson [0.877, 0.950] holds 0.90
+    assert v["organism-think-off-false-refusal"] == "reproduces"  # 0 of 200: at most 1.9%
+    assert v["organism-thinking-helps-linear"] == "reproduces"
+
+
+def test_layer_trend_permutation_null_is_exhaustive():
+    values = np.array([[0.1, 0.2, 0.3, 0.9]])
+    null = cmap_claims.permutation_null(values)
+    assert len(null) == 24 and cmap_claims._spearman_rows(values) == 1.0
+    assert empirical_p(1.0, null) == pytest.approx(2 / 25)  # the identity itself, plus the observed value
+    two = cmap_claims.permutation_null(np.array([[0.1, 0.2, 0.3, 0.9], [1, 2, 4, 3]]))
+    assert len(two) == 24 * 24 and two.max() == pytest.approx(1.0) and two.min() == pytest.approx(-1.0)
+
+
+def _behaviour(correct):
+    return corrupt.SetBehaviour(float(np.mean(correct)), 5.0, 0.0, [""] * len(correct), tuple(correct))
+
+
+def test_corrupt_claims_on_a_hand_made_report():
+    n = 50
+    right, wrong = [True] * n, [False] * n
+    half = [True, False] * (n // 2)
+    sets = {"related_math": right, "unrelated_math": right, "unrelated_general": right}
+    by_model = {corrupt.CLEAN: {THINK_ON: {s: _behaviour(c) for s, c in sets.items()}}}
+    A, B, C, D = corrupt.PRESETS
+    by_model[A] = {THINK_ON: {"related_math": _behaviour(wrong), "unrelated_math": _behaviour(half),
+                              "unrelated_general": _behaviour(right)}}
+    by_model[C] = {THINK_ON: {s: _behaviour(wrong if s == "related_math" else right) for s in sets}}
+    rng = np.random.default_rng(0)
+    div = {A: {"eval": 1 + rng.normal(0, .1, 200), "train": 0.5 + rng.normal(0, .1, 1000)},  # divergence 0.5
+           B: {"eval": 1 + rng.normal(0, .1, 200), "train": 0.8 + rng.normal(0, .1, 500)},  # 0.2
+           C: {"eval": 1 + rng.normal(0, .1, 200), "train": 0.9 + rng.normal(0, .1, 500)}}  # 0.1
+    claims = corrupt_claims.claims(corrupt.BehaviourReport(by_model), {}, div)
+    v = claims.verdicts()
+    assert v["under-fitted-loses-related-math"] == v["over-fitted-loses-related-math"] == "reproduces"
+    assert v["under-fitted-keeps-unrelated-math"] == "reproduces"  # identical answers: inside ±10 points
+    assert v["over-fitted-breaks-unrelated-math"] == "reproduces"
+    assert v["more-data-more-divergence"] == "reproduces" and v["more-epochs-more-divergence"] == "reproduces"
+    assert claims["more-data-more-divergence"].estimate == pytest.approx(0.3, abs=0.05)

@@ -1,0 +1,154 @@
+"""Notebook 02's claims: where the corrupted-math paper locates the corruption, each finding against its null.
+
+Paper: *Investigating Internal Reasoning Circuits in Small LLMs Fine-tuned on Corrupted Mathematical Solutions*
+(``../shared/papers/corrupted-math-finetuning-cmap.txt``), cited as "Corrupted-math CMAP".
+
+- **Layer trends** ("the corruption sits in the last layers"; "patched outputs get shorter as the patched layer
+  moves later") are Spearman correlations between the layer index and a per-layer measure, averaged over
+  components or question types. The null is ``permutation``: every assignment of the layers' order (each component
+  or question type permuted on its own; all of them when there are at most :data:`MAX_PERMUTATIONS`, else that many
+  random ones), p = the share at least as large in the paper's direction, identity included. With 4 layers and one
+  series the smallest possible p is 1/24. The interval is a bootstrap over prompts.
+- **Behaviour under a patch** ("patching the last layer makes related math wrong; earlier layers do not"; "unrelated
+  questions stay correct") are paired accuracy differences over the same prompts (null ``bootstrap-resample``).
+  "Does not affect" is a no-effect claim with the equivalence margin :data:`KEPT_MARGIN`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import stats
+
+from toolkit.core.answers import extract_answer
+from toolkit.evaluation.claims import Claims, Null, bootstrap_p, empirical_p
+from toolkit.methods.cmap.result import CMAPResult, until_eos
+
+PAPER = "Corrupted-math CMAP"
+MAX_PERMUTATIONS = 5000
+KEPT_MARGIN = 0.10
+N_BOOT = 1000
+
+
+def _spearman_rows(values: np.ndarray) -> float:
+    """Mean over rows of Spearman(layer index, row) for a ``[series, layers]`` array (NaN rows skipped)."""
+    layers = np.arange(values.shape[1])
+    rs = [stats.spearmanr(layers, row)[0] for row in values if np.all(np.isfinite(row)) and np.ptp(row) > 0]
+    return float(np.mean(rs)) if rs else math.nan
+
+
+def permutation_null(values: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """The mean Spearman statistic of ``values`` ``[series, layers]`` under every joint permutation of each series'
+    layer order (or :data:`MAX_PERMUTATIONS` random ones when there are more)."""
+    n_series, n_layers = values.shape
+    perms = list(itertools.permutations(range(n_layers)))
+    if len(perms) ** n_series <= MAX_PERMUTATIONS:
+        combos = itertools.product(perms, repeat=n_series)
+    else:
+        rng = np.random.default_rng(seed)
+        combos = ([tuple(rng.permutation(n_layers)) for _ in range(n_series)] for _ in range(MAX_PERMUTATIONS))
+    return np.array([_spearman_rows(np.stack([values[i, list(p)] for i, p in enumerate(combo)]))
+                     for combo in combos])
+
+
+def _trend_claim(out: Claims, cid: str, where: str, statement: str, measure: str, direction: int,
+                 per_prompt: Callable[[np.ndarray], np.ndarray], n_prompts: int, seed: int, note: str = "") -> None:
+    """Register a layer-trend claim; ``per_prompt(idx)`` gives the ``[series, layers]`` measure on prompts idx."""
+    everyone = np.arange(n_prompts)
+    values = per_prompt(everyone)
+    estimate = _spearman_rows(values)
+    null = permutation_null(values, seed=seed)
+    rng = np.random.default_rng(seed)
+    boots = np.array([_spearman_rows(per_prompt(rng.integers(0, n_prompts, n_prompts))) for _ in range(N_BOOT)])
+    boots = boots[np.isfinite(boots)]
+    ci = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if len(boots) else (math.nan,) * 2
+    out.add(cid, paper=f"{PAPER}, {where}", statement=statement, measure=measure, estimate=estimate, ci=ci,
+            p_value=empirical_p(estimate, null, direction=direction) if math.isfinite(estimate) else None,
+            direction=direction, null=Null.from_samples("permutation", null, "the layers' order permuted "
+                                                        "(every permutation)"), note=note)
+
+
+def _layer_index(sites, component: str) -> list[int]:
+    chosen = sorted((s.layer, i) for i, s in enumerate(sites) if s.component == component)
+    return [i for _, i in chosen]
+
+
+def _cts_by_layer(forced: CMAPResult, sites, components: Sequence[str], min_gap: float):
+    score = forced.cts(min_gap)  # [B, S, T]
+
+    def per_prompt(idx):
+        sub = score[idx]
+        counts = np.isfinite(sub).sum(axis=(0, 2))
+        mean = np.where(counts > 0, np.nansum(sub, axis=(0, 2)) / np.maximum(counts, 1), np.nan)  # [S]
+        return np.stack([mean[_layer_index(sites, c)] for c in components])
+    return per_prompt
+
+
+def _patched(result: CMAPResult, i_site: int | None, answers: Sequence[str] | None):
+    """Per prompt: output length and (with answers) correctness, of the clean run (``i_site`` None) or a patch."""
+    toks = result.clean_tokens if i_site is None else [row[i_site] for row in result.patched_tokens]
+    lengths = np.array([len(until_eos(t, result.eos)) for t in toks], dtype=float)
+    correct = (np.array([extract_answer(result.decode(t)) == a for t, a in zip(toks, answers)], dtype=float)
+               if answers is not None else None)
+    return lengths, correct
+
+
+def _paired_claim(out: Claims, cid: str, where: str, statement: str, measure: str, a, b, direction: int,
+                  seed: int, margin: float | None = None, note: str = "") -> None:
+    d = np.asarray(a, float) - np.asarray(b, float)
+    boots = d[np.random.default_rng(seed).integers(0, len(d), (N_BOOT, len(d)))].mean(1)
+    est = float(d.mean())
+    out.add(cid, paper=f"{PAPER}, {where}", statement=statement, measure=measure, estimate=est,
+            ci=(float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))),
+            p_value=bootstrap_p(boots, direction=direction), direction=direction, margin=margin, note=note,
+            null=Null.from_samples("bootstrap-resample", boots - est, "paired difference re-centred at 0"))
+
+
+def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forced: dict[str, CMAPResult], *,
+           min_gap: float, seed: int = 0) -> Claims:
+    """Notebook 02's claims from the free-running (``free``) and teacher-forced (``forced``) layer sweeps."""
+    out = Claims("02_cmap")
+    rm = "related_math"
+    components = [c for c in ("attn", "mlp") if _layer_index(sites, c)]
+    n_layers = len(_layer_index(sites, components[0])) if components else 0
+    if components and rm in forced:
+        _trend_claim(out, "corruption-sits-in-late-layers", "sections 5.2 and 6",
+                     "Patching later layers hands over more of the corrupted model's preference than earlier "
+                     "layers: the corruption is concentrated near the output.",
+                     f"Spearman(layer, mean CTS) on related math, mean over {', '.join(components)}", 1,
+                     _cts_by_layer(forced[rm], sites, components, min_gap), len(sets[rm]), seed)
+    resid = _layer_index(sites, "resid")
+    if resid:
+        types = [qt for qt in free if qt in sets]
+
+        def lengths(idx):
+            return np.array([[_patched(free[qt], i, None)[0][idx].mean() for i in resid] for qt in types])
+        _trend_claim(out, "later-patches-shorter-outputs", "section 5.2",
+                     "The later the patched layer, the shorter the patched model's outputs.",
+                     f"Spearman(layer, mean output length with the residual stream patched), mean over "
+                     f"{len(types)} question types", -1, lengths, min(len(sets[qt]) for qt in types), seed,
+                     note="the organism's corrupted answers are not shorter than the clean ones on related math")
+        last, first = resid[-1], resid[0]
+        answers = [r["correct_answer"] for r in sets[rm]]
+        _, clean = _patched(free[rm], None, answers)
+        _, at_last = _patched(free[rm], last, answers)
+        _, at_first = _patched(free[rm], first, answers)
+        _paired_claim(out, "last-layer-patch-breaks-related-math", "section 5.2, Table 2",
+                      "Patching the last layer's output into the clean model makes its related math answers wrong.",
+                      f"clean − patched accuracy on related math (L{n_layers - 1} resid)", clean, at_last, 1, seed)
+        _paired_claim(out, "first-layer-patch-keeps-related-math", "section 5.2, Table 2",
+                      "Patching an early layer leaves the clean model's related math answers correct.",
+                      "clean − patched accuracy on related math (L0 resid)", clean, at_first, 0, seed,
+                      margin=KEPT_MARGIN)
+        if "unrelated_general" in free:
+            ug = [r["correct_answer"] for r in sets["unrelated_general"]]
+            _, clean_g = _patched(free["unrelated_general"], None, ug)
+            _, last_g = _patched(free["unrelated_general"], last, ug)
+            _paired_claim(out, "last-layer-patch-keeps-unrelated-general", "section 5.2, Table 2",
+                          "Even patched at the last layer, the model stays correct on unrelated general questions.",
+                          f"clean − patched accuracy on unrelated general (L{n_layers - 1} resid)", clean_g, last_g,
+                          0, seed, margin=KEPT_MARGIN)
+    return out
