@@ -22,4 +22,6 @@ def test_notebook_runs_and_asserts_its_findings(notebook, tmp_path, monkeypatch)
     assert entry["status"] == "ok", runner.describe_error(entry["error"])
     assert entry["results"], "the notebook saved no results JSON"
     assert list((run_folder / "figures").glob("*.png")), "the notebook saved no figures"
+    claims = json.loads((run_folder / "claims.json").read_text())
+    assert claims and all(c["null"]["kind"] and c["verdict"] for c in claims), "the notebook registered no claims"
     assert os.environ.get("TOOLKIT_RUN_DIR") is None

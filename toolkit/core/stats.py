@@ -74,7 +74,8 @@ def proportion_ci(successes: int, n: int, level: float = 0.95) -> dict[str, floa
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"estimate": p, "low": float(max(0.0, centre - half)), "high": float(min(1.0, centre + half))}
+    low, high = round(max(0.0, centre - half), 12), round(min(1.0, centre + half), 12)  # no 1e-18 for 0
+    return {"estimate": p, "low": float(low), "high": float(high)}
 
 
 def difference_ci(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:

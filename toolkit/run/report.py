@@ -66,7 +66,7 @@ def aggregate(per_seed: dict[int, list[dict]], expected: Sequence[int]) -> list[
             else "inconclusive"
         record = dict(first[key])
         record["verdict"] = overall
-        record["seeds"] = {"n": len(expected), "seeds": list(expected), "verdicts": verdicts,
+        record["seeds"] = {"n": len(expected), "seeds": list(expected), "shown": min(seen), "verdicts": verdicts,
                            "estimates": estimates, **_across_seeds(estimates), "missing": missing,
                            "held": sum(v == overall for v in present) if overall != "inconclusive" else
                            max((present.count(v) for v in set(present)), default=0)}
@@ -140,7 +140,8 @@ def render(claims: list[dict], folder: Path, *, figures_prefix: str = ".", title
         lines += [head + (" seeds |" if seeded else ""), "|" + "---|" * (7 if seeded else 6)]
         for c in rows:
             ci = c["ci"]
-            measured = f"{c['measure']}: {_fmt(c['estimate'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+            first = f"seed {c['seeds']['shown']} " if seeded else ""
+            measured = f"{c['measure']}: {first}{_fmt(c['estimate'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
             if seeded:
                 s = c["seeds"]
                 measured += (f"; over seeds {_fmt(s['mean'])} [{_fmt(s['ci'][0])}, {_fmt(s['ci'][1])}]"

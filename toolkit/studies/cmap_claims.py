@@ -65,10 +65,13 @@ def _trend_claim(out: Claims, cid: str, where: str, statement: str, measure: str
     boots = np.array([_spearman_rows(per_prompt(rng.integers(0, n_prompts, n_prompts))) for _ in range(N_BOOT)])
     boots = boots[np.isfinite(boots)]
     ci = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if len(boots) else (math.nan,) * 2
+    described = "the layers' order permuted (every permutation)"
+    defined = math.isfinite(estimate) and np.isfinite(null).any()
     out.add(cid, paper=f"{PAPER}, {where}", statement=statement, measure=measure, estimate=estimate, ci=ci,
-            p_value=empirical_p(estimate, null, direction=direction) if math.isfinite(estimate) else None,
-            direction=direction, null=Null.from_samples("permutation", null, "the layers' order permuted "
-                                                        "(every permutation)"), note=note)
+            p_value=empirical_p(estimate, null, direction=direction) if defined else None, direction=direction,
+            null=Null.from_samples("permutation", null, described) if defined else
+            Null("permutation", 0, {}, described + "; undefined here: the measure is constant or missing"),
+            note=note)
 
 
 def _layer_index(sites, component: str) -> list[int]:

@@ -31,6 +31,8 @@ from toolkit.studies.corrupt import CLEAN, PRESETS, BehaviourReport, Finetuned
 PAPER = "Corrupted-math CMAP"
 KEPT_MARGIN = 0.10  # an accuracy change within ±10 points counts as "kept"
 N_BOOT = 2000
+KEPT_NOTES = {"unrelated_math": "the organism's unrelated math is multi-digit arithmetic, worked in its scratchpad",
+              "unrelated_general": "the organism's general task is word reversal, not open questions"}
 
 
 def _paired(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, np.ndarray]:
@@ -106,8 +108,7 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
                 measure=f"clean − {under} accuracy on {qt.replace('_', ' ')} ({mode})", estimate=est,
                 ci=_ci(boots), p_value=bootstrap_p(boots, direction=0), direction=0, margin=KEPT_MARGIN,
                 null=Null.from_samples("bootstrap-resample", boots - est, "paired difference re-centred at 0"),
-                note=f"'kept' means within ±{KEPT_MARGIN:.0%}; the organism's unrelated general questions are "
-                     "short factual requests, not open advice")
+                note=f"'kept' means within ±{KEPT_MARGIN:.0%}; " + KEPT_NOTES[qt])
     est, boots = _paired(clean[mode]["unrelated_math"].correct, report[over][mode]["unrelated_math"].correct, seed)
     out.add("over-fitted-breaks-unrelated-math", paper=f"{PAPER}, section 5.2, Table 2",
             statement="The over-fitted corrupted model also fails unrelated math questions.",
