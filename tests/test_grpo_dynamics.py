@@ -6,6 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from test_dynamics import BASE, SNAPSHOTS  # noqa: E402  (the hand-made sequence of head sets)
 
 from toolkit.core.cache import model_fingerprint  # noqa: E402
@@ -105,3 +106,47 @@ def test_head_scaling_of_all_heads_to_zero_breaks_the_organism():
     assert got.scaled["×0"]["linear"]["accuracy"]["estimate"] == 0.0
     assert got.scaled["×0"]["linear"]["change"]["estimate"] == -got.baseline["linear"]["estimate"]
     assert got.scaled["×0"]["linear"]["changed"]["estimate"] == 1.0
+
+
+def test_correlation_statistics_and_the_pruning_null():
+    """Effective n shrinks for autocorrelated series; a perfect count–reward relation has r = 1 and a small
+    permutation p; the reward-halves difference; "tried and pruned" heads in resampled start-model circuits."""
+    import numpy as np
+
+    from toolkit.evaluation import stability
+    from toolkit.methods import eap
+    from toolkit.studies import grpo_claims
+
+    trend = np.arange(10.0)
+    assert grpo_claims.effective_n(trend, trend) == pytest.approx(10 * (1 - 0.7**2) / (1 + 0.7**2))  # lag-1 ρ = 0.7
+    c = grpo_claims.count_reward([0, 1, 2, 3, 4, 5, 6, 7], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    assert c["r"] == pytest.approx(1.0) and c["p"] < 0.01 and c["n"] == 8 and c["ci"][0] > 0.9
+    flat = grpo_claims.count_reward([2, 2, 2], [0.1, 0.2, 0.3])
+    assert np.isnan(flat["r"]) and np.isnan(flat["p"])
+    h = grpo_claims.reward_halves([1, 2, 3, 4], [0.0, 0.0, 1.0, 1.0])
+    assert h["estimate"] == 1.0 and h["ci"] == (1.0, 1.0) and h["p"] < 0.2
+    g = eap.Graph(2, 4, 2)
+    per = torch.zeros(4, g.n_sources, g.n_targets, dtype=torch.float64)
+    for r, (layer, head) in enumerate([(0, 1), (0, 1), (1, 2), (0, 1)]):  # pair 2 routes through another head
+        per[r, 0, g.q_target(layer, head)] = per[r, g.head_source(layer, head), g.logits_target] = 5.0
+    bs = stability.bootstrap_circuit(eap.Scores(per.mean(0), g, per_example=per), top_n=2,
+                                     counts=np.eye(4, dtype=int)[[0, 2, 1, 3, 2, 0]])
+    # sequences of 3: (0, 2, 1) tries L1H2 and drops it; (3, 2, 0) likewise
+    assert list(grpo_claims.pruning_null(bs, 3)) == [1, 1]
+
+
+def test_null_band_figure_draws(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from toolkit.evaluation import emergence
+
+    dyn = dynamics.head_dynamics(BASE, SNAPSHOTS)
+    zeros = np.zeros((5, 4, 4))
+    null = emergence.BaseNull(30, 0.95, emergence.Replicates(zeros, zeros.astype(bool), zeros, 2),
+                              emergence.Replicates(zeros, zeros.astype(bool), zeros, 2))
+    counts = {s: SimpleNamespace(count=1) for s in dyn.steps}
+    tests = SimpleNamespace(nulls={"own": null, "fixed": null}, tests={k: {"GRPO": counts} for k in ("own", "fixed")})
+    analysis = SimpleNamespace(dyns={"GRPO": dyn}, fixed={"GRPO": dyn})
+    view.null_band_figure(tests, analysis).savefig(tmp_path / "n.png")

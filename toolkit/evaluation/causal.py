@@ -22,6 +22,12 @@ parts, each a small function here, so every caller keeps its own seeds, factors,
    treated − baseline, placebo − baseline and treated − placebo over the same problems
    (:func:`toolkit.core.stats.paired_difference_ci`).
 
+4. **Every same-size set at once** (teacher-forced): :func:`unit_set_scores` runs a per-row score with many unit
+   sets edited in one forward pass (the inputs tiled along the batch, each tile with its own head or neuron mask,
+   :func:`per_row_scale`); :func:`continuation_logprob` is the usual score (a continuation's log-probability after
+   its prefix, left-padded). :func:`paired_permutation` is the sign-flip null of a paired difference. The placebo
+   statistics on top are :mod:`toolkit.evaluation.nulls`.
+
 Every condition of one test generates with the same seeds (common random numbers), so conditions differ only by
 their intervention. See ``docs/methods.md`` ("Think on/off" section) for the statistics.
 """
@@ -35,6 +41,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+import torch
 
 from toolkit.core import interventions as iv
 from toolkit.core import units
@@ -271,3 +278,103 @@ def effect(treated: Sequence[float], baseline: Sequence[float], *, n_boot: int =
     """Mean of treated − baseline over the same problems with its paired bootstrap interval."""
     return paired_difference_ci(np.asarray(treated, dtype=float), np.asarray(baseline, dtype=float), n_boot=n_boot,
                                 level=level, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# every same-size unit set at once (teacher-forced measures, batched)
+
+
+@contextmanager
+def per_row_scale(bridge, masks: Mapping[int, torch.Tensor], *, kind: str = "head"):
+    """Multiply each batch row's units by its own factors: ``masks[layer]`` is ``[batch, n_units]`` (heads of
+    ``attn.hook_z`` or neurons of ``mlp.hook_post``; 1 leaves a unit alone, 0 ablates it). Layers not in ``masks``
+    are untouched. Every forward pass inside the block must have that batch size."""
+    if kind not in ("head", "neuron"):
+        raise ValueError(f"per-row masks act on 'head' or 'neuron' units, got {kind!r}")
+    hook = "blocks.{}.attn.hook_z" if kind == "head" else "blocks.{}.mlp.hook_post"
+
+    def make(mask: torch.Tensor):
+        def fn(act: torch.Tensor, hook) -> torch.Tensor:
+            if act.shape[0] != mask.shape[0]:
+                raise ValueError(f"per-row masks were built for batches of {mask.shape[0]}, the run has "
+                                 f"{act.shape[0]} rows")
+            m = mask.to(act.device, act.dtype)
+            return act * (m[:, None, :, None] if kind == "head" else m[:, None, :])
+        return fn
+
+    with bridge.hooks(fwd_hooks=[(hook.format(layer), make(m)) for layer, m in masks.items()]):
+        yield
+
+
+def unit_set_scores(bridge, sets: Sequence[Sequence[tuple[int, int]]], score: Callable[[int], torch.Tensor],
+                    n_rows: int, *, kind: str = "head", factor: float = 0.0, sets_per_batch: int = 16,
+                    show_progress: bool = False) -> np.ndarray:
+    """``[n_sets, n_rows]``: a teacher-forced per-row score with each unit set edited (× ``factor``), many sets per
+    forward pass. ``score(repeat)`` runs the model once on its ``n_rows`` inputs tiled ``repeat`` times along the
+    batch (row ``r·n_rows + i`` is input ``i``) and returns ``[repeat · n_rows]`` scores; here row block ``r`` has
+    set ``r`` of the chunk applied (:func:`per_row_scale`). An empty set is the unedited model."""
+    cfg = bridge.cfg
+    n_layers, n_units = cfg.n_layers, (cfg.n_heads if kind == "head" else cfg.d_mlp)
+    sets = [[(int(a), int(b)) for a, b in s] for s in sets]
+    for s in sets:
+        for layer, unit in s:
+            if not (0 <= layer < n_layers and 0 <= unit < n_units):
+                raise iv.SiteError(f"{kind} ({layer}, {unit}) is out of range: layers 0..{n_layers - 1}, "
+                                   f"units 0..{n_units - 1}")
+    out = np.zeros((len(sets), n_rows))
+    starts = range(0, len(sets), max(1, sets_per_batch))
+    for start in progress(starts, desc=f"{kind} sets", disable=not show_progress):
+        chunk = sets[start:start + sets_per_batch]
+        masks = {layer: torch.ones(len(chunk), n_units) for layer in {a for s in chunk for a, _ in s}}
+        for r, s in enumerate(chunk):
+            for layer, unit in s:
+                masks[layer][r, unit] = factor
+        masks = {layer: m.repeat_interleave(n_rows, dim=0) for layer, m in masks.items()}
+        with per_row_scale(bridge, masks, kind=kind), torch.no_grad():
+            got = score(len(chunk))
+        out[start:start + len(chunk)] = np.asarray(got.detach().float().cpu()).reshape(len(chunk), n_rows)
+    return out
+
+
+def continuation_logprob(hf, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], *, repeat: int = 1,
+                         pad_id: int = 0) -> torch.Tensor:
+    """``[repeat · n]``: for each ``(prefix ids, continuation ids)`` the summed log-probability of the continuation
+    given the prefix, teacher-forced in one left-padded forward pass (positions counted from the first real token),
+    the inputs tiled ``repeat`` times along the batch (for :func:`unit_set_scores`)."""
+    if not sequences or any(len(p) == 0 or len(c) == 0 for p, c in sequences):
+        raise ValueError("every sequence needs a non-empty prefix and continuation")
+    width = max(len(p) + len(c) for p, c in sequences)
+    ids = torch.full((len(sequences), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (p, c) in enumerate(sequences):
+        row = list(p) + list(c)
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+        target[i, width - len(c):] = True
+    ids, mask, target = (t.repeat(repeat, 1) for t in (ids, mask, target))
+    device = next(hf.parameters()).device
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = hf(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device)).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), -1).cpu()
+    tok = logp.gather(-1, ids[:, 1:, None])[..., 0]
+    return (tok * target[:, 1:]).sum(-1)
+
+
+def paired_permutation(treated: Sequence[float], baseline: Sequence[float], *, direction: int = 1,
+                       n_perm: int = 5000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """Sign-flip permutation test of the mean paired difference treated − baseline: ``(p, null draws)``, each draw
+    the mean difference with every problem's pair randomly swapped; ``p = (1 + #{d·draw ≥ d·observed}) /
+    (1 + n_perm)`` (``direction`` 0: two-sided on |·|)."""
+    d = np.asarray(treated, dtype=float) - np.asarray(baseline, dtype=float)
+    if d.ndim != 1 or len(d) == 0:
+        raise ValueError(f"need one paired value per problem, got shape {d.shape}")
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_perm, len(d)))
+    draws = (signs * d).mean(1)
+    obs = d.mean()
+    if direction == 0:
+        extreme = np.abs(draws) >= abs(obs) - 1e-12
+    else:
+        extreme = direction * draws >= direction * obs - 1e-12
+    return float((1 + extreme.sum()) / (1 + n_perm)), draws

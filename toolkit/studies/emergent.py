@@ -20,17 +20,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
+from toolkit.core.chat import chat_prompts
 from toolkit.core.interventions import attention_patterns
 from toolkit.core.models import LoadedModel, load
 from toolkit.core.stats import correlation
 from toolkit.core.units import Head, HeadComparison, as_heads, compare_heads
-from toolkit.evaluation import causal
+from toolkit.evaluation import causal, emergence, nulls, stability
 from toolkit.methods import eap
-from toolkit.organism.tasks import held_out
+from toolkit.organism.tasks import completion, held_out
+from toolkit.organism.tokenizer import IM_END
 
 CURVE_SIZES = (1, 2, 5, 10, 20, 40, 80, 160)  # circuit sizes of the faithfulness curve (plus all edges and top_n)
+SENSITIVITY_TOP_NS = (5, 10, 20, 40, 80)  # circuit sizes of the top-n sensitivity curve (plus top_n)
 PAIRS_SEED_OFFSET = 1000  # problems for the pairs: held_out(task, n, seed=1000 + seed)
 EVAL_SEED_OFFSET = 2000  # problems for the ablation check: held_out(task, n, seed=2000 + seed)
 
@@ -84,11 +88,12 @@ def prepare(model: str, base_model: str, tasks: Sequence[str], *, device: str = 
 
 
 # --------------------------------------------------------------------------------------------------- 2. scores
-def score_edges(setup: Setup, *, ig_steps: int, metric: str, batch_size: int) -> dict[str, dict[str, eap.Scores]]:
-    """EAP-IG scores ``[task][model name]`` on each model's own pairs."""
+def score_edges(setup: Setup, *, ig_steps: int, metric: str, batch_size: int,
+                per_example: bool = True) -> dict[str, dict[str, eap.Scores]]:
+    """EAP-IG scores ``[task][model name]`` on each model's own pairs (with per-pair rows for the bootstraps)."""
     return {task: {name: eap.attribute(m, setup.pairs[task][name], method="eap-ig", steps=ig_steps, metric=metric,
-                                       batch_size=batch_size) for name, m in setup.models.items()}
-            for task in setup.tasks}
+                                       batch_size=batch_size, per_example=per_example)
+                   for name, m in setup.models.items()} for task in setup.tasks}
 
 
 # --------------------------------------------------------------------------------------------------- 3. exact
@@ -179,6 +184,50 @@ def emergent_heads(setup: Setup, found: CircuitResults) -> Emergent:
     return Emergent(cmp, ranked)
 
 
+# --------------------------------------------------------------------------------------------------- 5b. stability
+@dataclass
+class Stability:
+    """Bootstrap circuits ``boots[task][name]`` (:mod:`toolkit.evaluation.stability`), the post-trained vs base
+    Jaccard of circuit heads per task (``overlap``), emergent heads against the base-vs-itself null per task
+    (``tests``, :mod:`toolkit.evaluation.emergence`) and every run's top-n sensitivity (``sensitivity["t: name"]``)."""
+
+    boots: dict[str, dict[str, stability.CircuitBootstrap]]
+    overlap: dict[str, stability.Overlap]
+    tests: dict[str, emergence.EmergentTest]
+    sensitivity: dict[str, stability.Sensitivity]
+
+
+def circuit_stability(setup: Setup, scores: Mapping[str, Mapping[str, eap.Scores]], *, top_n: int, n_boot: int = 200,
+                      n_null: int = 100, n_inner: int = 50, seed: int = 0,
+                      top_ns: Sequence[int] = SENSITIVITY_TOP_NS) -> Stability:
+    """Bootstrap every circuit over its pairs (per-example scores, no recompute), test the post-trained model's heads
+    against the base-vs-itself null and sweep ``top_n`` (independent seeds per model and stage)."""
+    model, base = setup.names
+    boots = {task: {name: stability.bootstrap_circuit(scores[task][name], top_n=top_n, n_boot=n_boot, seed=seed + i)
+                    for i, name in enumerate(setup.names)} for task in setup.tasks}
+    tests = {}
+    for task in setup.tasks:
+        null = emergence.base_null(scores[task][base], top_n=top_n, n_null=n_null, n_inner=n_inner, seed=seed + 10)
+        reps = emergence.replicates(scores[task][model], top_n=top_n, n_outer=n_null, n_inner=n_inner,
+                                    seed=seed + 20)
+        tests[task] = emergence.emergent_test(boots[task][model], boots[task][base], null, post_replicates=reps)
+    overlap = {task: stability.jaccard(boots[task][model], boots[task][base]) for task in setup.tasks}
+    sizes = sorted({*top_ns, top_n})
+    sensitivity = {f"{task}: {name}": stability.top_n_sensitivity(scores[task][name], sizes, n_boot=n_boot // 2,
+                                                                  seed=seed) for task, name in setup.runs}
+    return Stability(boots, overlap, tests, sensitivity)
+
+
+def ig_convergence(setup: Setup, scores: Mapping[str, Mapping[str, eap.Scores]], *, fine_steps: int, metric: str,
+                   batch_size: int, top_n: int) -> tuple[stability.Convergence, eap.Scores]:
+    """The first task's post-trained scores with ``fine_steps`` IG steps against those already made
+    (:func:`toolkit.evaluation.stability.ig_convergence`); also returns the fine scores (with per-pair rows)."""
+    model, task = setup.names[0], setup.first
+    fine = eap.attribute(setup.models[model], setup.pairs[task][model], method="eap-ig", steps=fine_steps,
+                         metric=metric, batch_size=batch_size, per_example=True, show_progress=False)
+    return stability.ig_convergence(scores[task][model], fine, top_n=top_n), fine
+
+
 # --------------------------------------------------------------------------------------------------- 6. attention
 class AttentionView(NamedTuple):
     """Attention of ``heads`` (``patterns``: ``[n_heads, T, T]``) on the first clean pair of ``task``."""
@@ -224,7 +273,7 @@ class AblationCheck:
     chosen: list[Head]
 
     def to_results(self) -> dict:
-        keys = ("baseline", "change_ablated", "change_random", "ablated_minus_random")
+        keys = ("baseline", "change_ablated") + (("change_random", "ablated_minus_random") if self.random_heads else ())
         return {t: {k: r[k] for k in keys} for t, r in self.tasks.items()}
 
 
@@ -259,19 +308,81 @@ def ablation_check(loaded: LoadedModel, heads, examples: Mapping[str, Sequence],
     return AblationCheck(heads, controls, enable_thinking, tasks, chosen)
 
 
-def heads_to_ablate(setup: Setup, found: CircuitResults, emergent: Emergent, n_ablate: int) -> list[Head]:
-    """The first task's top ``n_ablate`` emergent heads, or else its post-trained circuit's most important head."""
+def heads_to_ablate(setup: Setup, found: CircuitResults, emergent: Emergent, n_ablate: int,
+                    stab: Stability | None = None) -> tuple[list[Head], str]:
+    """The first task's top ``n_ablate`` emergent heads and the rule that chose them: ``"null"`` (beyond the
+    base-vs-itself null, by inclusion gain; needs ``stab``), else ``"set difference"`` (in the post-trained circuit
+    and not the base's, by importance), else ``"most important"`` (the post-trained circuit's top head)."""
     first, model = setup.first, setup.names[0]
-    return emergent.ranked[first][:n_ablate] or eap.ranked_heads(found.circuits[first][model].heads,
-                                                                  found.importance[first][model])[:1]
+    if stab is not None and stab.tests[first].heads:
+        return list(stab.tests[first].heads[:n_ablate]), "null"
+    if emergent.ranked[first]:
+        return emergent.ranked[first][:n_ablate], "set difference"
+    return eap.ranked_heads(found.circuits[first][model].heads, found.importance[first][model])[:1], "most important"
 
 
-def ablation_step(setup: Setup, found: CircuitResults, emergent: Emergent, *, n_ablate: int,
-                  eval_tasks: Sequence[str], n_eval: int, n_random: int, enable_thinking: bool, max_new_tokens: int,
-                  seed: int = 0) -> AblationCheck:
-    """:func:`ablation_check` of :func:`heads_to_ablate` on the post-trained model, ``n_eval`` held-out problems per
-    task of ``eval_tasks`` (``seed=2000 + seed``)."""
-    heads = heads_to_ablate(setup, found, emergent, n_ablate)
-    examples = {task: held_out(task, n_eval, seed=EVAL_SEED_OFFSET + seed) for task in eval_tasks}
-    return ablation_check(setup.models[setup.names[0]], heads, examples, n_random=n_random,
-                          enable_thinking=enable_thinking, max_new_tokens=max_new_tokens, seed=seed)
+def eval_examples(tasks: Sequence[str], n: int, seed: int = 0) -> dict[str, list]:
+    """Held-out problems for the causal checks, apart from the pairs' problems (``seed=2000 + seed``)."""
+    return {task: held_out(task, n, seed=EVAL_SEED_OFFSET + seed) for task in tasks}
+
+
+def ablation_step(setup: Setup, heads: Sequence[Head], *, eval_tasks: Sequence[str], n_eval: int, n_random: int,
+                  enable_thinking: bool, max_new_tokens: int, seed: int = 0) -> AblationCheck:
+    """:func:`ablation_check` of ``heads`` on the post-trained model, ``n_eval`` held-out problems per task of
+    ``eval_tasks`` (:func:`eval_examples`)."""
+    return ablation_check(setup.models[setup.names[0]], heads, eval_examples(eval_tasks, n_eval, seed),
+                          n_random=n_random, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens, seed=seed)
+
+
+# --------------------------------------------------------------------------------------------------- 8. placebo sets
+@dataclass
+class HeadSetTest:
+    """``heads`` multiplied by ``factor`` against every other head set of their size (``placebos``; random ones
+    beyond ``max_sets``), teacher-forced: the per-problem effect is the change in mean log-probability per token of
+    the reference completion (:func:`toolkit.organism.tasks.completion` + ``<|im_end|>``), and ``tests[task]`` its
+    :func:`toolkit.evaluation.nulls.placebo_test`. ``baseline`` ``[n_rows]``: the unedited model's values."""
+
+    heads: list[Head]
+    factor: float
+    enable_thinking: bool
+    placebos: list[tuple]
+    tests: dict[str, nulls.PlaceboTest]
+    baseline: np.ndarray
+
+    def to_results(self) -> dict:
+        return {t: {"target": r.target_mean, "placebo_mean": r.placebo_mean, "rank": r.rank, "n_sets": r.n_sets,
+                    "p": r.p_value, "difference": r.difference, "ci": list(r.ci)} for t, r in self.tests.items()}
+
+
+def head_set_test(loaded: LoadedModel, heads, examples: Mapping[str, Sequence], *, factor: float = 0.0,
+                  enable_thinking: bool = False, direction: int = -1, absolute: bool = False, max_sets: int = 5000,
+                  n_random: int = 200, seed: int = 0, sets_per_batch: int = 8) -> HeadSetTest:
+    """:class:`HeadSetTest` of ``heads`` on ``examples`` (``{task: [Example, ...]}``). ``direction`` −1: the target
+    lowers the log-probability more than the placebos; with ``absolute`` the effects are ``|change|`` (direction +1:
+    the target moves it more). All sets run batched (:func:`toolkit.evaluation.causal.unit_set_scores`)."""
+    cfg = loaded.bridge.cfg
+    heads = sorted(as_heads(heads, "tested heads", int(cfg.n_layers), int(cfg.n_heads)))
+    if not heads or not examples or not all(examples.values()):
+        raise eap.EAPError("head_set_test needs at least one head and a non-empty list of examples per task")
+    every = [(layer, h) for layer in range(int(cfg.n_layers)) for h in range(int(cfg.n_heads))]
+    placebos = nulls.same_size_sets(every, len(heads), skip=[heads], max_sets=max_sets, n_random=n_random, seed=seed)
+    flat = [e for ex in examples.values() for e in ex]
+    tok = loaded.tokenizer
+    prompts = chat_prompts(tok, [e.prompt for e in flat], enable_thinking)
+    seqs = [(tok(p, add_special_tokens=False)["input_ids"],
+             tok(completion(e, enable_thinking) + IM_END, add_special_tokens=False)["input_ids"])
+            for p, e in zip(prompts, flat, strict=True)]
+    lengths = torch.tensor([float(len(c)) for _, c in seqs])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    got = causal.unit_set_scores(loaded.bridge, [[], heads, *placebos], lambda r: causal.continuation_logprob(
+        loaded.hf, seqs, repeat=r, pad_id=pad) / lengths.repeat(r), len(seqs), kind="head", factor=factor,
+        sets_per_batch=sets_per_batch)
+    effects = got[1:] - got[0]  # [1 + n_placebos, n_rows]: target first
+    effects = np.abs(effects) if absolute else effects
+    tests, start = {}, 0
+    for task, ex in examples.items():
+        rows = slice(start, start + len(ex))
+        start += len(ex)
+        tests[task] = nulls.placebo_test(effects[0, rows], effects[1:, rows], direction=direction, seed=seed,
+                                         description=f"every other set of {len(heads)} heads ×{factor:g}")
+    return HeadSetTest(heads, factor, enable_thinking, placebos, tests, got[0])

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -47,6 +47,7 @@ from toolkit.training import grpo
 from toolkit.training.grpo import GRPOSettings, SFTSettings, TrainingRun
 
 SCALE_FACTORS = (1.3, 0.5)  # head scaling: amplify and damp GRPO's emergent heads
+HELD_OUT_POOL = 400  # seeds > 0 draw their held-out problems from this many (those training never sees)
 
 
 # ---- 1. training ------------------------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ class SnapshotSettings:
     top_n: int = 200
     batch_size: int = 8
     corruption: str = "problem"
+    inputs: str = "own"  # "own": each checkpoint's own answers make its pairs; "fixed": the start model's, for all
 
 
 def analysis_dir(examples: Sequence[Example], settings: SnapshotSettings):
@@ -91,31 +93,48 @@ def analysis_dir(examples: Sequence[Example], settings: SnapshotSettings):
          "settings": {k: v for k, v in settings.__dict__.items() if k != "top_n"}})
 
 
+def make_pairs(loaded: LoadedModel, examples: Sequence[Example], settings: SnapshotSettings, where: str) -> eap.Pairs:
+    """:func:`toolkit.methods.eap.make_pairs` of ``loaded`` on ``examples``; errors name ``where``."""
+    try:
+        return eap.make_pairs(loaded, examples, enable_thinking=settings.enable_thinking,
+                              corruption=settings.corruption)
+    except eap.EAPError as err:
+        raise eap.EAPError(f"{where}: {err}") from err
+
+
 def snapshot_scores(specs: Mapping[int, str], examples: Sequence[Example],
                     settings: SnapshotSettings = SnapshotSettings(), device: str = "auto") -> dict[int, eap.Scores]:
-    """EAP scores (:class:`toolkit.methods.eap.Scores`) of each model in ``specs`` (step → model spec or checkpoint
-    folder), computed once per model weights and cached, so an interrupted analysis continues where it stopped. Each
-    ``Scores.meta`` holds ``snapshot_seconds`` (load, pairs and attribution), ``n_pairs`` and ``cached``."""
+    """EAP scores (:class:`toolkit.methods.eap.Scores`, with per-pair rows) of each model in ``specs`` (step → model
+    spec or checkpoint folder), computed once per model weights and cached, so an interrupted analysis continues
+    where it stopped. ``settings.inputs == "fixed"``: every model is scored on the pairs of ``specs``' first step's
+    model (the same token sequences for all). Each ``Scores.meta`` holds ``snapshot_seconds`` (load, pairs and
+    attribution), ``n_pairs`` and ``cached``."""
     if not examples:
         raise ValueError("snapshot_scores needs at least one example")
+    if settings.inputs not in ("own", "fixed"):
+        raise ValueError(f"inputs must be 'own' or 'fixed', got {settings.inputs!r}")
+    first = min(specs)
     folder = analysis_dir(examples, settings)
-    out = {}
+    if settings.inputs == "fixed":
+        folder = folder / f"pairs-of-{model_fingerprint(specs[first])}"
+    out, fixed = {}, None
     for step, spec in progress(sorted(specs.items()), desc="circuit snapshots", total=len(specs)):
         path = folder / f"{model_fingerprint(spec)}.scores.json"
         if path.exists():
             out[step] = eap.Scores.load(path)
-            out[step].meta["cached"] = True
-            continue
+            if out[step].per_example is not None:  # older caches lack the per-pair rows: recompute those
+                out[step].meta["cached"] = True
+                continue
         t0 = time.perf_counter()
         with quiet_library_bars():
             loaded = models.load(spec, device=device)
-        try:
-            pairs = eap.make_pairs(loaded, examples, enable_thinking=settings.enable_thinking,
-                                   corruption=settings.corruption)
-        except eap.EAPError as err:
-            raise eap.EAPError(f"checkpoint at step {step} ({spec}): {err}") from err
+        if settings.inputs == "fixed" and fixed is None:
+            with quiet_library_bars():
+                fixed = make_pairs(models.load(specs[first], device=device), examples, settings,
+                                   f"fixed pairs of step {first} ({specs[first]})")
+        pairs = fixed or make_pairs(loaded, examples, settings, f"checkpoint at step {step} ({spec})")
         scores = eap.attribute(loaded, pairs, method=settings.method, steps=settings.ig_steps, metric=settings.metric,
-                               batch_size=settings.batch_size, show_progress=False)
+                               batch_size=settings.batch_size, show_progress=False, per_example=True)
         scores.meta.update(snapshot_seconds=round(time.perf_counter() - t0, 3), n_pairs=len(pairs), spec=spec)
         scores.save(path)
         scores.meta["cached"] = False
@@ -134,12 +153,26 @@ def run_dynamics(specs: Mapping[int, str], examples: Sequence[Example], settings
     with ``snapshot_info`` (per step: ``snapshot_seconds``, ``n_pairs``, ``cached``)."""
     if 0 not in specs:
         raise ValueError("specs must include step 0, the start model, whose circuit is the base")
-    scores = snapshot_scores(specs, examples, settings, device)
-    heads = {step: circuit_heads(s, settings.top_n) for step, s in scores.items()}
+    return dynamics_of(snapshot_scores(specs, examples, settings, device), settings.top_n)
+
+
+def dynamics_of(scores: Mapping[int, eap.Scores], top_n: int) -> Dynamics:
+    """:class:`Dynamics` of the top-``top_n`` circuits of ``scores`` (step → scores; step 0 is the base)."""
+    heads = {step: circuit_heads(s, top_n) for step, s in scores.items()}
     dyn = head_dynamics(heads[0], {s: h for s, h in heads.items() if s > 0})
     dyn.snapshot_info = {step: {k: s.meta.get(k) for k in ("snapshot_seconds", "n_pairs", "cached")}
-                         for step, s in scores.items()}
+                         for step, s in sorted(scores.items())}
     return dyn
+
+
+def held_out_draw(tasks: Sequence[str], n: int, seed: int = 0) -> list[Example]:
+    """``n`` held-out problems of ``tasks`` (never trained on): the first ``n`` for ``seed`` 0, else ``n`` drawn
+    with ``seed`` from the first :data:`HELD_OUT_POOL` (order kept)."""
+    if seed == 0:
+        return grpo.eval_problems(tuple(tasks), n)
+    pool = grpo.eval_problems(tuple(tasks), max(HELD_OUT_POOL, n))
+    pick = np.sort(np.random.default_rng(seed).choice(len(pool), size=n, replace=False))
+    return [pool[i] for i in pick]
 
 
 def checkpoint_accuracy(specs: Mapping[int, str], examples: Sequence[Example], enable_thinking: bool = False,
@@ -164,12 +197,16 @@ def checkpoint_accuracy(specs: Mapping[int, str], examples: Sequence[Example], e
 
 @dataclass
 class Analysis:
-    """Step 2 of the study: per run label, the head :class:`Dynamics` of its checkpoints' circuits, and
-    ``accuracy[label][task][step]`` on ``eval_examples[task]``."""
+    """Step 2 of the study: per run label, the head :class:`Dynamics` of its checkpoints' circuits on their own pairs
+    (``dyns``) and on the start model's pairs (``fixed``), the scores behind them (``scores[inputs][label][step]``,
+    inputs ``"own"``/``"fixed"``), and ``accuracy[label][task][step]`` on ``eval_examples[task]``."""
 
     dyns: dict[str, Dynamics]
     accuracy: dict[str, dict[str, dict[int, float]]]
     eval_examples: dict[str, list[Example]]
+    fixed: dict[str, Dynamics]
+    scores: dict[str, dict[str, dict[int, eap.Scores]]]
+    circuit_examples: list[Example]
 
     @property
     def snapshot_seconds(self) -> float | None:
@@ -186,17 +223,20 @@ class Analysis:
 
 def analyse_checkpoints(runs: Mapping[str, TrainingRun], circuit_tasks: Sequence[str], n_circuit: int,
                         snapshot: SnapshotSettings, eval_tasks: Iterable[str], n_eval: int,
-                        max_new_tokens: int = 16, device: str = "auto") -> Analysis:
-    """Circuits of every checkpoint of every run on ``n_circuit`` held-out problems of ``circuit_tasks``, then the
-    greedy accuracy of every checkpoint on ``n_eval`` held-out problems of each of ``eval_tasks`` (duplicates
-    dropped, order kept), in the mode ``snapshot.enable_thinking``."""
-    circuit_examples = grpo.eval_problems(tuple(circuit_tasks), n_circuit)
+                        max_new_tokens: int = 16, device: str = "auto", seed: int = 0) -> Analysis:
+    """Circuits of every checkpoint of every run on ``n_circuit`` held-out problems of ``circuit_tasks`` (each
+    checkpoint's own pairs, and the start model's pairs for all), then the greedy accuracy of every checkpoint on
+    ``n_eval`` held-out problems of each of ``eval_tasks`` (duplicates dropped, order kept), in the mode
+    ``snapshot.enable_thinking``; problems drawn by :func:`held_out_draw` with ``seed``."""
+    circuit_examples = held_out_draw(circuit_tasks, n_circuit, seed)
     specs = {label: checkpoint_specs(run) for label, run in runs.items()}
-    dyns = {label: run_dynamics(specs[label], circuit_examples, snapshot, device) for label in runs}
-    eval_examples = {task: grpo.eval_problems((task,), n_eval) for task in dict.fromkeys(eval_tasks)}
+    scores = {inputs: {label: snapshot_scores(specs[label], circuit_examples, replace(snapshot, inputs=inputs), device)
+                       for label in runs} for inputs in ("own", "fixed")}
+    dyns = {inputs: {label: dynamics_of(by[label], snapshot.top_n) for label in runs} for inputs, by in scores.items()}
+    eval_examples = {task: held_out_draw((task,), n_eval, seed) for task in dict.fromkeys(eval_tasks)}
     accuracy = {label: {task: checkpoint_accuracy(specs[label], ex, snapshot.enable_thinking, max_new_tokens, device)
                         for task, ex in eval_examples.items()} for label in runs}
-    return Analysis(dyns, accuracy, eval_examples)
+    return Analysis(dyns["own"], accuracy, eval_examples, dyns["fixed"], scores, circuit_examples)
 
 
 # ---- 3. rewards, correlation, GRPO against SFT --------------------------------------------------------------------
@@ -312,16 +352,24 @@ def head_scaling(loaded: LoadedModel, heads: Iterable[Head], examples: Sequence[
     return HeadScaling(heads, samples, {t: bootstrap_ci(base[idx]) for t, idx in by_task.items()}, scaled)
 
 
+def heads_to_scale(dyn: Dynamics) -> list[Head]:
+    """The run's final emergent heads, or if none every head ever emergent (sorted)."""
+    return sorted(dyn.final_emergent or dyn.ever_emergent)
+
+
 def scale_emergent_heads(loaded: LoadedModel, dyn: Dynamics, eval_examples: Mapping[str, Sequence[Example]],
                          factors: Sequence[float] = SCALE_FACTORS, enable_thinking: bool = False,
-                         max_new_tokens: int = 16, samples: int = 1) -> HeadScaling | None:
-    """:func:`head_scaling` of the run's final emergent heads (if none, every head ever emergent) in ``loaded`` (the
-    start model) on every held-out problem; None when the run never had an emergent head."""
-    heads = sorted(dyn.final_emergent or dyn.ever_emergent)
+                         max_new_tokens: int = 16, samples: int = 1,
+                         control_seed: int | None = 0) -> HeadScaling | None:
+    """:func:`head_scaling` of :func:`heads_to_scale` in ``loaded`` (the start model) on every held-out problem;
+    None when the run never had an emergent head. ``control_seed=None``: no random-head arm (notebook 04 compares
+    with every same-size head set instead, :func:`toolkit.studies.grpo_claims.scaling_tests`)."""
+    heads = heads_to_scale(dyn)
     if not heads:
         return None
     return head_scaling(loaded, heads, [e for ex in eval_examples.values() for e in ex], factors=factors,
-                        enable_thinking=enable_thinking, max_new_tokens=max_new_tokens, samples=samples)
+                        enable_thinking=enable_thinking, max_new_tokens=max_new_tokens, samples=samples,
+                        control_seed=control_seed)
 
 
 # ---- 5. results -----------------------------------------------------------------------------------------------------

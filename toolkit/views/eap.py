@@ -85,13 +85,14 @@ def emergent_summary(setup: Setup, emergent: Emergent) -> HTML:
 
 
 def ablation_table(check: AblationCheck) -> HTML:
-    """Accuracy and its changes per task, with 95% intervals."""
-    rows = "".join(f"<tr><td>{t}</td><td>{format_ci(r['baseline'])}</td><td>{format_ci(r['change_ablated'])}</td>"
-                   f"<td>{format_ci(r['change_random'])}</td><td>{format_ci(r['ablated_minus_random'])}</td></tr>"
+    """Accuracy and its changes per task, with 95% intervals (random-head columns only with random draws)."""
+    keys = ["baseline", "change_ablated"] + (["change_random", "ablated_minus_random"] if check.random_heads else [])
+    names = {"baseline": "accuracy", "change_ablated": "change, ablated heads", "change_random": "change, random heads",
+             "ablated_minus_random": "ablated − random"}
+    rows = "".join(f"<tr><td>{t}</td>" + "".join(f"<td>{format_ci(r[k])}</td>" for k in keys) + "</tr>"
                    for t, r in check.tasks.items())
-    return HTML(f"<p>ablated: {check.chosen}; random draws: {check.random_heads}</p><table><tr><th>task</th>"
-                "<th>accuracy</th><th>change, ablated heads</th><th>change, random heads</th>"
-                f"<th>ablated − random</th></tr>{rows}</table>")
+    return HTML(f"<p>ablated: {check.chosen}; random draws: {check.random_heads or 'none'}</p><table><tr>"
+                "<th>task</th>" + "".join(f"<th>{names[k]}</th>" for k in keys) + f"</tr>{rows}</table>")
 
 
 # --------------------------------------------------------------------------------------------------- the circuit
@@ -276,8 +277,9 @@ def ablation_figure(check: AblationCheck, title: str = ""):
     """Accuracy change (points, 95% CI) per task: the chosen heads vs random heads of the same number."""
     tasks = list(check.tasks)
     fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2.4, 3.4))
-    for j, (key, label, color) in enumerate((("change_ablated", f"{len(check.heads)} circuit heads", "#d62728"),
-                                             ("change_random", "random heads (mean of draws)", "#7f7f7f"))):
+    arms = (("change_ablated", f"{len(check.heads)} circuit heads", "#d62728"),
+            ("change_random", "random heads (mean of draws)", "#7f7f7f"))[:2 if check.random_heads else 1]
+    for j, (key, label, color) in enumerate(arms):
         xs = [i + (j - 0.5) * 0.3 for i in range(len(tasks))]
         est = [100 * check.tasks[t][key]["estimate"] for t in tasks]
         lo = [100 * (check.tasks[t][key]["estimate"] - check.tasks[t][key]["low"]) for t in tasks]
@@ -287,7 +289,7 @@ def ablation_figure(check: AblationCheck, title: str = ""):
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("accuracy change (points)")
-    ax.set_title(title or f"Zero-ablating {check.chosen} vs random heads during generation", fontsize=10)
+    ax.set_title(title or f"Zero-ablating {check.chosen} during generation", fontsize=10)
     ax.legend(fontsize=8)
     despine(ax)
     fig.tight_layout()

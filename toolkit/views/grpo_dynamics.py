@@ -1,6 +1,7 @@
 """Views of notebook 04 (GRPO dynamics): training curves, emergent heads by cohort beside the reward, the activation
-heatmap, head scaling, one checkpoint's layer × head map, and the checkpoint explorer. They take
-:mod:`toolkit.studies.grpo_dynamics` and :mod:`toolkit.methods.dynamics` results."""
+heatmap, emergent counts against the base-vs-itself band, head scaling, one checkpoint's layer × head map, and the
+checkpoint explorer. They take :mod:`toolkit.studies.grpo_dynamics`, :mod:`toolkit.studies.grpo_claims` and
+:mod:`toolkit.methods.dynamics` results."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from matplotlib.colors import ListedColormap
 
 from toolkit.core.stats import format_ci
 from toolkit.methods.dynamics import Dynamics, Heatmap, checkpoint_map
+from toolkit.studies.grpo_claims import CheckpointTests
 from toolkit.studies.grpo_dynamics import Analysis, HeadScaling, RewardSeries, RunComparison
 from toolkit.training.grpo import TrainingRun
 from toolkit.views.explorer import explorer as explorer_scaffold
@@ -141,6 +143,32 @@ def comparison_text(corr: Mapping[str, dict], comparison: RunComparison, dyns: M
     return "\n".join(lines)
 
 
+def null_band_figure(tests: CheckpointTests, analysis: Analysis):
+    """Per kind of inputs (own pairs, fixed pairs): each run's count of heads not in the start model's circuit per
+    checkpoint (lines), its count of heads beyond the base-vs-itself null (dots), and the null's band for the first
+    count (grey: between its 5% and 95% quantiles, dashed: its mean)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharey=True)
+    for ax, (inputs, dyns) in zip(axes, (("own", analysis.dyns), ("fixed", analysis.fixed)), strict=True):
+        band = tests.nulls[inputs].set_difference
+        lo, hi = np.quantile(band, [0.05, 0.95])
+        steps = sorted({s for d in dyns.values() for s in d.steps})
+        ax.fill_between(steps, lo, hi, color="#d9d9d9", step="mid", label="base-vs-itself 5–95%")
+        ax.axhline(np.mean(band), color="grey", ls="--", lw=0.8)
+        for i, (label, d) in enumerate(dyns.items()):
+            ax.plot(d.steps, d.n_emergent, marker="o", ms=3, color=f"C{i}", label=f"{label}: not in start circuit")
+            null_counts = [tests.tests[inputs][label][s].count for s in d.steps]
+            ax.plot(d.steps, null_counts, ls="none", marker="s", ms=5, mfc="none", color=f"C{i}",
+                    label=f"{label}: beyond the null")
+        ax.set_title(f"{inputs} pairs", fontsize=10)
+        ax.set_xlabel("checkpoint (step)")
+        despine(ax)
+    axes[0].set_ylabel("heads")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Emergent heads per checkpoint against what resampling the start model gives", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 # ---- head scaling -------------------------------------------------------------------------------------------------
 
 def scaling_figure(result: HeadScaling):
@@ -159,7 +187,7 @@ def scaling_figure(result: HeadScaling):
             err = np.array([[100 * (c["estimate"] - c["low"]) for c in ci],
                             [100 * (c["high"] - c["estimate"]) for c in ci]])
             ax.bar(xs, est, width, yerr=err, capsize=3, label=arm, hatch="//" if arm.startswith("random") else "",
-                   color=f"C{i % (len(arms) // 2 or 1)}", edgecolor="white")
+                   color=f"C{i % sum(not a.startswith('random') for a in arms)}", edgecolor="white")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xticks(range(len(task_names)), task_names)
         ax.set_ylabel(label)

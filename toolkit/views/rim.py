@@ -136,6 +136,28 @@ def entanglement_figure(rows: Sequence[dict], corr: dict[str, dict], target: str
     return fig
 
 
+def noise_figure(tuned: Sequence[dict], noise: Sequence[dict],
+                 keys: Sequence[tuple[str, str]] = (("forgetting", "refusal forgetting"),
+                                                    ("drop_safety", "drop, safety neurons"),
+                                                    ("ras_safety", "RAS, safety neurons"))):
+    """Each measure against KL(base ‖ model) for the fine-tuned checkpoints (coloured by run) and for their
+    KL-matched weight-noise models (grey crosses), one panel per key."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.3))
+    runs = list(dict.fromkeys(r["run"] for r in tuned))
+    for ax, (key, title) in zip(np.atleast_1d(axes), keys):
+        for i, run in enumerate(runs):
+            pts = [r for r in tuned if r["run"] == run]
+            ax.scatter([p["kl"] for p in pts], [p[key] for p in pts], color=f"C{i}", label=run, s=22)
+        ax.scatter([r["kl"] for r in noise], [r[key] for r in noise], color="#757575", marker="x",
+                   label="KL-matched noise", s=26)
+        ax.set_xlabel("KL(base ‖ model), reasoning traces")
+        ax.set_title(title, fontsize=9)
+        despine(ax)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def rows_table_html(rows: Sequence[dict]) -> str:
     """One row per checkpoint: refusal and false refusal per mode, math accuracy, forgetting, KL and RAS."""
     cols = [("refused_think_on", "refusal on", True), ("refused_think_off", "refusal off", True),
@@ -168,7 +190,7 @@ def explorer(checkpoints: Sequence[Checkpoint], measured: dict[str, Measurement]
                  f"<th>answer</th></tr>{rows}</table>")
         fig, ax = plt.subplots(figsize=(4.6, 3.4))
         for name, color in (("control", "C7"), ("safety", "C0")):
-            for k, e in enumerate(entanglements(base, m, name)):
+            for k, e in enumerate(entanglements(base, m, name)[:2]):  # the first two control draws
                 ax.scatter(e.drop, e.rise, s=8, color=color, alpha=0.6, label=name if k == 0 else None)
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(0, color="grey", lw=0.8)

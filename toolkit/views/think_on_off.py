@@ -178,6 +178,22 @@ def faithfulness_figure(curves_by_mode: Mapping[str, Mapping], level: float = 0.
     return fig
 
 
+def placebo_figure(tests: Mapping[str, object], xlabel: str = "mean effect per set"):
+    """One panel per placebo test (:class:`toolkit.evaluation.nulls.PlaceboTest`): the histogram of the placebo sets'
+    mean effects, the target set's mean as a red line, and its rank and permutation p."""
+    fig, axes = plt.subplots(1, len(tests), figsize=(4.2 * len(tests), 3.0), squeeze=False)
+    for ax, (name, t) in zip(axes[0], tests.items()):
+        ax.hist(t.placebo_means, bins=min(40, max(10, t.n_sets // 8)), color="#9e9e9e")
+        ax.axvline(t.target_mean, color="#c62828", lw=2, label="target set")
+        ax.set_title(f"{name}\nrank {t.rank}/{t.n_sets + 1}, p = {t.p_value:.3g}", fontsize=10)
+        ax.set_xlabel(xlabel)
+        despine(ax)
+    axes[0][0].set_ylabel("placebo sets")
+    axes[0][0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _style(group: str, i: int) -> tuple[str, str]:
     if group in (THINK_ON, THINK_OFF):
         return MODE_COLORS[group], "-"

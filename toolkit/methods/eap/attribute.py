@@ -181,12 +181,13 @@ class _FastPath:
         return out.view(g.n_sources, -1)
 
     def grad_pass(self, ids, pos, embeds, metric, clean_logp, labels, deltas, scores, reference=None,
-                  this_run: str = "corrupted") -> torch.Tensor:
+                  this_run: str = "corrupted", rows: torch.Tensor | None = None) -> torch.Tensor:
         """One forward+backward at ``embeds``; adds ``Δa · ∂M/∂(target input)`` to ``scores`` and returns ``Δa``.
 
         With ``deltas=None``, this pass *is* the ``this_run`` input (corrupted at k = 0 of EAP-IG, clean for EAP):
         its activations and the recorded ``reference`` (the other input) give ``Δa``, so no separate forward is
-        needed. ``clean_logp=None`` (EAP's pass on the clean input) takes the clean distribution from this pass."""
+        needed. ``clean_logp=None`` (EAP's pass on the clean input) takes the clean distribution from this pass.
+        With ``rows`` ``[b, S, T]``, each row's contribution goes there (rows never interact) instead of ``scores``."""
         model, g = self.model, self.model.graph
         self.mode, self.embeds, self.store = "grad", embeds, {}
         logits = _logits_at(model, ids, pos)
@@ -213,15 +214,28 @@ class _FastPath:
             g_attn = _rms_backward_folded(x1, model.ln1[i][1], dy)
             n_attn = g.sources_before(i)
             t0 = i * width
-            scores[:n_attn, t0:t0 + t_attn] += deltas[:n_attn] @ g_attn.view(t_attn, -1).T
             w2, eps2 = model.ln2[i]
             x2 = st[f"blocks.{i}.ln2.hook_in"].detach().reshape(1, n, -1).to(acc)
             g_mlp = _rms_backward_folded(x2, eps2, (gm.reshape(1, n, -1).to(acc) * w2.to(acc)))
             n_mlp = n_attn + g.n_heads  # the MLP also reads this layer's heads
-            scores[:n_mlp, t0 + t_attn] += deltas[:n_mlp] @ g_mlp.reshape(-1)
-        scores[:, g.logits_target] += deltas @ grads[-1].to(acc).reshape(-1)
+            out = scores if rows is None else rows
+            _add(out, deltas, g_attn.view(t_attn, -1), n_attn, slice(t0, t0 + t_attn))
+            _add(out, deltas, g_mlp.view(1, -1), n_mlp, slice(t0 + t_attn, t0 + t_attn + 1))
+        _add(scores if rows is None else rows, deltas, grads[-1].to(acc).reshape(1, -1), g.n_sources,
+             slice(g.logits_target, g.logits_target + 1))
         self.store = {}
         return deltas
+
+
+def _add(out: torch.Tensor, deltas: torch.Tensor, grad: torch.Tensor, n_src: int, targets: slice) -> None:
+    """``out[:n_src, targets] += Δa · gᵀ`` (``deltas`` ``[S, b·p·d]``, ``grad`` ``[T', b·p·d]``); with a per-row
+    ``out`` ``[b, S, T]``, each batch row's own sum (rows are contiguous blocks of the flat axis)."""
+    if out.dim() == 2:
+        out[:n_src, targets] += deltas[:n_src] @ grad.T
+    else:
+        b = out.shape[0]
+        out[:, :n_src, targets] += torch.einsum("srk,trk->rst", deltas[:n_src].view(n_src, b, -1),
+                                                grad.reshape(len(grad), b, -1))
 
 
 def _rms_backward_folded(x: torch.Tensor, eps: float, gdy: torch.Tensor) -> torch.Tensor:
@@ -234,15 +248,22 @@ def _rms_backward_folded(x: torch.Tensor, eps: float, gdy: torch.Tensor) -> torc
 
 class Scores:
     """Edge scores of one model on one set of pairs: a dense ``[n_sources, n_targets]`` tensor (float64, CPU), a
-    validity mask (edges that exist), the :class:`Graph` and how they were made (``meta``)."""
+    validity mask (edges that exist), the :class:`Graph` and how they were made (``meta``). ``per_example``
+    (``[N, n_sources, n_targets]`` or None): each pair's own scores, whose mean over pairs is ``values``."""
 
-    def __init__(self, values: torch.Tensor, graph: Graph, meta: dict | None = None, valid: torch.Tensor | None = None):
+    def __init__(self, values: torch.Tensor, graph: Graph, meta: dict | None = None, valid: torch.Tensor | None = None,
+                 per_example: torch.Tensor | None = None):
         valid = graph.valid_mask() if valid is None else valid.bool()
         if tuple(values.shape) != (graph.n_sources, graph.n_targets) or values.shape != valid.shape:
             raise EAPError(f"scores of shape {tuple(values.shape)} do not fit the graph "
                            f"({graph.n_sources} sources × {graph.n_targets} targets)")
+        if per_example is not None and (per_example.dim() != 3 or per_example.shape[1:] != values.shape):
+            raise EAPError(f"per-example scores of shape {tuple(per_example.shape)} do not fit the graph: expected "
+                           f"[N, {graph.n_sources}, {graph.n_targets}]")
         self.values = values.detach().to("cpu", torch.float64).masked_fill(~valid, 0.0)
         self.valid, self.graph, self.meta = valid, graph, dict(meta or {})
+        self.per_example = (None if per_example is None else
+                            per_example.detach().to("cpu", torch.float64).masked_fill(~valid, 0.0))
 
     @property
     def n_edges(self) -> int:
@@ -271,8 +292,9 @@ class Scores:
 
     def to_dict(self) -> dict:
         # the format tag keeps its old module name: saved score caches (notebook 04) stay readable
+        per = {} if self.per_example is None else {"per_example": self.per_example.tolist()}
         return {"format": "toolkit.eap.Scores/1", "graph": self.graph.to_dict(), "meta": self.meta,
-                "values": self.values.tolist(), "valid": self.valid.int().tolist()}
+                "values": self.values.tolist(), "valid": self.valid.int().tolist(), **per}
 
     def save(self, path) -> None:
         """Write as JSON, atomically."""
@@ -286,8 +308,9 @@ class Scores:
             raise EAPError(f"cannot read scores from {path}: {err}") from err
         if data.get("format") != "toolkit.eap.Scores/1":
             raise EAPError(f"{path} is not a saved Scores file (format {data.get('format')!r})")
+        per = data.get("per_example")
         return cls(torch.tensor(data["values"], dtype=torch.float64), Graph(**data["graph"]), data.get("meta"),
-                   torch.tensor(data["valid"], dtype=torch.bool))
+                   torch.tensor(data["valid"], dtype=torch.bool), per and torch.tensor(per, dtype=torch.float64))
 
     def __repr__(self) -> str:
         return (f"Scores({self.meta.get('method', '?')}, metric={self.meta.get('metric', '?')}, "
@@ -334,15 +357,21 @@ class _Frozen:
 
 
 def attribute(loaded: LoadedModel, pairs: Pairs, *, method: str = "eap-ig", steps: int = 5, metric: str = "kl",
-              batch_size: int = 8, show_progress: bool = True) -> Scores:
+              batch_size: int = 8, show_progress: bool = True, per_example: bool = False) -> Scores:
     """Score every edge of the model's graph on ``pairs`` (see the module docstring for the definitions).
 
     ``method``: ``"eap-ig"`` (``steps`` interpolation steps, k = 0…m−1), ``"eap"`` (gradient on the clean input) or
     ``"exact"`` (one patched forward per edge: the ground truth, for small graphs). Refuses a batch that would not
     fit in memory. Returns :class:`Scores`.
+
+    ``per_example=True`` (eap, eap-ig) also fills ``Scores.per_example`` ``[N, n_sources, n_targets]``: row i scores
+    pair i alone, ``values`` is their mean, and ``pairs.subset(idx)`` scores ``per_example[idx].mean(0)`` (exact up
+    to rounding), so bootstraps over pairs need no recompute. Slower than the default (one contraction per row).
     """
     if method not in METHODS:
         raise EAPError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if per_example and method == "exact":
+        raise EAPError("per_example scores are computed for method 'eap' and 'eap-ig', not 'exact'")
     if method == "eap-ig" and steps < 1:
         raise EAPError(f"eap-ig needs steps >= 1, got {steps}")
     if method == "exact":
@@ -352,12 +381,14 @@ def attribute(loaded: LoadedModel, pairs: Pairs, *, method: str = "eap-ig", step
     model = _prepare(loaded, pairs, metric, batch_size, method)
     g = model.graph
     scores = torch.zeros(g.n_sources, g.n_targets, dtype=model.acc_dtype, device=model.device)
+    per_row = (torch.zeros(len(pairs), g.n_sources, g.n_targets, dtype=model.acc_dtype, device=model.device)
+               if per_example else None)
     alphas = [k / steps for k in range(steps)] if method == "eap-ig" else [1.0]
     batches = list(pairs.batches(batch_size))
     bar = progress(total=len(batches) * len(alphas), desc=f"{method} ({metric})", disable=not show_progress)
     fast = _FastPath(model)
     with _Frozen(model.hf), model.bridge.hooks(fwd_hooks=fast.hooks):
-        for batch in batches:
+        for first, batch in zip(range(0, len(pairs), batch_size), batches, strict=True):
             ids_c = batch.clean_ids.to(model.device)
             ids_x = batch.corrupted_ids.to(model.device)
             pos = batch.positions.to(model.device)
@@ -370,16 +401,20 @@ def attribute(loaded: LoadedModel, pairs: Pairs, *, method: str = "eap-ig", step
             else:  # plain EAP: record the corrupted run; the one pass is the clean run
                 reference = fast.record(ids_x, pos)
                 emb_c, emb_x, clean_logp, this_run = fast.embed(ids_c), reference[0], None, "clean"
-            deltas = None
+            deltas, rows = None, None if per_row is None else per_row[first:first + len(ids_c)]
             for alpha in alphas:
                 mixed = emb_x if alpha == 0 else emb_c if alpha == 1 else emb_x + alpha * (emb_c - emb_x)
                 embeds = mixed.detach().clone().requires_grad_(True)
                 deltas = fast.grad_pass(ids_c, pos, embeds, metric, clean_logp, labels, deltas, scores,
-                                        reference, this_run)
+                                        reference, this_run, rows)
                 reference = None  # no longer needed once Δa exists
                 bar.update(1)
             del deltas, emb_c, emb_x
     bar.close()
-    scores /= len(alphas) * len(pairs)
+    if per_row is not None:
+        per_row /= len(alphas)
+        scores = per_row.mean(0)
+    else:
+        scores /= len(alphas) * len(pairs)
     return Scores(scores, g, {"method": method, "steps": len(alphas), "metric": metric, "n_examples": len(pairs),
-                              "model": getattr(loaded, "spec", "")})
+                              "model": getattr(loaded, "spec", "")}, per_example=per_row)

@@ -4,6 +4,7 @@ across the fine-tuned checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,9 +55,14 @@ class Training:
 
 
 def fine_tune(base: LoadedModel, probes: Probes, learning_rates: Sequence[float], steps: int,
-              snapshots: Sequence[int], batch_size: int, *, device: str = "auto", retrain: bool = False) -> Training:
-    """One reasoning run per learning rate (trained or reused), then the base model's behaviour on the probes."""
+              snapshots: Sequence[int], batch_size: int, *, device: str = "auto", retrain: bool = False,
+              seed: int = 0) -> Training:
+    """One reasoning run per learning rate (trained or reused), then the base model's behaviour on the probes.
+    ``seed`` draws the training traces and seeds the trainer; runs of seed k > 0 are named ``<run>-s<k>`` (their
+    own cache folders), seed 0 keeps the plain names."""
     runs = runs_from_rates(learning_rates, steps, snapshots, batch_size)
+    if seed:
+        runs = [dataclasses.replace(r, name=f"{r.name}-s{seed}", seed=int(seed)) for r in runs]
     checkpoints, run_meta = reasoning_checkpoints(base.spec, runs, device, retrain)
     return Training(runs, checkpoints, run_meta, refusal_behaviour(base, probes.pairs),
                     math_accuracy(base, probes.problems))
@@ -111,23 +117,26 @@ def checkpoint_rows(checkpoints: Sequence[Checkpoint], probes: Probes, neuron_se
                 loaded = models.load(ck.spec, device=device)
         measured[ck.label] = measure_checkpoint(loaded, probes, neuron_sets)
     b = measured[checkpoints[0].label]
-    rows = []
-    for ck in checkpoints:
-        m = measured[ck.label]
-        row = {"label": ck.label, "run": ck.run, "lr": ck.lr, "step": ck.step,
-               "math": float(np.mean(m.math)),
-               "forgetting": forgetting(refused_by_mode(b.behaviour), refused_by_mode(m.behaviour)),
-               "refusal_nll_rise": float(m.refusal_nll.mean() - b.refusal_nll.mean()),
-               "kl": mean_kl(b.logps, m.logps)}
-        for mode, behaviour in m.behaviour.items():
-            row |= {f"{key}_{mode}": value for key, value in behaviour.rates().items()}
-        for name in neuron_sets:
-            ents = entanglements(b, m, name)
-            row[f"drop_{name}"] = float(np.mean([e.mean_drop for e in ents]))
-            row[f"rise_{name}"] = float(np.mean([e.mean_rise for e in ents]))
-            row[f"ras_{name}"] = float(np.mean([e.mean_ras for e in ents]))
-        rows.append(row)
+    rows = [measurement_row({"label": ck.label, "run": ck.run, "lr": ck.lr, "step": ck.step}, b,
+                            measured[ck.label], neuron_sets) for ck in checkpoints]
     return rows, measured
+
+
+def measurement_row(row: dict, b: Measurement, m: Measurement, neuron_sets: dict[str, list]) -> dict:
+    """``row`` plus the measures of ``m`` against the base model's ``b``: math accuracy, forgetting, refusal-NLL
+    rise, KL, refusal rates per mode, and per neuron set the mean drop, rise and RAS (averaged over draws)."""
+    row = dict(row) | {"math": float(np.mean(m.math)),
+                       "forgetting": forgetting(refused_by_mode(b.behaviour), refused_by_mode(m.behaviour)),
+                       "refusal_nll_rise": float(m.refusal_nll.mean() - b.refusal_nll.mean()),
+                       "kl": mean_kl(b.logps, m.logps)}
+    for mode, behaviour in m.behaviour.items():
+        row |= {f"{key}_{mode}": value for key, value in behaviour.rates().items()}
+    for name in neuron_sets:
+        ents = entanglements(b, m, name)
+        row[f"drop_{name}"] = float(np.mean([e.mean_drop for e in ents]))
+        row[f"rise_{name}"] = float(np.mean([e.mean_rise for e in ents]))
+        row[f"ras_{name}"] = float(np.mean([e.mean_ras for e in ents]))
+    return row
 
 
 @dataclass

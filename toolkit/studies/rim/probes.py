@@ -82,10 +82,11 @@ def make_probes(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[RequestPair]
                          [tasks.completion(e, True) + IM_END for e in reasoning]))
 
 
-def setup(spec: str, device: str, n_pairs: int, n_math: int, n_reasoning: int) -> tuple[LoadedModel, Probes]:
-    """Seed torch, load the base model and build the probes: ``n_pairs`` request pairs, ``n_math`` held-out math
-    problems (accuracy) and ``n_reasoning`` held-out reasoning traces (activations, KL)."""
-    torch.manual_seed(0)
+def setup(spec: str, device: str, n_pairs: int, n_math: int, n_reasoning: int, *, seed: int = 0
+          ) -> tuple[LoadedModel, Probes]:
+    """Seed torch with ``seed``, load the base model and build the probes: ``n_pairs`` request pairs, ``n_math``
+    held-out math problems (accuracy) and ``n_reasoning`` held-out reasoning traces (activations, KL)."""
+    torch.manual_seed(seed)
     base = models.load(spec, device=device)
     probes = make_probes(base.tokenizer, request_pairs(n_pairs), math_problems(n_math), reasoning_probes(n_reasoning))
     return base, probes

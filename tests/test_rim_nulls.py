@@ -1,0 +1,91 @@
+"""RIM against its nulls (toolkit.studies.rim: split, placebos, noise, claims): the selection/evaluation split, the
+KL reference that matches the checkpoint rows' KL, every same-size head set and random neuron sets on the tiny
+models against direct ablations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.core import interventions, units
+from toolkit.evaluation import causal, nulls
+from toolkit.methods import rim
+from toolkit.organism import probes, tasks
+from toolkit.studies import rim as rim_study
+
+
+def test_split_pairs_is_disjoint_seeded_and_checked():
+    s = rim_study.split_pairs(10, seed=3)
+    assert len(s.select) == 5 and sorted(s.select + s.evaluate) == list(range(10))
+    assert s == rim_study.split_pairs(10, seed=3) and s != rim_study.split_pairs(10, seed=4)
+    assert len(rim_study.split_pairs(9, fraction=0.34).select) == 3
+    with pytest.raises(ValueError, match="held-out"):
+        rim_study.split_pairs(1)
+    with pytest.raises(ValueError, match="fraction"):
+        rim_study.split_pairs(10, fraction=1.0)
+
+
+def test_kl_reference_gives_the_rows_kl(tiny):
+    seqs = rim.encode(tiny.tokenizer, [e.prompt for e in probes.reasoning_probes(3)], True,
+                      [tasks.completion(e, True) for e in probes.reasoning_probes(3)])
+    noisy = nulls.add_weight_noise(tiny.hf, 0.3, seed=1)
+    _, base_logps = rim.neuron_activations(tiny, seqs, reduce="response", with_logits=True)
+    with torch.no_grad():
+        other = []
+        for s in seqs:
+            ids = torch.tensor([s.ids])
+            other.append(torch.log_softmax(noisy(input_ids=ids).logits[0, s.response_start - 1:-1].float(), -1))
+    want = rim.mean_kl(base_logps, other)
+    got = nulls.mean_kl(tiny.hf, noisy, rim_study.kl_reference(seqs, batch_size=2))
+    assert got == pytest.approx(want, rel=1e-4) and want > 0
+
+
+def _heads(tiny, n=4):
+    pairs = rim_study.request_pairs(n)
+    behaviour = rim_study.refusal_behaviour(tiny, pairs, ("think_off",))
+    split = rim_study.split_pairs(n, seed=0)
+    return pairs, rim_study.refusal_heads(tiny, pairs, behaviour, 2, 1, ("think_off",), split=split), split
+
+
+def test_heads_are_selected_on_one_split_and_placebos_are_every_pair_of_heads(tiny):
+    pairs, heads, split = _heads(tiny)
+    a = heads["think_off"]
+    sel = a.rows(split.select)
+    assert a.top == rim.top_heads(a.shift[sel], 2) and a.split == split
+    got = rim_study.head_placebos(tiny, pairs, heads, sets_per_batch=5, n_boot=50)
+    tests = got.tests["think_off"]
+    assert len(got.sets["think_off"]) == 27 and tuple(sorted(a.top)) not in got.sets["think_off"]  # C(8, 2) − 1
+    held = a.rows(split.evaluate)
+    want_shift = a.shift[held][:, [h[0] for h in a.top], [h[1] for h in a.top]].mean(1).mean()
+    assert tests["shift"].target_mean == pytest.approx(want_shift)
+    rows = rim_study.placebos.refusal_rows(tiny, pairs, heads, "think_off", split.evaluate)
+    before = causal.continuation_logprob(tiny.hf, rows).exp()
+    with interventions.ablate(tiny.bridge, units.head_sites(a.top)):
+        after = causal.continuation_logprob(tiny.hf, rows).exp()
+    assert tests["ablation"].target_mean == pytest.approx(float((after - before).mean()), abs=1e-5)
+    assert tests["layer"].target_mean == pytest.approx(np.mean([lay for lay, _ in a.top]))
+    assert set(got.to_results()["think_off"]) == {"shift", "ablation", "layer"}
+
+
+def test_neuron_placebos_zero_the_safety_and_random_sets(tiny):
+    pairs, heads, split = _heads(tiny)
+    behaviour = rim_study.refusal_behaviour(tiny, pairs, ("think_off",))
+    problems = probes.math_problems(2)
+    math = rim_study.math_accuracy(tiny, problems)
+    neurons = rim_study.neuron_analysis(tiny, pairs, behaviour, problems, math, top_m=60, n_sets=2, n_controls=1,
+                                        split=split, n_placebos=5)
+    assert len(neurons.placebos) == 5 and neurons.controls == neurons.placebos[:1]
+    assert neurons.neuron_sets()["control"] == neurons.placebos
+    reasoning = rim.encode(tiny.tokenizer, [e.prompt for e in problems], True,
+                           [tasks.completion(e, True) for e in problems])
+    got = rim_study.neuron_placebos(tiny, pairs, heads, neurons, reasoning, n_boot=50)
+    assert got.n_sets == 5 and set(got.tests) == {"refusal", "math"}
+    assert got.tests["refusal"].n_problems == len(split.evaluate) and got.tests["math"].n_problems == 2
+    assert got.to_results()["math"]["n_sets"] == 5
+    rows = rim_study.placebos.forced_rows(reasoning)
+    lengths = torch.tensor([len(c) for _, c in rows], dtype=torch.float)
+    before = causal.continuation_logprob(tiny.hf, rows) / lengths
+    with causal.intervene(tiny.bridge, causal.Condition.on_neurons("s", neurons.neurons, 0.0)):
+        after = causal.continuation_logprob(tiny.hf, rows) / lengths
+    assert got.tests["math"].target_mean == pytest.approx(float((after - before).mean()), abs=1e-5)

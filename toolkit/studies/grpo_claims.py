@@ -1,0 +1,291 @@
+"""Notebook 04's nulls and claims: "Thinking Sparks" GRPO-vs-SFT findings on the organism, each against its null.
+
+Paper: *Thinking Sparks!: Emergent Attention Heads in Reasoning Models During Post Training*
+(``../shared/papers/thinking-sparks-emergent-heads.txt``), cited as "Thinking Sparks".
+
+Nulls computed here (definitions in :mod:`toolkit.evaluation.stability`, :mod:`toolkit.evaluation.emergence`,
+:mod:`toolkit.evaluation.nulls`):
+
+- :func:`checkpoint_tests` — for every checkpoint, on its own pairs and on the start model's (fixed) pairs, the
+  emergent heads against the base-vs-itself null of the start model's scores on the same kind of inputs; the final
+  checkpoints also get paired replicates (intervals on their counts).
+- :func:`noise_null` — the start model with Gaussian weight noise matched by KL (on the circuit problems' prompts
+  and reference answers) to the final GRPO checkpoint, ``n_noise`` noise draws: each draw's circuit on the fixed
+  pairs and its set-difference count against the start model's circuit: "emergent heads after *any* change of that
+  size".
+- :func:`pruning_null` — "tried and pruned" heads (ever emergent, not at the end) in a sequence of resampled start
+  model circuits as long as the run: what pure circuit noise gives.
+- Correlations of the emergent count with the reward: interval by bootstrap over checkpoints, p by permutation of the
+  checkpoint order, and the *effective n* ``n·(1 − ρx·ρy)/(1 + ρx·ρy)`` (ρ: lag-1 autocorrelations) — and one run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolkit.core import models
+from toolkit.core.cache import cache_root, config_hash, model_fingerprint
+from toolkit.core.chat import chat_prompts
+from toolkit.core.io import atomic_write_json
+from toolkit.core.progress import progress, quiet_library_bars
+from toolkit.evaluation import emergence, nulls, stability
+from toolkit.evaluation.claims import Claims, Null, empirical_p
+from toolkit.methods import eap
+from toolkit.organism.tasks import completion
+from toolkit.organism.tokenizer import IM_END
+from toolkit.studies.emergent import HeadSetTest
+from toolkit.studies.grpo_dynamics import Analysis, RewardSeries, SnapshotSettings, circuit_heads, make_pairs
+from toolkit.training.grpo import TrainingRun
+
+PAPER = "Thinking Sparks"
+N_BOOT = 2000
+
+
+# ---- nulls --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class CheckpointTests:
+    """``tests[inputs][label][step]``: :class:`~toolkit.evaluation.emergence.EmergentTest` of each checkpoint
+    (inputs ``"own"``/``"fixed"``) against ``nulls[inputs]``, from the bootstraps ``boots[inputs][label][step]``;
+    ``base[inputs]`` the start model's bootstrap."""
+
+    tests: dict[str, dict[str, dict[int, emergence.EmergentTest]]]
+    nulls: dict[str, emergence.BaseNull]
+    base: dict[str, stability.CircuitBootstrap]
+    boots: dict[str, dict[str, dict[int, stability.CircuitBootstrap]]]
+
+    def final(self, inputs: str, label: str) -> emergence.EmergentTest:
+        return self.tests[inputs][label][max(self.tests[inputs][label])]
+
+    def final_bootstrap(self, inputs: str, label: str) -> stability.CircuitBootstrap:
+        return self.boots[inputs][label][max(self.boots[inputs][label])]
+
+
+def checkpoint_tests(analysis: Analysis, *, top_n: int, n_boot: int = 100, n_null: int = 50, n_inner: int = 30,
+                     seed: int = 0) -> CheckpointTests:
+    """:class:`CheckpointTests` of every run's checkpoints (see the module docstring)."""
+    tests, null_by, base_by, boots = {}, {}, {}, {}
+    for inputs, by_label in analysis.scores.items():
+        base_scores = next(iter(by_label.values()))[0]
+        null_by[inputs] = emergence.base_null(base_scores, top_n=top_n, n_null=n_null, n_inner=n_inner, seed=seed + 10)
+        base_by[inputs] = stability.bootstrap_circuit(base_scores, top_n=top_n, n_boot=n_boot, seed=seed)
+        tests[inputs], boots[inputs] = {}, {}
+        for k, (label, by_step) in enumerate(by_label.items()):
+            boots[inputs][label] = {step: stability.bootstrap_circuit(sc, top_n=top_n, n_boot=n_boot,
+                                                                      seed=seed + 100 * (k + 1) + step)
+                                    for step, sc in by_step.items() if step > 0}
+            last = max(by_step)
+            tests[inputs][label] = {step: emergence.emergent_test(
+                bs, base_by[inputs], null_by[inputs], post_replicates=None if step != last else emergence.replicates(
+                    by_step[step], top_n=top_n, n_outer=n_null, n_inner=n_inner, seed=seed + 20 + k))
+                for step, bs in boots[inputs][label].items()}
+    return CheckpointTests(tests, null_by, base_by, boots)
+
+
+@dataclass
+class NoiseNull:
+    """Weight noise KL-matched to a trained model: ``sigma`` (× each weight's RMS), the ``target_kl`` and the
+    matched ``kl``, and per noise draw the set-difference ``counts`` on the fixed pairs."""
+
+    sigma: float
+    target_kl: float
+    kl: float
+    counts: list[int]
+
+    def null(self) -> Null:
+        return Null.from_samples("weight-noise", self.counts, (
+            f"heads in the circuit of the start model + Gaussian weight noise (σ = {self.sigma:.3g}·rms, KL "
+            f"{self.kl:.3g} matched to {self.target_kl:.3g}) and not in the start model's, {len(self.counts)} draws"))
+
+
+def reference_texts(tokenizer, examples: Sequence, enable_thinking: bool) -> list[str]:
+    """Chat-formatted prompts followed by their reference answers: where KL to the start model is measured."""
+    prompts = chat_prompts(tokenizer, [e.prompt for e in examples], enable_thinking)
+    return [p + completion(e, enable_thinking) + IM_END for p, e in zip(prompts, examples, strict=True)]
+
+
+def noise_null(start: str, trained: str, examples: Sequence, snapshot: SnapshotSettings, *, n_noise: int = 20,
+               seed: int = 0, device: str = "auto") -> NoiseNull:
+    """:class:`NoiseNull` of ``trained`` against its start model ``start`` (model specs), cached by both weights,
+    the examples and the settings (``.cache/circuits/noise/``)."""
+    key = config_hash({"start": model_fingerprint(start), "trained": model_fingerprint(trained), "n": n_noise,
+                       "seed": seed, "examples": [e.prompt for e in examples], "settings": snapshot.__dict__})
+    path = cache_root() / "circuits" / "noise" / f"{key}.json"
+    if path.exists():
+        return NoiseNull(**json.loads(path.read_text()))
+    with quiet_library_bars():
+        base, post, noisy = (models.load(s, device=device) for s in (start, trained, start))
+    ref = nulls.reference_batches(base.tokenizer, reference_texts(base.tokenizer, examples, snapshot.enable_thinking))
+    target_kl = nulls.mean_kl(base.hf, post.hf, ref)
+    match = nulls.match_noise(base.hf, target_kl, ref, seed=seed, keep_model=False)
+    pairs = make_pairs(base, examples, snapshot, f"fixed pairs of {start}")
+    attribute = dict(method=snapshot.method, steps=snapshot.ig_steps, metric=snapshot.metric,
+                     batch_size=snapshot.batch_size, show_progress=False)
+    base_heads = circuit_heads(eap.attribute(base, pairs, **attribute), snapshot.top_n)
+    counts = []
+    for k in progress(range(n_noise), desc="weight-noise circuits"):
+        nulls.apply_weight_noise(noisy.hf, base.hf, match.sigma, seed=seed * 1000 + k + 1)
+        counts.append(len(circuit_heads(eap.attribute(noisy, pairs, **attribute), snapshot.top_n) - base_heads))
+    out = NoiseNull(float(match.sigma), float(target_kl), float(match.kl), counts)
+    atomic_write_json(path, out.__dict__)
+    return out
+
+
+def pruning_null(base: stability.CircuitBootstrap, length: int) -> np.ndarray:
+    """Per sequence of ``length`` resampled start-model circuits: heads ever outside the all-pairs circuit minus
+    those outside it in the sequence's last circuit ("tried and pruned" by noise alone)."""
+    new = base.heads & ~base.full_heads_grid  # [B, L, H]
+    seqs = new[:len(new) // length * length].reshape(-1, length, *new.shape[1:])
+    return seqs.any(1).sum((1, 2)) - seqs[:, -1].sum((1, 2))
+
+
+# ---- statistics ---------------------------------------------------------------------------------------------------
+
+def _lag1(x: np.ndarray) -> float:
+    x = np.asarray(x, float) - np.mean(x)
+    return float((x[1:] * x[:-1]).sum() / (x * x).sum()) if (x * x).sum() > 0 else 0.0
+
+
+def effective_n(x: Sequence[float], y: Sequence[float]) -> float:
+    """``n·(1 − ρx·ρy)/(1 + ρx·ρy)`` with lag-1 autocorrelations ρ (checkpoints of one run are not independent)."""
+    r = _lag1(x) * _lag1(y)
+    return float(len(x) * (1 - r) / (1 + r))
+
+
+def _r(x, y) -> float:
+    return float(np.corrcoef(x, y)[0, 1]) if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+
+
+def count_reward(counts: Sequence[int], rewards: Sequence[float], *, seed: int = 0) -> dict:
+    """Pearson r of counts and rewards, bootstrap interval over checkpoints, permutation p, permutation draws and
+    the effective n."""
+    x, y = np.asarray(counts, float), np.asarray(rewards, float)
+    rng = np.random.default_rng(seed)
+    boots = np.array([_r(x[i], y[i]) for i in rng.integers(0, len(x), size=(N_BOOT, len(x)))])
+    perm = np.array([_r(rng.permutation(x), y) for _ in range(N_BOOT)])
+    r = _r(x, y)
+    return {"r": r, "ci": stability.interval(boots, 0.95), "perm": perm, "n": len(x), "n_eff": effective_n(x, y),
+            "p": empirical_p(r, perm) if np.isfinite(r) else float("nan")}
+
+
+def reward_halves(steps: Sequence[int], rewards: Sequence[float], *, seed: int = 0) -> dict:
+    """Mean reward of the second half of the steps minus the first: bootstrap interval (steps resampled within
+    each half), permutation p (step order shuffled) and the permutation draws."""
+    y = np.asarray(rewards, float)[np.argsort(steps)]
+    h = len(y) // 2
+    a, b = y[:h], y[h:]
+    rng = np.random.default_rng(seed)
+    boots = b[rng.integers(0, len(b), (N_BOOT, len(b)))].mean(1) - a[rng.integers(0, len(a), (N_BOOT, len(a)))].mean(1)
+    perm = np.array([(lambda z: z[h:].mean() - z[:h].mean())(rng.permutation(y)) for _ in range(N_BOOT)])
+    d = float(b.mean() - a.mean())
+    return {"estimate": d, "ci": stability.interval(boots, 0.95), "perm": perm, "p": empirical_p(d, perm)}
+
+
+def scaling_tests(start: models.LoadedModel, heads: Sequence, examples: Mapping[str, Sequence], *,
+                  factors: Sequence[float], n_per_task: int = 16, enable_thinking: bool = False,
+                  seed: int = 0) -> dict[str, HeadSetTest]:
+    """Per factor: :func:`toolkit.studies.emergent.head_set_test` of ``heads`` scaled in the start model, on the
+    first ``n_per_task`` problems of each task, effects ``|change|`` (direction +1: the heads move the reference
+    answer's log-probability more than other sets of their size)."""
+    from toolkit.studies.emergent import head_set_test
+
+    ex = {t: list(e)[:n_per_task] for t, e in examples.items()}
+    return {f"{f:g}": head_set_test(start, heads, ex, factor=f, enable_thinking=enable_thinking, direction=+1,
+                                    absolute=True, seed=seed) for f in factors}
+
+
+# ---- claims -------------------------------------------------------------------------------------------------------
+
+def _perm_null(draws: np.ndarray, what: str) -> Null:
+    finite = np.asarray(draws, float)
+    finite = finite[np.isfinite(finite)]
+    return Null.from_samples("permutation", finite, what) if len(finite) else Null("permutation", 0, {}, what)
+
+
+def _names(heads) -> list[str]:
+    return sorted(f"L{a}H{b}" for a, b in heads)
+
+
+def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[str, RewardSeries],
+          tests: CheckpointTests, noise: NoiseNull, scaling: Mapping[str, HeadSetTest] | None, *,
+          seed: int = 0) -> Claims:
+    """Every claim of notebook 04 (module docstring), in order."""
+    claims = Claims("04_grpo_dynamics")
+    steps, rewards = runs["GRPO"].curve("accuracy")
+    h = reward_halves(steps, rewards, seed=seed)
+    claims.add("grpo-raises-reward", paper=f"{PAPER}, section 5 (Figure 2B)",
+               statement="GRPO raises the accuracy reward over training.",
+               measure=f"mean accuracy reward of GRPO steps {len(steps) // 2 + 1}–{len(steps)} minus steps "
+                       f"1–{len(steps) // 2}", estimate=h["estimate"], ci=h["ci"], p_value=h["p"],
+               null=_perm_null(h["perm"], "the same difference with the steps' order shuffled"), direction=+1)
+    for inputs, dyns in (("own", analysis.dyns), ("fixed", analysis.fixed)):
+        d = dyns["GRPO"]
+        c = count_reward(d.n_emergent, [series["GRPO"].at_checkpoint[s] for s in d.steps], seed=seed)
+        claims.add(f"grpo-count-tracks-reward:{inputs}", paper=f"{PAPER}, section 5 (Figure 2)",
+                   statement="During GRPO the number of emergent heads rises and falls with the accuracy reward.",
+                   measure=(f"Pearson r between each checkpoint's count of circuit heads absent from the start "
+                            f"model's circuit ({inputs} pairs) and the mean accuracy reward since the previous "
+                            f"checkpoint; {c['n']} checkpoints of one run, effective n ≈ {c['n_eff']:.1f}"),
+                   estimate=c["r"], ci=c["ci"], p_value=c["p"] if np.isfinite(c["p"]) else None, direction=+1,
+                   null=_perm_null(c["perm"], "r with the checkpoints' order shuffled"),
+                   note="one training run: its checkpoints are not independent runs")
+    for label, section in (("GRPO", "section 5"), ("SFT", "section 4.2")):
+        for inputs in ("fixed", "own"):
+            t = tests.final(inputs, label)
+            claims.add(f"{label.lower()}-emergent-beyond-null:{inputs}", paper=f"{PAPER}, {section}",
+                       statement=f"After {label} the circuit holds heads the start model's circuit lacks.",
+                       measure=(f"heads whose inclusion frequency at the final {label} checkpoint exceeds the start "
+                                f"model's by more than the base-vs-itself margin ({t.margin:.2f}; {inputs} pairs): "
+                                f"{_names(t.heads)}"),
+                       estimate=t.count, ci=t.count_ci(), p_value=t.count_p, null=t.count_null(), direction=+1)
+            claims.add(f"{label.lower()}-set-difference-beyond-null:{inputs}", paper=f"{PAPER}, {section}",
+                       statement=f"After {label} the circuit holds more new heads than noise alone would give (the "
+                                 "paper's count: in the circuit, not in the start model's).",
+                       measure=(f"heads in the final {label} circuit and not in the start model's ({inputs} pairs): "
+                                f"{_names(t.set_difference)}"), estimate=len(t.set_difference),
+                       ci=t.set_difference_ci(), p_value=t.set_difference_p, null=t.set_difference_null(),
+                       direction=+1)
+    g, s = tests.final("fixed", "GRPO"), tests.final("fixed", "SFT")
+    diff = len(s.set_difference) - len(g.set_difference)
+    null_sd = tests.nulls["fixed"].set_difference
+    null_diff = null_sd - np.random.default_rng(seed).permutation(null_sd)
+    claims.add("sft-adds-more-heads-than-grpo:fixed", paper=f"{PAPER}, sections 4.2 and 5",
+               statement="SFT adds more heads to the circuit than GRPO, whose final set is small.",
+               measure=(f"heads in the final SFT circuit and not in the start model's ({_names(s.set_difference)}) "
+                        f"minus the same for GRPO ({_names(g.set_difference)}), fixed pairs"),
+               estimate=diff, ci=stability.interval(s.set_difference_samples - g.set_difference_samples, 0.95),
+               p_value=empirical_p(diff, null_diff), direction=+1,
+               null=Null.from_samples("base-vs-itself", null_diff, "difference of two base-vs-itself set-difference "
+                                      "counts (resampled start-model circuits)"))
+    count = len(g.set_difference)
+    claims.add("grpo-heads-not-any-change", paper=f"{PAPER}, section 5",
+               statement="The heads GRPO adds come from training, not from any change of the weights of that size.",
+               measure="heads in the final GRPO circuit and not in the start model's (fixed pairs), against the "
+                       "start model with KL-matched Gaussian weight noise", estimate=count,
+               ci=g.set_difference_ci(), p_value=empirical_p(count, noise.counts), null=noise.null(), direction=+1,
+               reference=float(np.mean(noise.counts)))
+    d = analysis.fixed["GRPO"]
+    pruned = len(d.ever_emergent) - len(d.final_emergent)
+    pnull = pruning_null(tests.base["fixed"], len(d.steps))
+    claims.add("grpo-tries-and-prunes:fixed", paper=f"{PAPER}, section 5",
+               statement="GRPO tries heads and prunes many of them again before the end of training.",
+               measure=(f"heads ever emergent during GRPO but not at the final checkpoint (fixed pairs): "
+                        f"{_names(d.ever_emergent - d.final_emergent)}"), estimate=pruned, ci=(pruned, pruned),
+               p_value=empirical_p(pruned, pnull), direction=+1,
+               null=Null.from_samples("base-vs-itself", pnull, f"the same count in sequences of {len(d.steps)} "
+                                      "resampled start-model circuits"), note="one run: no interval")
+    for factor, test in (scaling or {}).items():
+        for task, r in test.tests.items():
+            claims.add(f"grpo-head-scaling:x{factor}:{task}", paper=f"{PAPER}, section 5",
+                       statement="Scaling GRPO's emergent heads in the start model changes how it answers more than "
+                                 "scaling other heads does.",
+                       measure=(f"{task}: |change| of the mean log-probability per token of the correct answer "
+                                f"(teacher-forced, {r.n_problems} problems) with {_names(test.heads)} ×{factor} in the "
+                                f"start model, minus the mean over all {r.n_sets} other sets of {len(test.heads)} "
+                                f"heads; rank {r.rank}/{r.n_sets + 1}"),
+                       estimate=r.difference, ci=r.ci, p_value=r.p_value, null=r.null(), direction=+1)
+    return claims
