@@ -52,7 +52,7 @@ def test_bad_claims_are_refused_naming_notebook_and_claim():
         _add(claims, "x")
     with pytest.raises(ClaimError, match=r"04_grpo_dynamics: claim 'y' has no null"):
         _add(claims, "y", null=None)
-    with pytest.raises(ClaimError, match="unknown null kind 'vibes'"):
+    with pytest.raises(ClaimError, match=r"04_grpo_dynamics: claim 'z' has an unknown null kind 'vibes'"):
         _add(claims, "z", null=Null("vibes"))
     with pytest.raises(ClaimError, match="ci low"):
         _add(claims, "w", ci=(0.8, 0.2))

@@ -52,16 +52,13 @@ class ClaimError(ValueError):
 @dataclass(frozen=True)
 class Null:
     """What an estimate was compared with: a ``kind`` from :data:`NULL_KINDS`, how many draws ``n`` it has (0 for
-    a fixed threshold), a ``summary`` of its distribution and a short ``description``."""
+    a fixed threshold), a ``summary`` of its distribution and a short ``description``. The kind is checked when a
+    claim is registered, so that the error can name the notebook and the claim."""
 
     kind: str
     n: int = 0
     summary: dict = field(default_factory=dict)
     description: str = ""
-
-    def __post_init__(self):
-        if self.kind not in NULL_KINDS:
-            raise ClaimError(f"unknown null kind {self.kind!r}; the kinds are: {', '.join(NULL_KINDS)}")
 
     @classmethod
     def from_samples(cls, kind: str, samples: Sequence[float] | np.ndarray, description: str = "") -> Null:
@@ -162,6 +159,9 @@ class Claim:
         where = f"{self.notebook}: claim {self.id!r}"
         if not isinstance(self.null, Null):
             raise ClaimError(f"{where} has no null (got {self.null!r}); pass null=Null(kind, ...) with a kind from "
+                             f"{', '.join(NULL_KINDS)}")
+        if self.null.kind not in NULL_KINDS:
+            raise ClaimError(f"{where} has an unknown null kind {self.null.kind!r}; the kinds are: "
                              f"{', '.join(NULL_KINDS)}")
         for name in ("paper", "statement", "measure"):
             if not str(getattr(self, name)).strip():
