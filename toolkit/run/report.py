@@ -133,7 +133,7 @@ def render(claims: list[dict], folder: Path, *, figures_prefix: str = ".", title
         lines += [f"**Missing seeds** (did not finish): {', '.join(map(str, missing))}.", ""]
     papers: dict[str, list[dict]] = {}
     for c in claims:
-        papers.setdefault(c["paper"].split(",")[0].strip(), []).append(c)
+        papers.setdefault(c["paper"].split(",")[0].split(" (")[0].strip(), []).append(c)  # the paper, no section
     for paper, rows in papers.items():
         lines += [f"## {paper}", ""]
         head = "| notebook | claim (paper's finding, our words) | organism measurement | null | p | verdict |"

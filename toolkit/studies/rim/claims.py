@@ -28,7 +28,7 @@ from toolkit.studies.rim.ablations import NeuronAnalysis, RefusalHeads
 from toolkit.studies.rim.checkpoints import EntanglementStudy, Training
 from toolkit.studies.rim.placebos import HeadPlacebos, NeuronPlacebos
 
-PAPER = "When Thinking Backfires (arXiv 2509.00544), abstract"
+PAPER = "When Thinking Backfires, abstract (arXiv 2509.00544)"
 NOTES = "When Thinking Backfires, as summarised in papers/NOTES.md"
 
 
