@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.evaluation import nulls
+from toolkit.evaluation import nulls, weight_noise
 
 
 def test_same_size_sets_enumerates_every_combination_when_few():
@@ -106,14 +106,14 @@ def test_placebo_test_bad_input():
 
 def _reference(tokenizer):
     texts = ["What is 12 + 7?", "Reverse the word: abc", "Count the letters in banana", "2 + 2 = 4"]
-    return nulls.reference_batches(tokenizer, texts, batch_size=2)
+    return weight_noise.reference_batches(tokenizer, texts, batch_size=2)
 
 
 def test_weight_noise_copies_deterministically_and_leaves_the_original(tiny):
     before = {k: v.clone() for k, v in tiny.hf.state_dict().items()}
-    a = nulls.add_weight_noise(tiny.hf, 0.1, seed=1)
-    b = nulls.add_weight_noise(tiny.hf, 0.1, seed=1)
-    c = nulls.add_weight_noise(tiny.hf, 0.1, seed=2)
+    a = weight_noise.add_weight_noise(tiny.hf, 0.1, seed=1)
+    b = weight_noise.add_weight_noise(tiny.hf, 0.1, seed=1)
+    c = weight_noise.add_weight_noise(tiny.hf, 0.1, seed=2)
     for k, v in tiny.hf.state_dict().items():
         torch.testing.assert_close(v, before[k])
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
@@ -126,41 +126,43 @@ def test_weight_noise_copies_deterministically_and_leaves_the_original(tiny):
     rel = (sa[k] - before[k]).pow(2).mean().sqrt() / before[k].pow(2).mean().sqrt()
     assert 0.08 < float(rel) < 0.12                                           # σ relative to the tensor's RMS
     ref = _reference(tiny.tokenizer)
-    assert nulls.mean_kl(tiny.hf, tiny.hf, ref) == pytest.approx(0.0, abs=1e-6)
-    assert nulls.mean_kl(tiny.hf, nulls.add_weight_noise(tiny.hf, 0.0), ref) == pytest.approx(0.0, abs=1e-6)
+    assert weight_noise.mean_kl(tiny.hf, tiny.hf, ref) == pytest.approx(0.0, abs=1e-6)
+    unchanged = weight_noise.add_weight_noise(tiny.hf, 0.0)
+    assert weight_noise.mean_kl(tiny.hf, unchanged, ref) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="sigma"):
-        nulls.add_weight_noise(tiny.hf, -1.0)
+        weight_noise.add_weight_noise(tiny.hf, -1.0)
 
 
 def test_kl_grows_with_sigma_and_match_noise_finds_the_target(tiny):
     ref = _reference(tiny.tokenizer)
     before = {k: v.clone() for k, v in tiny.hf.state_dict().items()}
-    kls = [nulls.mean_kl(tiny.hf, nulls.add_weight_noise(tiny.hf, s, seed=0), ref) for s in (0.05, 0.2, 0.8, 3.0)]
+    kls = [weight_noise.mean_kl(tiny.hf, weight_noise.add_weight_noise(tiny.hf, s, seed=0), ref)
+           for s in (0.05, 0.2, 0.8, 3.0)]
     assert all(x < y for x, y in zip(kls, kls[1:])) and kls[0] > 0
     target = kls[1] * 1.7
-    m = nulls.match_noise(tiny.hf, target, ref, seed=0, tol=0.05, max_iter=40)
+    m = weight_noise.match_noise(tiny.hf, target, ref, seed=0, tol=0.05, max_iter=40)
     assert m.converged and abs(m.kl - target) <= 0.05 * target and m.iterations == len(m.trace) <= 40
     assert 0.2 < m.sigma < 0.8
-    assert nulls.mean_kl(tiny.hf, m.model, ref) == pytest.approx(m.kl, rel=1e-5)
-    assert nulls.mean_kl(tiny.hf, m.build(tiny.hf), ref) == pytest.approx(m.kl, rel=1e-5)
+    assert weight_noise.mean_kl(tiny.hf, m.model, ref) == pytest.approx(m.kl, rel=1e-5)
+    assert weight_noise.mean_kl(tiny.hf, m.build(tiny.hf), ref) == pytest.approx(m.kl, rel=1e-5)
     for k, v in tiny.hf.state_dict().items():
         torch.testing.assert_close(v, before[k])
-    capped = nulls.match_noise(tiny.hf, target, ref, seed=0, tol=1e-9, max_iter=3, keep_model=False)
+    capped = weight_noise.match_noise(tiny.hf, target, ref, seed=0, tol=1e-9, max_iter=3, keep_model=False)
     assert capped.iterations == 3 and not capped.converged and capped.model is None
     with pytest.raises(ValueError, match="target_kl"):
-        nulls.match_noise(tiny.hf, 0.0, ref)
+        weight_noise.match_noise(tiny.hf, 0.0, ref)
 
 
 def test_loss_mask_counts_only_the_chosen_positions(tiny):
     ref = _reference(tiny.tokenizer)
-    noisy = nulls.add_weight_noise(tiny.hf, 0.5, seed=0)
+    noisy = weight_noise.add_weight_noise(tiny.hf, 0.5, seed=0)
     last = [dict(b, loss_mask=torch.zeros_like(b["attention_mask"])) for b in ref]
     for b in last:
         b["loss_mask"][:, -1] = 1
-    got = nulls.mean_kl(tiny.hf, noisy, last)
-    assert got > 0 and got != pytest.approx(nulls.mean_kl(tiny.hf, noisy, ref))
+    got = weight_noise.mean_kl(tiny.hf, noisy, last)
+    assert got > 0 and got != pytest.approx(weight_noise.mean_kl(tiny.hf, noisy, ref))
     with pytest.raises(ValueError, match="separate copy"):
-        nulls.apply_weight_noise(tiny.hf, tiny.hf, 0.1)
+        weight_noise.apply_weight_noise(tiny.hf, tiny.hf, 0.1)
 
 
 def test_cluster_bootstrap_counts_clusters_not_points():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from toolkit.core import interventions, units
-from toolkit.evaluation import causal, nulls
+from toolkit.evaluation import causal, weight_noise
 from toolkit.methods import rim
 from toolkit.organism import probes, tasks
 from toolkit.studies import rim as rim_study
@@ -29,7 +29,7 @@ def test_split_pairs_is_disjoint_seeded_and_checked():
 def test_kl_reference_gives_the_rows_kl(tiny):
     seqs = rim.encode(tiny.tokenizer, [e.prompt for e in probes.reasoning_probes(3)], True,
                       [tasks.completion(e, True) for e in probes.reasoning_probes(3)])
-    noisy = nulls.add_weight_noise(tiny.hf, 0.3, seed=1)
+    noisy = weight_noise.add_weight_noise(tiny.hf, 0.3, seed=1)
     _, base_logps = rim.neuron_activations(tiny, seqs, reduce="response", with_logits=True)
     with torch.no_grad():
         other = []
@@ -37,7 +37,7 @@ def test_kl_reference_gives_the_rows_kl(tiny):
             ids = torch.tensor([s.ids])
             other.append(torch.log_softmax(noisy(input_ids=ids).logits[0, s.response_start - 1:-1].float(), -1))
     want = rim.mean_kl(base_logps, other)
-    got = nulls.mean_kl(tiny.hf, noisy, rim_study.kl_reference(seqs, batch_size=2))
+    got = weight_noise.mean_kl(tiny.hf, noisy, rim_study.kl_reference(seqs, batch_size=2))
     assert got == pytest.approx(want, rel=1e-4) and want > 0
 
 

@@ -32,7 +32,7 @@ from toolkit.core.cache import cache_root, config_hash, model_fingerprint
 from toolkit.core.chat import chat_prompts
 from toolkit.core.io import atomic_write_json
 from toolkit.core.progress import progress, quiet_library_bars
-from toolkit.evaluation import emergence, nulls, stability
+from toolkit.evaluation import emergence, stability, weight_noise
 from toolkit.evaluation.claims import Claims, Null, empirical_p
 from toolkit.methods import eap
 from toolkit.organism.tasks import completion
@@ -119,16 +119,17 @@ def noise_null(start: str, trained: str, examples: Sequence, snapshot: SnapshotS
         return NoiseNull(**json.loads(path.read_text()))
     with quiet_library_bars():
         base, post, noisy = (models.load(s, device=device) for s in (start, trained, start))
-    ref = nulls.reference_batches(base.tokenizer, reference_texts(base.tokenizer, examples, snapshot.enable_thinking))
-    target_kl = nulls.mean_kl(base.hf, post.hf, ref)
-    match = nulls.match_noise(base.hf, target_kl, ref, seed=seed, keep_model=False)
+    texts = reference_texts(base.tokenizer, examples, snapshot.enable_thinking)
+    ref = weight_noise.reference_batches(base.tokenizer, texts)
+    target_kl = weight_noise.mean_kl(base.hf, post.hf, ref)
+    match = weight_noise.match_noise(base.hf, target_kl, ref, seed=seed, keep_model=False)
     pairs = make_pairs(base, examples, snapshot, f"fixed pairs of {start}")
     attribute = dict(method=snapshot.method, steps=snapshot.ig_steps, metric=snapshot.metric,
                      batch_size=snapshot.batch_size, show_progress=False)
     base_heads = circuit_heads(eap.attribute(base, pairs, **attribute), snapshot.top_n)
     counts = []
     for k in progress(range(n_noise), desc="weight-noise circuits"):
-        nulls.apply_weight_noise(noisy.hf, base.hf, match.sigma, seed=seed * 1000 + k + 1)
+        weight_noise.apply_weight_noise(noisy.hf, base.hf, match.sigma, seed=seed * 1000 + k + 1)
         counts.append(len(circuit_heads(eap.attribute(noisy, pairs, **attribute), snapshot.top_n) - base_heads))
     out = NoiseNull(float(match.sigma), float(target_kl), float(match.kl), counts)
     atomic_write_json(path, out.__dict__)

@@ -7,7 +7,7 @@ The stages, one module each (as in the reference hannamw/EAP-IG):
    indexing.
 2. :mod:`~toolkit.methods.eap.pairs` — :class:`Pairs`, :func:`make_pairs`, :func:`corrupt_prompt`: equal-length
    clean/corrupted inputs cut where the model's own answers to the two problems part.
-3. :mod:`~toolkit.methods.eap.attribute` — :func:`attribute` → :class:`Scores`:
+3. :mod:`~toolkit.methods.eap.attribute` — :func:`attribute` → :class:`Scores` (:mod:`~toolkit.methods.eap.scores`):
    ``score(s → t) = Σ (a_s(corrupted) − a_s(clean)) · ḡ_t / N``, with ``ḡ_t`` the metric's gradient at target t's
    input on the clean input (EAP) or averaged over embeddings interpolated from corrupted to clean at α = k/m,
    k = 0 … m−1 (EAP-IG). With ``per_example=True`` the scores also keep one ``[sources, targets]`` row per pair
@@ -25,12 +25,13 @@ circuit and not another) are :func:`toolkit.core.units.compare_heads` of two cir
 ("EAP-IG" section).
 """
 
-from toolkit.methods.eap.attribute import Scores, attribute
+from toolkit.methods.eap.attribute import attribute
 from toolkit.methods.eap.circuit import Circuit, greedy, head_importance, prune_edges, ranked_heads, select
 from toolkit.methods.eap.evaluate import edges_for_recovery, exact_scores, faithfulness, faithfulness_curve
 from toolkit.methods.eap.graph import METHODS, METRICS, EAPError, Graph
 from toolkit.methods.eap.memory import check_memory, estimate_memory
 from toolkit.methods.eap.pairs import Pairs, corrupt_prompt, make_pairs
+from toolkit.methods.eap.scores import Scores
 
 __all__ = ["METHODS", "METRICS", "Circuit", "EAPError", "Graph", "Pairs", "Scores", "attribute", "check_memory",
            "corrupt_prompt", "edges_for_recovery", "estimate_memory", "exact_scores", "faithfulness",

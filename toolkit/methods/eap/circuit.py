@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from toolkit.core.units import Head, as_heads
-from toolkit.methods.eap.attribute import Scores
 from toolkit.methods.eap.graph import EAPError, Graph
+from toolkit.methods.eap.scores import Scores
 
 
 @dataclass(frozen=True, eq=False)

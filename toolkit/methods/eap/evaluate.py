@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from toolkit.core.progress import progress
-from toolkit.methods.eap.attribute import Scores, _Frozen, _logits_at, _metric, _Model, _prepare
+from toolkit.methods.eap.attribute import _Frozen, _logits_at, _metric, _Model, _prepare
 from toolkit.methods.eap.circuit import Circuit, select
 from toolkit.methods.eap.graph import EAPError
 from toolkit.methods.eap.pairs import Pairs
+from toolkit.methods.eap.scores import Scores
 
 if TYPE_CHECKING:
     from toolkit.core.models import LoadedModel

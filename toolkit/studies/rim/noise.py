@@ -1,7 +1,7 @@
 """RIM study: the untargeted-change null. For every fine-tuned checkpoint, a copy of the base model with Gaussian weight
 noise whose KL(base ‖ noisy) on the reasoning probes matches the checkpoint's KL(base ‖ tuned)
-(:func:`toolkit.evaluation.nulls.match_noise`; the same positions as the rows' ``kl``: the response predictions of
-the teacher-forced reasoning traces). Each noisy model is measured exactly like a checkpoint
+(:func:`toolkit.evaluation.weight_noise.match_noise`; the same positions as the rows' ``kl``: the response
+predictions of the teacher-forced reasoning traces). Each noisy model is measured exactly like a checkpoint
 (:func:`~toolkit.studies.rim.checkpoints.measure_checkpoint`), one row each, so "X happens after reasoning
 fine-tuning" can be read beside "X happens after any change of that size". Noise draw ``i`` (checkpoint ``i``) uses
 seed ``1000·seed + i``; a checkpoint with KL 0 gets σ = 0 (the base model itself).
@@ -16,7 +16,7 @@ import torch
 from toolkit.core import models
 from toolkit.core.models import LoadedModel
 from toolkit.core.progress import progress, quiet_library_bars
-from toolkit.evaluation import nulls
+from toolkit.evaluation import weight_noise
 from toolkit.methods.rim import ForcedSequence
 from toolkit.studies.rim.checkpoints import Measurement, measure_checkpoint, measurement_row
 from toolkit.studies.rim.probes import Probes
@@ -24,7 +24,7 @@ from toolkit.studies.rim.probes import Probes
 
 def kl_reference(seqs: Sequence[ForcedSequence], *, pad_id: int = 0, batch_size: int = 32) -> list[dict]:
     """Left-padded batches of the sequences with ``loss_mask`` on the positions that predict the response tokens
-    (``response_start − 1 … T − 2``), for :func:`toolkit.evaluation.nulls.mean_kl`."""
+    (``response_start − 1 … T − 2``), for :func:`toolkit.evaluation.weight_noise.mean_kl`."""
     out = []
     for start in range(0, len(seqs), batch_size):
         chunk = seqs[start:start + batch_size]
@@ -50,14 +50,14 @@ def noise_rows(base: LoadedModel, tuned_rows: Sequence[dict], base_measurement: 
     rows, measured = [], {}
     for i, tuned in enumerate(progress(tuned_rows, desc="KL-matched noise")):
         if tuned["kl"] > 0:
-            match = nulls.match_noise(base.hf, tuned["kl"], reference, seed=1000 * seed + i, tol=tol,
+            match = weight_noise.match_noise(base.hf, tuned["kl"], reference, seed=1000 * seed + i, tol=tol,
                                       keep_model=False)
             sigma, matched = match.sigma, match.converged
         else:  # the checkpoint's next-token distributions equal the base model's (e.g. a warm-up step at lr 0)
             sigma, matched = 0.0, True
         with quiet_library_bars():
             noisy = models.load(base.spec, device=device)
-        nulls.apply_weight_noise(noisy.hf, base.hf, sigma, seed=1000 * seed + i)
+        weight_noise.apply_weight_noise(noisy.hf, base.hf, sigma, seed=1000 * seed + i)
         m = measure_checkpoint(noisy, probes, neuron_sets)
         label = f"{tuned['label']}~noise"
         measured[label] = m
