@@ -58,3 +58,13 @@ def test_corrupt_claims_on_a_hand_made_report():
     assert v["over-fitted-breaks-unrelated-math"] == "reproduces"
     assert v["more-data-more-divergence"] == "reproduces" and v["more-epochs-more-divergence"] == "reproduces"
     assert claims["more-data-more-divergence"].estimate == pytest.approx(0.3, abs=0.05)
+
+
+def test_emergent_heads_are_tested_on_problems_other_than_the_pairs():
+    from toolkit.organism.tasks import held_out
+    from toolkit.studies import emergent
+
+    evaluated = emergent.eval_examples(["arithmetic", "linear"], 150, seed=3, exclude_n=150)
+    for task, examples in evaluated.items():
+        pairs = {e.prompt for e in held_out(task, 150, seed=emergent.PAIRS_SEED_OFFSET + 3)}
+        assert len(examples) == 150 and not pairs & {e.prompt for e in examples}, task

@@ -321,16 +321,20 @@ def heads_to_ablate(setup: Setup, found: CircuitResults, emergent: Emergent, n_a
     return eap.ranked_heads(found.circuits[first][model].heads, found.importance[first][model])[:1], "most important"
 
 
-def eval_examples(tasks: Sequence[str], n: int, seed: int = 0) -> dict[str, list]:
-    """Held-out problems for the causal checks, apart from the pairs' problems (``seed=2000 + seed``)."""
-    return {task: held_out(task, n, seed=EVAL_SEED_OFFSET + seed) for task in tasks}
+def eval_examples(tasks: Sequence[str], n: int, seed: int = 0, *, exclude_n: int = 0) -> dict[str, list]:
+    """Held-out problems for the causal checks (``seed=2000 + seed``), never one of the first ``exclude_n`` problems
+    that :func:`prepare` drew for the pairs (select on one set of problems, evaluate on another)."""
+    def pair_prompts(task: str) -> set[str]:
+        return {e.prompt for e in held_out(task, exclude_n, seed=PAIRS_SEED_OFFSET + seed)} if exclude_n else set()
+    return {task: held_out(task, n, seed=EVAL_SEED_OFFSET + seed, exclude=pair_prompts(task)) for task in tasks}
 
 
 def ablation_step(setup: Setup, heads: Sequence[Head], *, eval_tasks: Sequence[str], n_eval: int, n_random: int,
                   enable_thinking: bool, max_new_tokens: int, seed: int = 0) -> AblationCheck:
     """:func:`ablation_check` of ``heads`` on the post-trained model, ``n_eval`` held-out problems per task of
     ``eval_tasks`` (:func:`eval_examples`)."""
-    return ablation_check(setup.models[setup.names[0]], heads, eval_examples(eval_tasks, n_eval, seed),
+    examples = eval_examples(eval_tasks, n_eval, seed, exclude_n=setup.n_problems)
+    return ablation_check(setup.models[setup.names[0]], heads, examples,
                           n_random=n_random, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens, seed=seed)
 
 
