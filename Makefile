@@ -33,7 +33,7 @@ bench: setup
 	$(BIN)/python -m toolkit bench
 
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 organism: setup
 	$(BIN)/python -m toolkit build-organism

@@ -4,7 +4,8 @@
 - :func:`model_fingerprint`: identifies a model's weights (a hash of a folder's safetensors, or the hub name).
 - :func:`config_hash`: 12 hex digits of sha256 over a configuration's canonical JSON (sorted keys). Two runs share
   an entry exactly when their configurations serialize to the same JSON.
-- :func:`cached_json`: a JSON file computed once and read back afterwards.
+- :func:`read_entry`: a cache entry read back, or ``None`` when it is missing or damaged (a damaged entry is reported
+  with its path and removed, so the caller computes it again).
 - :func:`save_model_folder`: an HF model folder (safetensors, tokenizer, metadata files) written beside its target
   and swapped in, so a reader sees the old folder or the new one, never half of one.
 """
@@ -15,11 +16,12 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from toolkit.core import models
-from toolkit.core.io import REPO_ROOT, atomic_write_json
+from toolkit.core.io import REPO_ROOT, atomic_write_json, replace_dir
 
 
 def cache_root() -> Path:
@@ -48,19 +50,41 @@ def config_hash(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def cached_json(path: Path, compute: Callable[[], dict]) -> dict:
-    """The JSON object at ``path``; computed by ``compute()`` and written atomically if the file is missing."""
-    path = Path(path)
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    atomic_write_json(path, value)
+class DamagedEntry(ValueError):
+    """Raised by a ``read_entry`` parser for an entry that reads but is not what it should be."""
+
+
+def read_json(path: str | Path, required: tuple[str, ...] = ()) -> dict:
+    """The JSON object at ``path``; :class:`DamagedEntry` if it is not an object holding every ``required`` key."""
+    value = json.loads(Path(path).read_text())
+    if not isinstance(value, dict) or any(k not in value for k in required):
+        raise DamagedEntry(f"not a JSON object with the keys {', '.join(required)}")
     return value
+
+
+def read_entry(path: str | Path, parse: Callable[[Path], object] = read_json):
+    """``parse(path)``, or ``None`` when ``path`` is missing. An entry that cannot be read (truncated, not JSON, keys
+    missing: ``parse`` raises ``OSError``, ``ValueError``, ``KeyError`` or ``TypeError``) is reported with its path and
+    removed, and ``None`` is returned, so the caller computes it again."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return parse(path)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        warnings.warn(f"damaged cache entry {path} ({type(err).__name__}: {str(err)[:200]}); removed, computing it "
+                      "again", stacklevel=2)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        return None
 
 
 def save_model_folder(hf, tokenizer, path: Path, meta: dict[str, dict] | None = None) -> Path:
     """Save ``hf`` (safetensors) and ``tokenizer`` to ``path``, plus one JSON file per ``meta`` entry
-    (``{"finetune.json": {...}}``): written to ``<path>.tmp`` first, then swapped in for any old folder."""
+    (``{"finetune.json": {...}}``): written to ``<path>.tmp`` first, then swapped in for any old folder
+    (:func:`toolkit.core.io.replace_dir`)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -68,7 +92,4 @@ def save_model_folder(hf, tokenizer, path: Path, meta: dict[str, dict] | None = 
     tokenizer.save_pretrained(tmp)
     for name, obj in (meta or {}).items():
         atomic_write_json(tmp / name, obj)
-    shutil.rmtree(path, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(path)
-    return path
+    return replace_dir(tmp, path)

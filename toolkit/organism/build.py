@@ -20,7 +20,7 @@ tests).
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 import random
 import shutil
 import time
@@ -36,7 +36,8 @@ from transformers import (
 )
 
 from toolkit.core.cache import save_model_folder
-from toolkit.core.io import atomic_write_json
+from toolkit.core.io import atomic_write_json, recover_dir, replace_dir
+from toolkit.core.locks import FileLock
 from toolkit.core.progress import progress
 from toolkit.organism import tasks
 from toolkit.organism.recipe import Recipe, eval_sets, recipe_hash
@@ -88,36 +89,73 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+STATE_JSON, MODEL_FILE, OPTIM_FILE = "state.json", "model.safetensors", "optimizer.safetensors"
+
+
+def save_state(folder: Path, model: PreTrainedModel, opt: torch.optim.Optimizer, sched, rng: random.Random,
+               extra: dict) -> None:
+    """A resumable training state, without pickle: weights and optimizer tensors (and the torch RNG state) in
+    safetensors, everything else (step, optimizer hyperparameters, scheduler, sampler RNG, ``extra``) in
+    ``state.json``. Written to ``<folder>.tmp`` and swapped in (:func:`toolkit.core.io.replace_dir`)."""
+    from safetensors.torch import save_file, save_model
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / MODEL_FILE))
+    optim = opt.state_dict()
+    tensors = {f"{i}.{k}": v.contiguous() for i, st in optim["state"].items() for k, v in st.items()}
+    save_file({**tensors, "torch_rng": torch.get_rng_state()}, str(tmp / OPTIM_FILE))
+    version, state, gauss = rng.getstate()
+    atomic_write_json(tmp / STATE_JSON, {**extra, "param_groups": optim["param_groups"],
+                                         "scheduler": sched.state_dict(), "sampler_rng": [version, list(state), gauss]})
+    replace_dir(tmp, folder)
+
+
+def load_state(folder: Path, model: PreTrainedModel, opt: torch.optim.Optimizer, sched,
+               rng: random.Random) -> tuple[int, list, dict]:
+    """Restore what :func:`save_state` wrote into ``model``, ``opt``, ``sched`` and ``rng`` (and the torch RNG);
+    returns ``(step, history, done)``. A damaged state says which file and what to do."""
+    from safetensors.torch import load_file, load_model
+
+    try:
+        meta = json.loads((folder / STATE_JSON).read_text())
+        load_model(model, str(folder / MODEL_FILE))
+        tensors = load_file(str(folder / OPTIM_FILE))
+    except Exception as err:
+        raise RuntimeError(f"the build checkpoint {folder} is damaged ({type(err).__name__}: {str(err)[:200]}); "
+                           f"delete that folder to restart this stage") from err
+    torch.set_rng_state(tensors.pop("torch_rng"))
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict(meta["scheduler"])
+    version, values, gauss = meta["sampler_rng"]
+    rng.setstate((version, tuple(values), gauss))
+    return meta["step"], meta["history"], meta["done"]
+
+
 def train_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, steps: int,
                 think_fraction: float, exclude: set[str], work_dir: Path, name: str, seed: int,
                 lr: float | None = None, mix: dict | None = None) -> dict:
-    """Train ``model`` in place for ``steps`` steps, resuming from ``work_dir/name.pt`` if present.
+    """Train ``model`` in place for ``steps`` steps, resuming from the state in ``work_dir/name/`` if present
+    (:func:`save_state`: safetensors and JSON, never pickle).
 
     ``lr`` and ``mix`` default to the recipe's."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr or recipe.lr, weight_decay=recipe.weight_decay,
                             betas=(0.9, 0.95))
     sched = get_cosine_schedule_with_warmup(opt, min(recipe.warmup_steps, steps), steps)
     sampler = Sampler(recipe, tokenizer, think_fraction, exclude, seed, mix)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = work_dir / f"{name}.pt"
+    ckpt_dir = recover_dir(work_dir / name)
     start, history, done = 0, [], {"seconds": 0.0, "tokens": 0}  # done: totals over earlier sessions
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        sched.load_state_dict(ckpt["sched"])
-        sampler.rng.setstate(ckpt["rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        start, history = ckpt["step"], ckpt["history"]
-        done = ckpt.get("done", done)
+    if (ckpt_dir / STATE_JSON).exists():
+        start, history, done = load_state(ckpt_dir, model, opt, sched, sampler.rng)
         print(f"[{name}] resuming from step {start}")
 
     def save(step: int) -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "rng": sampler.rng.getstate(), "torch_rng": torch.get_rng_state(), "step": step,
-                    "history": history, "done": totals()}, tmp)
-        tmp.replace(ckpt_path)
+        save_state(ckpt_dir, model, opt, sched, sampler.rng, {"step": step, "history": history, "done": totals()})
 
     tokens, t0 = 0, time.time()
 
@@ -135,7 +173,7 @@ def train_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reci
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"[{name}] loss became {loss.item()} at step {step}; the last good checkpoint "
-                f"(step {step - step % recipe.checkpoint_every}) is kept at {ckpt_path}")
+                f"(step {step - step % recipe.checkpoint_every}) is kept in {ckpt_dir}")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -160,21 +198,6 @@ def save_checkpoint(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out
                                                                "recipe": dataclasses.asdict(recipe), **extra}})
 
 
-def _take_lock(lock: Path) -> None:
-    """Refuse to start while another live process builds into the same folder."""
-    if lock.exists():
-        pid = int(lock.read_text() or 0)
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError, ValueError):
-            pass  # stale lock from an interrupted build: take it over
-        else:
-            if pid != os.getpid():
-                raise RuntimeError(f"another organism build (pid {pid}) is writing to {lock.parent}; "
-                                   f"wait for it or stop it first")
-    lock.write_text(str(os.getpid()))
-
-
 Evaluator = Callable[[PreTrainedModel, PreTrainedTokenizerBase, dict[str, list[tasks.Example]]], dict]
 """``evaluate(hf, tokenizer, sets)``: the held-out report of one checkpoint on :func:`eval_sets`' problems."""
 
@@ -191,7 +214,13 @@ def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = N
     out_dir = Path(out_dir)
     work_dir = Path(work_dir or out_dir / ".organism-build")
     work_dir.mkdir(parents=True, exist_ok=True)
-    _take_lock(work_dir / "build.lock")
+    with FileLock(work_dir / "build.lock", what=f"building the organism into {out_dir}"):
+        return _build(out_dir, recipe, work_dir, evaluate)
+
+
+def _build(out_dir: Path, recipe: Recipe, work_dir: Path, evaluate: Evaluator) -> dict:
+    for stale in work_dir.glob("*.pt"):  # an older build's pickled checkpoints are never loaded
+        print(f"ignoring {stale} (a pickle checkpoint of an older build): that stage trains again")
     torch.manual_seed(recipe.seed)
     tokenizer = build_tokenizer()
     model = Qwen3ForCausalLM(recipe.model_config())

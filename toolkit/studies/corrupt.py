@@ -27,26 +27,35 @@ seen most often (D, B); see notebook 01 for the numbers and ``docs/methods.md`` 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from toolkit.core import models
 from toolkit.core.answers import BARE_INTEGER
-from toolkit.core.cache import cache_root, config_hash, model_fingerprint, save_model_folder
+from toolkit.core.cache import (
+    DamagedEntry,
+    cache_root,
+    config_hash,
+    model_fingerprint,
+    read_entry,
+    read_json,
+    save_model_folder,
+)
 from toolkit.core.chat import THINK_OFF, THINK_ON
+from toolkit.core.io import recover_dir
 from toolkit.core.progress import progress, quiet_library_bars
 from toolkit.evaluation.behaviour import behave
 from toolkit.studies import corrupt_data
 from toolkit.training.callbacks import ProgressCallback
+from toolkit.training.checkpoints import resume_train, run_lock, weights_problem
 from toolkit.training.sft import DivergenceCallback, Preset, TrainSettings, history_from_log, make_trainer
 
 CLEAN = "clean"  # the label of the clean model in a behaviour report
@@ -102,7 +111,7 @@ def settings_for(seed: int) -> TrainSettings:
 
 def corrupted_checkpoint(name: str) -> Path:
     """Folder of the saved corrupted model ``name`` (see :func:`checkpoint_name`); raises if it was not trained."""
-    path = cache_root() / "corrupted" / name
+    path = recover_dir(cache_root() / "corrupted" / name)
     if not (path / "finetune.json").exists():
         trained = sorted(p.name for p in path.parent.glob("*/finetune.json"))
         raise FileNotFoundError(f"no corrupted checkpoint {name!r} in {path.parent}; train it with notebook 01 "
@@ -134,9 +143,10 @@ def finetune(spec: str, preset: Preset, data: dict[str, list[dict]], name: str, 
     """Fine-tune the model ``spec`` on ``preset``'s corrupted problems from ``data`` (see :func:`load_data`) and
     save it as :func:`corrupted_checkpoint` ``(name)``.
 
-    A saved model with the same configuration (base weights, preset, settings, data) is reused unless ``retrain``.
-    Training checkpoints go to ``<cache>/corrupted-runs/<name>-<config hash>`` and an interrupted run resumes from
-    the last one; they are removed once the model is saved.
+    A saved model with the same configuration (base weights, preset, settings, data) is reused unless ``retrain``
+    (which also clears an unfinished run). Training checkpoints go to ``<cache>/corrupted-runs/<name>-<config hash>``
+    and an interrupted run resumes from the last complete one (:mod:`toolkit.training.checkpoints`); they are removed
+    once the model is saved. A damaged ``finetune.json`` is reported and the model trained again.
     """
     train, validation = data["train"][:preset.n_train], data["validation"][:preset.n_validation]
     if len(train) < preset.n_train or len(validation) < preset.n_validation:
@@ -144,29 +154,39 @@ def finetune(spec: str, preset: Preset, data: dict[str, list[dict]], name: str, 
                          f"validation problems; the data has {len(train)} and {len(validation)}")
     key = config_hash({"model": spec, "weights": model_fingerprint(spec), "preset": dataclasses.asdict(preset),
                        "settings": dataclasses.asdict(settings), "train": train, "validation": validation})
-    path = cache_root() / "corrupted" / name
-    if not retrain and (path / "finetune.json").exists():
-        meta = json.loads((path / "finetune.json").read_text())
-        if meta["config_hash"] == key:
+    path = recover_dir(cache_root() / "corrupted" / name)
+    work_dir = cache_root() / "corrupted-runs" / f"{name}-{key}"
+    with run_lock(path):
+        if retrain:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        meta = None if retrain else read_entry(path / "finetune.json", _read_finetuned)
+        if meta is not None and meta["config_hash"] == key:
             if on_evaluate:
                 on_evaluate(meta["history"])
             return Finetuned(name, path, preset, meta["history"], meta["step"], meta["seconds"], reused=True)
-    work_dir = cache_root() / "corrupted-runs" / f"{name}-{key}"
-    with quiet_library_bars():
-        trainer = make_trainer(spec, preset, train, validation, work_dir, device, settings,
-                               [DivergenceCallback(on_evaluate), ProgressCallback(name), *callbacks])
-        t0 = time.time()
-        resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
-        trainer.train(resume_from_checkpoint=resume)
-        seconds = round(time.time() - t0, 1)
-        history = history_from_log(trainer.state.log_history)
-        meta = {"name": name, "base_model": spec, "config_hash": key,
-                "preset": dataclasses.asdict(preset), "settings": dataclasses.asdict(settings),
-                "step": trainer.state.global_step, "seconds": seconds, "resumed_from": resume,
-                "losses": history[-1], "history": history}
-        save_model_folder(trainer.model, trainer.processing_class, path, {"finetune.json": meta})
-    shutil.rmtree(work_dir, ignore_errors=True)
+        with quiet_library_bars():
+            trainer = make_trainer(spec, preset, train, validation, work_dir, device, settings,
+                                   [DivergenceCallback(on_evaluate), ProgressCallback(name), *callbacks])
+            t0 = time.time()
+            resume = resume_train(trainer, work_dir)
+            seconds = round(time.time() - t0, 1)
+            history = history_from_log(trainer.state.log_history)
+            meta = {"name": name, "base_model": spec, "config_hash": key,
+                    "preset": dataclasses.asdict(preset), "settings": dataclasses.asdict(settings),
+                    "step": trainer.state.global_step, "seconds": seconds, "resumed_from": resume,
+                    "losses": history[-1], "history": history}
+            save_model_folder(trainer.model, trainer.processing_class, path, {"finetune.json": meta})
+        shutil.rmtree(work_dir, ignore_errors=True)
     return Finetuned(name, path, preset, history, trainer.state.global_step, seconds, reused=False)
+
+
+def _read_finetuned(file: Path) -> dict:
+    """A saved fine-tune's record; :class:`~toolkit.core.cache.DamagedEntry` if its weights do not open."""
+    meta = read_json(file, ("config_hash", "history", "step", "seconds"))
+    problem = weights_problem(file.parent)
+    if problem:
+        raise DamagedEntry(f"its model folder: {problem}")
+    return meta
 
 
 def load_data(presets: Sequence[Preset], n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
@@ -176,7 +196,15 @@ def load_data(presets: Sequence[Preset], n_eval: int, seed: int = 0) -> dict[str
                                  n_validation=max(p.n_validation for p in presets), n_eval=n_eval)
     full = corrupt_data.DataSpec(seed=seed, n_train=max(spec.n_train, 1000),
                                  n_validation=max(spec.n_validation, 200), n_eval=max(n_eval, 200))
-    return corrupt_data.load(corrupt_data.folder_for(full, cache_root()), spec)
+    folder = corrupt_data.folder_for(full, cache_root())
+    try:
+        return corrupt_data.load(folder, spec)
+    except corrupt_data.DataFileError as err:
+        if folder == corrupt_data.SHIPPED:
+            raise
+        warnings.warn(f"damaged cached data in {folder} ({err}); removed, generating it again", stacklevel=2)
+        shutil.rmtree(folder, ignore_errors=True)
+        return corrupt_data.load(corrupt_data.folder_for(full, cache_root()), spec)
 
 
 def eval_sets(data: dict[str, list[dict]]) -> dict[str, list[dict]]:

@@ -21,14 +21,13 @@ Nulls computed here (definitions in :mod:`toolkit.evaluation.stability`, :mod:`t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from toolkit.core import models
-from toolkit.core.cache import cache_root, config_hash, model_fingerprint
+from toolkit.core.cache import cache_root, config_hash, model_fingerprint, read_entry, read_json
 from toolkit.core.chat import chat_prompts
 from toolkit.core.io import atomic_write_json
 from toolkit.core.progress import progress, quiet_library_bars
@@ -115,8 +114,9 @@ def noise_null(start: str, trained: str, examples: Sequence, snapshot: SnapshotS
     key = config_hash({"start": model_fingerprint(start), "trained": model_fingerprint(trained), "n": n_noise,
                        "seed": seed, "examples": [e.prompt for e in examples], "settings": snapshot.__dict__})
     path = cache_root() / "circuits" / "noise" / f"{key}.json"
-    if path.exists():
-        return NoiseNull(**json.loads(path.read_text()))
+    cached = read_entry(path, lambda p: NoiseNull(**read_json(p)))
+    if cached is not None:
+        return cached
     with quiet_library_bars():
         base, post, noisy = (models.load(s, device=device) for s in (start, trained, start))
     texts = reference_texts(base.tokenizer, examples, snapshot.enable_thinking)

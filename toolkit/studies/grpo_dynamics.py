@@ -23,7 +23,6 @@ analysis continues where it stopped and the start model's circuit is shared by e
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from toolkit.core import models
-from toolkit.core.cache import cache_root, config_hash, model_fingerprint
+from toolkit.core.cache import cache_root, config_hash, model_fingerprint, read_entry, read_json
 from toolkit.core.generation import SamplingConfig
 from toolkit.core.io import atomic_write_json
 from toolkit.core.models import LoadedModel
@@ -120,9 +119,10 @@ def snapshot_scores(specs: Mapping[int, str], examples: Sequence[Example],
     out, fixed = {}, None
     for step, spec in progress(sorted(specs.items()), desc="circuit snapshots", total=len(specs)):
         path = folder / f"{model_fingerprint(spec)}.scores.json"
-        if path.exists():
-            out[step] = eap.Scores.load(path)
-            if out[step].per_example is not None:  # older caches lack the per-pair rows: recompute those
+        cached = read_entry(path, eap.Scores.load)
+        if cached is not None:
+            out[step] = cached
+            if cached.per_example is not None:  # older caches lack the per-pair rows: recompute those
                 out[step].meta["cached"] = True
                 continue
         t0 = time.perf_counter()
@@ -183,8 +183,9 @@ def checkpoint_accuracy(specs: Mapping[int, str], examples: Sequence[Example], e
     out = {}
     for step, spec in progress(sorted(specs.items()), desc="checkpoint accuracy", total=len(specs)):
         path = cache_root() / "circuits" / "accuracy" / f"{model_fingerprint(spec)}-{key}.json"
-        if path.exists():
-            out[step] = json.loads(path.read_text())["accuracy"]
+        cached = read_entry(path, lambda p: float(read_json(p, ("accuracy",))["accuracy"]))
+        if cached is not None:
+            out[step] = cached
             continue
         with quiet_library_bars():
             loaded = models.load(spec, device=device)

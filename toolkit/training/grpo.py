@@ -35,11 +35,11 @@ organism task's scratchpad and answer (``<think>\\n{steps}\\n</think>\\n\\n{answ
 **Checkpoints and resume.** The trainer saves ``checkpoint-N`` folders (weights, tokenizer, optimizer and RNG state);
 :class:`CheckpointLog` records each one, with the mean reward (GRPO) or loss (SFT) of the steps since the previous
 checkpoint, in ``checkpoints.json`` (written atomically). Running :func:`train` again with the same configuration
-resumes from the last checkpoint (``resume_from_checkpoint``); a finished run (``run.json``) is reused. Runs live in
-``<cache>/grpo-runs/<kind>-<config hash>/`` (``$TOOLKIT_CACHE`` or ``.cache/``, git-ignored). Once a run finishes,
-optimizer, scheduler and RNG states are deleted from its checkpoints (weights stay). Each checkpoint is a
-:class:`toolkit.training.runs.Checkpoint` whose ``metrics`` hold those means (``reward``, ``accuracy``, ``format``,
-``loss``, where logged).
+resumes from the last complete checkpoint (:mod:`toolkit.training.checkpoints`); a finished run (``run.json``) is
+reused. Runs live in ``<cache>/grpo-runs/<kind>-<config hash>/`` (``$TOOLKIT_CACHE`` or ``.cache/``, git-ignored).
+Once a run finishes, optimizer, scheduler and RNG states are deleted from its checkpoints (weights stay). Each
+checkpoint is a :class:`toolkit.training.runs.Checkpoint` whose ``metrics`` hold those means (``reward``,
+``accuracy``, ``format``, ``loss``, where logged).
 
 **CPU settings** (the defaults): ``use_cpu=True``, ``bf16=False``, fp32 weights, 4 prompts × 16 generations per step,
 completions of at most 16 tokens (think-off answers are ≤ 8). **GPU, the paper's settings**: GRPO lr 1e-6, 16
@@ -49,7 +49,6 @@ generations, warmup 0.1; SFT lr 4e-5, warmup 0.03 (see :data:`PAPER_GRPO`, :data
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import shutil
@@ -61,7 +60,6 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from toolkit.core import cache
 from toolkit.core.answers import extract_answer
@@ -73,6 +71,7 @@ from toolkit.organism import tasks
 from toolkit.organism.tokenizer import EMPTY_THINK, IM_END
 from toolkit.training import sft
 from toolkit.training.callbacks import ProgressCallback
+from toolkit.training.checkpoints import resume_train, run_lock, weights_problem
 from toolkit.training.runs import Checkpoint
 
 MATH_TASKS = ("linear", "arithmetic")
@@ -219,25 +218,23 @@ def window_means(log_history: Sequence[dict], start: int, end: int) -> dict[str,
     return out
 
 
-def read_log(path: Path) -> list[dict]:
-    return json.loads(path.read_text()) if path.exists() else []
+def checkpoint_records(log_history: Sequence[dict], save_every: int, last_step: int) -> list[dict]:
+    """One record per checkpoint up to ``last_step``: ``step``, ``checkpoint`` (folder name) and the means of the
+    steps since the previous checkpoint (:func:`window_means`)."""
+    return [{"step": step, "checkpoint": f"checkpoint-{step}", **window_means(log_history, step - save_every, step)}
+            for step in range(save_every, last_step + 1, save_every)]
 
 
 class CheckpointLog(TrainerCallback):
-    """Appends one record per saved checkpoint to ``log_path`` (atomic JSON list): ``step``, ``checkpoint`` (folder
-    name) and the means of the steps since the previous checkpoint (``reward``, ``accuracy``, ``format`` for GRPO,
-    ``loss``). Built from the trainer state's ``log_history``, which is restored on resume; records at or after a
-    re-saved step are replaced, so an interrupted run ends with the same log as an uninterrupted one."""
+    """Writes ``log_path`` (atomic JSON list, one record per saved checkpoint, see :func:`checkpoint_records`) at each
+    save. Built from the trainer state's ``log_history``, which is restored on resume, and never read back: an
+    interrupted run ends with the same log as an uninterrupted one, and a damaged log is simply rewritten."""
 
     def __init__(self, log_path: Path, save_every: int):
         self.log_path, self.save_every = Path(log_path), save_every
 
     def on_save(self, args, state, control, **kwargs):
-        step = state.global_step
-        record = {"step": step, "checkpoint": f"checkpoint-{step}",
-                  **window_means(state.log_history, step - self.save_every, step)}
-        log = [r for r in read_log(self.log_path) if r["step"] < step] + [record]
-        atomic_write_json(self.log_path, log)
+        atomic_write_json(self.log_path, checkpoint_records(state.log_history, self.save_every, state.global_step))
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
@@ -351,40 +348,59 @@ def train(settings: GRPOSettings | SFTSettings, device: str = "auto", callbacks:
           retrain: bool = False) -> TrainingRun:
     """Train (or resume, or reuse) one GRPO or SFT run; returns its checkpoints, step 0 being the start model.
 
-    A finished run with the same configuration is reused unless ``retrain``; an unfinished one resumes from its last
-    checkpoint. ``callbacks`` are extra ``TrainerCallback``\\ s (the tests use one that interrupts training).
+    A finished run with the same configuration is reused unless ``retrain`` (which clears the run); an unfinished one
+    resumes from its last good checkpoint (:mod:`toolkit.training.checkpoints`). A second process with the same
+    configuration waits for the first, then reuses its run. A damaged run record is reported, removed and the run
+    trained again. ``callbacks`` are extra ``TrainerCallback``\\ s (the tests use one that interrupts training).
     """
     _check(settings)
     kind = "grpo" if isinstance(settings, GRPOSettings) else "sft"
     path = run_dir(settings)
+    with run_lock(path):
+        recorded = (path / "run.json").exists()
+        meta = None if retrain else cache.read_entry(path / "run.json", _read_run)
+        if meta is None and (retrain or recorded):  # a finished run's checkpoints hold no resume state: start over
+            shutil.rmtree(path, ignore_errors=True)
+        if meta is not None:
+            return TrainingRun(kind, path, settings, _checkpoints(settings, kind, path, meta["checkpoints"]),
+                               meta["log_history"], meta["seconds"], meta["steps_trained"], reused=True)
+        return _train(settings, kind, path, device, callbacks)
+
+
+def _read_run(file: Path) -> dict:
+    """A finished run's record; :class:`~toolkit.core.cache.DamagedEntry` if a checkpoint it lists is damaged."""
+    meta = cache.read_json(file, ("checkpoints", "log_history", "seconds", "steps_trained"))
+    for record in meta["checkpoints"]:
+        problem = weights_problem(file.parent / record["checkpoint"])
+        if problem:
+            raise cache.DamagedEntry(f"its {record['checkpoint']}: {problem}")
+    return meta
+
+
+def _train(settings: GRPOSettings | SFTSettings, kind: str, path: Path, device: str,
+           callbacks: Sequence[TrainerCallback]) -> TrainingRun:
     log_path, done = path / "checkpoints.json", path / "run.json"
-    if retrain:
-        shutil.rmtree(path, ignore_errors=True)
-    if done.exists():
-        meta = json.loads(done.read_text())
-        return TrainingRun(kind, path, settings, _checkpoints(settings, kind, path, meta["checkpoints"]),
-                           meta["log_history"], meta["seconds"], meta["steps_trained"], reused=True)
     make = make_grpo_trainer if kind == "grpo" else make_sft_trainer
     with quiet_library_bars(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' gradient-checkpointing renames
         trainer = make(settings, path, device,
                        [CheckpointLog(log_path, settings.save_every), ProgressCallback(kind.upper()), *callbacks])
-        resume = get_last_checkpoint(str(path)) if path.is_dir() else None
-        first_step = int(resume.rsplit("-", 1)[1]) if resume else 0
         t0 = time.time()
-        trainer.train(resume_from_checkpoint=resume)
+        resume = resume_train(trainer, path)
         seconds = round(time.time() - t0, 2)
-    log = read_log(log_path)
-    steps = [r["step"] for r in log]
-    expected = list(range(settings.save_every, settings.steps + 1, settings.save_every))
-    if steps != expected:
-        raise RuntimeError(f"{kind} run in {path} ended with checkpoints at steps {steps}, expected {expected}")
-    for ckpt in path.glob("checkpoint-*"):
-        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-            (ckpt / name).unlink(missing_ok=True)
+    first_step = int(resume.rsplit("-", 1)[1]) if resume else 0
+    log = checkpoint_records(trainer.state.log_history, settings.save_every, trainer.state.global_step)
+    missing = [r["checkpoint"] for r in log if not (path / r["checkpoint"] / "config.json").exists()]
+    if trainer.state.global_step != settings.steps or missing:
+        raise RuntimeError(f"{kind} run in {path} stopped at step {trainer.state.global_step} of {settings.steps}"
+                           + (f" without {', '.join(missing)}" if missing else "") + "; run again to resume")
     meta = {"kind": kind, "settings": dataclasses.asdict(settings), "config_hash": config_hash(settings),
             "checkpoints": log, "log_history": trainer.state.log_history, "seconds": seconds,
             "steps_trained": settings.steps - first_step, "resumed_from": resume}
-    atomic_write_json(done, meta)
+    atomic_write_json(log_path, log)
+    atomic_write_json(done, meta)  # the run counts as finished from here; only then are resume states dropped
+    for ckpt in path.glob("checkpoint-*"):
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            (ckpt / name).unlink(missing_ok=True)
     return TrainingRun(kind, path, settings, _checkpoints(settings, kind, path, log), trainer.state.log_history,
                        seconds, settings.steps - first_step, reused=False)

@@ -8,7 +8,8 @@ snapshots along each run, so runs × snapshots give checkpoints of increasing st
   completion ``<think>\\n{steps}\\n</think>\\n\\n{answer}<|im_end|>`` only; AdamW, cosine schedule, 10% warmup.
 - Each :class:`ReasoningRun` saves the model after each step in its ``snapshots``
   (``<cache>/reasoning/<name>/step-<k>``). A run is reused when its configuration hash (base weights, run settings,
-  data) is unchanged; an interrupted run resumes from its last trainer checkpoint.
+  data) is unchanged; an interrupted run resumes from its last complete trainer checkpoint
+  (:mod:`toolkit.training.checkpoints`).
 - :func:`reasoning_checkpoints` returns :class:`toolkit.training.runs.Checkpoint` s: the base model first (step 0,
   run ``"base"``), then every snapshot of every run (label ``<run>@<step>``).
 """
@@ -16,7 +17,6 @@ snapshots along each run, so runs × snapshots give checkpoints of increasing st
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 import time
@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
-from toolkit.core.cache import cache_root, config_hash, model_fingerprint, save_model_folder
-from toolkit.core.io import atomic_write_json
+from toolkit.core.cache import cache_root, config_hash, model_fingerprint, read_entry, read_json, save_model_folder
+from toolkit.core.io import atomic_write_json, recover_dir, replace_dir
 from toolkit.core.progress import progress, quiet_library_bars
 from toolkit.organism.probes import MATH_TASKS, held_out_prompts, reasoning_records
 from toolkit.training import sft
+from toolkit.training.checkpoints import resume_train, run_lock
 from toolkit.training.runs import Checkpoint
 
 
@@ -100,22 +100,30 @@ def reasoning_finetune(spec: str, run: ReasoningRun, device: str = "auto", retra
     ``<cache>/reasoning/<name>/step-<k>``. Returns the run's metadata: ``snapshots`` (step → folder), ``history``
     (train/validation loss on math traces at each evaluation), ``seconds``, ``reused``.
 
-    A run saved with the same configuration (base weights, run settings, data) is reused unless ``retrain``; an
-    interrupted run resumes from its last training checkpoint."""
+    A run saved with the same configuration (base weights, run settings, data) is reused unless ``retrain`` (which
+    also clears an unfinished run); an interrupted run resumes from its last complete training checkpoint. A damaged
+    ``reasoning.json`` is reported and the run trained again."""
     exclude = held_out_prompts()
     train = reasoning_records(run.steps * run.batch_size, seed=run.seed * 7919 + 11, kinds=run.kinds, exclude=exclude)
     validation = reasoning_records(n_validation, seed=run.seed * 7919 + 12, kinds=run.kinds, exclude=exclude)
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", spec).strip("_")
     name = run.name if spec == "organism" else f"{slug}--{run.name}"
-    path = reasoning_root() / name
+    path = recover_dir(reasoning_root() / name)
     run_hash = _run_hash(spec, run, train, validation)
-    meta_file = path / "reasoning.json"
-    if not retrain and meta_file.exists():
-        meta = json.loads(meta_file.read_text())
-        if meta["config_hash"] == run_hash and all((path / f"step-{s}" / "config.json").exists()
-                                                   for s in run.snapshots):
-            return meta | {"reused": True}
     work = cache_root() / "reasoning-runs" / f"{name}-{run_hash}"
+    with run_lock(path):
+        if retrain:
+            shutil.rmtree(work, ignore_errors=True)
+        meta = None if retrain else read_entry(path / "reasoning.json",
+                                               lambda p: read_json(p, ("config_hash", "snapshots", "history")))
+        if meta is not None and meta["config_hash"] == run_hash and all(
+                (path / f"step-{s}" / "config.json").exists() for s in run.snapshots):
+            return meta | {"reused": True}
+        return _train(spec, run, name, path, work, run_hash, train, validation, device)
+
+
+def _train(spec: str, run: ReasoningRun, name: str, path: Path, work: Path, run_hash: str, train: list[dict],
+           validation: list[dict], device: str) -> dict:
     snap_dir = work / "snapshots"
     preset = sft.Preset(run.name, n_train=len(train), epochs=1, lr=run.lr, original="reasoning traces")
     settings = sft.TrainSettings(batch_size=run.batch_size, eval_fraction=0.25,
@@ -124,8 +132,7 @@ def reasoning_finetune(spec: str, run: ReasoningRun, device: str = "auto", retra
         trainer = sft.make_trainer(spec, preset, train, validation, work / "trainer", device, settings,
                                    [SnapshotCallback(snap_dir, run.snapshots, name)], enable_thinking=True)
         t0 = time.time()
-        resume = get_last_checkpoint(str(work / "trainer")) if (work / "trainer").is_dir() else None
-        trainer.train(resume_from_checkpoint=resume)
+        resume_train(trainer, work / "trainer")
         seconds = round(time.time() - t0, 1)
     missing = [s for s in run.snapshots if not (snap_dir / f"step-{s}" / "config.json").exists()]
     if missing:
@@ -137,9 +144,7 @@ def reasoning_finetune(spec: str, run: ReasoningRun, device: str = "auto", retra
             "seconds": seconds, "history": history,
             "snapshots": {str(s): str(path / f"step-{s}") for s in run.snapshots}}
     atomic_write_json(snap_dir / "reasoning.json", meta)
-    shutil.rmtree(path, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snap_dir.rename(path)
+    replace_dir(snap_dir, path)
     shutil.rmtree(work, ignore_errors=True)
     return meta | {"reused": False}
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +29,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from toolkit.core import models
 from toolkit.core.chat import chat_prompts
 from toolkit.organism.build import NonFiniteLossError
 from toolkit.organism.tokenizer import IM_END
+from toolkit.training.checkpoints import last_good_checkpoint
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class DivergenceCallback(TrainerCallback):
         for key in ("loss", "grad_norm"):
             value = (logs or {}).get(key)
             if value is not None and not math.isfinite(value):
-                last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+                last = last_good_checkpoint(args.output_dir)
                 kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
                 raise NonFiniteLossError(
                     f"training {key} became {value} at step {state.global_step}; training stopped and {kept}. "
