@@ -371,3 +371,22 @@ def test_the_toolkit_never_unpickles():
     assert not found, "\n".join(found)
     assert UNSAFE[0][0].search("x = torch.load(f, weights_only=False)")  # the scan can fail
     assert not UNSAFE[0][0].search("x = torch.load(f, map_location='cpu', weights_only=True)")
+
+
+@pytest.mark.parametrize("make,field", [
+    (lambda: grpo.GRPOSettings(learning_rate=-1e-3), "learning_rate must be > 0"),
+    (lambda: grpo.GRPOSettings(learning_rate=float("nan")), "learning_rate must be a number"),
+    (lambda: grpo.GRPOSettings(temperature=0.0), "temperature must be > 0"),
+    (lambda: grpo.GRPOSettings(num_generations=1), "num_generations must be ≥ 2"),
+    (lambda: grpo.GRPOSettings(steps=True), "steps must be an integer"),
+    (lambda: grpo.GRPOSettings(steps=10, save_every=3), "multiple of save_every"),
+    (lambda: grpo.SFTSettings(batch_size=0), "batch_size must be ≥ 1"),
+    (lambda: grpo.SFTSettings(warmup_ratio=1.5), "warmup_ratio must be ≥ 0 and ≤ 1"),
+    (lambda: TrainSettings(batch_size=2.5), "batch_size must be an integer"),
+    (lambda: TrainSettings(eval_fraction=0), "eval_fraction must be > 0 and ≤ 1"),
+    (lambda: Preset("p", n_train=-5, epochs=1, lr=1e-3, original=""), "n_train must be ≥ 1"),
+    (lambda: Preset("p", n_train=8, epochs=1, lr=0, original=""), "lr must be > 0"),
+])
+def test_training_settings_out_of_range_are_refused_when_made(make, field):
+    with pytest.raises(ValueError, match=re.escape(field)):
+        make()

@@ -72,7 +72,7 @@ from toolkit.organism.tokenizer import EMPTY_THINK, IM_END
 from toolkit.training import sft
 from toolkit.training.callbacks import ProgressCallback
 from toolkit.training.checkpoints import resume_train, run_lock, weights_problem
-from toolkit.training.runs import Checkpoint
+from toolkit.training.runs import Checkpoint, check_settings
 
 MATH_TASKS = ("linear", "arithmetic")
 GRPO_TASKS = ("linear",)  # the task where organism-base's think-off samples are sometimes right
@@ -100,6 +100,9 @@ class GRPOSettings:
     n_train: int = 1000
     seed: int = 0
 
+    def __post_init__(self):
+        _check(self)
+
 
 @dataclass(frozen=True)
 class SFTSettings:
@@ -114,6 +117,16 @@ class SFTSettings:
     save_every: int = 5
     n_train: int = 2000
     seed: int = 0
+
+    def __post_init__(self):
+        _check(self)
+
+
+def _check(settings: GRPOSettings | SFTSettings) -> None:
+    check_settings(settings)  # numeric bounds (num_generations ≥ 2: advantages are relative within a group)
+    if settings.steps % settings.save_every:
+        raise ValueError(f"steps ({settings.steps}) must be a multiple of save_every ({settings.save_every}) so the "
+                         "last step is a checkpoint")
 
 
 # The paper's settings on Qwen2.5-Math-1.5B-Instruct (GPU): change only these parameters.
@@ -278,16 +291,6 @@ def run_dir(settings: GRPOSettings | SFTSettings) -> Path:
     return cache_root() / "grpo-runs" / f"{kind}-{config_hash(settings)}"
 
 
-def _check(settings: GRPOSettings | SFTSettings) -> None:
-    if settings.steps < 1 or settings.save_every < 1:
-        raise ValueError(f"steps and save_every must be ≥ 1, got {settings.steps} and {settings.save_every}")
-    if settings.steps % settings.save_every:
-        raise ValueError(f"steps ({settings.steps}) must be a multiple of save_every ({settings.save_every}) so the "
-                         "last step is a checkpoint")
-    if isinstance(settings, GRPOSettings) and settings.num_generations < 2:
-        raise ValueError("GRPO needs num_generations ≥ 2 (advantages are relative within a group)")
-
-
 def make_grpo_trainer(settings: GRPOSettings, output_dir: Path, device: str = "auto",
                       callbacks: Sequence[TrainerCallback] = ()):
     """The ``GRPOTrainer`` of one run (CPU: ``use_cpu=True``, ``bf16=False``; GPU: bf16)."""
@@ -353,7 +356,6 @@ def train(settings: GRPOSettings | SFTSettings, device: str = "auto", callbacks:
     configuration waits for the first, then reuses its run. A damaged run record is reported, removed and the run
     trained again. ``callbacks`` are extra ``TrainerCallback``\\ s (the tests use one that interrupts training).
     """
-    _check(settings)
     kind = "grpo" if isinstance(settings, GRPOSettings) else "sft"
     path = run_dir(settings)
     with run_lock(path):

@@ -32,7 +32,7 @@ from toolkit.core.progress import progress, quiet_library_bars
 from toolkit.organism.probes import MATH_TASKS, held_out_prompts, reasoning_records
 from toolkit.training import sft
 from toolkit.training.checkpoints import resume_train, run_lock
-from toolkit.training.runs import Checkpoint
+from toolkit.training.runs import Checkpoint, check_settings
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,7 @@ class ReasoningRun:
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError(f"run {self.name!r}: steps, batch_size and lr must be positive")
+        check_settings(self)
         bad = [s for s in self.snapshots if not 1 <= s <= self.steps]
         if bad or not self.snapshots:
             raise ValueError(f"run {self.name!r}: snapshots must be steps in 1..{self.steps}, got {self.snapshots}")

@@ -21,3 +21,34 @@ class Checkpoint:
     def label(self) -> str:
         """``<run>@<step>``, or the run's name alone for step 0 (the start model)."""
         return self.run if self.step == 0 else f"{self.run}@{self.step}"
+
+
+# Bounds of the numeric settings every training run shares, by field name: (lowest, highest, lowest included).
+BOUNDS = {
+    "steps": (1, None, True), "save_every": (1, None, True), "batch_size": (1, None, True),
+    "prompts_per_step": (1, None, True), "num_generations": (2, None, True), "max_completion_length": (1, None, True),
+    "n_train": (1, None, True), "epochs": (1, None, True), "learning_rate": (0, None, False), "lr": (0, None, False),
+    "warmup_ratio": (0, 1, True), "temperature": (0, None, False), "beta": (0, None, True),
+    "eval_fraction": (0, 1, False), "weight_decay": (0, None, True), "seed": (0, None, True),
+}
+
+
+def check_settings(settings) -> None:
+    """Refuse a settings dataclass whose numeric fields (:data:`BOUNDS`, by name) have the wrong type or lie out of
+    range, naming the field, its value and the valid range. Called by every training settings type on creation."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(settings):
+        if f.name not in BOUNDS:
+            continue
+        value, (low, high, closed) = getattr(settings, f.name), BOUNDS[f.name]
+        integral = f.type in ("int", int)
+        ok_type = isinstance(value, int) if integral else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type or (not integral and not math.isfinite(value)):
+            raise ValueError(f"{type(settings).__name__}.{f.name} must be {'an integer' if integral else 'a number'}, "
+                             f"got {value!r}")
+        below = value < low if closed else value <= low
+        if below or (high is not None and value > high):
+            bound = f"{'≥' if closed else '>'} {low}" + (f" and ≤ {high}" if high is not None else "")
+            raise ValueError(f"{type(settings).__name__}.{f.name} must be {bound}, got {value!r}")

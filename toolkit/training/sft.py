@@ -35,6 +35,7 @@ from toolkit.core.chat import chat_prompts
 from toolkit.organism.build import NonFiniteLossError
 from toolkit.organism.tokenizer import IM_END
 from toolkit.training.checkpoints import last_good_checkpoint
+from toolkit.training.runs import check_settings
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Preset:
     epochs: int
     lr: float
     original: str  # what this run's size stands for (e.g. the configuration of an original study it scales)
+
+    def __post_init__(self):
+        check_settings(self)
 
     @property
     def n_validation(self) -> int:
@@ -68,6 +72,9 @@ class TrainSettings:
     eval_fraction: float = 0.1
     save_every: int = 100
     seed: int = 0
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def history_from_log(log_history: list[dict]) -> list[dict]:
