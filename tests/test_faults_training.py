@@ -341,10 +341,11 @@ class _Planted:
 
 
 def test_a_planted_pickle_in_the_build_folder_is_never_loaded(tmp_path):
+    from transformers import Qwen3ForCausalLM
+
     from toolkit.organism.build import train_stage
     from toolkit.organism.recipe import QUICK, Recipe
     from toolkit.organism.tokenizer import build_tokenizer
-    from transformers import Qwen3ForCausalLM
 
     marker = tmp_path / "pwned"
     work = tmp_path / "work"

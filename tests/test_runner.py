@@ -118,11 +118,10 @@ def test_notebook_parameters(nbdir):
     assert runner.notebook_parameters(nbdir / "01_broken.ipynb") == {"x": 1, "label": "a"}
 
 
-def test_parse_params_types():
-    assert runner.parse_params(["model=organism", "n_problems=20", "think=True", "lr=3e-3", "layers=[1, 2]",
-                                "name=a=b", "empty="]) == {
-        "model": "organism", "n_problems": 20, "think": True, "lr": 3e-3, "layers": [1, 2], "name": "a=b",
-        "empty": ""}
+def test_parse_params_keeps_the_text():  # typed later by each notebook's defaults (test_faults_runner.py)
+    assert runner.parse_params(["model=organism", "n_problems=20", "think=True", "layers=[1, 2]", "name=a=b",
+                                "empty="]) == {
+        "model": "organism", "n_problems": "20", "think": "True", "layers": "[1, 2]", "name": "a=b", "empty": ""}
     with pytest.raises(runner.RunnerError, match="key=value"):
         runner.parse_params(["n_problems"])
 
@@ -181,15 +180,16 @@ def test_seeds_run_each_seed_and_aggregate_the_scorecard(seeded_dir, tmp_path):
 def test_interrupted_seeds_run_keeps_the_finished_seeds(seeded_dir, tmp_path, monkeypatch):
     real = runner._run_notebooks
 
-    def stop_on_seed_one(notebooks, params, *args, **kw):
-        if params["seed"] == 1:
+    def stop_on_seed_one(jobs, *args, **kw):
+        if jobs[0][1]["seed"] == 1:
             raise KeyboardInterrupt
-        return real(notebooks, params, *args, **kw)
+        return real(jobs, *args, **kw)
 
     monkeypatch.setattr(runner, "_run_notebooks", stop_on_seed_one)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(runner.RunInterrupted) as e:
         runner.run([], {}, out_root=tmp_path, notebooks_dir=seeded_dir, seeds=3)
     (run_folder,) = tmp_path.iterdir()
+    assert e.value.folder == run_folder and [x["seed"] for x in _index(run_folder).values()] == [0]
     (claim,) = json.loads((run_folder / "claims.json").read_text())
     assert claim["seeds"]["missing"] == [1, 2] and claim["seeds"]["verdicts"] == ["inconclusive", None, None]
     assert "**Missing seeds** (did not finish): 1, 2." in (run_folder / "REPORT.md").read_text()

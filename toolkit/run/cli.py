@@ -8,7 +8,22 @@ import sys
 from pathlib import Path
 
 
+def _list_unfinished(run_folder: Path) -> int:
+    """Print one line per notebook of the run that did not end ``ok`` (failed, interrupted, still ``running``)."""
+    from toolkit.run.runner import describe_error
+
+    index_path = run_folder / "index.json"
+    entries = json.loads(index_path.read_text()) if index_path.exists() else []
+    unfinished = [e for e in entries if e["status"] != "ok"]
+    for entry in unfinished:
+        where = run_folder / (f"seed-{entry['seed']}" if "seed" in entry else "") / f"{entry['notebook']}.ipynb"
+        what = describe_error(entry["error"]) if entry.get("error") else "did not finish"
+        print(f"{entry['status'].upper()} {entry['notebook']}: {what} (see {where})", file=sys.stderr)
+    return len(unfinished)
+
+
 def _run(args: argparse.Namespace) -> int:
+    """Exit 0 when every notebook ran, 1 when one failed, 2 when the run was refused, 130 on Ctrl-C."""
     from toolkit.run import runner
 
     try:
@@ -17,11 +32,14 @@ def _run(args: argparse.Namespace) -> int:
     except runner.RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    failed = [e for e in json.loads((run_folder / "index.json").read_text()) if e["status"] != "ok"]
-    for entry in failed:
-        where = run_folder / (f"seed-{entry['seed']}" if "seed" in entry else "") / f"{entry['notebook']}.ipynb"
-        print(f"FAILED {entry['notebook']}: {runner.describe_error(entry['error'])} (see {where})", file=sys.stderr)
-    return 1 if failed else 0
+    except runner.RunInterrupted as e:
+        _list_unfinished(e.folder)
+        print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before the run folder was made; nothing ran", file=sys.stderr)
+        return 130
+    return 1 if _list_unfinished(run_folder) else 0
 
 
 def _build_organism(args: argparse.Namespace) -> int:
@@ -52,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="execute notebooks with papermill into runs/<stamp>/")
     p.add_argument("names", nargs="*", help="notebook names or prefixes, e.g. 00 02_cmap (default: all)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter every chosen notebook declares (Python literal or string)")
+                   help="override a parameter every chosen notebook declares, typed by its default there "
+                        "(true/false, a number, text, a Python list)")
     p.add_argument("--out", default=None, help="folder for run folders (default: <repo>/runs)")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="run every notebook with seed=0..N-1 into seed-<k>/ and aggregate the claims across seeds")

@@ -5,7 +5,10 @@ on a kernel whose sockets are not plain TCP.
   in the executed copy, the index a failure names, and its first line of code) and the time so far. On a terminal
   the line is rewritten in place (and its clock ticks); otherwise one line is printed as each code cell starts.
 - :func:`execute_notebook`: :func:`papermill.execute_notebook` through the ``"toolkit"`` engine, which forwards
-  papermill's ``cell_start``/``cell_complete`` hooks to a :class:`CellProgress`.
+  papermill's ``cell_start``/``cell_complete`` hooks to a :class:`CellProgress`. On Ctrl-C (``KeyboardInterrupt``)
+  papermill saves the partly executed notebook, and the kernel is killed (:func:`stop_kernels`) before the
+  interrupt goes on: nbclient would ask a busy kernel to shut down, which it answers with a traceback, and leaves
+  alone a kernel interrupted while it starts. Kernels are started by a :class:`TrackedKernelManager` for this.
 - :func:`kernel_config`: ipykernel warns "Kernel is running over TCP without encryption" whenever its sockets are
   unencrypted TCP. Kernel specs that declare CurveZMQ support (ipykernel >= 7 writes ``supported_encryption:
   ["curve"]``, as the runner's own ``reasoning-circuits`` spec has) get manager-provisioned Curve keys; other kernels
@@ -19,8 +22,10 @@ import shutil
 import sys
 import threading
 import time
+import weakref
 from typing import TextIO
 
+from jupyter_client import AsyncKernelManager
 from papermill.engines import NBClientEngine, papermill_engines
 from traitlets.config import Config
 
@@ -113,22 +118,29 @@ def first_code_line(source: str, width: int = 60) -> str:
 
 
 class ProgressEngine(NBClientEngine):
-    """papermill's nbclient engine, reporting cell starts and ends to ``cell_progress`` (a :class:`CellProgress`)."""
+    """papermill's nbclient engine, reporting cell starts and ends to ``cell_progress`` (a :class:`CellProgress`).
+
+    A cell that Ctrl-C ends is not counted as done (it stays the cell running) and its kernel is killed at once
+    (:func:`stop_kernels`) rather than asked to shut down, which a busy kernel answers with a traceback."""
 
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, cell_progress: CellProgress | None = None, **kwargs):
-        if cell_progress is not None:
-            start, complete = nb_man.cell_start, nb_man.cell_complete
+        start, complete = nb_man.cell_start, nb_man.cell_complete
 
-            def cell_start(cell, cell_index=None, **kw):
-                start(cell, cell_index, **kw)
+        def cell_start(cell, cell_index=None, **kw):
+            start(cell, cell_index, **kw)
+            if cell_progress is not None:
                 cell_progress.cell_start(cell, cell_index)
 
-            def cell_complete(cell, cell_index=None, **kw):
-                complete(cell, cell_index, **kw)
+        def cell_complete(cell, cell_index=None, **kw):  # papermill calls it in a `finally`, also on Ctrl-C
+            complete(cell, cell_index, **kw)
+            if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                stop_kernels()
+            elif cell_progress is not None:
                 cell_progress.cell_complete(cell, cell_index)
 
-            nb_man.cell_start, nb_man.cell_complete = cell_start, cell_complete
+        nb_man.cell_start, nb_man.cell_complete = cell_start, cell_complete
+        if cell_progress is not None:
             cell_progress.begin(nb_man.nb)
         return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
 
@@ -136,8 +148,29 @@ class ProgressEngine(NBClientEngine):
 papermill_engines.register(ENGINE, ProgressEngine)
 
 
+class TrackedKernelManager(AsyncKernelManager):
+    """nbclient's kernel manager, remembering (weakly) every manager that starts a kernel, for :func:`stop_kernels`."""
+
+    started: weakref.WeakSet = weakref.WeakSet()
+
+    async def start_kernel(self, **kw) -> None:
+        TrackedKernelManager.started.add(self)
+        await super().start_kernel(**kw)
+
+
+def stop_kernels() -> None:
+    """Kill the kernels of :class:`TrackedKernelManager` that are still running."""
+    from jupyter_core.utils import run_sync
+
+    for km in list(TrackedKernelManager.started):
+        TrackedKernelManager.started.discard(km)
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=True)
+
+
 def kernel_config(kernel: str) -> Config:
-    """Kernel-manager settings with no plain-text TCP: CurveZMQ when ``kernel``'s spec declares it, else IPC."""
+    """Kernel-manager settings with no plain-text TCP: CurveZMQ when ``kernel``'s spec declares it, else IPC; the
+    kernel started by a :class:`TrackedKernelManager`."""
     import zmq
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
@@ -146,18 +179,24 @@ def kernel_config(kernel: str) -> Config:
     except NoSuchKernel:
         declared = []
     declared = [declared] if isinstance(declared, str) else declared
+    config = Config({"NotebookClient": {"kernel_manager_class": TrackedKernelManager}})
     if zmq.has("curve") and "curve" in {str(d).lower() for d in declared}:
-        return Config({"KernelManager": {"transport_encryption": "required"}})
-    if sys.platform != "win32":
-        return Config({"KernelManager": {"transport": "ipc"}})
-    return Config()
+        config.KernelManager.transport_encryption = "required"
+    elif sys.platform != "win32":
+        config.KernelManager.transport = "ipc"
+    return config
 
 
 def execute_notebook(nb_path: str, out_path: str, *, params: dict, kernel: str, cwd: str,
                      cell_progress: CellProgress | None = None) -> None:
-    """Execute ``nb_path`` into ``out_path`` with papermill (raises papermill's errors unchanged)."""
+    """Execute ``nb_path`` into ``out_path`` with papermill (raises papermill's errors unchanged); on Ctrl-C, stop
+    the kernel (:func:`stop_kernels`) and re-raise."""
     import papermill
 
-    papermill.execute_notebook(nb_path, out_path, parameters=params, kernel_name=kernel, cwd=cwd,
-                               engine_name=ENGINE, progress_bar=False, log_output=False,
-                               cell_progress=cell_progress, config=kernel_config(kernel))
+    try:
+        papermill.execute_notebook(nb_path, out_path, parameters=params, kernel_name=kernel, cwd=cwd,
+                                   engine_name=ENGINE, progress_bar=False, log_output=False,
+                                   cell_progress=cell_progress, config=kernel_config(kernel))
+    except KeyboardInterrupt:
+        stop_kernels()
+        raise
