@@ -9,6 +9,9 @@ Token budgets (new tokens) for the organism, measured on its held-out sets:
 - :data:`THINK_ON_TOKENS` = 160: think-on math scratchpads need up to ~120 new tokens;
 - :data:`REQUEST_THINK_ON_TOKENS` = 120: a think-on refusal is ~95 tokens;
 - :data:`THINK_OFF_TOKENS` = 48: a think-off answer is a short line.
+
+Prompts are always a list (any sequence) of strings: :func:`as_prompts` is the one check, refusing a single string
+(which would otherwise be iterated character by character) and, unless allowed, an empty list.
 """
 
 from __future__ import annotations
@@ -34,8 +37,31 @@ def mode_label(mode: str) -> str:
     return mode.replace("_", "-")
 
 
+def as_prompts(prompts: Sequence[str], what: str = "prompts", allow_empty: bool = False) -> list[str]:
+    """``prompts`` as a list of strings, or a ``TypeError`` (a single string, a non-string item) / ``ValueError``
+    (an empty list, unless ``allow_empty``) naming ``what``."""
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError(f"{what} must be a list of strings, got a single string {str(prompts)[:40]!r}; "
+                        f"wrap it in a list: [{str(prompts)[:20]!r}]")
+    try:
+        out = list(prompts)
+    except TypeError:
+        raise TypeError(f"{what} must be a list of strings, got {type(prompts).__name__}") from None
+    for i, p in enumerate(out):
+        if not isinstance(p, str):
+            raise TypeError(f"{what}[{i}] is a {type(p).__name__} ({p!r:.60}), not a string")
+    if not out and not allow_empty:
+        raise ValueError(f"{what} is empty (no prompts given); pass at least one prompt")
+    return out
+
+
 def chat_prompts(tokenizer, user_prompts: Sequence[str], enable_thinking: bool) -> list[str]:
-    """Apply the chat template with a generation prompt to each user turn."""
+    """Apply the chat template with a generation prompt to each user turn (``user_prompts``: a list of strings,
+    possibly empty). A tokenizer without a chat template is a ``ValueError`` that says so."""
+    user_prompts = as_prompts(user_prompts, "user_prompts", allow_empty=True)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; load the "
+                         "model with toolkit.core.models.load, or add the model's chat_template.jinja to its folder")
     return [
         tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                       add_generation_prompt=True, enable_thinking=enable_thinking)

@@ -28,10 +28,18 @@ They stay correct under ``generate`` with a KV cache: there a hook fires once on
 then once per new token with ``p = 1``. The rule is: **a call with more than one position starts a
 new sequence at position 0; a one-position call continues the current one.** Positions are in the
 token layout of the run (left padding included).
+
+Bounds: layers, heads and neurons are integers in range (no negative indexing: ``head(-1, 0)`` is refused, a float
+index is refused rather than truncated); :func:`patch`'s ``positions`` index the source's positions, a negative one
+counting from its end as in Python (``-1`` = the source's last position), any other out of range refused;
+:func:`scale`'s factor must be finite; :func:`attention_patterns` refuses inputs longer than the model's positions.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -62,6 +70,9 @@ class Site:
     units: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "layer", _index(self.layer, "layer"))
+        if self.units is not None:
+            object.__setattr__(self, "units", tuple(_index(u, f"{self.component} index") for u in self.units))
         if self.component not in COMPONENT_HOOKS:
             raise SiteError(f"unknown component {self.component!r}; choose from {', '.join(COMPONENT_HOOKS)}")
         if (self.component in UNIT_COMPONENTS) != (self.units is not None and len(self.units) > 0):
@@ -102,26 +113,36 @@ class Site:
         return self
 
 
+def _index(value, what: str) -> int:
+    """An integer index (numpy and 0-d torch integers too); a float or bool is a :class:`SiteError`."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise SiteError(f"{what} must be an integer, got {value!r} ({type(value).__name__})") from None
+
+
 def head(layer: int, *heads: int) -> Site:
     """One head or several heads of one layer: ``head(3, 1)`` or ``head(3, 0, 2)``."""
-    return Site("head", int(layer), tuple(int(h) for h in heads))
+    return Site("head", layer, tuple(heads))
 
 
 def attn(layer: int) -> Site:
-    return Site("attn", int(layer))
+    return Site("attn", layer)
 
 
 def mlp(layer: int) -> Site:
-    return Site("mlp", int(layer))
+    return Site("mlp", layer)
 
 
 def resid(layer: int) -> Site:
-    return Site("resid", int(layer))
+    return Site("resid", layer)
 
 
 def neurons(layer: int, *units: int) -> Site:
     """MLP neurons of one layer (post-activation, ``mlp.hook_post``): ``neurons(2, 17, 300)``."""
-    return Site("neuron", int(layer), tuple(int(u) for u in units))
+    return Site("neuron", layer, tuple(units))
 
 
 _NAME = re.compile(r"blocks\.(\d+)\.(attn\.hook_z|hook_attn_out|hook_mlp_out|hook_resid_post|mlp\.hook_post)$")
@@ -183,7 +204,9 @@ def _edit_fn(site: Site, edit: Callable[[torch.Tensor, int], torch.Tensor]):
 
 @contextmanager
 def scale(bridge, sites: Site | Sequence[Site], factor: float):
-    """Multiply the sites' activations by ``factor`` on every forward pass inside the block."""
+    """Multiply the sites' activations by ``factor`` (a finite number) on every forward pass inside the block."""
+    if not isinstance(factor, numbers.Real) or not math.isfinite(factor):
+        raise ValueError(f"scale factor must be a finite number, got {factor!r}")
     sites = [sites] if isinstance(sites, Site) else list(sites)
     with _hooked(bridge, [(s, _edit_fn(s, lambda part, start: part * factor)) for s in sites]):
         yield
@@ -201,12 +224,25 @@ def patch(bridge, site: Site, source: torch.Tensor | Callable, positions: Sequen
     ``source`` is either a tensor of the site's activations over the whole sequence,
     ``[b, T, ...]`` (as :func:`record` returns, heads selected for a head site), or a callable
     ``source(part, start) -> tensor`` given the current part ``[b, p, ...]`` and its start position.
-    ``positions`` restricts a tensor patch to those absolute positions (default: all).
+    ``positions`` restricts a tensor patch to those absolute positions (default: all); a negative position counts
+    from the end of ``source`` (``-1``: its last position); out of range, an empty list, or positions with a
+    callable source are refused.
     """
     if callable(source):
+        if positions is not None:
+            raise SiteError("positions apply to a tensor source; a callable source gets (part, start) and edits the "
+                            "positions it wants itself")
         edit = source
     else:
-        wanted = None if positions is None else torch.as_tensor(list(positions))
+        wanted = None
+        if positions is not None:
+            n = source.shape[1]
+            wanted = [_index(p, "patch position") for p in positions]
+            bad = [p for p in wanted if not -n <= p < n]
+            if bad or not wanted:
+                raise SiteError(f"patch positions must index the source's {n} positions (0..{n - 1}, or -{n}..-1 "
+                                f"from the end), got {list(positions)!r}")
+            wanted = torch.as_tensor([p % n for p in wanted])
 
         def edit(part: torch.Tensor, start: int) -> torch.Tensor:
             end = start + part.shape[1]
@@ -275,6 +311,9 @@ def record(bridge, sites: Site | Sequence[Site], detach: bool = True):
 @torch.no_grad()
 def attention_patterns(bridge, input_ids: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """``{layer: [b, H, q, k]}`` attention probabilities (``blocks.{L}.attn.hook_pattern``)."""
+    from toolkit.core.models import check_length
+
+    check_length(bridge, int(input_ids.shape[-1]), "attention_patterns: input_ids", error=SiteError)
     for layer in layers:
         attn(layer).validate(bridge)
     names = {f"blocks.{layer}.attn.hook_pattern": layer for layer in layers}

@@ -5,6 +5,20 @@
 fire in ``hf.generate`` (with its KV cache): both views share one set of weights.
 
 Policy: bf16 on GPU, fp32 on CPU (fp16 overflows in Qwen3); safetensors only; never remote code.
+
+Checks at load (each failure is a :class:`ModelLoadError` naming the folder and the fix):
+
+- a local folder needs ``config.json``, ``*.safetensors`` weights and tokenizer files: ``tokenizer.json``, or
+  ``tokenizer_config.json`` with the vocabulary files its ``tokenizer_class`` needs (``vocab.json`` and
+  ``merges.txt`` for Qwen's); without them transformers builds a one-token stand-in that encodes everything to ``[]``;
+- :func:`check_loaded` (also called by ``toolkit.training.sft.load_for_training``): the tokenizer encodes
+  :data:`PROBE` to a non-empty list of ids; it has a chat template (every prompt goes through
+  :func:`toolkit.core.chat.chat_prompts`) that renders the probe; every id of the probe and of its chat prompt is
+  below the model's vocabulary size; every parameter is finite (the first NaN/inf tensor is named).
+
+Positions: :func:`max_positions` is the model's ``max_position_embeddings``; :func:`check_length` refuses a
+sequence (plus the tokens still to generate) longer than that, since positions past it give garbage without an
+error. Generation and the forward-only analyses (EAP pairs, CMAP, interventions, RIM) call it.
 """
 
 from __future__ import annotations
@@ -19,9 +33,10 @@ from typing import NamedTuple
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from toolkit.core.io import REPO_ROOT
+from toolkit.core.io import REPO_ROOT, recover_dir
 
 SUPPORTED_ARCHITECTURES = ("qwen2", "qwen3")
+PROBE = "Solve 2x + 3 = 7."  # the string a loaded tokenizer must encode (check_loaded)
 ORGANISMS = ("organism", "organism-base")
 
 
@@ -61,7 +76,7 @@ def resolve(spec: str) -> str:
                 f"`python -m toolkit build-organism` (or `make organism`)")
         _check_organism_hash(path)
         return str(path)
-    path = Path(spec).expanduser()
+    path = recover_dir(Path(spec).expanduser())  # a folder swap that a kill interrupted is finished first
     if path.exists() or spec.startswith((".", "/", "~")):
         if not path.is_dir():
             raise ModelLoadError(f"model folder {path} does not exist or is not a folder")
@@ -72,6 +87,35 @@ def resolve(spec: str) -> str:
                 f"(found: {sorted(p.name for p in path.iterdir())})")
         return str(path)
     return spec
+
+
+def _check_tokenizer_files(path: Path) -> None:
+    """Refuse a folder without ``tokenizer.json`` or ``tokenizer_config.json`` + its class's vocabulary files."""
+    if (path / "tokenizer.json").exists():
+        return
+    config_file = path / "tokenizer_config.json"
+    fix = (f"copy the tokenizer files of the model these weights came from into {path} "
+           "(`tokenizer.save_pretrained(folder)` writes them)")
+    if not config_file.exists():
+        raise ModelLoadError(f"model folder {path} has no tokenizer files (tokenizer.json, or tokenizer_config.json "
+                             f"with its vocabulary files; found: {sorted(p.name for p in path.iterdir())}); {fix}")
+    try:
+        declared = json.loads(config_file.read_text()).get("tokenizer_class")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ModelLoadError(f"{config_file} is not a JSON object ({err}); {fix}") from err
+    needed = ["vocab.json", "merges.txt"]  # Qwen2Tokenizer's, the class Qwen2/Qwen3 folders declare
+    try:
+        from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+        names = getattr(tokenizer_class_from_name(declared), "vocab_files_names", None) if declared else None
+        if names:
+            needed = [f for key, f in names.items() if key != "tokenizer_file"]
+    except (ImportError, ValueError, AttributeError):
+        pass
+    missing = [f for f in needed if not (path / f).exists()]
+    if missing:
+        raise ModelLoadError(f"model folder {path} has tokenizer_config.json (class {declared}) but neither "
+                             f"tokenizer.json nor {', '.join(missing)}; {fix}")
 
 
 def _check_organism_hash(path: Path) -> None:
@@ -87,7 +131,8 @@ def _check_organism_hash(path: Path) -> None:
 
 
 def load_config(spec: str):
-    """The HF config of ``spec``, with clear errors for offline/unknown names and unsupported models."""
+    """The HF config of ``spec``, with clear errors for offline/unknown names, unsupported models and local folders
+    without tokenizer files."""
     source = resolve(spec)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
@@ -102,20 +147,85 @@ def load_config(spec: str):
     if config.model_type not in SUPPORTED_ARCHITECTURES:
         raise ModelLoadError(
             f"model {spec!r} has architecture {config.model_type!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    if Path(source).is_dir():
+        _check_tokenizer_files(Path(source))
     return config
 
 
 def load_tokenizer(source: str):
     """The tokenizer class the folder declares. A plain ``tokenizers`` backend (the organism's) is loaded
-    as such: AutoTokenizer would swap in the model type's own class (Qwen2Tokenizer drops spaces)."""
+    as such: AutoTokenizer would swap in the model type's own class (Qwen2Tokenizer drops spaces).
+    A file that does not parse is a :class:`ModelLoadError` naming the folder."""
     from transformers import PreTrainedTokenizerFast
 
     config_file = Path(source) / "tokenizer_config.json"
-    if config_file.exists():
-        declared = json.loads(config_file.read_text()).get("tokenizer_class")
-        if declared in ("TokenizersBackend", "PreTrainedTokenizerFast"):
-            return PreTrainedTokenizerFast.from_pretrained(source)
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    try:
+        if config_file.exists():
+            declared = json.loads(config_file.read_text()).get("tokenizer_class")
+            if declared in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+                return PreTrainedTokenizerFast.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as err:  # tokenizers raises its own exception type for a malformed tokenizer.json
+        raise ModelLoadError(f"cannot load the tokenizer from {source}: {str(err).splitlines()[0]}; replace its "
+                             "tokenizer files (tokenizer.json, tokenizer_config.json) with the model's own") from err
+
+
+def check_loaded(hf, tokenizer, spec: str, source: str | Path) -> None:
+    """Refuse a loaded model whose tokenizer or weights are unusable (see the module docstring), with a
+    :class:`ModelLoadError` naming ``spec``/``source`` and the fix. ``load`` calls it; so does every other loader
+    (``toolkit.training.sft.load_for_training``)."""
+    from toolkit.core.chat import chat_prompts
+
+    where = repr(spec) if str(spec) == str(source) else f"{spec!r} ({source})"
+    fix = f"put the tokenizer files saved with these weights into {source}"
+    ids = tokenizer.encode(PROBE, add_special_tokens=False)
+    if not ids:
+        raise ModelLoadError(f"the tokenizer of {where} encodes the probe {PROBE!r} to no tokens (an empty or "
+                             f"stand-in tokenizer); {fix}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(f"the tokenizer of {where} has no chat template, and every prompt the toolkit builds "
+                             "goes through one (toolkit.core.chat.chat_prompts); add the model's "
+                             f"chat_template.jinja (or a 'chat_template' entry in tokenizer_config.json) to {source}")
+    try:
+        chat = tokenizer(chat_prompts(tokenizer, [PROBE], False)[0], add_special_tokens=False)["input_ids"]
+    except Exception as err:  # jinja raises its own error types
+        raise ModelLoadError(f"the chat template of {where} fails on the probe prompt: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; replace "
+                             f"chat_template.jinja in {source} with the model's own") from err
+    vocab = int(hf.get_input_embeddings().num_embeddings)
+    bad = [i for i in list(ids) + list(chat) if not 0 <= int(i) < vocab]
+    if bad:
+        raise ModelLoadError(f"the tokenizer of {where} gives token id {bad[0]} for the probe {PROBE!r} or its chat "
+                             f"prompt, but the model has {vocab} token embeddings (ids 0..{vocab - 1}): the tokenizer "
+                             f"does not belong to these weights; {fix}")
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if not all(bool(torch.isfinite(chunk).all()) for chunk in p.detach().reshape(-1).split(1 << 24)):
+                raise ModelLoadError(f"the weights of {where} are not finite: {name} {tuple(p.shape)} holds NaN or "
+                                     "inf (a damaged or diverged checkpoint); restore the folder from its source, "
+                                     "or retrain it from an earlier checkpoint")
+
+
+def max_positions(model) -> int | None:
+    """The model's ``max_position_embeddings`` (``model`` is an HF model, its config or a ``LoadedModel``);
+    ``None`` if the config does not say."""
+    config = getattr(getattr(model, "hf", model), "config", model)
+    limit = getattr(config, "max_position_embeddings", None)
+    return int(limit) if limit else None
+
+
+def check_length(model, n_tokens: int, what: str, max_new_tokens: int = 0, error: type = ValueError) -> None:
+    """Raise ``error`` if ``n_tokens`` (+ ``max_new_tokens`` still to generate) exceed :func:`max_positions`;
+    ``what`` names the sequence (e.g. ``"prompt 3"``)."""
+    limit = max_positions(model)
+    if limit is None or n_tokens + max_new_tokens <= limit:
+        return
+    if max_new_tokens:
+        raise error(f"{what} is {n_tokens} tokens, and with max_new_tokens={max_new_tokens} it needs "
+                    f"{n_tokens + max_new_tokens} positions, more than the model's max_position_embeddings={limit} "
+                    "(positions past it give garbage); shorten it or lower max_new_tokens")
+    raise error(f"{what} is {n_tokens} tokens, more than the model's max_position_embeddings={limit} (positions "
+                "past it give garbage); shorten it")
 
 
 def load(spec: str = "organism", device: str = "auto", dtype: torch.dtype | None = None) -> LoadedModel:
@@ -133,14 +243,15 @@ def load(spec: str = "organism", device: str = "auto", dtype: torch.dtype | None
     try:
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                   trust_remote_code=False)
-        tokenizer = load_tokenizer(source)
     except Exception as err:  # safetensors raises its own error type for corrupt files
         raise ModelLoadError(f"cannot load weights of {spec!r} from {source}: {str(err).splitlines()[0]}") from err
+    tokenizer = load_tokenizer(source)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     hf.to(device_).eval()
     hf.requires_grad_(False)
+    check_loaded(hf, tokenizer, spec, source)
     bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tokenizer, device=str(device_),
                                                  dtype=dtype)
     bridge.eval()

@@ -22,6 +22,10 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[[np.n
     x = np.asarray(values, dtype=float)
     if len(x) == 0:
         raise ValueError("bootstrap_ci needs at least one value")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1 (e.g. 0.95), got {level!r}")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(x), size=(n_boot, len(x)))
     boots = np.array([statistic(x[i]) for i in idx])

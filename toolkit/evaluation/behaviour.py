@@ -26,8 +26,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from toolkit.core.answers import extract_answer, is_refusal
-from toolkit.core.chat import chat_prompts
-from toolkit.core.generation import SamplingConfig, generate
+from toolkit.core.chat import as_prompts, chat_prompts
+from toolkit.core.generation import SamplingConfig, check_int, generate
+from toolkit.core.models import check_length
 
 
 @dataclass
@@ -67,10 +68,9 @@ class Behaviour:
 def behave(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
            enable_thinking: bool = False, max_new_tokens: int = 64, batch_size: int = 64,
            sampling: SamplingConfig | None = None, seed: int | None = 0, show_progress: bool = False) -> Behaviour:
-    """Generate for every user prompt (greedy unless ``sampling`` says otherwise) and keep the completions."""
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("behave needs at least one prompt")
+    """Generate for every user prompt (greedy unless ``sampling`` says otherwise) and keep the completions.
+    ``prompts`` is a non-empty list of strings; the bounds are :func:`toolkit.core.generation.generate`'s."""
+    prompts = as_prompts(prompts, "behave: prompts")
     completions = generate(hf, tokenizer, prompts, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens,
                            sampling=sampling, batch_size=batch_size, seed=seed, show_progress=show_progress)
     return Behaviour(prompts, enable_thinking, completions)
@@ -82,14 +82,20 @@ def answer_nll(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     """Teacher-forced mean negative log-likelihood (nats per token) of each ``completion`` after its chat-formatted
     user ``prompt``, one number per example: the per-example loss that an SFT trainer averages (completion tokens
     only). Pass completions as trained, e.g. ``answer + "<|im_end|>"``."""
-    prompts, completions = list(prompts), list(completions)
-    if not prompts or len(prompts) != len(completions):
+    prompts, completions = as_prompts(prompts, "prompts"), as_prompts(completions, "completions", allow_empty=True)
+    check_int(batch_size, "batch_size")
+    if len(prompts) != len(completions):
         raise ValueError(f"answer_nll needs as many completions as prompts (got {len(prompts)} and "
                          f"{len(completions)}), at least one")
     device = next(hf.parameters()).device
     heads = [tokenizer(p, add_special_tokens=False)["input_ids"]
              for p in chat_prompts(tokenizer, prompts, enable_thinking=enable_thinking)]
     tails = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    for i, (h, t) in enumerate(zip(heads, tails)):
+        if not t:
+            raise ValueError(f"completion {i} is empty (no tokens to score); pass the answer as trained, e.g. "
+                             "answer + '<|im_end|>'")
+        check_length(hf, len(h) + len(t), f"example {i} (chat-formatted prompt + completion)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = np.empty(len(prompts))
     for start in range(0, len(prompts), batch_size):

@@ -45,9 +45,9 @@ import torch
 
 from toolkit.core import interventions as iv
 from toolkit.core import units
-from toolkit.core.generation import SamplingConfig
+from toolkit.core.generation import SamplingConfig, check_int
 from toolkit.core.interventions import Site
-from toolkit.core.models import LoadedModel
+from toolkit.core.models import LoadedModel, check_length
 from toolkit.core.progress import progress
 from toolkit.core.stats import bootstrap_ci, paired_difference_ci
 from toolkit.evaluation.behaviour import Behaviour, behave
@@ -312,9 +312,13 @@ def unit_set_scores(bridge, sets: Sequence[Sequence[tuple[int, int]]], score: Ca
     """``[n_sets, n_rows]``: a teacher-forced per-row score with each unit set edited (× ``factor``), many sets per
     forward pass. ``score(repeat)`` runs the model once on its ``n_rows`` inputs tiled ``repeat`` times along the
     batch (row ``r·n_rows + i`` is input ``i``) and returns ``[repeat · n_rows]`` scores; here row block ``r`` has
-    set ``r`` of the chunk applied (:func:`per_row_scale`). An empty set is the unedited model."""
+    set ``r`` of the chunk applied (:func:`per_row_scale`). An empty set is the unedited model. ``sets_per_batch``
+    and ``n_rows`` are integers >= 1 and ``factor`` is finite."""
     cfg = bridge.cfg
     n_layers, n_units = cfg.n_layers, (cfg.n_heads if kind == "head" else cfg.d_mlp)
+    check_int(sets_per_batch, "sets_per_batch"), check_int(n_rows, "n_rows")
+    if not math.isfinite(factor):
+        raise ValueError(f"factor must be finite, got {factor}")
     sets = [[(int(a), int(b)) for a, b in s] for s in sets]
     for s in sets:
         for layer, unit in s:
@@ -322,7 +326,7 @@ def unit_set_scores(bridge, sets: Sequence[Sequence[tuple[int, int]]], score: Ca
                 raise iv.SiteError(f"{kind} ({layer}, {unit}) is out of range: layers 0..{n_layers - 1}, "
                                    f"units 0..{n_units - 1}")
     out = np.zeros((len(sets), n_rows))
-    starts = range(0, len(sets), max(1, sets_per_batch))
+    starts = range(0, len(sets), sets_per_batch)
     for start in progress(starts, desc=f"{kind} sets", disable=not show_progress):
         chunk = sets[start:start + sets_per_batch]
         masks = {layer: torch.ones(len(chunk), n_units) for layer in {a for s in chunk for a, _ in s}}
@@ -343,6 +347,9 @@ def continuation_logprob(hf, sequences: Sequence[tuple[Sequence[int], Sequence[i
     the inputs tiled ``repeat`` times along the batch (for :func:`unit_set_scores`)."""
     if not sequences or any(len(p) == 0 or len(c) == 0 for p, c in sequences):
         raise ValueError("every sequence needs a non-empty prefix and continuation")
+    check_int(repeat, "repeat")
+    for i, (p, c) in enumerate(sequences):
+        check_length(hf, len(p) + len(c), f"sequence {i} (prefix + continuation)")
     width = max(len(p) + len(c) for p, c in sequences)
     ids = torch.full((len(sequences), width), int(pad_id), dtype=torch.long)
     mask = torch.zeros_like(ids)

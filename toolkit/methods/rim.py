@@ -20,7 +20,8 @@ spans, safety-critical MLP neurons, and their entanglement with reasoning (RAS).
    baseline predictor is the mean KL(base ‖ tuned) of next-token distributions on the same traces (:func:`mean_kl`).
 
 Conventions: activations are read from the plain forward pass (no padding: :func:`neuron_activations` and
-:func:`response_nll` batch only sequences of equal length), in float32 on the CPU afterwards.
+:func:`response_nll` batch only sequences of equal length), in float32 on the CPU afterwards. Prompts are lists of
+strings (a single string is refused); every sequence must fit the model's positions.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from toolkit.core import interventions
-from toolkit.core.chat import REQUEST_THINK_ON_TOKENS, THINK_OFF_TOKENS, chat_prompts
-from toolkit.core.generation import generate
-from toolkit.core.models import LoadedModel
+from toolkit.core.chat import REQUEST_THINK_ON_TOKENS, THINK_OFF_TOKENS, as_prompts, chat_prompts
+from toolkit.core.generation import check_int, generate
+from toolkit.core.models import LoadedModel, check_length
 from toolkit.core.stats import correlation, paired_difference_ci
 from toolkit.organism.tokenizer import THINK_CLOSE, THINK_OPEN
 
@@ -55,7 +56,10 @@ class ForcedSequence:
 def encode(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], think: bool,
            responses: Sequence[str] | None = None) -> list[ForcedSequence]:
     """Chat-template each prompt (thinking on or off), append its response text (if any) and tokenize."""
-    texts = chat_prompts(tokenizer, list(prompts), enable_thinking=think)
+    prompts = as_prompts(prompts, "prompts")
+    if responses is not None and len(as_prompts(responses, "responses")) != len(prompts):
+        raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts")
+    texts = chat_prompts(tokenizer, prompts, enable_thinking=think)
     out = []
     for i, text in enumerate(texts):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -78,6 +82,14 @@ def _device(loaded: LoadedModel) -> torch.device:
     return next(loaded.hf.parameters()).device
 
 
+def _check_seqs(loaded: LoadedModel, seqs: Sequence[ForcedSequence]) -> None:
+    """At least one sequence, each within the model's positions."""
+    if not seqs:
+        raise ValueError("no sequences given")
+    for i, s in enumerate(seqs):
+        check_length(loaded.hf, len(s.ids), f"sequence {i}")
+
+
 @torch.no_grad()
 def neuron_activations(loaded: LoadedModel, seqs: Sequence[ForcedSequence], reduce: str = "last",
                        layers: Sequence[int] | None = None, with_logits: bool = False):
@@ -87,8 +99,7 @@ def neuron_activations(loaded: LoadedModel, seqs: Sequence[ForcedSequence], redu
     positions ``response_start − 1 … T − 2``, which predict the response tokens), one tensor per sequence."""
     if reduce not in ("last", "response"):
         raise ValueError(f"reduce must be 'last' or 'response', got {reduce!r}")
-    if not seqs:
-        raise ValueError("no sequences given")
+    _check_seqs(loaded, seqs)
     cfg = loaded.bridge.cfg
     layers = list(range(cfg.n_layers)) if layers is None else list(layers)
     sites = [interventions.Site("neuron", layer, tuple(range(cfg.d_mlp))) for layer in layers]
@@ -111,6 +122,7 @@ def neuron_activations(loaded: LoadedModel, seqs: Sequence[ForcedSequence], redu
 @torch.no_grad()
 def response_nll(loaded: LoadedModel, seqs: Sequence[ForcedSequence]) -> np.ndarray:
     """Per sequence: the mean negative log-likelihood (nats per token) of its response tokens."""
+    _check_seqs(loaded, seqs)
     out = np.zeros(len(seqs))
     for idx in _by_length(seqs):
         ids = torch.tensor([seqs[i].ids for i in idx], device=_device(loaded))  # (B, T)
@@ -195,7 +207,9 @@ def first_response_sequences(loaded: LoadedModel, prompts: Sequence[str], think:
     """For each prompt, the chat prompt plus (thinking on) the model's own greedy think block up to and including
     the whitespace after ``</think>``; ``None`` where the response never closes its think block. ``outputs``: the
     greedy responses if already generated (otherwise generated here, batches of 128)."""
-    tok = loaded.tokenizer
+    tok, prompts = loaded.tokenizer, as_prompts(prompts, "prompts")
+    if outputs is not None and len(as_prompts(outputs, "outputs")) != len(prompts):
+        raise ValueError(f"{len(outputs)} outputs for {len(prompts)} prompts")
     if outputs is None:
         outputs = [o[0] for o in generate(loaded.hf, tok, list(prompts), enable_thinking=think, batch_size=128,
                                           max_new_tokens=REQUEST_THINK_ON_TOKENS if think else THINK_OFF_TOKENS)]
@@ -242,8 +256,7 @@ def head_shift(refuse: np.ndarray, comply: np.ndarray) -> np.ndarray:
 def top_heads(shift: np.ndarray, k: int) -> list[tuple[int, int]]:
     """The ``k`` heads with the largest mean shift (``shift`` is ``[n, L, H]``), largest first."""
     mean = shift.mean(0)
-    if not 1 <= k <= mean.size:
-        raise ValueError(f"k must be in 1..{mean.size} (the number of heads), got {k}")
+    check_int(k, "k", 1, mean.size)
     order = np.argsort(-mean, axis=None, kind="stable")[:k]
     return [tuple(int(v) for v in np.unravel_index(i, mean.shape)) for i in order]
 
@@ -269,10 +282,8 @@ def select_safety_neurons(marked: torch.Tensor | np.ndarray, unmarked: torch.Ten
     if a.shape != b.shape or a.ndim != 3:
         raise ValueError(f"need matched [n, L, d_mlp] activations, got {a.shape} and {b.shape}")
     n, n_layers, d_mlp = a.shape
-    if not 1 <= n_sets <= n:
-        raise ValueError(f"n_sets must be in 1..{n} (the number of pairs), got {n_sets}")
-    if not 1 <= top_m <= n_layers * d_mlp:
-        raise ValueError(f"top_m must be in 1..{n_layers * d_mlp}, got {top_m}")
+    check_int(n_sets, "n_sets", 1, n)
+    check_int(top_m, "top_m", 1, n_layers * d_mlp)
     diff = a - b  # (n, L, d_mlp)
     per_set = []
     for idx in np.array_split(np.arange(n), n_sets):

@@ -144,6 +144,7 @@ def load_for_training(spec: str, device: str = "auto"):
     tokenizer = models.load_tokenizer(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    models.check_loaded(hf, tokenizer, spec, source)
     return hf, tokenizer, device_
 
 

@@ -65,8 +65,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from toolkit.core.chat import chat_prompts
+from toolkit.core.chat import as_prompts, chat_prompts
+from toolkit.core.generation import check_int
 from toolkit.core.interventions import Site, SiteError
+from toolkit.core.models import check_length
 from toolkit.core.progress import progress
 from toolkit.methods.cmap.result import CMAPResult, until_eos
 from toolkit.methods.cmap.setup import check_compatible
@@ -278,7 +280,9 @@ def run(clean: LoadedModel, corrupted: LoadedModel, prompts: Sequence[str], site
     ``mode``: ``"current"`` or ``"all"`` (module docstring). ``teacher_forcing``: None (free-running greedy
     generation), ``"clean"`` or ``"corrupted"`` (every row follows that model's greedy generation, computed first
     unless ``trajectories`` gives the token ids per prompt). ``batch_size`` bounds the rows per batch (prompts ×
-    (2 + sites)); prompts are split into chunks accordingly. Returns a :class:`CMAPResult`.
+    (2 + sites)); prompts are split into chunks accordingly (a chunk holds at least one prompt, so a
+    batch_size below 2 + sites is exceeded). Prompts (chat-formatted) plus ``max_new_tokens`` (or the trajectory)
+    must fit the models' positions. Returns a :class:`CMAPResult`.
     """
     import time
 
@@ -288,11 +292,9 @@ def run(clean: LoadedModel, corrupted: LoadedModel, prompts: Sequence[str], site
         raise ValueError(f"teacher_forcing must be one of {TEACHER_FORCING}, not {teacher_forcing!r}")
     if trajectories is not None and teacher_forcing is None:
         raise ValueError("trajectories are only used with teacher_forcing='clean' or 'corrupted'")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts given")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    prompts = as_prompts(prompts, "cmap.run: prompts")
+    check_int(max_new_tokens, "max_new_tokens")
+    check_int(batch_size, "batch_size")
     check_compatible(clean, corrupted)
     sites = list(sites)
     for s in sites:
@@ -317,6 +319,10 @@ def run(clean: LoadedModel, corrupted: LoadedModel, prompts: Sequence[str], site
             raise ValueError(f"{len(trajectories)} trajectories for {len(prompts)} prompts")
         if not all(trajectories):
             raise ValueError("a teacher-forcing trajectory is empty")
+    for i, ids in enumerate(prompt_ids):  # both models must hold the prompt and every generated token
+        for model in (clean, corrupted):
+            check_length(model, len(ids), f"prompt {i} (chat-formatted)",
+                         max_new_tokens if trajectories is None else len(trajectories[i]))
     n_var = 1 + (teacher_forcing is None) + len(sites)
     per_chunk = max(1, batch_size // n_var)
     chunks = []

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from toolkit.core.generation import check_int
+from toolkit.core.models import check_length
 from toolkit.core.progress import progress
 from toolkit.methods.eap.graph import METHODS, METRICS, EAPError, Graph
 from toolkit.methods.eap.memory import check_memory
@@ -249,8 +251,9 @@ def _prepare(loaded: LoadedModel, pairs: Pairs, metric: str, batch_size: int, me
         raise EAPError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if not isinstance(pairs, Pairs):
         raise EAPError(f"pairs must be a toolkit.methods.eap.Pairs (from make_pairs), not {type(pairs).__name__}")
-    if batch_size < 1:
-        raise EAPError(f"batch_size must be at least 1, got {batch_size}")
+    check_int(batch_size, "batch_size", error=EAPError)
+    longest = int(pairs.lengths.argmax())
+    check_length(loaded.hf, int(pairs.lengths[longest]), f"pair {longest} (the longest)", error=EAPError)
     model = _Model(loaded)
     vocab = int(loaded.hf.config.vocab_size)
     for name in ("clean_ids", "corrupted_ids", "clean_label", "corrupted_label"):
@@ -289,7 +292,8 @@ def attribute(loaded: LoadedModel, pairs: Pairs, *, method: str = "eap-ig", step
 
     ``method``: ``"eap-ig"`` (``steps`` interpolation steps, k = 0…m−1), ``"eap"`` (gradient on the clean input) or
     ``"exact"`` (one patched forward per edge: the ground truth, for small graphs). Refuses a batch that would not
-    fit in memory. Returns :class:`Scores`.
+    fit in memory, and pairs longer than the model's positions; ``steps`` (checked for every method) and
+    ``batch_size`` are integers >= 1. Returns :class:`Scores`.
 
     ``per_example=True`` (eap, eap-ig) also fills ``Scores.per_example`` ``[N, n_sources, n_targets]``: row i scores
     pair i alone, ``values`` is their mean, and ``pairs.subset(idx)`` scores ``per_example[idx].mean(0)`` (exact up
@@ -299,8 +303,7 @@ def attribute(loaded: LoadedModel, pairs: Pairs, *, method: str = "eap-ig", step
         raise EAPError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if per_example and method == "exact":
         raise EAPError("per_example scores are computed for method 'eap' and 'eap-ig', not 'exact'")
-    if method == "eap-ig" and steps < 1:
-        raise EAPError(f"eap-ig needs steps >= 1, got {steps}")
+    check_int(steps, "steps (eap-ig's interpolation steps)", error=EAPError)
     if method == "exact":
         from toolkit.methods.eap.evaluate import exact_scores
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from toolkit.core.generation import check_int
 from toolkit.core.units import Head, as_heads
 from toolkit.methods.eap.graph import EAPError, Graph
 from toolkit.methods.eap.scores import Scores
@@ -93,8 +94,10 @@ def select(scores: Scores, *, top_n: int | None = None, threshold: float | None 
         raise EAPError(f"unknown selection method {method!r}; choose 'top' or 'greedy'")
     if top_n is None and threshold is None:
         raise EAPError("select needs top_n, threshold, or both")
-    if top_n is not None and top_n < 0:
-        raise EAPError(f"top_n must be >= 0, got {top_n}")
+    if top_n is not None:
+        check_int(top_n, "top_n", minimum=0, error=EAPError)
+    if threshold is not None and math.isnan(threshold):
+        raise EAPError("threshold is NaN; pass a number (every edge scoring at least it is kept)")
     chosen = torch.zeros_like(scores.valid)
     if method == "top":
         if top_n is not None:

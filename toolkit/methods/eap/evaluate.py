@@ -25,6 +25,7 @@ from toolkit.core.progress import progress
 from toolkit.methods.eap.attribute import _Frozen, _logits_at, _metric, _Model, _prepare
 from toolkit.methods.eap.circuit import Circuit, select
 from toolkit.methods.eap.graph import EAPError
+from toolkit.methods.eap.memory import EXACT_ROWS
 from toolkit.methods.eap.pairs import Pairs
 from toolkit.methods.eap.scores import Scores
 
@@ -164,7 +165,7 @@ def exact_scores(loaded: LoadedModel, pairs: Pairs, metric: str, batch_size: int
     edges = valid.nonzero().tolist()
     scores = torch.zeros(g.n_sources, g.n_targets, dtype=torch.float64)
     batches = list(pairs.batches(batch_size))
-    per_pass = max(1, 256 // min(batch_size, len(pairs)))  # edges per forward pass (about 256 rows)
+    per_pass = max(1, EXACT_ROWS // min(batch_size, len(pairs)))  # edges per forward pass (about 256 rows)
     bar = progress(total=len(batches) * math.ceil(len(edges) / per_pass), desc=f"exact ({metric})",
                    disable=not show_progress)
     with _Frozen(model.hf), _SplitInputs(model.bridge), torch.no_grad():
@@ -241,6 +242,8 @@ def faithfulness_curve(loaded: LoadedModel, pairs: Pairs, scores: Scores, n_edge
                        method: str = "top", absolute: bool = True, prune: bool = True, batch_size: int = 8) -> dict:
     """Faithfulness of the circuits selected at each size in ``n_edges``: ``{"requested", "n_edges", "metric",
     "recovered", "clean", "corrupted"}`` (lists aligned with ``n_edges``)."""
+    if isinstance(n_edges, (str, bytes)) or not len(n_edges):
+        raise EAPError(f"n_edges must be a non-empty list of circuit sizes, got {n_edges!r}")
     circuits = [select(scores, top_n=int(n), absolute=absolute, method=method, prune=prune) for n in n_edges]
     vals = _metric_values(loaded, pairs, circuits, metric, batch_size)
     return {"requested": [int(n) for n in n_edges], "n_edges": [c.n_edges for c in circuits],
@@ -251,6 +254,8 @@ def faithfulness_curve(loaded: LoadedModel, pairs: Pairs, scores: Scores, n_edge
 
 def edges_for_recovery(curve: Mapping[str, list], level: float = 0.8) -> int | None:
     """The smallest circuit size (edges) in a faithfulness curve recovering at least ``level``; ``None`` if none."""
+    if not math.isfinite(level):
+        raise EAPError(f"level must be a finite fraction of the clean metric (e.g. 0.8), got {level}")
     for n, r in zip(curve["n_edges"], curve["recovered"]):
         if r is not None and math.isfinite(r) and r >= level:
             return int(n)

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from toolkit.core.chat import as_prompts
+from toolkit.core.generation import check_int
+from toolkit.core.models import check_length
 from toolkit.methods.eap.graph import EAPError
 
 if TYPE_CHECKING:
@@ -88,6 +91,10 @@ class Pairs:
                          pad_id: int = 0, records: list[dict] | None = None) -> Pairs:
         """Pairs from token lists (metric at each row's last token). A pair of unequal lengths is refused with a
         message naming it (the EAP graph patches position by position, so both runs need the same positions)."""
+        for name, rows in (("clean", clean), ("corrupted", corrupted)):
+            if isinstance(rows, (str, bytes)) or any(isinstance(r, (str, bytes)) for r in rows):
+                raise TypeError(f"{name} must be a list of token-id lists, not text; tokenize first (or use "
+                                "make_pairs)")
         if len(clean) != len(corrupted):
             raise EAPError(f"{len(clean)} clean rows but {len(corrupted)} corrupted rows")
         for i, (a, b) in enumerate(zip(clean, corrupted, strict=True)):
@@ -201,8 +208,15 @@ def make_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool = False, 
     So the pair differs only in the problem, and the metric asks how the problem decides the model's next token
     where its answers part. Examples whose responses do not differ (within ``max_new_tokens``) are dropped and
     listed in ``Pairs.dropped``. A pair whose prompts tokenize to different lengths is refused with a message
-    naming it (``unequal="refuse"``) or dropped with a warning (``unequal="drop"``).
+    naming it (``unequal="refuse"``) or dropped with a warning (``unequal="drop"``). ``examples`` is a list (a single
+    string is refused); each chat-formatted prompt plus ``max_new_tokens`` must fit the model's positions.
     """
+    if isinstance(examples, (str, bytes)):
+        raise TypeError("make_pairs needs a list of examples (objects with .prompt), not a single string")
+    if corrupted_prompts is not None:
+        corrupted_prompts = as_prompts(corrupted_prompts, "corrupted_prompts", allow_empty=True)
+    check_int(max_new_tokens, "max_new_tokens", error=EAPError)
+    check_int(batch_size, "batch_size", error=EAPError)
     if corruption != "problem":
         raise EAPError(f"unknown corruption {corruption!r}; 'problem' is implemented (or pass corrupted_prompts)")
     if unequal not in ("refuse", "drop"):
@@ -236,6 +250,7 @@ def make_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool = False, 
             warnings.warn(msg + "; dropped", stacklevel=2)
             dropped.append({**rec, "reason": "unequal token lengths"})
             continue
+        check_length(loaded.hf, len(a), f"pair {i} ({ex.prompt[:40]!r}, chat-formatted)", max_new_tokens, EAPError)
         kept.append((rec, a, b))
     if not kept:
         raise EAPError(f"no usable pairs out of {len(examples)} examples"
