@@ -165,7 +165,13 @@ def stop_kernels() -> None:
     for km in list(TrackedKernelManager.started):
         TrackedKernelManager.started.discard(km)
         if km.has_kernel:
-            run_sync(km.shutdown_kernel)(now=True)
+            process = getattr(km.provisioner, "process", None)  # the kernel's Popen
+            try:
+                run_sync(km.shutdown_kernel)(now=True)
+            finally:  # whatever the shutdown did, no kernel outlives the run
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    process.wait(10)
 
 
 def kernel_config(kernel: str) -> Config:
