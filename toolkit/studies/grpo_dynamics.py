@@ -5,9 +5,10 @@ Steps, one function each (the notebook calls them in order):
 
 1. :func:`train_runs` — a GRPO and an SFT run (:mod:`toolkit.training.grpo`), cached by configuration hash.
 2. :func:`analyse_checkpoints` — per run, an EAP-IG circuit per checkpoint (:func:`run_dynamics`, snapshots cached
-   per weights, see :func:`snapshot_scores`) on held-out problems of the circuit tasks, the head
-   :class:`~toolkit.methods.dynamics.Dynamics`, and the greedy held-out accuracy of every checkpoint per task
-   (:func:`checkpoint_accuracy`).
+   per weights, see :func:`toolkit.studies.snapshots.snapshot_scores`; split across launched processes:
+   :func:`~toolkit.studies.snapshots.distributed_snapshot_scores`)
+   on held-out problems of the circuit tasks, the head :class:`~toolkit.methods.dynamics.Dynamics`, and the greedy
+   held-out accuracy of every checkpoint per task (:func:`checkpoint_accuracy`).
 3. :func:`reward_series` — what each run's head count is set against: GRPO's accuracy reward (per step, and its mean
    over the steps since the previous checkpoint), SFT's mean held-out accuracy on its training tasks;
    :func:`correlations` and :func:`compare_runs` (the final and ever-emergent head sets of the two runs).
@@ -23,7 +24,6 @@ analysis continues where it stopped and the start model's circuit is shared by e
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -40,8 +40,18 @@ from toolkit.core.units import Head, HeadComparison, as_heads, compare_heads
 from toolkit.evaluation import causal
 from toolkit.evaluation.behaviour import behave
 from toolkit.methods import eap
-from toolkit.methods.dynamics import Dynamics, head_dynamics, reward_correlation
+from toolkit.methods.dynamics import Dynamics, reward_correlation
 from toolkit.organism.tasks import Example
+from toolkit.studies.snapshots import (  # noqa: F401 -- re-exported: the notebook calls them from here
+    SnapshotSettings,
+    analysis_dir,
+    circuit_heads,
+    distributed_snapshot_scores,
+    dynamics_of,
+    make_pairs,
+    run_dynamics,
+    snapshot_scores,
+)
 from toolkit.training import grpo
 from toolkit.training.grpo import GRPOSettings, SFTSettings, TrainingRun
 
@@ -69,101 +79,7 @@ def checkpoint_records(run: TrainingRun) -> list[dict]:
     return [{"step": c.step, **{k: c.metrics.get(k) for k in grpo.CHECKPOINT_METRICS}} for c in run.checkpoints]
 
 
-# ---- 2. circuits per checkpoint (EAP-IG, cached) and accuracy ------------------------------------------------------
-
-@dataclass(frozen=True)
-class SnapshotSettings:
-    """How each checkpoint's circuit is built (:mod:`toolkit.methods.eap`)."""
-
-    enable_thinking: bool = False
-    method: str = "eap-ig"
-    ig_steps: int = 5
-    metric: str = "kl"
-    top_n: int = 200
-    batch_size: int = 8
-    corruption: str = "problem"
-    inputs: str = "own"  # "own": each checkpoint's own answers make its pairs; "fixed": the start model's, for all
-
-
-def analysis_dir(examples: Sequence[Example], settings: SnapshotSettings):
-    """The cache folder of one analysis (examples and EAP settings; ``top_n`` is applied after caching)."""
-    return cache_root() / "circuits" / config_hash(
-        {"examples": [getattr(e, "to_dict", lambda e=e: e)() for e in examples],
-         "settings": {k: v for k, v in settings.__dict__.items() if k != "top_n"}})
-
-
-def make_pairs(loaded: LoadedModel, examples: Sequence[Example], settings: SnapshotSettings, where: str) -> eap.Pairs:
-    """:func:`toolkit.methods.eap.make_pairs` of ``loaded`` on ``examples``; errors name ``where``."""
-    try:
-        return eap.make_pairs(loaded, examples, enable_thinking=settings.enable_thinking,
-                              corruption=settings.corruption)
-    except eap.EAPError as err:
-        raise eap.EAPError(f"{where}: {err}") from err
-
-
-def snapshot_scores(specs: Mapping[int, str], examples: Sequence[Example],
-                    settings: SnapshotSettings = SnapshotSettings(), device: str = "auto") -> dict[int, eap.Scores]:
-    """EAP scores (:class:`toolkit.methods.eap.Scores`, with per-pair rows) of each model in ``specs`` (step → model
-    spec or checkpoint folder), computed once per model weights and cached, so an interrupted analysis continues
-    where it stopped. ``settings.inputs == "fixed"``: every model is scored on the pairs of ``specs``' first step's
-    model (the same token sequences for all). Each ``Scores.meta`` holds ``snapshot_seconds`` (load, pairs and
-    attribution), ``n_pairs`` and ``cached``."""
-    if not examples:
-        raise ValueError("snapshot_scores needs at least one example")
-    if settings.inputs not in ("own", "fixed"):
-        raise ValueError(f"inputs must be 'own' or 'fixed', got {settings.inputs!r}")
-    first = min(specs)
-    folder = analysis_dir(examples, settings)
-    if settings.inputs == "fixed":
-        folder = folder / f"pairs-of-{model_fingerprint(specs[first])}"
-    out, fixed = {}, None
-    for step, spec in progress(sorted(specs.items()), desc="circuit snapshots", total=len(specs)):
-        path = folder / f"{model_fingerprint(spec)}.scores.json"
-        cached = read_entry(path, eap.Scores.load)
-        if cached is not None:
-            out[step] = cached
-            if cached.per_example is not None:  # older caches lack the per-pair rows: recompute those
-                out[step].meta["cached"] = True
-                continue
-        t0 = time.perf_counter()
-        with quiet_library_bars():
-            loaded = models.load(spec, device=device)
-        if settings.inputs == "fixed" and fixed is None:
-            with quiet_library_bars():
-                fixed = make_pairs(models.load(specs[first], device=device), examples, settings,
-                                   f"fixed pairs of step {first} ({specs[first]})")
-        pairs = fixed or make_pairs(loaded, examples, settings, f"checkpoint at step {step} ({spec})")
-        scores = eap.attribute(loaded, pairs, method=settings.method, steps=settings.ig_steps, metric=settings.metric,
-                               batch_size=settings.batch_size, show_progress=False, per_example=True)
-        scores.meta.update(snapshot_seconds=round(time.perf_counter() - t0, 3), n_pairs=len(pairs), spec=spec)
-        scores.save(path)
-        scores.meta["cached"] = False
-        out[step] = scores
-    return out
-
-
-def circuit_heads(scores: eap.Scores, top_n: int) -> frozenset[Head]:
-    """The heads of the top-``top_n`` circuit (absolute scores, dead nodes pruned) of ``scores``."""
-    return as_heads(eap.select(scores, top_n=top_n, absolute=True, method="top", prune=True).heads)
-
-
-def run_dynamics(specs: Mapping[int, str], examples: Sequence[Example], settings: SnapshotSettings = SnapshotSettings(),
-                 device: str = "auto") -> Dynamics:
-    """Circuits of every checkpoint in ``specs`` (which must include step 0, the start model) → :class:`Dynamics`
-    with ``snapshot_info`` (per step: ``snapshot_seconds``, ``n_pairs``, ``cached``)."""
-    if 0 not in specs:
-        raise ValueError("specs must include step 0, the start model, whose circuit is the base")
-    return dynamics_of(snapshot_scores(specs, examples, settings, device), settings.top_n)
-
-
-def dynamics_of(scores: Mapping[int, eap.Scores], top_n: int) -> Dynamics:
-    """:class:`Dynamics` of the top-``top_n`` circuits of ``scores`` (step → scores; step 0 is the base)."""
-    heads = {step: circuit_heads(s, top_n) for step, s in scores.items()}
-    dyn = head_dynamics(heads[0], {s: h for s, h in heads.items() if s > 0})
-    dyn.snapshot_info = {step: {k: s.meta.get(k) for k in ("snapshot_seconds", "n_pairs", "cached")}
-                         for step, s in sorted(scores.items())}
-    return dyn
-
+# ---- 2. accuracy per checkpoint (circuits per checkpoint: toolkit.studies.snapshots) ------------------------------
 
 def held_out_draw(tasks: Sequence[str], n: int, seed: int = 0) -> list[Example]:
     """``n`` held-out problems of ``tasks`` (never trained on): the first ``n`` for ``seed`` 0, else ``n`` drawn
