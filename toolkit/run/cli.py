@@ -1,4 +1,4 @@
-"""``python -m toolkit``: run notebooks headlessly, build the model organism, run the benchmarks."""
+"""``python -m toolkit``: run notebooks headlessly, build the model organism, train, run the benchmarks."""
 
 from __future__ import annotations
 
@@ -56,6 +56,26 @@ def _build_organism(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """One training run from a config file (:mod:`toolkit.training.launch`); also under torchrun/accelerate launch.
+    Exit 0 when the run is done (trained, resumed or reused), 2 when its config or launch was refused."""
+    from toolkit.core.models import ModelLoadError
+    from toolkit.training import distill, grpo, launch
+
+    kinds = {"sft": grpo.SFTSettings, "grpo": grpo.GRPOSettings, "distill": distill.DistillSettings}
+    try:
+        settings = launch.settings_from_file(kinds[args.kind], args.config)
+        run = grpo.train(settings, device=args.device, retrain=args.retrain)
+    except (launch.ConfigError, launch.LaunchError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if launch.process_state(args.device).is_main_process:
+        how = "reused" if run.reused else f"trained {run.steps_trained} steps in {run.seconds:.1f} s"
+        print(f"{run.kind} run in {run.path}: {how}; checkpoints at steps "
+              f"{', '.join(str(c.step) for c in run.checkpoints[1:])}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from toolkit import benchmarks
 
@@ -84,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: $TOOLKIT_DATA or data/)")
     p.add_argument("--if-missing", action="store_true", help="do nothing when both checkpoints exist")
     p.set_defaults(func=_build_organism)
+
+    p = sub.add_parser("train", help="train (or resume, or reuse) one SFT, GRPO or distillation run from a config "
+                                      "file; runs under torchrun / accelerate launch too")
+    p.add_argument("kind", choices=("sft", "grpo", "distill"), help="the run's kind (its settings type)")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="JSON or YAML mapping of the settings' fields (see toolkit.training.launch)")
+    p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda (default: auto)")
+    p.add_argument("--retrain", action="store_true", help="clear a finished or unfinished run and train it again")
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("bench", help="run a benchmark: bench [foundation|cmap|eap] [options]; see bench NAME --help",
                        add_help=False)

@@ -41,6 +41,9 @@ Once a run finishes, optimizer, scheduler and RNG states are deleted from its ch
 checkpoint is a :class:`toolkit.training.runs.Checkpoint` whose ``metrics`` hold those means (``reward``,
 ``accuracy``, ``format``, ``loss``, where logged).
 
+**Launching**: :func:`train` runs unchanged over N processes (:mod:`toolkit.training.launch`). **vLLM**: ``use_vllm``
+and ``vllm_*`` are TRL's ``GRPOConfig`` options, passed through; at their defaults they stay out of the cache key.
+
 **CPU settings** (the defaults): ``use_cpu=True``, ``bf16=False``, fp32 weights, 4 prompts × 16 generations per step,
 completions of at most 16 tokens (think-off answers are ≤ 8). **GPU, the paper's settings**: GRPO lr 1e-6, 16
 generations, warmup 0.1; SFT lr 4e-5, warmup 0.03 (see :data:`PAPER_GRPO`, :data:`PAPER_SFT`).
@@ -57,6 +60,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
@@ -69,22 +73,25 @@ from toolkit.core.io import atomic_write_json
 from toolkit.core.progress import quiet_library_bars
 from toolkit.organism import tasks
 from toolkit.organism.tokenizer import EMPTY_THINK, IM_END
-from toolkit.training import sft
-from toolkit.training.callbacks import ProgressCallback
-from toolkit.training.checkpoints import resume_train, run_lock, weights_problem
+from toolkit.training import callbacks, launch, sft
+from toolkit.training.callbacks import CHECKPOINT_METRICS, LOG_KEYS, CheckpointLog, ProgressCallback, checkpoint_records
+from toolkit.training.checkpoints import resume_train, run_lock, strip_resume_state, weights_problem
 from toolkit.training.runs import Checkpoint, check_settings
 
 MATH_TASKS = ("linear", "arithmetic")
 GRPO_TASKS = ("linear",)  # the task where organism-base's think-off samples are sometimes right
 ANSWER_PATTERNS = {"linear": r"x = -?\d+", "arithmetic": r"-?\d+", "reversal": r"[a-z]+"}
 TRAIN_SEED, EVAL_SEED = 4_004, 4_044  # training prompts and the held-out evaluation/circuit prompts
+window_means = callbacks.window_means  # the checkpoint log's window means (toolkit.training.callbacks), here too
 
 
 @dataclass(frozen=True)
 class GRPOSettings:
     """One GRPO run. ``prompts_per_step`` prompts × ``num_generations`` samples per optimizer step; a checkpoint
-    every ``save_every`` steps. ``n_train`` distinct training prompts (cycled when ``steps`` needs more)."""
+    every ``save_every`` steps. ``n_train`` distinct training prompts (cycled when ``steps`` needs more). The
+    ``use_vllm`` and ``vllm_*`` fields are TRL's ``GRPOConfig`` options (module docstring)."""
 
+    kind: ClassVar[str] = "grpo"
     model: str = "organism-base"
     tasks: tuple[str, ...] = GRPO_TASKS
     steps: int = 50
@@ -99,15 +106,23 @@ class GRPOSettings:
     save_every: int = 5
     n_train: int = 1000
     seed: int = 0
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_enable_sleep_mode: bool = False
+    vllm_tensor_parallel_size: int = 1
+    vllm_server_host: str = "0.0.0.0"
+    vllm_server_port: int = 8000
 
     def __post_init__(self):
-        _check(self)
+        check_settings(self)  # bounds (num_generations ≥ 2: advantages are relative within a group), vllm_mode
 
 
 @dataclass(frozen=True)
 class SFTSettings:
     """One SFT run on think-on reasoning traces, ``batch_size`` traces per step, a checkpoint every ``save_every``."""
 
+    kind: ClassVar[str] = "sft"
     model: str = "organism-base"
     tasks: tuple[str, ...] = MATH_TASKS
     steps: int = 50
@@ -119,14 +134,14 @@ class SFTSettings:
     seed: int = 0
 
     def __post_init__(self):
-        _check(self)
+        check_settings(self)
+
+    def sft_records(self, device: str = "auto") -> list[dict]:
+        """The training records: the organism tasks' own think-on traces (:func:`trace_records`)."""
+        return trace_records(_train_problems(self.tasks, self.n_train))
 
 
-def _check(settings: GRPOSettings | SFTSettings) -> None:
-    check_settings(settings)  # numeric bounds (num_generations ≥ 2: advantages are relative within a group)
-    if settings.steps % settings.save_every:
-        raise ValueError(f"steps ({settings.steps}) must be a multiple of save_every ({settings.save_every}) so the "
-                         "last step is a checkpoint")
+VLLM_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GRPOSettings) if "vllm" in f.name}
 
 
 # The paper's settings on Qwen2.5-Math-1.5B-Instruct (GPU): change only these parameters.
@@ -169,12 +184,15 @@ def grpo_dataset(tokenizer, examples: Sequence[tasks.Example], enable_thinking: 
                                "task": e.task} for p, e in zip(prompts, examples)])
 
 
+def trace_records(examples: Sequence[tasks.Example]) -> list[dict]:
+    """``{"prompt", "answer"}`` records whose answer is the organism task's think-on trace
+    (``<think>\\n{steps}\\n</think>\\n\\n{answer}``)."""
+    return [{"prompt": e.prompt, "answer": tasks.completion(e, think=True)} for e in examples]
+
+
 def sft_dataset(tokenizer, examples: Sequence[tasks.Example]):
-    """TRL prompt-completion dataset of think-on reasoning traces (loss on the completion only), through
-    :func:`toolkit.training.sft.sft_dataset`: think-on prompt, completion ``<think>\\n{steps}\\n</think>\\n\\n{answer}``
-    + ``<|im_end|>``."""
-    records = [{"prompt": e.prompt, "answer": tasks.completion(e, think=True)} for e in examples]
-    return sft.sft_dataset(tokenizer, records, enable_thinking=True)
+    """TRL prompt-completion dataset (:func:`toolkit.training.sft.sft_dataset`, think-on) of :func:`trace_records`."""
+    return sft.sft_dataset(tokenizer, trace_records(examples), enable_thinking=True)
 
 
 def _text(completion) -> str:
@@ -213,43 +231,6 @@ def format_reward(completions, answer_pattern, prompts=None, **kwargs) -> list[f
     return [float(well_formed(assistant_turn(p, c), pat)) for p, c, pat in zip(prompts, completions, answer_pattern)]
 
 
-# ---- checkpoint log ---------------------------------------------------------------------------------------------
-
-LOG_KEYS = {"reward": "reward", "accuracy": "rewards/accuracy_reward/mean", "format": "rewards/format_reward/mean",
-            "loss": "loss", "completion_length": "completions/mean_length"}
-CHECKPOINT_METRICS = ("reward", "accuracy", "format", "loss")  # the window means a Checkpoint's metrics keep
-
-
-def window_means(log_history: Sequence[dict], start: int, end: int) -> dict[str, float]:
-    """Mean of each :data:`LOG_KEYS` quantity over the logged steps in ``(start, end]`` (keys absent if never logged).
-    """
-    out = {}
-    for name, key in LOG_KEYS.items():
-        values = [e[key] for e in log_history if start < e.get("step", -1) <= end and key in e]
-        if values:
-            out[name] = float(sum(values) / len(values))
-    return out
-
-
-def checkpoint_records(log_history: Sequence[dict], save_every: int, last_step: int) -> list[dict]:
-    """One record per checkpoint up to ``last_step``: ``step``, ``checkpoint`` (folder name) and the means of the
-    steps since the previous checkpoint (:func:`window_means`)."""
-    return [{"step": step, "checkpoint": f"checkpoint-{step}", **window_means(log_history, step - save_every, step)}
-            for step in range(save_every, last_step + 1, save_every)]
-
-
-class CheckpointLog(TrainerCallback):
-    """Writes ``log_path`` (atomic JSON list, one record per saved checkpoint, see :func:`checkpoint_records`) at each
-    save. Built from the trainer state's ``log_history``, which is restored on resume, and never read back: an
-    interrupted run ends with the same log as an uninterrupted one, and a damaged log is simply rewritten."""
-
-    def __init__(self, log_path: Path, save_every: int):
-        self.log_path, self.save_every = Path(log_path), save_every
-
-    def on_save(self, args, state, control, **kwargs):
-        atomic_write_json(self.log_path, checkpoint_records(state.log_history, self.save_every, state.global_step))
-
-
 # ---- training ---------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -277,38 +258,42 @@ class TrainingRun:
         return [s for s, _ in pts], [v for _, v in pts]
 
 
-def config_hash(settings: GRPOSettings | SFTSettings) -> str:
-    """The run's cache key (:func:`toolkit.core.cache.config_hash`): settings, start weights and TRL version."""
+def config_hash(settings) -> str:
+    """The run's cache key (:func:`toolkit.core.cache.config_hash`): settings, start weights (and a distillation's
+    teacher weights) and TRL version. vLLM fields at their defaults are left out (module docstring)."""
     import trl
 
-    return cache.config_hash({"kind": type(settings).__name__, "settings": dataclasses.asdict(settings),
-                              "weights": model_fingerprint(settings.model), "trl": trl.__version__})
+    fields = {k: v for k, v in dataclasses.asdict(settings).items() if VLLM_DEFAULTS.get(k, ...) != v}
+    payload = {"kind": type(settings).__name__, "settings": fields, "weights": model_fingerprint(settings.model),
+               "trl": trl.__version__}
+    if hasattr(settings, "teacher"):
+        payload["teacher_weights"] = model_fingerprint(settings.teacher)
+    return cache.config_hash(payload)
 
 
-def run_dir(settings: GRPOSettings | SFTSettings) -> Path:
+def run_dir(settings) -> Path:
     """``<cache>/grpo-runs/<kind>-<config hash>``: where the run's checkpoints and logs live."""
-    kind = "grpo" if isinstance(settings, GRPOSettings) else "sft"
-    return cache_root() / "grpo-runs" / f"{kind}-{config_hash(settings)}"
+    return cache_root() / "grpo-runs" / f"{settings.kind}-{config_hash(settings)}"
+
+
+def grpo_config(settings: GRPOSettings, output_dir: Path, device: str = "auto"):
+    """The run's ``GRPOConfig`` (CPU: ``use_cpu=True``, ``bf16=False``; GPU: bf16); the vLLM fields pass through."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(**launch.trainer_args(settings, output_dir, device), num_generations=settings.num_generations,
+                      max_completion_length=settings.max_completion_length, temperature=settings.temperature,
+                      beta=settings.beta, chat_template_kwargs={"enable_thinking": settings.enable_thinking},
+                      **{k: getattr(settings, k) for k in VLLM_DEFAULTS})
 
 
 def make_grpo_trainer(settings: GRPOSettings, output_dir: Path, device: str = "auto",
                       callbacks: Sequence[TrainerCallback] = ()):
-    """The ``GRPOTrainer`` of one run (CPU: ``use_cpu=True``, ``bf16=False``; GPU: bf16)."""
-    from trl import GRPOConfig, GRPOTrainer
+    """The ``GRPOTrainer`` of one run (arguments from :func:`grpo_config`)."""
+    from trl import GRPOTrainer
 
-    hf, tokenizer, device_ = sft.load_for_training(settings.model, device)
+    hf, tokenizer, _ = sft.load_for_training(settings.model, device)
     tokenizer.padding_side = "left"
-    batch = settings.prompts_per_step * settings.num_generations
-    args = GRPOConfig(
-        output_dir=str(output_dir), max_steps=settings.steps, learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=settings.warmup_ratio,
-        per_device_train_batch_size=batch, num_generations=settings.num_generations,
-        max_completion_length=settings.max_completion_length, temperature=settings.temperature,
-        beta=settings.beta, save_strategy="steps", save_steps=settings.save_every, save_total_limit=None,
-        logging_steps=1, disable_tqdm=True, report_to="none", seed=settings.seed, data_seed=settings.seed,
-        use_cpu=device_.type == "cpu", bf16=device_.type == "cuda",
-        chat_template_kwargs={"enable_thinking": settings.enable_thinking},
-    )
+    args = grpo_config(settings, output_dir, device)
     n_needed = settings.steps * settings.prompts_per_step
     examples = _train_problems(settings.tasks, settings.n_train)
     examples = [examples[i % len(examples)] for i in range(max(n_needed, len(examples)))]
@@ -319,54 +304,57 @@ def make_grpo_trainer(settings: GRPOSettings, output_dir: Path, device: str = "a
     return trainer
 
 
-def make_sft_trainer(settings: SFTSettings, output_dir: Path, device: str = "auto",
-                     callbacks: Sequence[TrainerCallback] = ()):
-    """The ``SFTTrainer`` of one run on think-on traces (completion-only loss, AdamW, constant lr after warmup)."""
+def make_sft_trainer(settings, output_dir: Path, device: str = "auto", callbacks: Sequence[TrainerCallback] = (),
+                     records: Sequence[dict] | None = None):
+    """The ``SFTTrainer`` of one SFT or distillation run on think-on ``records`` (``{"prompt", "answer"}``, default
+    ``settings.sft_records(device)``): completion-only loss, AdamW, constant lr after warmup."""
     from trl import SFTConfig, SFTTrainer
 
-    hf, tokenizer, device_ = sft.load_for_training(settings.model, device)
-    args = SFTConfig(
-        output_dir=str(output_dir), max_steps=settings.steps, learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=settings.warmup_ratio,
-        per_device_train_batch_size=settings.batch_size, optim="adamw_torch", max_grad_norm=1.0,
-        save_strategy="steps", save_steps=settings.save_every, save_total_limit=None,
-        logging_steps=1, disable_tqdm=True, report_to="none", seed=settings.seed, data_seed=settings.seed,
-        completion_only_loss=True, eos_token=IM_END, activation_checkpointing=False,
-        use_cpu=device_.type == "cpu", bf16=device_.type == "cuda",
-    )
+    records = settings.sft_records(device) if records is None else records
+    hf, tokenizer, _ = sft.load_for_training(settings.model, device)
+    args = SFTConfig(**launch.trainer_args(settings, output_dir, device), optim="adamw_torch", max_grad_norm=1.0,
+                     completion_only_loss=True, eos_token=IM_END, activation_checkpointing=False)
     trainer = SFTTrainer(model=hf, args=args, processing_class=tokenizer,
-                         train_dataset=sft_dataset(tokenizer, _train_problems(settings.tasks, settings.n_train)),
+                         train_dataset=sft.sft_dataset(tokenizer, records, enable_thinking=True),
                          callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)
     return trainer
 
 
-def _checkpoints(settings: GRPOSettings | SFTSettings, kind: str, path: Path, log: list[dict]) -> list[Checkpoint]:
+def _checkpoints(settings, kind: str, path: Path, log: list[dict]) -> list[Checkpoint]:
     return [Checkpoint(0, settings.model, run=kind)] + [
         Checkpoint(r["step"], str(path / r["checkpoint"]), run=kind, lr=settings.learning_rate,
                    metrics={k: r[k] for k in CHECKPOINT_METRICS if k in r}) for r in log]
 
 
-def train(settings: GRPOSettings | SFTSettings, device: str = "auto", callbacks: Sequence[TrainerCallback] = (),
+def train(settings, device: str = "auto", callbacks: Sequence[TrainerCallback] = (),
           retrain: bool = False) -> TrainingRun:
-    """Train (or resume, or reuse) one GRPO or SFT run; returns its checkpoints, step 0 being the start model.
+    """Train (or resume, or reuse) one GRPO, SFT or distillation run (``GRPOSettings``, ``SFTSettings``,
+    :class:`toolkit.training.distill.DistillSettings`); returns its checkpoints, step 0 being the start model.
 
     A finished run with the same configuration is reused unless ``retrain`` (which clears the run); an unfinished one
     resumes from its last good checkpoint (:mod:`toolkit.training.checkpoints`). A second process with the same
     configuration waits for the first, then reuses its run. A damaged run record is reported, removed and the run
     trained again. ``callbacks`` are extra ``TrainerCallback``\\ s (the tests use one that interrupts training).
+    Under a launcher every process calls it (:mod:`toolkit.training.launch`, whose checks run first).
     """
-    kind = "grpo" if isinstance(settings, GRPOSettings) else "sft"
-    path = run_dir(settings)
+    launch.check_launch(settings, device)
+    kind, path = settings.kind, run_dir(settings)
     with run_lock(path):
-        recorded = (path / "run.json").exists()
-        meta = None if retrain else cache.read_entry(path / "run.json", _read_run)
-        if meta is None and (retrain or recorded):  # a finished run's checkpoints hold no resume state: start over
-            shutil.rmtree(path, ignore_errors=True)
+        meta = launch.on_main(_finished_run, path, retrain)
         if meta is not None:
             return TrainingRun(kind, path, settings, _checkpoints(settings, kind, path, meta["checkpoints"]),
                                meta["log_history"], meta["seconds"], meta["steps_trained"], reused=True)
         return _train(settings, kind, path, device, callbacks)
+
+
+def _finished_run(path: Path, retrain: bool) -> dict | None:
+    """The finished run's record (``None``: train; the folder cleared for ``retrain`` or a damaged record)."""
+    recorded = (path / "run.json").exists()
+    meta = None if retrain else cache.read_entry(path / "run.json", _read_run)
+    if meta is None and (retrain or recorded):  # a finished run's checkpoints hold no resume state: start over
+        shutil.rmtree(path, ignore_errors=True)
+    return meta
 
 
 def _read_run(file: Path) -> dict:
@@ -379,14 +367,13 @@ def _read_run(file: Path) -> dict:
     return meta
 
 
-def _train(settings: GRPOSettings | SFTSettings, kind: str, path: Path, device: str,
-           callbacks: Sequence[TrainerCallback]) -> TrainingRun:
-    log_path, done = path / "checkpoints.json", path / "run.json"
-    make = make_grpo_trainer if kind == "grpo" else make_sft_trainer
+def _train(settings, kind: str, path: Path, device: str, callbacks: Sequence[TrainerCallback]) -> TrainingRun:
+    log_path = path / "checkpoints.json"
     with quiet_library_bars(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' gradient-checkpointing renames
-        trainer = make(settings, path, device,
-                       [CheckpointLog(log_path, settings.save_every), ProgressCallback(kind.upper()), *callbacks])
+        extra = [CheckpointLog(log_path, settings.save_every), ProgressCallback(kind.upper()), *callbacks]
+        trainer = (make_grpo_trainer(settings, path, device, extra) if kind == "grpo"
+                   else make_sft_trainer(settings, path, device, extra))
         t0 = time.time()
         resume = resume_train(trainer, path)
         seconds = round(time.time() - t0, 2)
@@ -399,10 +386,14 @@ def _train(settings: GRPOSettings | SFTSettings, kind: str, path: Path, device: 
     meta = {"kind": kind, "settings": dataclasses.asdict(settings), "config_hash": config_hash(settings),
             "checkpoints": log, "log_history": trainer.state.log_history, "seconds": seconds,
             "steps_trained": settings.steps - first_step, "resumed_from": resume}
-    atomic_write_json(log_path, log)
-    atomic_write_json(done, meta)  # the run counts as finished from here; only then are resume states dropped
-    for ckpt in path.glob("checkpoint-*"):
-        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-            (ckpt / name).unlink(missing_ok=True)
+    launch.main_only(_finish, path, log, meta)
     return TrainingRun(kind, path, settings, _checkpoints(settings, kind, path, log), trainer.state.log_history,
                        seconds, settings.steps - first_step, reused=False)
+
+
+def _finish(path: Path, log: list[dict], meta: dict) -> None:
+    """Write the checkpoint log and ``run.json`` (the run counts as finished from here), then strip resume state."""
+    atomic_write_json(path / "checkpoints.json", log)
+    atomic_write_json(path / "run.json", meta)
+    for ckpt in path.glob("checkpoint-*"):
+        strip_resume_state(ckpt)

@@ -30,12 +30,18 @@ BOUNDS = {
     "n_train": (1, None, True), "epochs": (1, None, True), "learning_rate": (0, None, False), "lr": (0, None, False),
     "warmup_ratio": (0, 1, True), "temperature": (0, None, False), "beta": (0, None, True),
     "eval_fraction": (0, 1, False), "weight_decay": (0, None, True), "seed": (0, None, True),
+    "top_p": (0, 1, False), "max_new_tokens": (1, None, True), "samples_per_prompt": (1, None, True),
+    "vllm_gpu_memory_utilization": (0, 1, False), "vllm_tensor_parallel_size": (1, None, True),
+    "vllm_server_port": (1, 65535, True),
 }
+CHOICES = {"vllm_mode": ("colocate", "server")}  # text settings and their allowed values
 
 
 def check_settings(settings) -> None:
     """Refuse a settings dataclass whose numeric fields (:data:`BOUNDS`, by name) have the wrong type or lie out of
-    range, naming the field, its value and the valid range. Called by every training settings type on creation."""
+    range, naming the field, its value and the valid range, whose text fields are not one of their
+    :data:`CHOICES`, or whose ``steps`` is not a multiple of its
+    ``save_every`` (the last step must be a checkpoint). Called by every training settings type on creation."""
     import dataclasses
     import math
 
@@ -52,3 +58,11 @@ def check_settings(settings) -> None:
         if below or (high is not None and value > high):
             bound = f"{'≥' if closed else '>'} {low}" + (f" and ≤ {high}" if high is not None else "")
             raise ValueError(f"{type(settings).__name__}.{f.name} must be {bound}, got {value!r}")
+    for name, allowed in CHOICES.items():
+        value = getattr(settings, name, allowed[0])
+        if value not in allowed:
+            raise ValueError(f"{type(settings).__name__}.{name} must be one of {', '.join(allowed)}, got {value!r}")
+    steps, every = getattr(settings, "steps", None), getattr(settings, "save_every", None)
+    if steps is not None and every is not None and steps % every:
+        raise ValueError(f"{type(settings).__name__}.steps ({steps}) must be a multiple of save_every ({every}) so "
+                         "the last step is a checkpoint")
