@@ -12,3 +12,34 @@ def test_bridge_overhead_reports_ratios_against_plain_hf(tiny_dirs):
 def test_generation_speed_compares_cache_with_no_cache(tiny_dirs):
     res = bench.generation_speed(str(tiny_dirs["qwen2"]), batch=2, new_tokens=4, repeats=1)
     assert res["tokens_per_s"] > 0 and res["ratio_cache_vs_no_cache_speed"] > 0
+
+
+def test_gpu_bench_runs_the_tiny_shape_on_cpu(tmp_path):
+    import json
+
+    from toolkit import benchmarks
+
+    out = tmp_path / "gpu.json"
+    assert benchmarks.main(["gpu", "--shape", "tiny", "--steps", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    env = res["environment"]
+    assert env["device"] == "cpu" and env["torch"] and env["transformers"] and env["transformer_lens"]
+    tiny = res["shapes"]["tiny"]
+    assert tiny["dtype"] == "float32" and tiny["config"]["vocab_size"] == 151936
+    assert tiny["eap_ig"]["seconds_per_example"] > 0 and tiny["eap_ig"]["ratio_vs_fwd_bwd"] > 0
+    assert tiny["eap_ig"]["estimate_gib"] > 0 and "peak_extra_gib" in tiny["eap_ig"]
+    gen = tiny["generation"]
+    assert gen["tokens_per_s"] > 0 and gen["ablation_vs_plain_speed"] > 0 and gen["ablated_heads"] == [[0, 0], [1, 1]]
+    assert tiny["cmap"]["layers"] == 2 and tiny["cmap"]["seconds"]["sweep"] > 0
+
+
+def test_gpu_bench_refuses_the_big_shapes_without_cuda(tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    from toolkit.benchmarks import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu, "build", lambda *a, **k: pytest.fail("built a model before refusing"))
+    with pytest.raises(SystemExit, match="--shape qwen3-8b needs a CUDA GPU .* use --shape tiny on CPU"):
+        gpu.main(["--shape", "tiny", "qwen3-8b", "--out", str(tmp_path / "x.json")])

@@ -7,7 +7,7 @@ default.
 
 import importlib
 
-NAMES = ("foundation", "cmap", "eap")
+NAMES = ("foundation", "cmap", "eap", "gpu")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,21 @@ Checks at load (each failure is a :class:`ModelLoadError` naming the folder and 
   :func:`toolkit.core.chat.chat_prompts`) that renders the probe; every id of the probe and of its chat prompt is
   below the model's vocabulary size; every parameter is finite (the first NaN/inf tensor is named).
 
+Models larger than one GPU: ``load(spec, device_map="auto")`` (or ``"balanced"``, ``"balanced_low_0"``,
+``"sequential"``, or a dict ``{module name: GPU index}``) passes ``device_map`` to ``from_pretrained``, which splits
+the layers across the visible GPUs (accelerate's dispatch hooks move activations between them); the model is not
+moved afterwards, and the TransformerBridge wraps the dispatched model as it is (transformer_lens 4.x takes the
+placement from ``hf.hf_device_map``: ``cfg.device`` is the embedding's GPU, ``cfg.n_devices`` the number of GPUs).
+The bridge's own ``device_map``/``n_devices``/``max_memory`` options apply only when it loads the model itself, which
+the toolkit never lets it do (it loads the weights first, to check them), so they are not used. Inputs go to the
+embedding's device (``next(hf.parameters()).device``, what every caller already uses). Refused before anything is
+loaded (:func:`check_device_map`): ``device_map`` on a machine without CUDA; ``device_map`` with an explicit
+``device``; an unknown strategy; a dict entry that is not a GPU of this machine (CPU/disk offload: the bridge refuses
+a model split between GPUs and CPU/disk). Refused after loading: ``"auto"`` offloading modules to CPU/disk because
+the GPUs are too small. On one GPU a map is the same as ``device="cuda"``.
+:func:`toolkit.methods.eap.memory.check_memory` budgets each GPU for the layers it holds. Tested on CPU with CUDA
+faked (``tests/test_device_map.py``); not yet run on two GPUs.
+
 Positions: :func:`max_positions` is the model's ``max_position_embeddings``; :func:`check_length` refuses a
 sequence (plus the tokens still to generate) longer than that, since positions past it give garbage without an
 error. Generation and the forward-only analyses (EAP pairs, CMAP, interventions, RIM) call it.
@@ -38,6 +53,7 @@ from toolkit.core.io import REPO_ROOT, recover_dir
 SUPPORTED_ARCHITECTURES = ("qwen2", "qwen3")
 PROBE = "Solve 2x + 3 = 7."  # the string a loaded tokenizer must encode (check_loaded)
 ORGANISMS = ("organism", "organism-base")
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # from_pretrained's device_map names
 
 
 class ModelLoadError(ValueError):
@@ -228,32 +244,101 @@ def check_length(model, n_tokens: int, what: str, max_new_tokens: int = 0, error
                 "past it give garbage); shorten it")
 
 
-def load(spec: str = "organism", device: str = "auto", dtype: torch.dtype | None = None) -> LoadedModel:
+def _gpu_index(target) -> int | None:
+    """The CUDA index a device_map value names (``1``, ``"cuda:1"``, ``torch.device("cuda", 1)``; ``"cuda"`` is 0),
+    or ``None`` for anything else (``"cpu"``, ``"disk"``, ``"meta"``, ...)."""
+    if isinstance(target, bool):
+        return None
+    if isinstance(target, int):
+        return target
+    try:
+        device = torch.device(target)
+    except (RuntimeError, TypeError):
+        return None
+    return (device.index or 0) if device.type == "cuda" else None
+
+
+def check_device_map(device_map, device: str = "auto") -> None:
+    """Refuse a ``device_map`` that :func:`load` cannot run, before anything is loaded (module docstring), with a
+    :class:`ModelLoadError` naming the option and what to do instead. ``None`` passes."""
+    if device_map is None:
+        return
+    if device != "auto":
+        raise ModelLoadError(f"device_map={device_map!r} and device={device!r} both say where the model goes: "
+                             "device_map splits it across GPUs, device puts it whole on one device; pass one of "
+                             "them (leave device='auto' with device_map)")
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"device_map={device_map!r} splits a model across CUDA GPUs, but this machine has none "
+                             f"(torch {torch.__version__}: torch.cuda.is_available() is False); drop device_map to "
+                             "load the model whole on the CPU, or run on a machine with GPUs")
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ModelLoadError(f"device_map={device_map!r} is not a placement strategy; use one of "
+                                 f"{', '.join(DEVICE_MAP_STRATEGIES)}, or a dict {{module name: GPU index}}")
+        return
+    if not isinstance(device_map, dict) or not device_map:
+        raise ModelLoadError(f"device_map must be a strategy ({', '.join(DEVICE_MAP_STRATEGIES)}) or a non-empty dict "
+                             f"{{module name: GPU index}}, got {device_map!r} ({type(device_map).__name__})")
+    n_gpus = torch.cuda.device_count()
+    for module, target in device_map.items():
+        index = _gpu_index(target)
+        if index is None or not 0 <= index < n_gpus:
+            raise ModelLoadError(
+                f"device_map[{module!r}] = {target!r} is not a GPU of this machine (it has {n_gpus}: 0..{n_gpus - 1}); "
+                "map every module to a GPU index (the TransformerBridge refuses a model split between GPUs and "
+                "CPU/disk offload), or drop device_map to load on one device")
+
+
+def _check_dispatched(hf, spec: str, device_map) -> None:
+    """Refuse a model that ``device_map`` left partly on CPU/disk (the GPUs were too small for it)."""
+    placed = getattr(hf, "hf_device_map", None) or {}
+    offloaded = [name for name, target in placed.items() if _gpu_index(target) is None]
+    if offloaded:
+        free = "; ".join(f"cuda:{i} {torch.cuda.mem_get_info(i)[0] / 2**30:.1f} GiB free"
+                         for i in range(torch.cuda.device_count()))
+        names = ", ".join(offloaded[:3]) + (", ..." if len(offloaded) > 3 else "")
+        raise ModelLoadError(
+            f"device_map={device_map!r} put {len(offloaded)} module{'s' * (len(offloaded) != 1)} of {spec!r} on "
+            f"CPU/disk ({names}): it does not fit on the GPUs ({free}), and the TransformerBridge cannot run a model "
+            "split between GPUs and CPU/disk; free GPU memory, use more or larger GPUs, or load in a smaller dtype "
+            "(dtype=torch.bfloat16)")
+
+
+def load(spec: str = "organism", device: str = "auto", dtype: torch.dtype | None = None,
+         device_map: str | dict | None = None) -> LoadedModel:
     """Load ``spec`` (``"organism"``, ``"organism-base"``, a local folder or a hub name).
 
     Returns ``(hf, tokenizer, bridge, spec)``; the model is in eval mode with gradients off for
-    parameters. The tokenizer pads on the left for batched generation.
+    parameters. The tokenizer pads on the left for batched generation. ``device_map`` splits a model across the
+    GPUs (module docstring); it excludes ``device``.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    check_device_map(device_map, device)
     load_config(spec)
     source = resolve(spec)
     device_ = resolve_device(device)
     dtype = dtype or default_dtype(device_)
+    placement = {} if device_map is None else {"device_map": device_map}
     try:
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
-                                                  trust_remote_code=False)
+                                                  trust_remote_code=False, **placement)
     except Exception as err:  # safetensors raises its own error type for corrupt files
         raise ModelLoadError(f"cannot load weights of {spec!r} from {source}: {str(err).splitlines()[0]}") from err
+    if device_map is None:
+        hf.to(device_)
+    else:
+        _check_dispatched(hf, spec, device_map)
     tokenizer = load_tokenizer(source)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    hf.to(device_).eval()
+    hf.eval()
     hf.requires_grad_(False)
     check_loaded(hf, tokenizer, spec, source)
-    bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tokenizer, device=str(device_),
-                                                 dtype=dtype)
+    # a dispatched model: the bridge reads its placement from hf.hf_device_map (cfg.device = the embedding's GPU)
+    bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tokenizer, dtype=dtype,
+                                                 device=str(hf.get_input_embeddings().weight.device))
     bridge.eval()
     return LoadedModel(hf, tokenizer, bridge, spec)
 

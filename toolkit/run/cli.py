@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrain", action="store_true", help="clear a finished or unfinished run and train it again")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("bench", help="run a benchmark: bench [foundation|cmap|eap] [options]; see bench NAME --help",
-                       add_help=False)
+    p = sub.add_parser("bench", add_help=False,
+                       help="run a benchmark: bench [foundation|cmap|eap|gpu] [options]; see bench NAME --help")
     p.set_defaults(func=_bench)
 
     args, extra = parser.parse_known_args(argv)

@@ -90,8 +90,9 @@ def _metric(logits: torch.Tensor, metric: str, clean_logp: torch.Tensor | None, 
     rows = torch.arange(len(logits), device=logits.device)
     if metric == "kl":
         logp = torch.log_softmax(logits, -1)
-        ref = clean_logp.to(logp.dtype)
+        ref = clean_logp.to(device=logp.device, dtype=logp.dtype)
         return (ref.exp() * (ref - logp)).sum(-1)
+    clean_label, corrupted_label = clean_label.to(logits.device), corrupted_label.to(logits.device)
     if metric == "logit_diff":
         return logits[rows, clean_label] - logits[rows, corrupted_label]
     if metric == "prob_diff":
@@ -103,7 +104,8 @@ def _metric(logits: torch.Tensor, metric: str, clean_logp: torch.Tensor | None, 
 def _logits_at(model: _Model, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Run the decoder on ``ids`` and return the logits ``[b, V]`` at ``positions`` only."""
     hidden = model.hf.model(input_ids=ids, use_cache=False).last_hidden_state
-    picked = hidden[torch.arange(len(ids), device=ids.device), positions]
+    picked = hidden[torch.arange(len(ids), device=hidden.device), positions.to(hidden.device)]  # a split model's
+    # last layer may sit on another device than the embeddings
     return model.hf.lm_head(picked[:, None])[:, 0]
 
 
@@ -229,7 +231,9 @@ class _FastPath:
 
 def _add(out: torch.Tensor, deltas: torch.Tensor, grad: torch.Tensor, n_src: int, targets: slice) -> None:
     """``out[:n_src, targets] += Δa · gᵀ`` (``deltas`` ``[S, b·p·d]``, ``grad`` ``[T', b·p·d]``); with a per-row
-    ``out`` ``[b, S, T]``, each batch row's own sum (rows are contiguous blocks of the flat axis)."""
+    ``out`` ``[b, S, T]``, each batch row's own sum (rows are contiguous blocks of the flat axis). ``grad`` moves to
+    ``deltas``' device (a model split across GPUs)."""
+    grad = grad.to(deltas.device)
     if out.dim() == 2:
         out[:n_src, targets] += deltas[:n_src] @ grad.T
     else:
