@@ -166,6 +166,13 @@ def _connection_file(kernel):
     return Path(cmd[cmd.index("-f") + 1])
 
 
+def _default_sigint() -> None:
+    """A terminal's Ctrl-C reaches a foreground process; a job started in the background of a non-interactive shell
+    (a CI script, `nohup … &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt. The CLI under
+    test gets the terminal's disposition whatever started pytest."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_a_cell_keeps_the_index_and_scorecard_stops_the_kernel_and_exits_130(sleepy_dir, tmp_path):
     code = ("import sys, pathlib; from toolkit.run import cli, runner; "
             "runner.NOTEBOOKS_DIR = pathlib.Path(sys.argv[1]); sys.exit(cli.main(sys.argv[2:]))")
@@ -174,7 +181,7 @@ def test_ctrl_c_in_a_cell_keeps_the_index_and_scorecard_stops_the_kernel_and_exi
     with open(logs / "out", "w") as out_file, open(logs / "err", "w") as err_file:
         proc = subprocess.Popen([sys.executable, "-c", code, str(sleepy_dir), "run", "--out", str(tmp_path)],
                                 cwd=REPO_ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out_file,
-                                stderr=err_file, text=True)
+                                stderr=err_file, text=True, preexec_fn=_default_sigint)
     try:
         deadline, folder = time.monotonic() + 90, None
         while time.monotonic() < deadline and proc.poll() is None:

@@ -5,10 +5,11 @@ on a kernel whose sockets are not plain TCP.
   in the executed copy, the index a failure names, and its first line of code) and the time so far. On a terminal
   the line is rewritten in place (and its clock ticks); otherwise one line is printed as each code cell starts.
 - :func:`execute_notebook`: :func:`papermill.execute_notebook` through the ``"toolkit"`` engine, which forwards
-  papermill's ``cell_start``/``cell_complete`` hooks to a :class:`CellProgress`. On Ctrl-C (``KeyboardInterrupt``)
-  papermill saves the partly executed notebook, and the kernel is killed (:func:`stop_kernels`) before the
-  interrupt goes on: nbclient would ask a busy kernel to shut down, which it answers with a traceback, and leaves
-  alone a kernel interrupted while it starts. Kernels are started by a :class:`TrackedKernelManager` for this.
+  papermill's ``cell_start``/``cell_complete`` hooks to a :class:`CellProgress`. papermill runs in a worker thread, so
+  nbclient installs no signal handler of its own (it does only in the main thread, where it would turn Ctrl-C into a
+  kernel shutdown racing the cell) and Ctrl-C reaches the main thread as a ``KeyboardInterrupt`` wherever it lands.
+  The main thread then kills the kernel (:func:`stop_kernels`; kernels are started by a
+  :class:`TrackedKernelManager` for this), lets papermill save the partly executed notebook, and re-raises.
 - :func:`kernel_config`: ipykernel warns "Kernel is running over TCP without encryption" whenever its sockets are
   unencrypted TCP. Kernel specs that declare CurveZMQ support (ipykernel >= 7 writes ``supported_encryption:
   ["curve"]``, as the runner's own ``reasoning-circuits`` spec has) get manager-provisioned Curve keys; other kernels
@@ -120,8 +121,7 @@ def first_code_line(source: str, width: int = 60) -> str:
 class ProgressEngine(NBClientEngine):
     """papermill's nbclient engine, reporting cell starts and ends to ``cell_progress`` (a :class:`CellProgress`).
 
-    A cell that Ctrl-C ends is not counted as done (it stays the cell running) and its kernel is killed at once
-    (:func:`stop_kernels`) rather than asked to shut down, which a busy kernel answers with a traceback."""
+    A cell whose kernel Ctrl-C killed is not counted as done (it stays the cell running)."""
 
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, cell_progress: CellProgress | None = None, **kwargs):
@@ -132,11 +132,9 @@ class ProgressEngine(NBClientEngine):
             if cell_progress is not None:
                 cell_progress.cell_start(cell, cell_index)
 
-        def cell_complete(cell, cell_index=None, **kw):  # papermill calls it in a `finally`, also on Ctrl-C
+        def cell_complete(cell, cell_index=None, **kw):  # papermill calls it in a `finally`, also on errors
             complete(cell, cell_index, **kw)
-            if isinstance(sys.exc_info()[1], KeyboardInterrupt):
-                stop_kernels()
-            elif cell_progress is not None:
+            if cell_progress is not None and sys.exc_info()[1] is None and not STOPPING.is_set():
                 cell_progress.cell_complete(cell, cell_index)
 
         nb_man.cell_start, nb_man.cell_complete = cell_start, cell_complete
@@ -158,20 +156,21 @@ class TrackedKernelManager(AsyncKernelManager):
         await super().start_kernel(**kw)
 
 
-def stop_kernels() -> None:
-    """Kill the kernels of :class:`TrackedKernelManager` that are still running."""
-    from jupyter_core.utils import run_sync
+STOPPING = threading.Event()  # set while Ctrl-C stops a run
 
+
+def stop_kernels() -> None:
+    """Kill the kernel processes of :class:`TrackedKernelManager` that are still running and remove their connection
+    files (from any thread: only processes and files are touched, not the managers' event loops)."""
     for km in list(TrackedKernelManager.started):
         TrackedKernelManager.started.discard(km)
-        if km.has_kernel:
-            process = getattr(km.provisioner, "process", None)  # the kernel's Popen
-            try:
-                run_sync(km.shutdown_kernel)(now=True)
-            finally:  # whatever the shutdown did, no kernel outlives the run
-                if process is not None and process.poll() is None:
-                    process.kill()
-                    process.wait(10)
+        process = getattr(km.provisioner, "process", None) if km.has_kernel else None  # the kernel's Popen
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if process is not None:  # its connection and socket files too (nbclient's cleanup may be cut short)
+            km.cleanup_connection_file()
+            km.cleanup_ipc_files()
 
 
 def kernel_config(kernel: str) -> Config:
@@ -195,14 +194,34 @@ def kernel_config(kernel: str) -> Config:
 
 def execute_notebook(nb_path: str, out_path: str, *, params: dict, kernel: str, cwd: str,
                      cell_progress: CellProgress | None = None) -> None:
-    """Execute ``nb_path`` into ``out_path`` with papermill (raises papermill's errors unchanged); on Ctrl-C, stop
-    the kernel (:func:`stop_kernels`) and re-raise."""
+    """Execute ``nb_path`` into ``out_path`` with papermill in a worker thread (raises papermill's errors unchanged);
+    on Ctrl-C, kill the kernel (:func:`stop_kernels`), wait for papermill to save the notebook, and re-raise."""
     import papermill
 
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            papermill.execute_notebook(nb_path, out_path, parameters=params, kernel_name=kernel, cwd=cwd,
+                                       engine_name=ENGINE, progress_bar=False, log_output=False,
+                                       cell_progress=cell_progress, config=kernel_config(kernel))
+        except BaseException as err:  # handed to the main thread
+            failure.append(err)
+
+    worker = threading.Thread(target=work, name="papermill", daemon=True)
+    worker.start()
     try:
-        papermill.execute_notebook(nb_path, out_path, parameters=params, kernel_name=kernel, cwd=cwd,
-                                   engine_name=ENGINE, progress_bar=False, log_output=False,
-                                   cell_progress=cell_progress, config=kernel_config(kernel))
+        while worker.is_alive():
+            worker.join(0.2)
     except KeyboardInterrupt:
-        stop_kernels()
+        STOPPING.set()
+        try:
+            stop_kernels()
+            worker.join(60)  # nbclient notices the dead kernel; papermill writes the partial notebook
+        finally:
+            STOPPING.clear()
         raise
+    if failure:
+        if isinstance(failure[0], KeyboardInterrupt):
+            stop_kernels()
+        raise failure[0]
