@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from toolkit.core.progress import progress
-from toolkit.methods.eap.attribute import _Frozen, _logits_at, _metric, _Model, _prepare
 from toolkit.methods.eap.circuit import Circuit, select
 from toolkit.methods.eap.graph import EAPError
 from toolkit.methods.eap.memory import EXACT_ROWS
+from toolkit.methods.eap.model import _Frozen, _logits_at, _metric, _Model, _prepare
 from toolkit.methods.eap.pairs import Pairs
 from toolkit.methods.eap.scores import Scores
 
