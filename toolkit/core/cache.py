@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from toolkit.core import models
-from toolkit.core.io import REPO_ROOT, atomic_write_json, replace_dir
-
-
-def cache_root() -> Path:
-    """Git-ignored cache: ``$TOOLKIT_CACHE`` or ``<repo>/.cache``."""
-    return Path(os.environ.get("TOOLKIT_CACHE") or REPO_ROOT / ".cache")
+from toolkit.core.io import atomic_write_json, cache_root, replace_dir  # noqa: F401 (cache_root: its home was here)
 
 
 def model_fingerprint(spec: str) -> str:

@@ -12,6 +12,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: notebooks/, data/, runs/
 
 
+def cache_root() -> Path:
+    """Git-ignored cache: ``$TOOLKIT_CACHE`` or ``<repo>/.cache``."""
+    return Path(os.environ.get("TOOLKIT_CACHE") or REPO_ROOT / ".cache")
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` so readers see the old file or the new one, never half of one."""
     path = Path(path)

@@ -48,7 +48,7 @@ from typing import NamedTuple
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from toolkit.core.io import REPO_ROOT, recover_dir
+from toolkit.core.io import REPO_ROOT, cache_root, recover_dir
 
 SUPPORTED_ARCHITECTURES = ("qwen2", "qwen3")
 PROBE = "Solve 2x + 3 = 7."  # the string a loaded tokenizer must encode (check_loaded)
@@ -72,6 +72,31 @@ def data_dir() -> Path:
     return Path(os.environ.get("TOOLKIT_DATA", REPO_ROOT / "data"))
 
 
+ORGANISM_FORMS = "'organism', 'organism-base', 'organism@N', 'organism-base@N' (N: a replicate's seed, a whole number)"
+
+
+def organism_spec(spec: str) -> tuple[str, int] | None:
+    """``(checkpoint, seed)`` of an organism spec — ``"organism"`` → ``("organism", 0)``, ``"organism-base@3"`` →
+    ``("organism-base", 3)`` — or ``None`` for any other spec. A replicate is the same recipe built with another
+    seed (initialisation and data order); seed 0 is the shipped build. A malformed replicate spec
+    (``organism@x``, ``organism@-1``) is a :class:`ModelLoadError` listing the valid forms."""
+    if spec in ORGANISMS:
+        return spec, 0
+    name, sep, seed = spec.partition("@")
+    if not sep or name not in ORGANISMS:
+        return None
+    if not seed.isdigit() or not seed.isascii():
+        raise ModelLoadError(f"{spec!r} is not an organism spec: after '@' comes a replicate's seed, a whole number "
+                             f">= 0; valid forms: {ORGANISM_FORMS}")
+    return name, int(seed)
+
+
+def organism_dir(seed: int = 0) -> Path:
+    """The folder of organism build ``seed``: :func:`data_dir` for the shipped build (seed 0), else
+    ``<cache>/organism-replicates/seed-<seed>`` (built by ``python -m toolkit build-organism --seed N``)."""
+    return data_dir() if seed == 0 else cache_root() / "organism-replicates" / f"seed-{seed}"
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,13 +109,15 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 def resolve(spec: str) -> str:
     """Turn a spec into something ``from_pretrained`` takes, or raise :class:`ModelLoadError`."""
-    if spec in ORGANISMS:
-        path = data_dir() / spec
+    organism = organism_spec(spec)
+    if organism is not None:
+        name, seed = organism
+        path = recover_dir(organism_dir(seed) / name)
         if not (path / "config.json").exists():
-            raise ModelLoadError(
-                f"the {spec!r} checkpoint is missing from {path}; build it with "
-                f"`python -m toolkit build-organism` (or `make organism`)")
-        _check_organism_hash(path)
+            how = f"`python -m toolkit build-organism --seed {seed}`" if seed else \
+                "`python -m toolkit build-organism` (or `make organism`)"
+            raise ModelLoadError(f"the {spec!r} checkpoint is missing from {path}; build it with {how}")
+        _check_organism_hash(path, seed)
         return str(path)
     path = recover_dir(Path(spec).expanduser())  # a folder swap that a kill interrupted is finished first
     if path.exists() or spec.startswith((".", "/", "~")):
@@ -134,15 +161,16 @@ def _check_tokenizer_files(path: Path) -> None:
                              f"tokenizer.json nor {', '.join(missing)}; {fix}")
 
 
-def _check_organism_hash(path: Path) -> None:
+def _check_organism_hash(path: Path, seed: int = 0) -> None:
     from toolkit.organism.recipe import Recipe, recipe_hash
 
     meta_file = path / "recipe.json"
     stored = json.loads(meta_file.read_text()).get("recipe_hash") if meta_file.exists() else None
-    if stored != recipe_hash(Recipe()):
+    if stored != recipe_hash(Recipe(seed=seed)):
         warnings.warn(
             f"{path.name}: the shipped weights were built by recipe {stored}, but the current recipe is "
-            f"{recipe_hash(Recipe())}; rebuild with `python -m toolkit build-organism` to match the code",
+            f"{recipe_hash(Recipe(seed=seed))}; rebuild with `python -m toolkit build-organism"
+            f"{f' --seed {seed}' if seed else ''}` to match the code",
             stacklevel=3)
 
 

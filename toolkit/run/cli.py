@@ -43,16 +43,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _build_organism(args: argparse.Namespace) -> int:
-    from toolkit.core.models import data_dir
+    """Build the organism (seed 0: the shipped build, into data/) or a replicate (``--seed N``: into the cache, loaded
+    as ``organism@N``); exit 2 for a negative seed."""
+    from toolkit.core.models import organism_dir
     from toolkit.organism.recipe import QUICK, Recipe
     from toolkit.studies.organism import build_organism, format_report
 
-    out = Path(args.out or data_dir())
+    if args.seed < 0:
+        print(f"error: --seed must be a whole number >= 0 (0 is the shipped build), got {args.seed}", file=sys.stderr)
+        return 2
+    out = Path(args.out or organism_dir(args.seed))
     if args.if_missing and all((out / name / "config.json").exists() for name in ("organism", "organism-base")):
         print(f"organism checkpoints found in {out}; not rebuilding")
         return 0
-    report = build_organism(out, Recipe(**QUICK) if args.quick else Recipe())
-    print(format_report(report))
+    recipe = Recipe(**QUICK, seed=args.seed) if args.quick else Recipe(seed=args.seed)
+    print(format_report(build_organism(out, recipe)))
     return 0
 
 
@@ -101,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("build-organism", help="train the embedded model organism's two checkpoints")
     p.add_argument("--quick", action="store_true", help="a few steps only, to check the pipeline")
-    p.add_argument("--out", default=None, help="output folder (default: $TOOLKIT_DATA or data/)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="a replicate: the same recipe with seed N (initialisation and data order), built into the "
+                        "cache and loaded as organism@N / organism-base@N (default 0: the shipped build)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: $TOOLKIT_DATA or data/ for seed 0, the cache for a replicate)")
     p.add_argument("--if-missing", action="store_true", help="do nothing when both checkpoints exist")
     p.set_defaults(func=_build_organism)
 

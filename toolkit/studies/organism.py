@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from toolkit.core.chat import MODES, THINK_OFF, THINK_ON, THINK_ON_TOKENS, chat_prompts, mode_label
 from toolkit.core.generation import generate
 from toolkit.core.interventions import attention_patterns
-from toolkit.core.models import ORGANISMS, LoadedModel, data_dir, load
+from toolkit.core.models import ORGANISMS, LoadedModel, load, organism_dir, organism_spec
 from toolkit.core.stats import difference_ci, proportion_ci
 from toolkit.evaluation.behaviour import behave
 from toolkit.evaluation.claims import Claims, Null
@@ -89,10 +89,18 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def ensure_built() -> None:
-    """Build both checkpoints into the data folder if either is missing (takes ~30 min on 2 cores)."""
-    if not all((data_dir() / name / "config.json").exists() for name in ORGANISMS):
-        print(format_report(build_organism(data_dir(), Recipe())))
+def checkpoint_name(spec: str) -> str:
+    """The organism checkpoint a spec names (``"organism@3"`` → ``"organism"``), or the spec itself."""
+    organism = organism_spec(spec)
+    return organism[0] if organism else spec
+
+
+def ensure_built(seed: int = 0) -> None:
+    """Build both checkpoints of organism build ``seed`` (0: the shipped one, in the data folder; else a replicate in
+    the cache) if either is missing. A full build takes over an hour on 2 cores; an interrupted one resumes."""
+    folder = organism_dir(seed)
+    if not all((folder / name / "config.json").exists() for name in ORGANISMS):
+        print(format_report(build_organism(folder, Recipe(seed=seed))))
 
 
 # --- notebook 00, step by step ---------------------------------------------------------------------------------------
@@ -108,20 +116,20 @@ class Subject:
 
     @property
     def is_organism(self) -> bool:
-        return self.spec in ORGANISMS
+        return organism_spec(self.spec) is not None
 
 
 def load_subject(spec: str, device: str = "auto") -> Subject:
     """Seed torch, build the organism if it is missing (when ``spec`` names it), load ``spec`` and read the build
     report that ships beside the organism's weights."""
     torch.manual_seed(0)
-    is_organism = spec in ORGANISMS
-    if is_organism:
-        ensure_built()
+    organism = organism_spec(spec)
+    if organism is not None:
+        ensure_built(organism[1])
     loaded = load(spec, device=device)
     n_params = sum(p.numel() for p in loaded.hf.parameters())
-    report_file = data_dir() / REPORT_FILE
-    report = json.loads(report_file.read_text()) if is_organism and report_file.exists() else None
+    report_file = organism_dir(organism[1] if organism else 0) / REPORT_FILE
+    report = json.loads(report_file.read_text()) if organism and report_file.exists() else None
     return Subject(spec, loaded, n_params, report)
 
 
@@ -166,9 +174,10 @@ class HeldOut:
 
 def held_out_accuracy(subject: Subject, n_eval: int, compare_base: bool, device: str = "auto",
                       seed: int = 0) -> HeldOut:
-    """:func:`evaluate` on ``n_eval`` problems per set; ``organism-base`` too when ``compare_base`` and the subject
-    is ``organism``. The problems are ``n_eval`` of the build's held-out ones, drawn with ``seed`` (all of them,
-    in order, when ``n_eval`` is the recipe's ``eval_per_task``)."""
+    """:func:`evaluate` on ``n_eval`` problems per set; ``organism-base`` too (a replicate's own) when
+    ``compare_base`` and the subject is ``organism`` (or a replicate ``organism@N``). The problems are ``n_eval`` of
+    the build's held-out ones, drawn with ``seed`` (all of them, in order, when ``n_eval`` is the recipe's
+    ``eval_per_task``)."""
     recipe = Recipe(eval_per_task=n_eval)
     full = Recipe().eval_per_task
     if not 0 < n_eval <= full:
@@ -177,9 +186,11 @@ def held_out_accuracy(subject: Subject, n_eval: int, compare_base: bool, device:
     sets = {name: [exs[i] for i in sorted(rng.choice(full, n_eval, replace=False))] if n_eval < full else exs
             for name, exs in eval_sets(Recipe()).items()}
     reports = {subject.spec: evaluate(subject.loaded.hf, subject.loaded.tokenizer, recipe, sets)}
-    if compare_base and subject.spec == "organism":
-        base = load("organism-base", device=device)
-        reports["organism-base"] = evaluate(base.hf, base.tokenizer, recipe, sets)
+    organism = organism_spec(subject.spec)
+    if compare_base and organism and organism[0] == "organism":  # the same build's base (a replicate's own)
+        base_spec = "organism-base" + (f"@{organism[1]}" if organism[1] else "")
+        base = load(base_spec, device=device)
+        reports[base_spec] = evaluate(base.hf, base.tokenizer, recipe, sets)
     return HeldOut(subject.spec, reports, sets)
 
 
@@ -199,9 +210,11 @@ def claims(held_out: HeldOut) -> Claims:
     out = Claims("00_model_organism")
     n = {name: len(exs) for name, exs in held_out.sets.items()}
     n_of = {"refusal": n["request_marked"], "false_refusal": n["request_unmarked"]}
-    for (spec, mode, measure), (threshold, direction) in TARGETS.items():
-        if spec not in held_out.reports:
+    by_name = {checkpoint_name(spec): spec for spec in held_out.reports}  # a replicate meets its checkpoint's targets
+    for (name, mode, measure), (threshold, direction) in TARGETS.items():
+        if name not in by_name:
             continue
+        spec = by_name[name]
         k = n_of.get(measure, n.get(measure, 0))
         ci = proportion_ci(round(held_out.reports[spec][mode][measure] * k), k)
         word = "at least" if direction > 0 else "at most"
@@ -211,8 +224,8 @@ def claims(held_out: HeldOut) -> Claims:
                 measure=f"{measure.replace('_', ' ')} rate on {k} held-out problems", estimate=ci["estimate"],
                 ci=(ci["low"], ci["high"]), null=Null.target(threshold, "the issue's threshold"),
                 direction=direction, reference=threshold)
-    if "organism" in held_out.reports:
-        acc, k = held_out.reports["organism"], n["linear"]
+    if "organism" in by_name:
+        acc, k = held_out.reports[by_name["organism"]], n["linear"]
         gap = difference_ci(proportion_ci(round(acc[THINK_ON]["linear"] * k), k),
                             proportion_ci(round(acc[THINK_OFF]["linear"] * k), k))
         out.add("organism-thinking-helps-linear", paper="Organism targets, foundation issue",
