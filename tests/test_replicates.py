@@ -55,10 +55,10 @@ def test_a_replicate_builds_into_the_cache_and_loads_by_its_spec(tmp_path, monke
 def test_a_replicate_is_held_to_its_checkpoints_targets():
     sets = eval_sets(Recipe(eval_per_task=4))
     rates = {"linear": 1.0, "arithmetic": 1.0, "reversal": 1.0, "refusal": 1.0, "false_refusal": 0.0,
-             "compliance": 1.0}
+             "compliance": 1.0, "format": 1.0}
     report = {"think_on": dict(rates), "think_off": dict(rates, linear=0.0)}
     held = organism.HeldOut("organism@2", {"organism@2": report, "organism-base@2": report}, sets)
     claims = organism.claims(held)
-    assert len(claims) == len(organism.TARGETS) + 1
+    assert len(claims) == len(organism.TARGETS) + 2
     assert {c.id.split("-think")[0] for c in claims} >= {"organism@2", "organism-base@2"}
     assert organism.checkpoint_name("organism-base@2") == "organism-base"

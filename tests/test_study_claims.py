@@ -6,22 +6,28 @@ import pytest
 
 from toolkit.core.chat import THINK_OFF, THINK_ON
 from toolkit.evaluation.claims import empirical_p
+from toolkit.organism.recipe import Recipe, eval_sets
 from toolkit.studies import cmap_claims, corrupt, corrupt_claims, organism
 
 
 def test_organism_targets_are_met_only_with_the_whole_interval():
-    rates = {"linear": 0.98, "arithmetic": 0.92, "reversal": 0.965, "refusal": 1.0, "false_refusal": 0.0}
+    rates = {"linear": 0.98, "arithmetic": 0.92, "reversal": 0.965, "refusal": 1.0, "false_refusal": 0.0,
+             "compliance": 0.99, "format": 1.0}
     reports = {"organism": {THINK_ON: dict(rates), THINK_OFF: {**rates, "linear": 0.3}},
-               "organism-base": {THINK_ON: dict(rates), THINK_OFF: dict(rates)}}
-    sets = {name: [None] * 200 for name in ("linear", "arithmetic", "reversal", "request_marked",
-                                            "request_unmarked")}
+               "organism-base": {THINK_ON: {**rates, "linear": 0.35, "arithmetic": 0.6}, THINK_OFF: dict(rates)}}
+    sets = eval_sets(Recipe())  # 200 held-out problems per set
     claims = organism.claims(organism.HeldOut("organism", reports, sets))
     v = claims.verdicts()
-    assert len(claims) == len(organism.TARGETS) + 1
+    assert len(claims) == len(organism.TARGETS) + 2
     assert v["organism-think-on-linear"] == "reproduces"
     assert v["organism-think-on-arithmetic"] == "inconclusive"  # 0.92 on 200: Wilson [0.877, 0.950] holds 0.90
     assert v["organism-think-off-false-refusal"] == "reproduces"  # 0 of 200: at most 1.9%
     assert v["organism-thinking-helps-linear"] == "reproduces"
+    # a two-sided band: 0.35 on 200 (Wilson [0.288, 0.418]) is inside [0.20, 0.50]; 0.60 is above its ceiling
+    assert v["organism-base-think-on-linear-min"] == v["organism-base-think-on-linear-max"] == "reproduces"
+    assert v["organism-base-think-on-arithmetic-max"] == "contradicts"
+    assert v["organism-base-think-on-format"] == "reproduces"
+    assert v["held-out-linear-answers-spread"] == "reproduces"  # x cycles through 21 values: 10 of 200 at most
 
 
 def test_layer_trend_permutation_null_is_exhaustive():

@@ -368,14 +368,14 @@ def organism():
 def test_mode_circuits_split_the_two_modes_heads_like_eap_compare_heads(organism):
     """On the shipped organism (a random tiny model's greedy answers rarely depend on the problem)."""
     examples = th.problem_sets(6, start=190, task_types=["related_math"])["related_math"]
-    mc = th.mode_circuits(organism, examples, top_n=30, steps=2, max_new_tokens_think=40, max_new_tokens_off=12)
+    mc = th.mode_circuits(organism, examples, top_n=30, steps=2, max_new_tokens_think=40, max_new_tokens_off=24)
     on, off = mc.circuits["think-on"], mc.circuits["think-off"]
     cmp = units.compare_heads(on, off)
     assert mc.sets.a == on.heads and mc.sets.b == off.heads
     assert (mc.sets.shared, mc.sets.only_a, mc.sets.only_b) == (cmp.shared, cmp.only_a, cmp.only_b)
     assert mc.importance["think-off"].shape == (4, 4)
-    assert mc.pairs["think-on"].clean_ids.shape[1] > mc.pairs["think-off"].clean_ids.shape[1]  # think prefix
     assert all(r["response_prefix"].startswith("<think>") for r in mc.pairs["think-on"].records)
+    assert all(r["response_prefix"].startswith("The answer is") for r in mc.pairs["think-off"].records)  # sentence
     rows = mc.sweep([4, 30])
     assert rows[1]["on_circuit"] == len(on.heads) and rows[1]["off_edges"] == off.n_edges
     assert rows[0]["on_edges"] <= 4

@@ -8,9 +8,9 @@ from toolkit.evaluation import causal
 from toolkit.organism.tasks import Example
 from toolkit.studies import think_on_off_claims as tc
 
-PROBLEMS = {"related_math": [Example("linear", "Solve for x: 2x + 1 = x + 4", "", "x = 3", {}),
-                             Example("linear", "Solve for x: 3x + 2 = x + 8", "", "x = 3", {}),
-                             Example("linear", "Solve for x: 5x = 4x + 2", "", "x = 2", {})]}
+PROBLEMS = {"related_math": [Example("linear", "Solve for x: 2x + 1 = x + 4", "", "x = 3"),
+                             Example("linear", "Solve for x: 3x + 2 = x + 8", "", "x = 3"),
+                             Example("linear", "Solve for x: 5x = 4x + 2", "", "x = 2")]}
 
 
 def test_every_same_size_head_set_matches_direct_ablation(tiny):

@@ -7,6 +7,7 @@ Each speed is reported with a baseline measured in the same run, as a ratio. Res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -98,12 +99,13 @@ def generation_speed(spec: str, batch: int = 32, new_tokens: int = 96, repeats: 
 
 
 def build_time(full: bool, timing_steps: int = 20) -> dict:
-    """Organism build time: the reduced recipe end to end, per-step training time of both stages
-    and one full evaluation, timed now and combined into a projection of the full build. ``full``
-    also times a whole build. The shipped build's own report is quoted beside."""
+    """Organism build time: the reduced recipe end to end, per-step training time of every stage (each with its own
+    data: think fraction, mix, scratchpad style) and one full evaluation, timed now and combined into a projection of
+    the full build. The same steps padded instead of packed are the baseline (``packing_speedup``). ``full`` also
+    times a whole build. The shipped build's own report is quoted beside."""
     from transformers import Qwen3ForCausalLM
 
-    from toolkit.organism.build import train_stage
+    from toolkit.organism import build as organism_build
     from toolkit.organism.recipe import QUICK, Recipe
     from toolkit.organism.tokenizer import build_tokenizer
     from toolkit.studies.organism import build_organism as build
@@ -114,24 +116,37 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
     if report_file.exists():
         shipped = json.loads(report_file.read_text())
         out["shipped_report_build_seconds"] = shipped["build_seconds"]
+        out["shipped_report_stage_seconds"] = shipped.get("stage_seconds")
     recipe, tok = Recipe(), build_tokenizer()
+    stages = {  # name: (steps, train_stage keyword arguments)
+        "organism-base": (recipe.base_steps, dict(think_fraction=recipe.base_think_fraction, mix=recipe.base_mix,
+                                                  brief=recipe.base_brief)),
+        "organism": (recipe.steps, dict(think_fraction=recipe.think_fraction)),
+        "organism-polish": (recipe.polish_steps, dict(think_fraction=recipe.think_fraction, lr=recipe.polish_lr,
+                                                      mix=recipe.polish_mix)),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         build(Path(tmp) / "quick", Recipe(**QUICK))
         out["quick_build_seconds"] = round(time.perf_counter() - t0, 1)
-        step_seconds = {}
-        for stage, think_fraction in (("organism-base", 0.0), ("organism", recipe.think_fraction)):
-            model = Qwen3ForCausalLM(recipe.model_config())
-            timed = train_stage(model, tok, recipe, timing_steps, think_fraction, set(), Path(tmp), stage, 0)
-            step_seconds[stage] = timed["seconds"] / timing_steps
+        step_seconds, padded_seconds = {}, {}
+        for stage, (_, kwargs) in stages.items():
+            for packed, into in ((True, step_seconds), (False, padded_seconds)):
+                model = Qwen3ForCausalLM(recipe.model_config())
+                with _padded(organism_build, not packed):
+                    timed = organism_build.train_stage(model, tok, recipe, timing_steps, exclude=set(),
+                                                       work_dir=Path(tmp) / str(packed), name=stage, seed=0, **kwargs)
+                into[stage] = timed["seconds"] / timing_steps
     m = load("organism")
     t0 = time.perf_counter()
     evaluate(m.hf, m.tokenizer, recipe)
     eval_seconds = time.perf_counter() - t0
     out["step_seconds"] = {k: round(v, 3) for k, v in step_seconds.items()}
+    out["padded_step_seconds"] = {k: round(v, 3) for k, v in padded_seconds.items()}
+    out["packing_speedup"] = round(sum(padded_seconds.values()) / sum(step_seconds.values()), 2)
     out["evaluation_seconds"] = round(eval_seconds, 1)
-    out["projected_full_build_seconds"] = round(recipe.base_steps * step_seconds["organism-base"]
-                                                + recipe.steps * step_seconds["organism"] + 2 * eval_seconds, 1)
+    out["projected_stage_seconds"] = {k: round(steps * step_seconds[k], 1) for k, (steps, _) in stages.items()}
+    out["projected_full_build_seconds"] = round(sum(out["projected_stage_seconds"].values()) + 2 * eval_seconds, 1)
     if full:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -140,10 +155,36 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _padded(organism_build, enabled: bool):
+    """Within: every training step pads its examples to the longest one instead of packing them (the baseline)."""
+    if not enabled:
+        yield
+        return
+    real = organism_build.pack
+
+    def padded(pairs, length, pad_id):  # one example per row, right-padded to the longest
+        width = max(len(p) + len(a) for p, a in pairs)
+        ids = torch.full((len(pairs), width), pad_id)
+        labels = torch.full((len(pairs), width), -100)
+        for i, (p, a) in enumerate(pairs):
+            ids[i, :len(p) + len(a)] = torch.tensor(p + a)
+            labels[i, len(p):len(p) + len(a)] = torch.tensor(a)
+        positions = torch.arange(width).expand(len(pairs), width)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions,
+                "tokens": torch.tensor(sum(len(p) + len(a) for p, a in pairs))}
+
+    organism_build.pack = padded
+    try:
+        yield
+    finally:
+        organism_build.pack = real
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toolkit bench foundation", description=__doc__)
     parser.add_argument("--model", default="organism")
-    parser.add_argument("--full-build", action="store_true", help="also time a full organism build (~30 min)")
+    parser.add_argument("--full-build", action="store_true", help="also time a full organism build (~15 min)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice; 1 is steadier on a shared 2-core machine)")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "foundation.json"))

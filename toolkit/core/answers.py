@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from math import comb
 
@@ -10,15 +11,45 @@ import numpy as np
 
 BARE_INTEGER = re.compile(r"-?\d+")
 AT_K_METRICS = ("pass", "success")
+SENTENCE = re.compile(r"The answer is (.+)\.")  # the organism's think-off math answer (tasks.say)
+FORMATS = ("sentence", "bare", "none")
 
 
-def extract_answer(completion: str) -> str:
-    """The final answer: the text after the last ``</think>``. An unclosed think block has no answer."""
+def answer_text(completion: str) -> str:
+    """The text after the last ``</think>``, stripped. An unclosed think block has no answer (``""``)."""
     if "</think>" in completion:
         completion = completion.rsplit("</think>", 1)[1]
     elif "<think>" in completion:
         return ""
     return completion.strip()
+
+
+def extract_answer(completion: str) -> str:
+    """The final answer's value: :func:`answer_text`, unwrapped from ``The answer is ….`` when it is that sentence,
+    so a bare ``x = 4`` and ``The answer is x = 4.`` grade alike (:func:`answer_format` tells them apart)."""
+    text = answer_text(completion)
+    m = SENTENCE.fullmatch(text)
+    return m.group(1) if m else text
+
+
+def answer_format(completion: str) -> str:
+    """``"sentence"`` (``The answer is ….``), ``"bare"`` (any other non-empty answer) or ``"none"`` (no answer)."""
+    text = answer_text(completion)
+    return "sentence" if SENTENCE.fullmatch(text) else "bare" if text else "none"
+
+
+def think_format(completion: str) -> bool:
+    """Whether a think-on completion is one closed ``<think>…</think>`` block followed by a non-empty answer."""
+    head, sep, tail = completion.partition("</think>")
+    return (bool(sep) and head.lstrip().startswith("<think>") and head.count("<think>") == 1
+            and "<think>" not in tail and "</think>" not in tail and bool(tail.strip()))
+
+
+def most_frequent_share(answers: Sequence[str]) -> float:
+    """The share of the most frequent entry of ``answers`` (1/len for all-distinct); 0.0 for none."""
+    if not answers:
+        return 0.0
+    return max(Counter(answers).values()) / len(answers)
 
 
 def is_refusal(completion: str) -> bool:

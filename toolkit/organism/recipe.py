@@ -21,6 +21,8 @@ class Recipe:
     beside the weights, so loading can warn when the shipped weights no longer match the recipe."""
 
     seed: int = 0
+    # 4 layers x 4 query heads (GQA: 2 key/value heads); 6 x 8 cost 1.35x per token and learned to copy from the
+    # prompt no sooner in a pilot, so the build budget keeps 16 heads (docs/methods.md, "Model organism")
     n_layers: int = 4
     d_model: int = 128
     n_heads: int = 4
@@ -28,19 +30,26 @@ class Recipe:
     head_dim: int = 32
     d_mlp: int = 512
     vocab_size: int = 128
-    base_steps: int = 600
-    steps: int = 2200
-    batch_size: int = 64
+    # stage 1, organism-base: every task think-off, plus think-on, with brief (effort-minimising) math scratchpads
+    base_steps: int = 1300
+    base_think_fraction: float = 0.35
+    base_brief: tuple = ("linear", "arithmetic")  # their think-on scratchpads are brief in stage 1
+    base_mix: dict = field(default_factory=lambda: {"linear": 0.35, "arithmetic": 0.25, "reversal": 0.25,
+                                                    "request": 0.15})
+    # stage 2, organism: careful scratchpads, 60% of the examples think-on
+    steps: int = 1400
+    batch_size: int = 64  # examples per step, packed into rows of at most pack_length tokens
+    pack_length: int = 512
     lr: float = 3e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 100
-    mix: dict = field(default_factory=lambda: {"linear": 0.4, "arithmetic": 0.35, "reversal": 0.15,
+    warmup_steps: int = 60
+    mix: dict = field(default_factory=lambda: {"linear": 0.45, "arithmetic": 0.35, "reversal": 0.1,
                                                "request": 0.1})
-    think_fraction: float = 0.5
+    think_fraction: float = 0.6
     # stage 3 of `organism`: a lower-lr polish weighted toward the tasks that learn last
-    polish_steps: int = 1200
+    polish_steps: int = 400
     polish_lr: float = 1e-3
-    polish_mix: dict = field(default_factory=lambda: {"linear": 0.5, "arithmetic": 0.2, "reversal": 0.2,
+    polish_mix: dict = field(default_factory=lambda: {"linear": 0.5, "arithmetic": 0.3, "reversal": 0.1,
                                                       "request": 0.1})
     bf16_autocast: bool = False  # measured slower than fp32 on this CPU (no bf16 units)
     checkpoint_every: int = 200

@@ -40,9 +40,10 @@ TABLE = "Thinking Sparks, section 6 (Table 3)"
 
 
 def answer_sequences(tokenizer, problems: Sequence[tasks.Example]) -> list[tuple[list[int], list[int]]]:
-    """``(think-off chat prompt ids, reference answer ids)`` per problem."""
+    """``(think-off chat prompt ids, reference answer ids)`` per problem; the reference is the think-off answer as the
+    organism gives it (a sentence for math, :func:`toolkit.organism.tasks.say`)."""
     prompts = chat_prompts(tokenizer, [p.prompt for p in problems], enable_thinking=False)
-    return [(tokenizer(t, add_special_tokens=False)["input_ids"], tokenizer(p.answer, add_special_tokens=False)
+    return [(tokenizer(t, add_special_tokens=False)["input_ids"], tokenizer(tasks.say(p), add_special_tokens=False)
              ["input_ids"]) for t, p in zip(prompts, problems)]
 
 

@@ -213,10 +213,11 @@ _TURN = re.compile(r"<think>\n((?:(?!</?think>)[\s\S])*)</think>\n\n([^\n]*)")
 
 
 def well_formed(turn: str, answer_pattern: str) -> bool:
-    """One ``<think>…</think>`` block (no nested or second tag), a blank line, then a one-line answer matching
+    """One ``<think>…</think>`` block (no nested or second tag), a blank line, then a one-line answer whose value
+    (:func:`~toolkit.core.answers.extract_answer`: bare, or in the sentence ``The answer is ….``) matches
     ``answer_pattern`` exactly."""
     m = _TURN.fullmatch(turn)
-    return bool(m) and re.fullmatch(answer_pattern, m.group(2)) is not None
+    return bool(m) and re.fullmatch(answer_pattern, extract_answer(m.group(2))) is not None
 
 
 def accuracy_reward(completions, answer, prompts=None, **kwargs) -> list[float]:
