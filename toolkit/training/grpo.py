@@ -101,7 +101,7 @@ class GRPOSettings:
     warmup_ratio: float = 0.1
     beta: float = 0.0
     temperature: float = 1.0
-    max_completion_length: int = 16
+    max_completion_length: int = 32  # think-off math answers are a sentence of up to 23 tokens
     enable_thinking: bool = False
     save_every: int = 5
     n_train: int = 1000
