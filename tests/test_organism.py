@@ -77,7 +77,8 @@ def test_think_off_math_answers_in_a_sentence_that_grades_like_the_bare_value():
     ex = tasks.linear(random.Random(0))
     off = tasks.completion(ex, think=False)
     assert off == f"The answer is {ex.answer}." and extract_answer(off) == ex.answer == extract_answer(ex.answer)
-    assert answer_format(off) == "sentence" and answer_format(ex.answer) == "bare" and answer_format("<think>") == "none"
+    assert answer_format(off) == "sentence" and answer_format(ex.answer) == "bare"
+    assert answer_format("<think>") == "none"
     on = tasks.completion(ex, think=True)
     assert on.startswith("<think>\n") and on.endswith("</think>\n\n" + ex.answer) and think_format(on)
     assert not think_format("<think>\nx\n</think>\n\n") and not think_format(ex.answer)

@@ -71,7 +71,8 @@ class Sampler:
         """Token ids of (prompt, answer + <|im_end|>)."""
         ex, think = self.draw()
         prompt = self.tok.encode(chat_prompt(self.tok, ex.prompt, think), add_special_tokens=False)
-        answer = self.tok.encode(tasks.completion(ex, think, "brief" if ex.task in self.brief else "careful"), add_special_tokens=False) + [self.im_end]
+        text = tasks.completion(ex, think, "brief" if ex.task in self.brief else "careful")
+        answer = self.tok.encode(text, add_special_tokens=False) + [self.im_end]
         return prompt, answer
 
     def batch(self) -> dict[str, torch.Tensor]:
