@@ -184,7 +184,7 @@ def _padded(organism_build, enabled: bool):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toolkit bench foundation", description=__doc__)
     parser.add_argument("--model", default="organism")
-    parser.add_argument("--full-build", action="store_true", help="also time a full organism build (~15 min)")
+    parser.add_argument("--full-build", action="store_true", help="also time a full organism build (~25 min)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice; 1 is steadier on a shared 2-core machine)")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "foundation.json"))

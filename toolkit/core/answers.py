@@ -12,7 +12,6 @@ import numpy as np
 BARE_INTEGER = re.compile(r"-?\d+")
 AT_K_METRICS = ("pass", "success")
 SENTENCE = re.compile(r"The answer is (.+)\.")  # the organism's think-off math answer (tasks.say)
-FORMATS = ("sentence", "bare", "none")
 
 
 def answer_text(completion: str) -> str:

@@ -21,8 +21,8 @@ class Recipe:
     beside the weights, so loading can warn when the shipped weights no longer match the recipe."""
 
     seed: int = 0
-    # 4 layers x 4 query heads (GQA: 2 key/value heads); 6 x 8 cost 1.35x per token and learned to copy from the
-    # prompt no sooner in a pilot, so the build budget keeps 16 heads (docs/methods.md, "Model organism")
+    # 4 layers x 4 query heads (GQA: 2 key/value heads); 6 x 8 cost 1.45x per token, beyond the build budget, so we
+    # keep 16 heads (docs/methods.md, "Model organism")
     n_layers: int = 4
     d_model: int = 128
     n_heads: int = 4

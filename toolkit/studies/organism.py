@@ -110,7 +110,7 @@ def checkpoint_name(spec: str) -> str:
 
 def ensure_built(seed: int = 0) -> None:
     """Build both checkpoints of organism build ``seed`` (0: the shipped one, in the data folder; else a replicate in
-    the cache) if either is missing. A full build takes about 20 minutes on 2 cores; an interrupted one resumes."""
+    the cache) if either is missing. A full build takes about 25 minutes on 2 cores; an interrupted one resumes."""
     folder = organism_dir(seed)
     if not all((folder / name / "config.json").exists() for name in ORGANISMS):
         print(format_report(build_organism(folder, Recipe(seed=seed))))
