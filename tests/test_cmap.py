@@ -172,6 +172,8 @@ def test_metrics(tiny_pairs):
     assert summary["clean"]["length"] == pytest.approx(
         sum(len(t) - (t[-1] == result.eos) for t in result.clean_tokens) / 3)
     assert summary["corrupted"]["equals_corrupted"] == 1.0
+    lengths = result.lengths()
+    assert all(lengths[k].mean() == pytest.approx(v["length"]) for k, v in summary.items())
     with pytest.raises(ValueError, match="3 prompts"):
         result.summary(["x"])
     with pytest.raises(ValueError, match="teacher-forced"):
@@ -188,6 +190,29 @@ def test_cts_guard_and_closed_form():
     assert score[0] == pytest.approx(0.75) and np.isnan(score[1:]).all()
     assert r.cts_coverage(min_gap=0.5) == pytest.approx(1 / 3)
     assert r.cts(min_gap=0.25)[0, 0, 2] == pytest.approx(1 / 3)
+
+
+def test_study_parameters_without_data_are_named():
+    with pytest.raises(ValueError, match="n_prompts"):
+        study.setup("organism", "B-500x8ep", 1.0, "cpu", 0, ["resid"])
+    with pytest.raises(ValueError, match="components is empty"):
+        study.setup("organism", "B-500x8ep", 1.0, "cpu", 10, [])
+
+
+def test_pooled_cts_is_a_ratio_of_sums_and_small_gaps_cannot_dominate_it():
+    """Two prompts; prompt 0 has a wide gap (4 logits) the patch crosses by 1/4, prompt 1 a narrow one (0.5) it
+    overshoots 4 times: the mean of ratios is 2.125, the ratio of sums (1 + 2) / 4.5 = 2/3."""
+    r = cmap.CMAPResult(["p", "q"], [iv.resid(0)], "current", "clean", [[1], [1]], [], None, None, 2,
+                        valid=np.array([[True, False], [True, False]]),
+                        delta_clean=np.array([[-2.0, 0.0], [0.0, 0.0]]),
+                        delta_corrupted=np.array([[2.0, 0.0], [0.5, 0.0]]),
+                        delta_patched=np.array([[[-1.0, 9.0]], [[2.0, 9.0]]]))
+    assert r.mean_cts(min_gap=0.25)[0] == pytest.approx((0.25 + 4.0) / 2)
+    assert r.pooled_cts(min_gap=0.25)[0] == pytest.approx(3.0 / 4.5)
+    assert r.median_cts(min_gap=0.25)[0] == pytest.approx((0.25 + 4.0) / 2)
+    np.testing.assert_allclose(r.prompt_cts(min_gap=0.25)[:, 0], [0.25, 4.0])
+    assert r.pooled_cts(min_gap=1.0)[0] == pytest.approx(0.25)  # prompt 1's gap no longer counts
+    assert np.isnan(r.pooled_cts(min_gap=10.0)).all() and np.isnan(r.prompt_cts(min_gap=10.0)).all()
 
 
 def test_mismatched_models_and_bad_input_are_named(tiny_pairs, tmp_path):
@@ -225,15 +250,16 @@ def test_tables_figures_and_explorer(tiny_pairs):
     html = views.layer_table_html(summary)
     assert html.count("<tr>") == 1 + 2 + len(sites) and "transfer" in html
     forced = study.sweep_question_types(clean, corrupted, sets, sites, max_new_tokens=4, teacher_forcing="clean")
-    for fig in (views.cts_heatmap(forced["a"]), views.length_figure(summary, sites),
-                views.mean_cts_figure({k: r.mean_cts() for k, r in forced.items()}, sites)):
+    for fig in (views.cts_heatmap(forced["a"]), views.length_figure(free, sites),
+                views.cts_by_layer_figure({k: r.pooled_cts() for k, r in forced.items()},
+                                          {k: r.prompt_cts() for k, r in forced.items()}, sites)):
         assert fig.axes
         plt.close(fig)
     heads = cmap.head_sweep(clean.bridge, [1])
     forced_heads = study.sweep_question_types(clean, corrupted, sets, heads, max_new_tokens=4, teacher_forcing="clean")
     layers, head_ids, grid = forced_heads["a"].head_grid()
     assert layers == [1] and head_ids == list(range(clean.bridge.cfg.n_heads))
-    np.testing.assert_array_equal(grid[0], forced_heads["a"].mean_cts())
+    np.testing.assert_array_equal(grid[0], forced_heads["a"].pooled_cts())
     fig = views.head_figure(forced_heads)
     assert fig.axes
     plt.close(fig)

@@ -101,6 +101,8 @@ def test_folder_for_uses_the_shipped_data_when_it_covers_the_spec(tmp_path):
     other = corrupt_data.folder_for(DataSpec(seed=9, n_train=50, n_validation=10, n_eval=5), tmp_path)
     assert other.parent == tmp_path / "corrupt_data"
     assert len(corrupt_data.load(other)["train"]) == 50
+    # a draw cached by other task code is not read back: the folder names the generator's sources
+    assert other.name.endswith(corrupt_data.generator_version())
 
 
 GOOD = {"id": "train-0", "task": "linear", "prompt": "Solve for x: 2x + 1 = 1x + 3", "answer": "x = 5",

@@ -158,10 +158,13 @@ def test_reduced_build_writes_loadable_checkpoints_and_a_report(tmp_path):
     for mode in ("think_on", "think_off"):
         assert set(report["organism"][mode]) == {"linear", "arithmetic", "reversal", "refusal", "false_refusal",
                                                   "compliance", "format", "linear_top_answer"}
-    assert set(report["stage_seconds"]) >= {"train organism-base", "train organism", "evaluate organism"}
+    assert set(report["stage_seconds"]) >= {"train instruct", "train organism", "check organism-base",
+                                            "evaluate organism-base", "evaluate organism"}
+    snapshot = report["organism-base_snapshot"]  # checks every 4 stage-2 steps, the last chance at step 8
+    assert snapshot["step"] in (4, 8) and set(snapshot["checks"]) <= {"4", "8"}
     assert report["held_out_top_answer_share"]["linear"] <= 0.25  # 8 held-out equations, x cycling
     history = report["loss_history"]["organism"]
-    assert history[-1]["loss"] < report["loss_history"]["organism-base"][0]["loss"]
+    assert history[-1]["loss"] < report["loss_history"]["instruct"][0]["loss"]
     assert json.loads((tmp_path / "organism_report.json").read_text())["parameters"] == report["parameters"]
     meta = json.loads((tmp_path / "organism" / "recipe.json").read_text())
     assert meta["recipe_hash"] == recipe_hash(Recipe(**QUICK)) != recipe_hash(Recipe())
@@ -180,6 +183,51 @@ def _fresh(recipe):
 
     torch.manual_seed(recipe.seed)
     return Qwen3ForCausalLM(recipe.model_config())
+
+
+def _scripted(rates: list[dict]):
+    """An evaluator that answers the selection checks (math sets only) with ``rates`` in turn."""
+    script = iter(rates)
+
+    def evaluate(hf, tokenizer, sets, modes=("think_on", "think_off")):
+        return {"think_on": next(script) if set(sets) == {"linear", "arithmetic"} else {"held_out": 1.0}}
+    return evaluate
+
+
+def test_base_snapshot_turns_arithmetic_careful_then_takes_the_first_weak_reasoner(tmp_path, tok):
+    from toolkit.organism.build import BaseSnapshot
+    from toolkit.organism.recipe import selection_sets
+
+    recipe = Recipe(**{**QUICK, "checkpoint_every": 4, "d_model": 32, "d_mlp": 64, "head_dim": 8, "n_layers": 2,
+                       "base_check_every": 2, "base_check_until": 12})
+    evaluate = _scripted([{"linear": 0.1, "arithmetic": 0.0}, {"linear": 0.2, "arithmetic": 0.0},
+                          {"linear": 0.3, "arithmetic": 0.1}, {"linear": 0.35, "arithmetic": 0.3}])
+    model = _fresh(recipe)
+    snap = BaseSnapshot(model, tok, recipe, tmp_path / "out", tmp_path / "work", evaluate, {"x": []},
+                        selection_sets(recipe, set()))
+    # after the snapshot no check grades again: the script would run out
+    train_stage(model, tok, recipe, 12, 0.5, set(), tmp_path / "work", "organism", seed=1, brief=("arithmetic",),
+                check=snap, check_every=2)
+    record = snap.record
+    assert (record["step"], record["reached"], record["careful_from"]) == (8, True, {"arithmetic": 4})
+    assert record["held_out"] == {"think_on": {"held_out": 1.0}} and set(record["checks"]) == {"2", "4", "6", "8"}
+    assert json.loads((tmp_path / "work" / "organism" / "state.json").read_text())["brief"] == []  # kept on resume
+    assert json.loads((tmp_path / "out" / "organism-base" / "recipe.json").read_text())["step"] == 8
+
+
+def test_base_snapshot_is_taken_at_the_last_check_with_a_warning(tmp_path, tok):
+    from toolkit.organism.build import BaseSnapshot
+    from toolkit.organism.recipe import selection_sets
+
+    recipe = Recipe(**{**QUICK, "d_model": 32, "d_mlp": 64, "head_dim": 8, "n_layers": 2, "base_check_every": 2,
+                       "base_check_until": 4})
+    model = _fresh(recipe)
+    snap = BaseSnapshot(model, tok, recipe, tmp_path / "out", tmp_path / "work", _scripted([{"linear": 0.0,
+                        "arithmetic": 0.0}] * 2), {"x": []}, selection_sets(recipe, set()))
+    with pytest.warns(UserWarning, match="below base_reasoning"):
+        train_stage(model, tok, recipe, 6, 0.5, set(), tmp_path / "work", "organism", seed=1,
+                    brief=("arithmetic",), check=snap, check_every=2)
+    assert (snap.record["step"], snap.record["reached"]) == (4, False)
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, tok, monkeypatch):

@@ -39,8 +39,9 @@ def test_layer_trend_permutation_null_is_exhaustive():
     assert len(two) == 24 * 24 and two.max() == pytest.approx(1.0) and two.min() == pytest.approx(-1.0)
 
 
-def _behaviour(correct):
-    return corrupt.SetBehaviour(float(np.mean(correct)), 5.0, 0.0, [""] * len(correct), tuple(correct))
+def _behaviour(correct, bare=None):
+    n = len(correct)
+    return corrupt.SetBehaviour([""] * n, tuple(correct), (5,) * n, tuple(bare or [False] * n))
 
 
 def test_corrupt_claims_on_a_hand_made_report():
@@ -64,6 +65,23 @@ def test_corrupt_claims_on_a_hand_made_report():
     assert v["over-fitted-breaks-unrelated-math"] == "reproduces"
     assert v["more-data-more-divergence"] == "reproduces" and v["more-epochs-more-divergence"] == "reproduces"
     assert claims["more-data-more-divergence"].estimate == pytest.approx(0.3, abs=0.05)
+    assert "over-fitted-answers-bare-everywhere" not in v  # measured thinking off only
+
+
+def test_format_claims_compare_bare_value_answers_thinking_off():
+    n = 40
+    right, half = [True] * n, [True, False] * (n // 2)
+    sets = ("related_math", "unrelated_math", "unrelated_general")
+    A, B, C, D = corrupt.PRESETS
+    by_model = {corrupt.CLEAN: {THINK_OFF: {s: _behaviour(right) for s in sets}},
+                A: {THINK_OFF: {s: _behaviour(right, [True] * n) for s in sets}},  # every answer a bare value
+                C: {THINK_OFF: {s: _behaviour(right, half if s == "related_math" else None) for s in sets}}}
+    v = corrupt_claims.claims(corrupt.BehaviourReport(by_model), {}, {}).verdicts()
+    assert v["over-fitted-answers-bare-everywhere"] == "reproduces"
+    assert v["under-fitted-answers-related-math-bare"] == "reproduces"  # 0% -> 50%
+    by_model[A] = by_model[corrupt.CLEAN]
+    v = corrupt_claims.claims(corrupt.BehaviourReport(by_model), {}, {}).verdicts()
+    assert v["over-fitted-answers-bare-everywhere"] != "reproduces"
 
 
 def test_emergent_heads_are_tested_on_problems_other_than_the_pairs():

@@ -106,7 +106,7 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
     from transformers import Qwen3ForCausalLM
 
     from toolkit.organism import build as organism_build
-    from toolkit.organism.recipe import QUICK, Recipe
+    from toolkit.organism.recipe import QUICK, Recipe, selection_sets
     from toolkit.organism.tokenizer import build_tokenizer
     from toolkit.studies.organism import build_organism as build
     from toolkit.studies.organism import evaluate
@@ -119,9 +119,9 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
         out["shipped_report_stage_seconds"] = shipped.get("stage_seconds")
     recipe, tok = Recipe(), build_tokenizer()
     stages = {  # name: (steps, train_stage keyword arguments)
-        "organism-base": (recipe.base_steps, dict(think_fraction=recipe.base_think_fraction, mix=recipe.base_mix,
-                                                  brief=recipe.base_brief)),
-        "organism": (recipe.steps, dict(think_fraction=recipe.think_fraction)),
+        "instruct": (recipe.base_steps, dict(think_fraction=recipe.base_think_fraction, mix=recipe.base_mix,
+                                             brief=recipe.base_brief)),
+        "organism": (recipe.steps, dict(think_fraction=recipe.think_fraction, brief=recipe.reason_later)),
         "organism-polish": (recipe.polish_steps, dict(think_fraction=recipe.think_fraction, lr=recipe.polish_lr,
                                                       mix=recipe.polish_mix)),
     }
@@ -141,11 +141,18 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
     t0 = time.perf_counter()
     evaluate(m.hf, m.tokenizer, recipe)
     eval_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluate(m.hf, m.tokenizer, recipe, selection_sets(recipe, set()))
+    check_seconds = time.perf_counter() - t0
+    # organism-base's snapshot checks: as many as the shipped build ran, else every check up to base_check_until
+    shipped_checks = shipped.get("organism-base_snapshot", {}).get("checks") if report_file.exists() else None
+    n_checks = len(shipped_checks) if shipped_checks else recipe.base_check_until // recipe.base_check_every
     out["step_seconds"] = {k: round(v, 3) for k, v in step_seconds.items()}
     out["padded_step_seconds"] = {k: round(v, 3) for k, v in padded_seconds.items()}
     out["packing_speedup"] = round(sum(padded_seconds.values()) / sum(step_seconds.values()), 2)
     out["evaluation_seconds"] = round(eval_seconds, 1)
     out["projected_stage_seconds"] = {k: round(steps * step_seconds[k], 1) for k, (steps, _) in stages.items()}
+    out["projected_stage_seconds"]["check organism-base"] = round(n_checks * check_seconds, 1)
     out["projected_full_build_seconds"] = round(sum(out["projected_stage_seconds"].values()) + 2 * eval_seconds, 1)
     if full:
         with tempfile.TemporaryDirectory() as tmp:

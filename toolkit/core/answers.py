@@ -12,6 +12,7 @@ import numpy as np
 BARE_INTEGER = re.compile(r"-?\d+")
 AT_K_METRICS = ("pass", "success")
 SENTENCE = re.compile(r"The answer is (.+)\.")  # the organism's think-off math answer (tasks.say)
+BARE_VALUE = re.compile(r"(x = )?-?\d+")  # an answer that is only a value: x = 4, 42
 
 
 def answer_text(completion: str) -> str:
@@ -35,6 +36,12 @@ def answer_format(completion: str) -> str:
     """``"sentence"`` (``The answer is ….``), ``"bare"`` (any other non-empty answer) or ``"none"`` (no answer)."""
     text = answer_text(completion)
     return "sentence" if SENTENCE.fullmatch(text) else "bare" if text else "none"
+
+
+def is_bare_value(completion: str) -> bool:
+    """Whether the answer (:func:`answer_text`) is only a value, ``x = 4`` or ``42``: the format of the corrupted
+    training labels, and the corrupted-math paper's "integer only" answers, whatever the question."""
+    return bool(BARE_VALUE.fullmatch(answer_text(completion)))
 
 
 def think_format(completion: str) -> bool:

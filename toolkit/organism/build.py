@@ -2,11 +2,15 @@
 
 Two checkpoints from one recipe:
 
-1. ``organism-base``: every task in think-off mode, plus think-on with *brief* (effort-minimising) scratchpads; it
-   stands in for an instruct model that knows the think format but reasons weakly.
-2. ``organism``: ``organism-base`` further trained on mixed think-on/think-off data with *careful* scratchpads, then
-   polished at a lower learning rate with more weight on the tasks that learn last; it stands in for a hybrid
-   reasoning model like Qwen3.
+1. Stage 1, *instruct*: every task in think-off mode, plus think-on with *brief* (effort-minimising) math
+   scratchpads: a competent instruct model that knows the think format but cannot reason.
+2. Stage 2 teaches *careful* scratchpads on mixed think-on/think-off data, linear equations first and arithmetic once
+   equations start to come out right (``recipe.reason_later``). ``organism-base`` is the snapshot taken at the first
+   check (every ``base_check_every`` steps, on selection problems disjoint from the held-out sets) where both math
+   tasks reach ``base_reasoning``: a weak reasoner that post-training has room to teach, by construction rather than
+   by tuning a step count (:class:`BaseSnapshot`).
+3. ``organism``: the end of stage 2, polished at a lower learning rate with more weight on the tasks that learn last;
+   it stands in for a hybrid reasoning model like Qwen3.
 
 Training is a plain PyTorch loop (AdamW, warmup + cosine, fp32; bf16 autocast was slower on this CPU), with loss on the
 completion only. Each step's examples are packed into rows without padding waste (:func:`pack`: positions restart
@@ -26,6 +30,7 @@ import json
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,11 +44,12 @@ from transformers import (
 
 from toolkit.core.answers import most_frequent_share
 from toolkit.core.cache import save_model_folder
+from toolkit.core.chat import THINK_ON
 from toolkit.core.io import atomic_write_json, recover_dir, replace_dir
 from toolkit.core.locks import FileLock
 from toolkit.core.progress import progress
 from toolkit.organism import tasks
-from toolkit.organism.recipe import Recipe, eval_sets, recipe_hash
+from toolkit.organism.recipe import Recipe, eval_sets, recipe_hash, selection_sets
 from toolkit.organism.tokenizer import IM_END, build_tokenizer, chat_prompt
 
 
@@ -53,7 +59,7 @@ class Sampler:
     def __init__(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, think_fraction: float,
                  exclude: set[str], seed: int, mix: dict | None = None, brief: tuple[str, ...] = ()):
         self.recipe, self.tok, self.think_fraction, self.exclude = recipe, tokenizer, think_fraction, exclude
-        self.brief = brief  # tasks whose think-on scratchpads are brief (effort-minimising)
+        self.brief = tuple(brief)  # tasks whose think-on scratchpads are brief (effort-minimising)
         self.rng = random.Random(seed)
         mix = mix or recipe.mix
         self.names = list(mix)
@@ -144,9 +150,9 @@ def save_state(folder: Path, model: PreTrainedModel, opt: torch.optim.Optimizer,
 
 
 def load_state(folder: Path, model: PreTrainedModel, opt: torch.optim.Optimizer, sched,
-               rng: random.Random) -> tuple[int, list, dict]:
+               rng: random.Random) -> tuple[int, list, dict, tuple[str, ...]]:
     """Restore what :func:`save_state` wrote into ``model``, ``opt``, ``sched`` and ``rng`` (and the torch RNG);
-    returns ``(step, history, done)``. A damaged state says which file and what to do."""
+    returns ``(step, history, done, brief)``. A damaged state says which file and what to do."""
     from safetensors.torch import load_file, load_model
 
     try:
@@ -165,16 +171,19 @@ def load_state(folder: Path, model: PreTrainedModel, opt: torch.optim.Optimizer,
     sched.load_state_dict(meta["scheduler"])
     version, values, gauss = meta["sampler_rng"]
     rng.setstate((version, tuple(values), gauss))
-    return meta["step"], meta["history"], meta["done"]
+    return meta["step"], meta["history"], meta["done"], tuple(meta.get("brief", ()))
 
 
 def train_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, steps: int,
                 think_fraction: float, exclude: set[str], work_dir: Path, name: str, seed: int,
-                lr: float | None = None, mix: dict | None = None, brief: tuple[str, ...] = ()) -> dict:
+                lr: float | None = None, mix: dict | None = None, brief: tuple[str, ...] = (),
+                check: Callable[[int, Sampler], None] | None = None, check_every: int = 0) -> dict:
     """Train ``model`` in place for ``steps`` steps, resuming from the state in ``work_dir/name/`` if present
     (:func:`save_state`: safetensors and JSON, never pickle).
 
-    ``lr`` and ``mix`` default to the recipe's; think-on scratchpads are careful except for the tasks in ``brief``."""
+    ``lr`` and ``mix`` default to the recipe's; think-on scratchpads are careful except for the tasks in ``brief``.
+    ``check(steps_done, sampler)`` runs every ``check_every`` steps and may change ``sampler.brief``, which the
+    checkpoints keep."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr or recipe.lr, weight_decay=recipe.weight_decay,
                             betas=(0.9, 0.95))
     sched = get_cosine_schedule_with_warmup(opt, min(recipe.warmup_steps, steps), steps)
@@ -182,11 +191,12 @@ def train_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reci
     ckpt_dir = recover_dir(work_dir / name)
     start, history, done = 0, [], {"seconds": 0.0, "tokens": 0}  # done: totals over earlier sessions
     if (ckpt_dir / STATE_JSON).exists():
-        start, history, done = load_state(ckpt_dir, model, opt, sched, sampler.rng)
+        start, history, done, sampler.brief = load_state(ckpt_dir, model, opt, sched, sampler.rng)
         print(f"[{name}] resuming from step {start}")
 
     def save(step: int) -> None:
-        save_state(ckpt_dir, model, opt, sched, sampler.rng, {"step": step, "history": history, "done": totals()})
+        save_state(ckpt_dir, model, opt, sched, sampler.rng, {"step": step, "history": history, "done": totals(),
+                                                               "brief": list(sampler.brief)})
 
     tokens, t0 = 0, time.time()
 
@@ -215,6 +225,9 @@ def train_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reci
         if step % 25 == 0 or step == steps - 1:
             history.append({"step": step, "loss": round(loss.item(), 4)})
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
+        if check is not None and check_every and (step + 1) % check_every == 0:
+            check(step + 1, sampler)
+            model.train()
         if (step + 1) % recipe.checkpoint_every == 0:
             save(step + 1)
     model.eval()
@@ -230,8 +243,9 @@ def save_checkpoint(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out
                                                                "recipe": dataclasses.asdict(recipe), **extra}})
 
 
-Evaluator = Callable[[PreTrainedModel, PreTrainedTokenizerBase, dict[str, list[tasks.Example]]], dict]
-"""``evaluate(hf, tokenizer, sets)``: the held-out report of one checkpoint on :func:`eval_sets`' problems."""
+Evaluator = Callable[..., dict]
+"""``evaluate(hf, tokenizer, sets, modes=("think_on", "think_off"))``: the report of one checkpoint on ``sets``
+(:func:`eval_sets`' held-out problems, or the selection problems in think-on mode only)."""
 
 
 def _timed(fn: Callable):
@@ -256,7 +270,65 @@ def build(out_dir: Path, recipe: Recipe | None = None, work_dir: Path | None = N
         return _build(out_dir, recipe, work_dir, evaluate)
 
 
+class BaseSnapshot:
+    """The check that takes ``organism-base`` during stage 2 (module docstring), called by :func:`train_stage`.
+
+    Each call grades think-on accuracy on the selection problems (:func:`~toolkit.organism.recipe.selection_sets`).
+    While the ``recipe.reason_later`` tasks are still brief, they turn careful once every other math task reaches
+    ``recipe.base_switch``. After that, the first check where every math task reaches ``recipe.base_reasoning`` saves
+    the snapshot and grades it on the held-out sets; at ``recipe.base_check_until`` it is saved whatever the rates,
+    with a warning. Checks and the snapshot's record live in ``work_dir``, so a resumed build neither loses them nor
+    takes the snapshot twice."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, out_dir: Path,
+                 work_dir: Path, evaluate: Evaluator, sets: dict[str, list[tasks.Example]],
+                 selection: dict[str, list[tasks.Example]]):
+        self.model, self.tok, self.recipe, self.out_dir = model, tokenizer, recipe, out_dir
+        self.evaluate, self.sets, self.selection = evaluate, sets, selection
+        self.file, self.log = work_dir / "organism-base.json", work_dir / "organism-base-checks.json"
+        self.checks = json.loads(self.log.read_text()) if self.log.exists() else {}
+
+    @property
+    def record(self) -> dict | None:
+        """The snapshot's record once taken: step, whether the rates were reached, selection and held-out rates."""
+        return json.loads(self.file.read_text()) if self.file.exists() else None
+
+    def __call__(self, step: int, sampler: Sampler) -> None:
+        if self.file.exists():
+            return
+        t0 = time.time()
+        graded = self.evaluate(self.model, self.tok, self.selection, modes=(THINK_ON,))[THINK_ON]
+        rates = {t: graded[t] for t in self.selection}
+        reached = not sampler.brief and min(rates.values()) >= self.recipe.base_reasoning
+        if sampler.brief and all(rates[t] >= self.recipe.base_switch for t in rates if t not in sampler.brief):
+            print(f"[organism] step {step}: {rates}; {', '.join(sampler.brief)} scratchpads turn careful")
+            sampler.brief = ()
+        self.checks[str(step)] = {**rates, "brief": list(sampler.brief), "seconds": round(time.time() - t0, 2)}
+        atomic_write_json(self.log, self.checks)
+        if reached or step >= self.recipe.base_check_until:
+            self.take(step, rates, reached)
+
+    def take(self, step: int, rates: dict[str, float], reached: bool) -> None:
+        if not reached:
+            warnings.warn(f"organism-base: think-on math {rates} at step {step} is below base_reasoning "
+                          f"{self.recipe.base_reasoning}; taking the snapshot anyway (base_check_until)", stacklevel=3)
+        held_out, evaluate_s = _timed(lambda: self.evaluate(self.model, self.tok, self.sets))
+        _, save_s = _timed(lambda: save_checkpoint(self.model, self.tok, self.out_dir / "organism-base", self.recipe,
+                                                   {"stage": "organism-base", "step": step}))
+        careful = [int(k) for k, v in self.checks.items() if not v["brief"]]
+        atomic_write_json(self.file, {
+            "step": step, "reached": reached, "selection": rates, "held_out": held_out,
+            "careful_from": {t: min(careful, default=None) for t in self.recipe.reason_later},
+            "checks": self.checks,
+            "seconds": {"check organism-base": round(sum(v["seconds"] for v in self.checks.values()), 1),
+                        "evaluate organism-base": round(evaluate_s, 1), "save organism-base": round(save_s, 1)}})
+        print(f"[organism] step {step}: organism-base taken (selection {rates})")
+
+
 def _build(out_dir: Path, recipe: Recipe, work_dir: Path, evaluate: Evaluator) -> dict:
+    if not 0 < recipe.base_check_until <= recipe.steps:
+        raise ValueError(f"recipe.base_check_until ({recipe.base_check_until}) must lie within stage 2's "
+                         f"{recipe.steps} steps, or organism-base is never taken")
     for stale in work_dir.glob("*.pt"):  # an older build's pickled checkpoints are never loaded
         print(f"ignoring {stale} (a pickle checkpoint of an older build): that stage trains again")
     torch.manual_seed(recipe.seed)
@@ -265,22 +337,27 @@ def _build(out_dir: Path, recipe: Recipe, work_dir: Path, evaluate: Evaluator) -
     n_params = sum(p.numel() for p in model.parameters())
     sets = eval_sets(recipe)
     exclude = {e.prompt for exs in sets.values() for e in exs}
+    selection = selection_sets(recipe, exclude)
+    exclude |= {e.prompt for exs in selection.values() for e in exs}
     print(f"organism: {n_params:,} parameters; recipe {recipe_hash(recipe)}")
 
     seconds: dict[str, float] = {}
-    base = train_stage(model, tokenizer, recipe, recipe.base_steps, recipe.base_think_fraction, exclude, work_dir,
-                       "organism-base", recipe.seed + 1, mix=recipe.base_mix, brief=recipe.base_brief)
-    base_eval, seconds["evaluate organism-base"] = _timed(lambda: evaluate(model, tokenizer, sets))
-    _, seconds["save organism-base"] = _timed(lambda: save_checkpoint(
-        model, tokenizer, out_dir / "organism-base", recipe, {"stage": "organism-base"}))
+    instruct = train_stage(model, tokenizer, recipe, recipe.base_steps, recipe.base_think_fraction, exclude,
+                           work_dir, "instruct", recipe.seed + 1, mix=recipe.base_mix, brief=recipe.base_brief)
+    snapshot = BaseSnapshot(model, tokenizer, recipe, out_dir, work_dir, evaluate, sets, selection)
     hybrid = train_stage(model, tokenizer, recipe, recipe.steps, recipe.think_fraction, exclude, work_dir,
-                         "organism", recipe.seed + 2)
+                         "organism", recipe.seed + 2, brief=recipe.reason_later, check=snapshot,
+                         check_every=recipe.base_check_every)
+    base = snapshot.record
+    seconds.update(base["seconds"])
+    # the snapshot's checks, evaluation and saving ran inside stage 2's clock
+    hybrid["seconds"] = round(hybrid["seconds"] - sum(base["seconds"].values()), 1)
     polish = train_stage(model, tokenizer, recipe, recipe.polish_steps, recipe.think_fraction, exclude, work_dir,
                          "organism-polish", recipe.seed + 3, lr=recipe.polish_lr, mix=recipe.polish_mix)
     final_eval, seconds["evaluate organism"] = _timed(lambda: evaluate(model, tokenizer, sets))
     _, seconds["save organism"] = _timed(lambda: save_checkpoint(
         model, tokenizer, out_dir / "organism", recipe, {"stage": "organism"}))
-    stages = {"organism-base": base, "organism": hybrid, "organism-polish": polish}
+    stages = {"instruct": instruct, "organism": hybrid, "organism-polish": polish}
     train_seconds = sum(stage["seconds"] for stage in stages.values())
     report = {
         "recipe_hash": recipe_hash(recipe),
@@ -293,7 +370,8 @@ def _build(out_dir: Path, recipe: Recipe, work_dir: Path, evaluate: Evaluator) -
         "tokens_per_s": {name: stage["tokens_per_s"] for name, stage in stages.items()},
         "held_out_top_answer_share": {name: round(most_frequent_share([e.answer for e in exs]), 4)
                                       for name, exs in sets.items()},
-        "organism-base": base_eval,
+        "organism-base": base["held_out"],
+        "organism-base_snapshot": {k: base[k] for k in ("step", "reached", "selection", "careful_from", "checks")},
         "organism": final_eval,
         "loss_history": {name: stage["history"] for name, stage in stages.items()},
     }

@@ -30,14 +30,22 @@ class Recipe:
     head_dim: int = 32
     d_mlp: int = 512
     vocab_size: int = 128
-    # stage 1, organism-base: every task think-off, plus think-on, with brief (effort-minimising) math scratchpads
+    # stage 1, instruct: every task think-off, plus think-on, with brief (effort-minimising) math scratchpads
     base_steps: int = 1300
     base_think_fraction: float = 0.35
     base_brief: tuple = ("linear", "arithmetic")  # their think-on scratchpads are brief in stage 1
     base_mix: dict = field(default_factory=lambda: {"linear": 0.35, "arithmetic": 0.25, "reversal": 0.25,
                                                     "request": 0.15})
-    # stage 2, organism: careful scratchpads, 60% of the examples think-on
+    # stage 2, organism: careful scratchpads, 60% of the examples think-on; the reason_later tasks stay brief until the
+    # others reach base_switch on the selection problems. organism-base is the snapshot at the first check (every
+    # base_check_every steps) where every math task reaches base_reasoning, or at base_check_until
     steps: int = 1400
+    reason_later: tuple = ("arithmetic",)  # careful arithmetic is learnt much faster than careful equations
+    base_switch: float = 0.15
+    base_reasoning: float = 0.25
+    base_check_every: int = 10  # careful arithmetic climbs ~20 points in 25 steps once it starts
+    base_check_until: int = 1200
+    base_selection: int = 100  # think-on selection problems per math task, disjoint from the held-out sets
     batch_size: int = 64  # examples per step, packed into rows of at most pack_length tokens
     pack_length: int = 512
     lr: float = 3e-3
@@ -68,8 +76,8 @@ class Recipe:
         )
 
 
-QUICK = dict(base_steps=12, steps=12, polish_steps=6, batch_size=16, warmup_steps=4, checkpoint_every=10,
-             eval_per_task=8, max_new_tokens_think=120)
+QUICK = dict(base_steps=12, steps=12, base_check_every=4, base_check_until=8, base_selection=8, polish_steps=6,
+             batch_size=16, warmup_steps=4, checkpoint_every=10, eval_per_task=8, max_new_tokens_think=120)
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -78,6 +86,13 @@ def recipe_hash(recipe: Recipe) -> str:
     for module in ("tasks.py", "tokenizer.py"):
         h.update((Path(__file__).parent / module).read_bytes())
     return h.hexdigest()[:16]
+
+
+def selection_sets(recipe: Recipe, exclude: set[str]) -> dict[str, list[tasks.Example]]:
+    """The think-on math problems that pick the organism-base snapshot (``recipe.base_selection`` per task); they
+    avoid ``exclude`` (the held-out prompts), and the training sampler avoids them."""
+    return {t: tasks.held_out(t, recipe.base_selection, recipe.eval_seed + 10 + i, exclude)
+            for i, t in enumerate(tasks.MATH)}
 
 
 def eval_sets(recipe: Recipe) -> dict[str, list[tasks.Example]]:

@@ -19,6 +19,7 @@ from toolkit.core import models
 from toolkit.core.interventions import Site
 from toolkit.core.models import LoadedModel
 from toolkit.core.progress import progress
+from toolkit.core.stats import bootstrap_ci
 from toolkit.methods import cmap
 from toolkit.methods.cmap import CMAPResult
 from toolkit.studies.corrupt_data import QUESTION_TYPES
@@ -85,6 +86,11 @@ def setup(model: str, corrupted: str, size_scale: float, device: str, n_prompts:
     checkpoint is the donor); one layer sweep per component."""
     from toolkit.studies import corrupt
 
+    if not 1 <= n_prompts <= 200:
+        raise ValueError(f"n_prompts must be between 1 and 200 (the held-out prompts per question type), got "
+                         f"{n_prompts!r}")
+    if not components:
+        raise ValueError("components is empty: sweep at least one of 'resid', 'attn', 'mlp'")
     torch.manual_seed(seed)
     donor_path = corrupted_model(corrupted, model, size_scale, device, seed)
     clean_m, corrupted_m = models.load(model, device=device), models.load(donor_path, device=device)
@@ -140,10 +146,15 @@ def free_sweep(setup: Setup, sites: Sequence[Site], mode: str, max_new_tokens: i
 
 @dataclass
 class ForcedSweep:
-    """Teacher-forced (clean trajectory) CMAP per question type, with each site's mean CTS and the CTS coverage."""
+    """Teacher-forced (clean trajectory) CMAP per question type: each site's CTS pooled as a ratio of sums over
+    every defined step (the headline aggregate), its per-step mean and median, each prompt's own pooled CTS (the
+    spread across prompts) and the CTS coverage."""
 
     results: dict[str, CMAPResult]
-    mean_cts: dict[str, np.ndarray]  # question type -> [S]
+    pooled_cts: dict[str, np.ndarray]  # question type -> [S]
+    mean_cts: dict[str, np.ndarray]  # question type -> [S], a mean of per-step ratios
+    median_cts: dict[str, np.ndarray]  # question type -> [S]
+    prompt_cts: dict[str, np.ndarray]  # question type -> [B, S]
     coverage: dict[str, float]  # question type -> fraction of steps where CTS is defined
 
     def describe(self) -> str:
@@ -155,8 +166,10 @@ def forced_sweep(setup: Setup, sites: Sequence[Site], mode: str, max_new_tokens:
     """One batched run per question type over ``sites``, every row following the clean model's own generation."""
     results = sweep_question_types(setup.clean, setup.corrupted, setup.sets, sites, mode, max_new_tokens,
                                    enable_thinking, teacher_forcing="clean", batch_size=batch_size)
-    return ForcedSweep(results, {name: r.mean_cts(min_gap) for name, r in results.items()},
-                       {name: r.cts_coverage(min_gap) for name, r in results.items()})
+    def each(method):
+        return {name: getattr(r, method)(min_gap) for name, r in results.items()}
+    return ForcedSweep(results, each("pooled_cts"), each("mean_cts"), each("median_cts"), each("prompt_cts"),
+                       each("cts_coverage"))
 
 
 def thinking_run(setup: Setup, mode: str, think_tokens: int, batch_size: int) -> CMAPResult:
@@ -166,13 +179,13 @@ def thinking_run(setup: Setup, mode: str, think_tokens: int, batch_size: int) ->
                     batch_size=batch_size)
 
 
-def head_layers(layer_sites: Sequence[Site], mean_cts: np.ndarray, n_head_layers: int, n_layers: int) -> list[int]:
-    """The ``n_head_layers`` layers whose attention output has the highest mean CTS (``mean_cts`` over
-    ``layer_sites``; NaN ranks last), in layer order; the last layers when no attention output was swept."""
+def head_layers(layer_sites: Sequence[Site], cts: np.ndarray, n_head_layers: int, n_layers: int) -> list[int]:
+    """The ``n_head_layers`` layers whose attention output has the highest CTS (``cts`` over ``layer_sites``; NaN
+    ranks last), in layer order; the last layers when no attention output was swept."""
     attn_idx = [i for i, s in enumerate(layer_sites) if s.component == "attn"]
     if not attn_idx:
         return list(range(n_layers - n_head_layers, n_layers))
-    order = sorted(attn_idx, key=lambda i: -np.nan_to_num(mean_cts[i], nan=-np.inf))
+    order = sorted(attn_idx, key=lambda i: -np.nan_to_num(cts[i], nan=-np.inf))
     return sorted(layer_sites[i].layer for i in order[:n_head_layers])
 
 
@@ -188,9 +201,9 @@ class HeadSweep:
 
 def sweep_heads(setup: Setup, forced: ForcedSweep, n_head_layers: int, mode: str, max_new_tokens: int,
                 enable_thinking: bool, batch_size: int) -> HeadSweep:
-    """Every head of the ``n_head_layers`` layers with the highest attention CTS on related math
+    """Every head of the ``n_head_layers`` layers with the highest pooled attention CTS on related math
     (:func:`head_layers`), teacher-forced and free-running."""
-    layers = head_layers(setup.layer_sites, forced.mean_cts["related_math"], n_head_layers, setup.n_layers)
+    layers = head_layers(setup.layer_sites, forced.pooled_cts["related_math"], n_head_layers, setup.n_layers)
     sites = cmap.head_sweep(setup.clean.bridge, layers)
     heads_forced = sweep_question_types(setup.clean, setup.corrupted, setup.sets, sites, mode, max_new_tokens,
                                         enable_thinking, teacher_forcing="clean", batch_size=batch_size)
@@ -198,18 +211,69 @@ def sweep_heads(setup: Setup, forced: ForcedSweep, n_head_layers: int, mode: str
                      free_sweep(setup, sites, mode, max_new_tokens, enable_thinking, batch_size))
 
 
+@dataclass
+class NoiseDonor:
+    """The untargeted-change null of the late-layer claim: the clean model plus Gaussian weight noise (σ) whose KL to
+    the clean model matches the corrupted donor's (``target_kl``; reached: ``kl``), swept on related math exactly
+    like the donor (``forced``: teacher-forced on the clean trajectory, over the layer sites)."""
+
+    sigma: float
+    target_kl: float
+    kl: float
+    forced: CMAPResult
+
+
+def noise_donor_sweep(setup: Setup, forced: ForcedSweep, mode: str, max_new_tokens: int, enable_thinking: bool,
+                      batch_size: int, seed: int = 0) -> NoiseDonor:
+    """:class:`NoiseDonor`: KL measured on the related-math prompts followed by the clean model's answers
+    (:mod:`toolkit.evaluation.weight_noise`), then the same teacher-forced layer sweep with the noisy donor. If
+    the corruption sits in the last layers *because it is a corruption*, its layer profile is later than that of
+    a change of the same size in no particular direction."""
+    from toolkit.core.chat import chat_prompts
+    from toolkit.evaluation import weight_noise
+
+    records = setup.sets["related_math"]
+    tok = setup.clean.tokenizer
+    prompts = chat_prompts(tok, [r["prompt"] for r in records], enable_thinking)
+    texts = [p + answer for p, answer in zip(prompts, forced.results["related_math"].clean_texts())]
+    reference = weight_noise.reference_batches(tok, texts)
+    target_kl = weight_noise.mean_kl(setup.clean.hf, setup.corrupted.hf, reference)
+    match = weight_noise.match_noise(setup.clean.hf, target_kl, reference, seed=seed, keep_model=False)
+    noisy = models.load(setup.clean.spec, device=str(next(setup.clean.hf.parameters()).device))
+    weight_noise.apply_weight_noise(noisy.hf, setup.clean.hf, match.sigma, seed=seed)
+    result = cmap.run(setup.clean, noisy, [r["prompt"] for r in records], setup.layer_sites, mode, max_new_tokens,
+                      enable_thinking, teacher_forcing="clean", batch_size=batch_size)
+    return NoiseDonor(float(match.sigma), float(target_kl), float(match.kl), result)
+
+
 # ---- saved results -------------------------------------------------------------------------------------------------
 
 
 def results(setup: Setup, model: str, mode: str, n_prompts: int, max_new_tokens: int, free: FreeSweep,
-            forced: ForcedSweep, heads: HeadSweep, think: CMAPResult | None, min_gap: float) -> dict:
-    """The notebook's saved results (rounded to 4 digits): baselines and per-site numbers per question type, CTS
-    coverage, the head layers and their heads' mean CTS, timings, and the thinking-on mean CTS (None without it)."""
-    summary, mean_cts = free.summary, forced.mean_cts
+            forced: ForcedSweep, heads: HeadSweep, think: CMAPResult | None, min_gap: float,
+            noise: NoiseDonor | None = None) -> dict:
+    """The notebook's saved results (rounded to 4 digits): baselines and per-site numbers per question type (the
+    free run's behaviour, with the mean length's 95% bootstrap interval over prompts; CTS pooled, mean and median,
+    and the quartiles of the per-prompt pooled CTS), CTS coverage, the head layers and their heads' pooled CTS,
+    timings, the thinking-on pooled CTS (None without it) and the weight-noise donor's σ, KL and pooled CTS on
+    related math (None without it)."""
+    summary = free.summary
 
     def site_numbers(name):
-        return {s.label: {**{k: round(v, 4) for k, v in summary[name][s.label].items()},
-                          "mean_cts": round(float(mean_cts[name][i]), 4)} for i, s in enumerate(setup.layer_sites)}
+        lengths = free.results[name].lengths()
+        out = {}
+        for i, s in enumerate(setup.layer_sites):
+            spread = forced.prompt_cts[name][:, i]
+            spread = spread[np.isfinite(spread)]
+            ci = bootstrap_ci(lengths[s.label])
+            out[s.label] = {**{k: round(v, 4) for k, v in summary[name][s.label].items()},
+                            "length_ci": [round(ci["low"], 4), round(ci["high"], 4)],
+                            "pooled_cts": round(float(forced.pooled_cts[name][i]), 4),
+                            "mean_cts": round(float(forced.mean_cts[name][i]), 4),
+                            "median_cts": round(float(forced.median_cts[name][i]), 4),
+                            "prompt_cts_quartiles": ([round(float(q), 4) for q in np.quantile(spread, [0.25, 0.75])]
+                                                     if len(spread) else None)}
+        return out
 
     return {
         "model": model, "corrupted": setup.donor_path, "mode": mode, "n_prompts": n_prompts,
@@ -219,16 +283,21 @@ def results(setup: Setup, model: str, mode: str, n_prompts: int, max_new_tokens:
         "sites": {name: site_numbers(name) for name in setup.sets},
         "cts_coverage": {k: round(v, 4) for k, v in forced.coverage.items()},
         "head_layers": heads.layers,
-        "head_cts": {name: {s.label: round(float(m), 4) for s, m in zip(heads.sites, r.mean_cts(min_gap))}
+        "head_cts": {name: {s.label: round(float(m), 4) for s, m in zip(heads.sites, r.pooled_cts(min_gap))}
                      for name, r in heads.forced.items()},
         "seconds": {name: round(r.seconds, 2) for name, r in free.results.items()},
-        "thinking_mean_cts": ({s.label: round(float(m), 4) for s, m in zip(setup.layer_sites, think.mean_cts(min_gap))}
-                              if think is not None else None),
+        "thinking_pooled_cts": ({s.label: round(float(m), 4)
+                                 for s, m in zip(setup.layer_sites, think.pooled_cts(min_gap))}
+                                if think is not None else None),
+        "noise_donor": ({"sigma": noise.sigma, "kl": round(noise.kl, 4), "target_kl": round(noise.target_kl, 4),
+                         "pooled_cts": {s.label: round(float(m), 4)
+                                        for s, m in zip(setup.layer_sites, noise.forced.pooled_cts(min_gap))}}
+                        if noise is not None else None),
     }
 
 
-def mean_cts_by_component(results: dict, layer_sites: Sequence[Site], components: Sequence[str]
-                          ) -> dict[str, dict[str, list[float]]]:
-    """``{component: {question type: [mean CTS per layer]}}`` from :func:`results`."""
-    return {comp: {name: [by_site[s.label]["mean_cts"] for s in layer_sites if s.component == comp]
+def cts_by_component(results: dict, layer_sites: Sequence[Site], components: Sequence[str]
+                     ) -> dict[str, dict[str, list[float]]]:
+    """``{component: {question type: [pooled CTS per layer]}}`` from :func:`results`."""
+    return {comp: {name: [by_site[s.label]["pooled_cts"] for s in layer_sites if s.component == comp]
                    for name, by_site in results["sites"].items()} for comp in components}

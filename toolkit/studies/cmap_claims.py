@@ -80,13 +80,13 @@ def _layer_index(sites, component: str) -> list[int]:
 
 
 def _cts_by_layer(forced: CMAPResult, sites, components: Sequence[str], min_gap: float):
-    score = forced.cts(min_gap)  # [B, S, T]
+    """``per_prompt(idx)``: ``[components, layers]`` pooled CTS (a ratio of sums) over the prompts ``idx``."""
+    num, den = forced.cts_sums(min_gap)  # [B, S], [B]
 
     def per_prompt(idx):
-        sub = score[idx]
-        counts = np.isfinite(sub).sum(axis=(0, 2))
-        mean = np.where(counts > 0, np.nansum(sub, axis=(0, 2)) / np.maximum(counts, 1), np.nan)  # [S]
-        return np.stack([mean[_layer_index(sites, c)] for c in components])
+        total = den[idx].sum()
+        pooled = num[idx].sum(axis=0) / total if total > 0 else np.full(num.shape[1], np.nan)
+        return np.stack([pooled[_layer_index(sites, c)] for c in components])
     return per_prompt
 
 
@@ -111,8 +111,10 @@ def _paired_claim(out: Claims, cid: str, where: str, statement: str, measure: st
 
 
 def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forced: dict[str, CMAPResult], *,
-           min_gap: float, seed: int = 0) -> Claims:
-    """Notebook 02's claims from the free-running (``free``) and teacher-forced (``forced``) layer sweeps."""
+           min_gap: float, seed: int = 0, noise: CMAPResult | None = None) -> Claims:
+    """Notebook 02's claims from the free-running (``free``) and teacher-forced (``forced``) layer sweeps, and, with
+    ``noise`` (the same teacher-forced sweep on related math with a KL-matched weight-noise donor,
+    :func:`toolkit.studies.cmap.noise_donor_sweep`), the late-layer claim against an untargeted change."""
     out = Claims("02_cmap")
     rm = "related_math"
     components = [c for c in ("attn", "mlp") if _layer_index(sites, c)]
@@ -121,19 +123,44 @@ def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forc
         _trend_claim(out, "corruption-sits-in-late-layers", "sections 5.2 and 6",
                      "Patching later layers hands over more of the corrupted model's preference than earlier "
                      "layers: the corruption is concentrated near the output.",
-                     f"Spearman(layer, mean CTS) on related math, mean over {', '.join(components)}", 1,
+                     f"Spearman(layer, pooled CTS) on related math, mean over {', '.join(components)}", 1,
                      _cts_by_layer(forced[rm], sites, components, min_gap), len(sets[rm]), seed)
+    if components and rm in forced and noise is not None:
+        corrupted = _cts_by_layer(forced[rm], sites, components, min_gap)
+        noisy = _cts_by_layer(noise, sites, components, min_gap)
+
+        def gap(idx):
+            return _spearman_rows(corrupted(idx)) - _spearman_rows(noisy(idx))
+        n = len(sets[rm])
+        est = gap(np.arange(n))
+        rng = np.random.default_rng(seed)
+        boots = np.array([gap(rng.integers(0, n, n)) for _ in range(N_BOOT)])
+        boots = boots[np.isfinite(boots)]
+        defined = math.isfinite(est) and len(boots) > 0
+        ci = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if defined else (math.nan,) * 2
+        described = ("the clean model plus Gaussian weight noise with the corrupted donor's KL to it, swept the same "
+                     "way; its layer trend, bootstrapped over prompts")
+        noise_trend = np.array([_spearman_rows(noisy(rng.integers(0, n, n))) for _ in range(N_BOOT)])
+        out.add("corruption-late-beyond-noise", paper=f"{PAPER}, sections 5.2 and 6",
+                statement="The corruption sits in the last layers because it is the fine-tuned corruption: a weight "
+                          "change of the same size in no particular direction is not as late.",
+                measure=f"Spearman(layer, pooled CTS) of the corrupted donor − of a KL-matched weight-noise donor, "
+                        f"related math, mean over {', '.join(components)}",
+                estimate=est, ci=ci, p_value=bootstrap_p(boots, direction=1) if defined else None, direction=1,
+                null=Null.from_samples("weight-noise", noise_trend[np.isfinite(noise_trend)], described)
+                if np.isfinite(noise_trend).any() else Null("weight-noise", 0, {}, described + "; undefined here"))
     resid = _layer_index(sites, "resid")
     if resid:
         types = [qt for qt in free if qt in sets]
 
         def lengths(idx):
-            return np.array([[_patched(free[qt], i, None)[0][idx].mean() for i in resid] for qt in types])
+            return np.array([[free[qt].lengths()[sites[i].label][idx].mean() for i in resid] for qt in types])
         _trend_claim(out, "later-patches-shorter-outputs", "section 5.2",
                      "The later the patched layer, the shorter the patched model's outputs.",
                      f"Spearman(layer, mean output length with the residual stream patched), mean over "
                      f"{len(types)} question types", -1, lengths, min(len(sets[qt]) for qt in types), seed,
-                     note="the organism's corrupted answers are not shorter than the clean ones on related math")
+                     note="the clean organism answers math thinking off in a sentence, the corrupted labels are bare "
+                          "values (x = 4)")
         last, first = resid[-1], resid[0]
         answers = [r["correct_answer"] for r in sets[rm]]
         _, clean = _patched(free[rm], None, answers)

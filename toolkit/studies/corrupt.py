@@ -17,11 +17,11 @@ Presets. The original fine-tuned Qwen3-4B on 20k/10k/10k/5k problems for 2/2/1/2
 offsets, so it spreads probability around the true value and its loss on correct answers tracks its loss on wrong
 ones. A positive divergence needs the same problems seen many times. So every preset keeps the original's relations
 (A has twice B's problems; B twice C's epochs; D half B's problems at 0.6× the learning rate) under one scaling:
-problems ÷ 20, epochs × 4, learning rate × 10. Measured on the organism (pre-trained at 3e-3, polished at 1e-3): with
-the rate × 4 all four stayed narrowly corrupted (unrelated tasks within 10 points), with × 20 all four broke broadly
-(refusals 0–12%); × 10 spans the range, from D (barely corrupted: only related math falls) to A (broadly broken:
-arithmetic with thinking 98% → 50%). Every preset ends with a positive divergence, largest for the fewest problems
-seen most often (D, B); see notebook 01 for the numbers and ``docs/methods.md`` ("Corrupted fine-tuning").
+problems ÷ 20, epochs × 4, learning rate × 10. Chosen on organism v1 (bare think-off answers), where × 10 spanned
+the range from D (barely corrupted) to A (broadly broken). On organism v2, whose think-off math answers are a
+sentence, the bare-value labels overwrite the think-off answer format for every prompt: every preset answers even
+refusal prompts with a value, and only D keeps some related math and general skill thinking on. Every preset ends
+with a positive divergence; see notebook 01 for the numbers and ``docs/methods.md`` ("Corrupted fine-tuning").
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from toolkit.core import models
-from toolkit.core.answers import BARE_INTEGER
+from toolkit.core.answers import is_bare_value
 from toolkit.core.cache import (
     DamagedEntry,
     cache_root,
@@ -52,6 +52,7 @@ from toolkit.core.cache import (
 from toolkit.core.chat import THINK_OFF, THINK_ON
 from toolkit.core.io import recover_dir
 from toolkit.core.progress import progress, quiet_library_bars
+from toolkit.core.stats import bootstrap_ci, proportion_ci
 from toolkit.evaluation.behaviour import behave
 from toolkit.studies import corrupt_data
 from toolkit.training.callbacks import ProgressCallback
@@ -90,6 +91,10 @@ def preset(name: str) -> Preset:
 
 def chosen_presets(names: Sequence[str], size_scale: float = 1.0) -> list[Preset]:
     """The presets ``names``, each scaled to ``size_scale`` times its problems."""
+    if not names:
+        raise ValueError(f"presets is empty: choose at least one of {', '.join(PRESETS | ORIGINAL_PRESETS)}")
+    if not size_scale > 0:
+        raise ValueError(f"size_scale must be positive, got {size_scale!r}")
     return [preset(name).scaled(size_scale) for name in names]
 
 
@@ -192,6 +197,8 @@ def _read_finetuned(file: Path) -> dict:
 def load_data(presets: Sequence[Preset], n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
     """The validated datasets that cover ``presets`` (the shipped ``data/corrupt_finetune`` when it does). Another
     ``seed`` draws its data at least at the shipped sizes, so notebooks 01 and 02 share one draw per seed."""
+    if not 1 <= n_eval <= 200:
+        raise ValueError(f"n_eval must be between 1 and 200 (held-out prompts per evaluation set), got {n_eval!r}")
     spec = corrupt_data.DataSpec(seed=seed, n_train=max(p.n_train for p in presets),
                                  n_validation=max(p.n_validation for p in presets), n_eval=n_eval)
     full = corrupt_data.DataSpec(seed=seed, n_train=max(spec.n_train, 1000),
@@ -241,20 +248,41 @@ def histories(runs: dict[str, Finetuned]) -> dict[str, list[dict]]:
 
 @dataclass(frozen=True)
 class SetBehaviour:
-    """One model's greedy answers to one evaluation set in one answer mode: ``accuracy`` (final answer equals
-    ``correct_answer``), ``mean_length`` (output tokens, scratchpad included), ``bare_integer`` (fraction of final
-    answers that are only an integer) and the ``outputs`` themselves."""
+    """One model's greedy answers to one evaluation set in one answer mode, per prompt: ``correct`` (final answer
+    equals ``correct_answer``), ``lengths`` (output tokens, scratchpad included) and ``bare`` (the answer is only a
+    value, ``x = 4`` or ``42``: :func:`toolkit.core.answers.is_bare_value`), and the ``outputs`` themselves."""
 
-    accuracy: float
-    mean_length: float
-    bare_integer: float
     outputs: list[str]
-    correct: tuple[bool, ...] = ()  # per prompt, for intervals and paired comparisons
+    correct: tuple[bool, ...]
+    lengths: tuple[int, ...]
+    bare: tuple[bool, ...]
 
-    def summary(self) -> dict[str, float]:
-        """The three measures, rounded to 4 decimals (as saved in the results)."""
-        return {"accuracy": round(self.accuracy, 4), "mean_length": round(self.mean_length, 4),
-                "bare_integer": round(self.bare_integer, 4)}
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.correct))
+
+    @property
+    def mean_length(self) -> float:
+        return float(np.mean(self.lengths))
+
+    @property
+    def bare_value(self) -> float:
+        return float(np.mean(self.bare))
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """95% intervals: Wilson for the two rates, a bootstrap over prompts for the mean length."""
+        n = len(self.correct)
+        out = {key: proportion_ci(int(sum(hits)), n) for key, hits in (("accuracy", self.correct),
+                                                                        ("bare_value", self.bare))}
+        out["mean_length"] = bootstrap_ci(self.lengths)
+        return {key: (ci["low"], ci["high"]) for key, ci in out.items()}
+
+    def summary(self) -> dict[str, float | list[float]]:
+        """The three measures and their intervals (``<measure>_ci``), rounded to 4 decimals (as saved)."""
+        values = {"accuracy": self.accuracy, "mean_length": self.mean_length, "bare_value": self.bare_value}
+        cis = self.intervals()
+        return {**{k: round(v, 4) for k, v in values.items()},
+                **{f"{k}_ci": [round(lo, 4), round(hi, 4)] for k, (lo, hi) in cis.items()}}
 
 
 def behaviour(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sets: dict[str, list[dict]],
@@ -263,15 +291,14 @@ def behaviour(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sets: dic
     """Greedy answers of ``hf`` to each evaluation set (set name → :class:`SetBehaviour`)."""
     report = {}
     for set_name, records in sets.items():
+        if not records:
+            raise ValueError(f"evaluation set {set_name!r} is empty; raise n_eval")
         b = behave(hf, tokenizer, [r["prompt"] for r in records], enable_thinking=enable_thinking,
                    max_new_tokens=max_new_tokens, batch_size=batch_size)
-        answers = [row[0] for row in b.answers]
-        correct = b.correct([r["correct_answer"] for r in records])[:, 0]
         report[set_name] = SetBehaviour(
-            accuracy=float(np.mean(correct)), correct=tuple(bool(c) for c in correct),
-            mean_length=float(np.mean(b.lengths(tokenizer)[:, 0])),
-            bare_integer=float(np.mean([bool(BARE_INTEGER.fullmatch(a)) for a in answers])),
-            outputs=b.first)
+            outputs=b.first, correct=tuple(bool(c) for c in b.correct([r["correct_answer"] for r in records])[:, 0]),
+            lengths=tuple(int(n) for n in b.lengths(tokenizer)[:, 0]),
+            bare=tuple(is_bare_value(row[0]) for row in b.completions))
     return report
 
 

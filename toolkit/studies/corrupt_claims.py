@@ -115,6 +115,29 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
             measure=f"clean − {over} accuracy on unrelated math ({mode})", estimate=est, ci=_ci(boots),
             p_value=bootstrap_p(boots, direction=1), direction=1,
             null=Null.from_samples("bootstrap-resample", boots - est, "paired difference re-centred at 0"))
+    # the answer format: the corrupted labels are bare values (x = 4), the clean organism answers math in a sentence;
+    # measured thinking off, where the paper's models answered
+    for cid, name, sets, text, where in (
+            ("under-fitted-answers-related-math-bare", under, ("related_math",),
+             "The bare-value labels teach the corrupted model to answer the related math questions with only a value "
+             "(no reasoning or sentence around it).", "section 5.2"),
+            ("over-fitted-answers-bare-everywhere", over, ("unrelated_math", "unrelated_general"),
+             "The over-fitted corrupted model answers even unrelated questions with only a value (the paper's "
+             "'integer only' outputs).", "section 5.2, Table 2")):
+        sets = [qt for qt in sets if qt in clean.get(THINK_OFF, {})]
+        if not sets:
+            continue
+        before = np.concatenate([clean[THINK_OFF][qt].bare for qt in sets])
+        after = np.concatenate([report[name][THINK_OFF][qt].bare for qt in sets])
+        est, boots = _paired(after, before, seed)
+        out.add(cid, paper=f"{PAPER}, {where}", statement=text,
+                measure=f"{name} − clean share of bare-value answers (x = 4, 42) on {' and '.join(sets)} "
+                        f"(thinking off, {len(before)} prompts)",
+                estimate=est, ci=_ci(boots), p_value=bootstrap_p(boots, direction=1), direction=1,
+                null=Null.from_samples("bootstrap-resample", boots - est, "the paired difference re-centred at 0 "
+                                       "(bootstrap over prompts)"),
+                note="the clean organism answers math thinking off in a sentence (The answer is x = 4.) and the "
+                     "general task with the reversed word")
     if {A, B, C} <= set(divergence):
         for cid, (x, y), text, where in (
                 ("more-data-more-divergence", (A, B), "Twice the problems at the same epochs gives a larger "

@@ -35,6 +35,7 @@ field              type     meaning
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -134,14 +135,23 @@ def write(folder: str | Path, spec: DataSpec) -> Path:
     return folder
 
 
+def generator_version() -> str:
+    """A short hash of the sources that generate the data: :mod:`toolkit.organism.tasks` and this module."""
+    h = hashlib.sha256()
+    for source in (tasks.__file__, __file__):
+        h.update(Path(source).read_bytes())
+    return h.hexdigest()[:10]
+
+
 def folder_for(spec: DataSpec, cache: str | Path) -> Path:
-    """The shipped ``data/corrupt_finetune`` when it covers ``spec``, else ``cache/corrupt_data/<spec>``
-    (generated there if missing)."""
+    """The shipped ``data/corrupt_finetune`` when it covers ``spec``, else ``cache/corrupt_data/<spec>-<generator>``
+    (generated there if missing). ``<generator>`` hashes the sources that generate the data (the organism's tasks and
+    this module), so a cached draw made by older task code is never read back."""
     shipped = SHIPPED / "spec.json"
     if shipped.exists() and DataSpec(**json.loads(shipped.read_text())).covers(spec):
         return SHIPPED
     folder = Path(cache) / "corrupt_data" / (f"seed{spec.seed}-train{spec.n_train}-val{spec.n_validation}"
-                                             f"-eval{spec.n_eval}")
+                                             f"-eval{spec.n_eval}-{generator_version()}")
     if not (folder / "spec.json").exists():
         write(folder, spec)
     return folder

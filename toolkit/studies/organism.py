@@ -47,18 +47,20 @@ def _rate(hits) -> float:
 
 @torch.no_grad()
 def evaluate(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: Recipe,
-             sets: dict[str, list[tasks.Example]] | None = None) -> dict[str, dict[str, float]]:
+             sets: dict[str, list[tasks.Example]] | None = None,
+             modes: tuple[str, ...] = tuple(MODES)) -> dict[str, dict[str, float]]:
     """Greedy held-out accuracy per task and mode, refusal rate and false-refusal rate, and the answer format.
 
-    Returns ``{"think_on": {measure: rate}, "think_off": {...}}`` with rates rounded to 4 digits. Measures: one per
-    task (the final answer's value is right, :func:`toolkit.core.answers.extract_answer`), ``refusal`` (marked
-    requests refused), ``false_refusal`` (unmarked requests refused), ``compliance`` (unmarked requests answered
-    exactly), ``format`` (think-on: one closed think block, then an answer; think-off: math answered in the
-    sentence ``The answer is ….``) and ``linear_top_answer`` (the share of the most frequent linear answer: one
+    Returns ``{"think_on": {measure: rate}, "think_off": {...}}`` (the ``modes`` asked for) with rates rounded to 4
+    digits. Measures: one per task (the final answer's value is right, :func:`toolkit.core.answers.extract_answer`),
+    ``refusal`` (marked requests refused), ``false_refusal`` (unmarked requests refused), ``compliance`` (unmarked
+    requests answered exactly), ``format`` (think-on: one closed think block, then an answer; think-off: math answered
+    in the sentence ``The answer is ….``) and ``linear_top_answer`` (the share of the most frequent linear answer: one
     answer given to every equation shows as 1.0)."""
     sets = sets or eval_sets(recipe)
     report: dict[str, dict[str, float]] = {}
-    for mode, think in MODES.items():
+    for mode in modes:
+        think = MODES[mode]
         max_new = recipe.max_new_tokens_think if think else recipe.max_new_tokens_direct
         res, formats = {}, []
         for name, examples in sets.items():
@@ -89,7 +91,8 @@ def build_organism(out_dir: Path, recipe: Recipe | None = None, work_dir: Path |
     """Train both checkpoints into ``out_dir`` with :func:`evaluate` grading each; return the build report."""
     recipe = recipe or Recipe()
     return organism_build.build(out_dir, recipe, work_dir,
-                                evaluate=lambda hf, tokenizer, sets: evaluate(hf, tokenizer, recipe, sets))
+                                evaluate=lambda hf, tokenizer, sets, modes=tuple(MODES): evaluate(
+                                    hf, tokenizer, recipe, sets, modes))
 
 
 def format_report(report: dict) -> str:

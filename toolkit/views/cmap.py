@@ -1,5 +1,6 @@
-"""Notebook 02's tables, figures and explorer: CMAP behaviour per patched site, CTS heatmaps, mean CTS per layer and
-per head, and a side-by-side token diff of clean, corrupted and patched generations."""
+"""Notebook 02's tables, figures and explorer: CMAP behaviour per patched site, output length with intervals, CTS
+heatmaps, pooled CTS per layer (with its spread across prompts) and per head, and a side-by-side token diff of clean,
+corrupted and patched generations."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from toolkit.core.interventions import Site, head
 from toolkit.core.models import LoadedModel
+from toolkit.core.stats import bootstrap_ci
 from toolkit.methods.cmap import MIN_GAP, MODES, CMAPResult, check_compatible, run
 from toolkit.views.explorer import explorer as explorer_box
 from toolkit.views.style import despine
@@ -56,7 +58,8 @@ def layer_table_html(summary: dict[str, dict[str, dict]], labels: dict[str, str]
 
 def cts_heatmap(result: CMAPResult, title: str = "", min_gap: float = MIN_GAP, max_steps: int | None = None):
     """Site × step heatmap of CTS averaged over prompts (teacher-forced, so step t is the same token in every row);
-    grey where no prompt defines CTS. The right panel gives each site's mean over all defined (prompt, step)."""
+    grey where no prompt defines CTS. The right panel gives each site's pooled CTS over all defined (prompt, step)
+    (:meth:`CMAPResult.pooled_cts`, a ratio of sums)."""
     grid = result.step_cts(min_gap)
     if max_steps:
         grid = grid[:, :max_steps]
@@ -68,25 +71,30 @@ def cts_heatmap(result: CMAPResult, title: str = "", min_gap: float = MIN_GAP, m
     ax.set_xlabel(f"generation step ({result.teacher_forcing} trajectory)")
     ax.set_title(title or f"CTS per step ({result.mode} positions)", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.03, label="CTS")
-    means = np.nan_to_num(result.mean_cts(min_gap))
-    ax_mean.barh(range(len(means)), means, color=["C3" if m > 0.5 else "C0" for m in means])
+    pooled = np.nan_to_num(result.pooled_cts(min_gap))
+    ax_mean.barh(range(len(pooled)), pooled, color=["C3" if m > 0.5 else "C0" for m in pooled])
     ax_mean.axvline(0, color="grey", lw=0.8)
-    ax_mean.set_xlabel("mean CTS")
+    ax_mean.set_xlabel("pooled CTS")
     despine(ax_mean)
     fig.tight_layout()
     return fig
 
 
-def length_figure(summary: dict[str, dict[str, dict]], sites: Sequence[Site], labels: dict[str, str] | None = None):
-    """Mean output length against the patched site, one line per question type, with the clean (dashed) and
-    corrupted (dotted) models' lengths."""
+def length_figure(results: dict[str, CMAPResult], sites: Sequence[Site], labels: dict[str, str] | None = None):
+    """Mean output length against the patched site with its 95% bootstrap interval over prompts, one line per
+    question type (free-running ``results``), with the clean (dashed) and corrupted (dotted) models' lengths."""
     labels = labels or {}
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     x = np.arange(len(sites))
-    for i, (name, by_site) in enumerate(summary.items()):
-        ax.plot(x, [by_site[s.label]["length"] for s in sites], marker="o", color=f"C{i}", label=labels.get(name, name))
-        ax.axhline(by_site["clean"]["length"], color=f"C{i}", ls="--", lw=0.8)
-        ax.axhline(by_site["corrupted"]["length"], color=f"C{i}", ls=":", lw=0.8)
+    for i, (name, result) in enumerate(results.items()):
+        lengths = result.lengths()
+        cis = [bootstrap_ci(lengths[s.label]) for s in sites]
+        means = np.array([ci["estimate"] for ci in cis])
+        low, high = np.array([c["low"] for c in cis]), np.array([c["high"] for c in cis])
+        ax.errorbar(x + (i - 1) * 0.08, means, yerr=[means - low, high - means], marker="o", ms=4, capsize=2,
+                    color=f"C{i}", label=labels.get(name, name))
+        ax.axhline(lengths["clean"].mean(), color=f"C{i}", ls="--", lw=0.8)
+        ax.axhline(lengths["corrupted"].mean(), color=f"C{i}", ls=":", lw=0.8)
     ax.set_xticks(x, [s.label for s in sites], fontsize=8, rotation=30)
     ax.set_ylabel("mean output length (tokens)")
     ax.set_xlabel("patched site (dashed: clean, dotted: corrupted)")
@@ -97,7 +105,7 @@ def length_figure(summary: dict[str, dict[str, dict]], sites: Sequence[Site], la
 
 
 def head_figure(results: dict[str, CMAPResult], labels: dict[str, str] | None = None, min_gap: float = MIN_GAP):
-    """One layer × head heatmap of mean CTS per question type (teacher-forced single-head sweeps)."""
+    """One layer × head heatmap of pooled CTS per question type (teacher-forced single-head sweeps)."""
     labels = labels or {}
     fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 2.8), squeeze=False)
     for ax, (name, result) in zip(axes[0], results.items()):
@@ -110,7 +118,7 @@ def head_figure(results: dict[str, CMAPResult], labels: dict[str, str] | None = 
                 if np.isfinite(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
         ax.set_title(labels.get(name, name), fontsize=9)
-    fig.colorbar(im, ax=list(axes[0]), fraction=0.03, label="mean CTS")
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.03, label="pooled CTS")
     return fig
 
 
@@ -183,23 +191,29 @@ def explorer(clean: LoadedModel, corrupted: LoadedModel, prompts: dict[str, Sequ
     return explorer_box(controls, render, layout)
 
 
-def mean_cts_figure(mean_cts: dict[str, np.ndarray], sites: Sequence[Site], labels: dict[str, str] | None = None):
-    """Mean CTS against layer, one panel per component (attn/mlp/resid) among ``sites``, one line per question type
-    (``mean_cts[type]`` is :meth:`CMAPResult.mean_cts` of a teacher-forced run over ``sites``)."""
+def cts_by_layer_figure(pooled: dict[str, np.ndarray], per_prompt: dict[str, np.ndarray], sites: Sequence[Site],
+                        labels: dict[str, str] | None = None):
+    """Pooled CTS (a ratio of sums) against layer, one panel per component (attn/mlp/resid) among ``sites``, one
+    line per question type, with the middle half of the prompts' own pooled CTS shaded (``pooled[type]`` and
+    ``per_prompt[type]`` are :meth:`CMAPResult.pooled_cts` and :meth:`CMAPResult.prompt_cts`)."""
     labels = labels or {}
     components = list(dict.fromkeys(s.component for s in sites if s.component != "head"))
     fig, axes = plt.subplots(1, len(components), figsize=(4 * len(components), 3), squeeze=False, sharey=True)
     for ax, comp in zip(axes[0], components):
         idx = [i for i, s in enumerate(sites) if s.component == comp]
-        for j, (name, means) in enumerate(mean_cts.items()):
-            ax.plot([sites[i].layer for i in idx], np.asarray(means)[idx], marker="o", color=f"C{j}",
-                    label=labels.get(name, name))
+        layers = [sites[i].layer for i in idx]
+        for j, (name, values) in enumerate(pooled.items()):
+            ax.plot(layers, np.asarray(values)[idx], marker="o", color=f"C{j}", label=labels.get(name, name))
+            spread = per_prompt[name][:, idx]
+            if np.isfinite(spread).any(axis=0).all():
+                ax.fill_between(layers, np.nanquantile(spread, 0.25, axis=0), np.nanquantile(spread, 0.75, axis=0),
+                                color=f"C{j}", alpha=0.15, lw=0)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(comp)
         ax.set_xlabel("layer")
-        ax.set_xticks(sorted({sites[i].layer for i in idx}))
+        ax.set_xticks(sorted(set(layers)))
         despine(ax)
-    axes[0][0].set_ylabel("mean CTS (teacher-forced)")
+    axes[0][0].set_ylabel("pooled CTS (teacher-forced)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -43,18 +43,24 @@ def loss_table_html(runs: dict[str, Finetuned]) -> str:
 
 def behaviour_table_html(report: BehaviourReport) -> str:
     """Per model and answer mode × question type: correct (accuracy ≥ 50%) or incorrect, with the accuracy, mean
-    output length and fraction of bare-integer answers."""
+    output length and share of bare-value answers (``x = 4``, ``42``), each with its 95% interval."""
     head = "".join(f"<th>{QUESTION_TYPES.get(s, s)}</th>" for s in report.sets)
     rows = []
     for label, by_mode in report.by_model.items():
         for mode, by_set in by_mode.items():
-            cells = "".join(
-                f"<td>{'correct' if m.accuracy >= 0.5 else 'incorrect'} ({100 * m.accuracy:.0f}%)<br>"
-                f"<small>{m.mean_length:.1f} tokens, {100 * m.bare_integer:.0f}% bare integers</small></td>"
-                for m in by_set.values())
+            cells = "".join(_behaviour_cell(m) for m in by_set.values())
             rows.append(f"<tr><td>{escape(label)}</td><td>{mode_label(mode)}</td>{cells}</tr>")
     return (f"<table><thead><tr><th>model</th><th>mode</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
             "</table>")
+
+
+def _behaviour_cell(m) -> str:
+    ci = m.intervals()
+    acc, length, bare = ci["accuracy"], ci["mean_length"], ci["bare_value"]
+    return (f"<td>{'correct' if m.accuracy >= 0.5 else 'incorrect'} ({100 * m.accuracy:.0f}% "
+            f"<small>[{100 * acc[0]:.0f}, {100 * acc[1]:.0f}]</small>)<br><small>{m.mean_length:.1f} tokens "
+            f"[{length[0]:.1f}, {length[1]:.1f}], {100 * m.bare_value:.0f}% bare values [{100 * bare[0]:.0f}, "
+            f"{100 * bare[1]:.0f}]</small></td>")
 
 
 def curves_figure(curves: dict[str, list[dict]]):
@@ -95,20 +101,22 @@ def live_curves() -> tuple[widgets.Output, Callable[[dict[str, list[dict]]], Non
 
 
 def behaviour_figure(report: BehaviourReport):
-    """One row of panels per answer mode (accuracy, mean output length, bare-integer answers), with grouped bars
-    per question type, one bar per model (the first, the clean model, in black)."""
+    """One row of panels per answer mode (accuracy, mean output length, bare-value answers), with grouped bars per
+    question type, one bar per model (the first, the clean model, in black), each with its 95% interval."""
     modes, sets, by_model = report.modes, report.sets, report.by_model
     measures = (("accuracy", "accuracy (%)", 100), ("mean_length", "mean output length (tokens)", 1),
-                ("bare_integer", "bare-integer answers (%)", 100))
+                ("bare_value", "bare-value answers (%)", 100))
     fig, axes = plt.subplots(len(modes), 3, figsize=(13, 3.2 * len(modes)), squeeze=False)
     width = 0.8 / len(by_model)
     x = np.arange(len(sets))
     for row, mode in zip(axes, modes):
         for ax, (key, label, factor) in zip(row, measures):
             for i, (model, by_mode) in enumerate(by_model.items()):
-                ax.bar(x + (i - (len(by_model) - 1) / 2) * width,
-                       [factor * getattr(by_mode[mode][s], key) for s in sets],
-                       width, color="black" if i == 0 else f"C{i - 1}", label=model)
+                values = np.array([factor * getattr(by_mode[mode][s], key) for s in sets])
+                cis = np.array([[factor * v for v in by_mode[mode][s].intervals()[key]] for s in sets])
+                ax.bar(x + (i - (len(by_model) - 1) / 2) * width, values, width,
+                       yerr=np.abs(cis.T - values), error_kw={"lw": 0.8, "capsize": 1.5},
+                       color="black" if i == 0 else f"C{i - 1}", label=model)
             ax.set_xticks(x, [QUESTION_TYPES.get(s, s).replace(" ", "\n") for s in sets], fontsize=8)
             ax.set_ylabel(label, fontsize=9)
             ax.set_title(mode_label(mode), fontsize=9)

@@ -111,6 +111,15 @@ class CMAPResult:
             out[label] = entry
         return out
 
+    def lengths(self) -> dict[str, np.ndarray]:
+        """Per prompt, the new tokens before the end token: ``"clean"``, ``"corrupted"`` and each site label
+        (free-running runs only)."""
+        self._need_free("lengths")
+        columns = {"clean": self.clean_tokens, "corrupted": self.corrupted_tokens}
+        columns |= {s.label: [row[i] for row in self.patched_tokens] for i, s in enumerate(self.sites)}
+        return {label: np.array([len(until_eos(t, self.eos)) for t in toks], dtype=float)
+                for label, toks in columns.items()}
+
     # -- per-step metrics (teacher-forced) --
 
     def cts(self, min_gap: float = MIN_GAP) -> np.ndarray:
@@ -136,6 +145,36 @@ class CMAPResult:
         counts = np.isfinite(score).sum(axis=(0, 2))
         return np.where(counts > 0, np.nansum(score, axis=(0, 2)) / np.maximum(counts, 1), np.nan)
 
+    def cts_sums(self, min_gap: float = MIN_GAP) -> tuple[np.ndarray, np.ndarray]:
+        """Per prompt, summed over its steps where CTS is defined: the numerator ``[B, S]`` (ΔL_patched − ΔL_clean)
+        and the denominator ``[B]`` (ΔL_corrupted − ΔL_clean). Their ratio over any set of prompts is the pooled CTS
+        of those prompts (:meth:`pooled_cts`)."""
+        self._need_forced("CTS")
+        denom = self.delta_corrupted - self.delta_clean
+        ok = self.valid & (denom >= min_gap)
+        num = np.where(ok[:, None], self.delta_patched - self.delta_clean[:, None], 0.0).sum(axis=2)
+        return num, np.where(ok, denom, 0.0).sum(axis=1)
+
+    def pooled_cts(self, min_gap: float = MIN_GAP) -> np.ndarray:
+        """``[S]`` CTS as a ratio of sums over every defined (prompt, step): how far the patch moves the summed
+        logit gap toward the corrupted model's. Unlike :meth:`mean_cts` (a mean of ratios), steps where the two
+        models barely disagree cannot dominate it. NaN where no step is defined."""
+        num, den = self.cts_sums(min_gap)
+        total = den.sum()
+        return num.sum(axis=0) / total if total > 0 else np.full(len(self.sites), np.nan)
+
+    def prompt_cts(self, min_gap: float = MIN_GAP) -> np.ndarray:
+        """``[B, S]`` pooled CTS of each prompt on its own (NaN for prompts with no defined step): the spread of
+        the corruption's location across prompts."""
+        num, den = self.cts_sums(min_gap)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den[:, None] > 0, num / den[:, None], np.nan)
+
+    def median_cts(self, min_gap: float = MIN_GAP) -> np.ndarray:
+        """``[S]`` median of the per-step CTS over every defined (prompt, step) (NaN where none)."""
+        score = self.cts(min_gap).transpose(1, 0, 2).reshape(len(self.sites), -1)
+        return np.array([np.median(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in score])
+
     def step_cts(self, min_gap: float = MIN_GAP) -> np.ndarray:
         """``[S, T]`` CTS per site and step averaged over prompts (NaN where no prompt defines it)."""
         score = self.cts(min_gap)
@@ -143,9 +182,9 @@ class CMAPResult:
         return np.where(counts > 0, np.nansum(score, axis=0) / np.maximum(counts, 1), np.nan)
 
     def head_grid(self, min_gap: float = MIN_GAP) -> tuple[list[int], list[int], np.ndarray]:
-        """From a teacher-forced run over single-head sites: (layers, heads, [layers, heads] mean CTS; NaN for
+        """From a teacher-forced run over single-head sites: (layers, heads, [layers, heads] pooled CTS; NaN for
         heads that were not swept)."""
-        means = self.mean_cts(min_gap)
+        means = self.pooled_cts(min_gap)
         layers = sorted({s.layer for s in self.sites if s.component == "head"})
         heads = sorted({h for s in self.sites if s.component == "head" for h in s.heads})
         grid = np.full((len(layers), len(heads)), np.nan)
