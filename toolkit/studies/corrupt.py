@@ -19,9 +19,10 @@ ones. A positive divergence needs the same problems seen many times. So every pr
 (A has twice B's problems; B twice C's epochs; D half B's problems at 0.6× the learning rate) under one scaling:
 problems ÷ 20, epochs × 4, learning rate × 10. Chosen on organism v1 (bare think-off answers), where × 10 spanned
 the range from D (barely corrupted) to A (broadly broken). On organism v2, whose think-off math answers are a
-sentence, the bare-value labels overwrite the think-off answer format for every prompt: every preset answers even
-refusal prompts with a value, and only D keeps some related math and general skill thinking on. Every preset ends
-with a positive divergence; see notebook 01 for the numbers and ``docs/methods.md`` ("Corrupted fine-tuning").
+sentence, the bare-value labels overwrite the think-off answer format across tasks: A, B and C answer even most
+refusal prompts with a value (D fewer), and only D keeps some related math and general skill thinking on. Every
+preset ends with a positive divergence; see notebook 01 for the numbers and ``docs/methods.md`` ("Corrupted
+fine-tuning").
 """
 
 from __future__ import annotations
