@@ -190,7 +190,8 @@ def test_make_pairs_rule_on_the_organism():
     from toolkit.organism.tasks import held_out
 
     organism = load("organism")
-    examples = held_out("linear", 6, seed=1) + held_out("reversal", 3, seed=1)
+    # organism v2 gives most equations one answer thinking off, so few linear pairs differ; reversal pairs always do
+    examples = held_out("linear", 6, seed=1) + held_out("reversal", 4, seed=1)
     pairs = eap.make_pairs(organism, examples, max_new_tokens=24)
     assert len(pairs) >= 4 and len(pairs) + len(pairs.dropped) == len(examples)
     tok = organism.tokenizer

@@ -367,7 +367,8 @@ def organism():
 
 def test_mode_circuits_split_the_two_modes_heads_like_eap_compare_heads(organism):
     """On the shipped organism (a random tiny model's greedy answers rarely depend on the problem)."""
-    examples = th.problem_sets(6, start=190, task_types=["related_math"])["related_math"]
+    # organism v2 gives most equations one answer thinking off: 5 of these 40 pairs differ in that mode
+    examples = th.problem_sets(40, start=160, task_types=["related_math"])["related_math"]
     mc = th.mode_circuits(organism, examples, top_n=30, steps=2, max_new_tokens_think=40, max_new_tokens_off=24)
     on, off = mc.circuits["think-on"], mc.circuits["think-off"]
     cmp = units.compare_heads(on, off)
