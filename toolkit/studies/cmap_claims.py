@@ -25,7 +25,7 @@ from scipy import stats
 
 from toolkit.core.answers import extract_answer
 from toolkit.evaluation.claims import Claims, Null, bootstrap_p, empirical_p
-from toolkit.methods.cmap.result import CMAPResult, until_eos
+from toolkit.methods.cmap.result import CMAPResult
 
 PAPER = "Corrupted-math CMAP"
 MAX_PERMUTATIONS = 5000
@@ -90,13 +90,10 @@ def _cts_by_layer(forced: CMAPResult, sites, components: Sequence[str], min_gap:
     return per_prompt
 
 
-def _patched(result: CMAPResult, i_site: int | None, answers: Sequence[str] | None):
-    """Per prompt: output length and (with answers) correctness, of the clean run (``i_site`` None) or a patch."""
+def _correct(result: CMAPResult, i_site: int | None, answers: Sequence[str]) -> np.ndarray:
+    """Per prompt: whether the final answer of the clean run (``i_site`` None) or of a patch is right."""
     toks = result.clean_tokens if i_site is None else [row[i_site] for row in result.patched_tokens]
-    lengths = np.array([len(until_eos(t, result.eos)) for t in toks], dtype=float)
-    correct = (np.array([extract_answer(result.decode(t)) == a for t, a in zip(toks, answers)], dtype=float)
-               if answers is not None else None)
-    return lengths, correct
+    return np.array([extract_answer(result.decode(t)) == a for t, a in zip(toks, answers)], dtype=float)
 
 
 def _paired_claim(out: Claims, cid: str, where: str, statement: str, measure: str, a, b, direction: int,
@@ -163,9 +160,9 @@ def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forc
                           "values (x = 4)")
         last, first = resid[-1], resid[0]
         answers = [r["correct_answer"] for r in sets[rm]]
-        _, clean = _patched(free[rm], None, answers)
-        _, at_last = _patched(free[rm], last, answers)
-        _, at_first = _patched(free[rm], first, answers)
+        clean = _correct(free[rm], None, answers)
+        at_last = _correct(free[rm], last, answers)
+        at_first = _correct(free[rm], first, answers)
         _paired_claim(out, "last-layer-patch-breaks-related-math", "section 5.2, Table 2",
                       "Patching the last layer's output into the clean model makes its related math answers wrong.",
                       f"clean − patched accuracy on related math (L{n_layers - 1} resid)", clean, at_last, 1, seed)
@@ -175,8 +172,8 @@ def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forc
                       margin=KEPT_MARGIN)
         if "unrelated_general" in free:
             ug = [r["correct_answer"] for r in sets["unrelated_general"]]
-            _, clean_g = _patched(free["unrelated_general"], None, ug)
-            _, last_g = _patched(free["unrelated_general"], last, ug)
+            clean_g = _correct(free["unrelated_general"], None, ug)
+            last_g = _correct(free["unrelated_general"], last, ug)
             _paired_claim(out, "last-layer-patch-keeps-unrelated-general", "section 5.2, Table 2",
                           "Even patched at the last layer, the model stays correct on unrelated general questions.",
                           f"clean − patched accuracy on unrelated general (L{n_layers - 1} resid)", clean_g, last_g,

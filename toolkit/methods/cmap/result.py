@@ -97,13 +97,12 @@ class CMAPResult:
             raise ValueError(f"{len(correct_answers)} correct answers for {len(self.prompts)} prompts")
         corrupted = self.corrupted_texts()
         differ = np.array([a != b for a, b in zip(self.clean_texts(), corrupted)])
-        columns = {"clean": self.clean_tokens, "corrupted": self.corrupted_tokens}
-        columns |= {s.label: [row[i] for row in self.patched_tokens] for i, s in enumerate(self.sites)}
+        lengths = self.lengths()
         out = {}
-        for label, toks in columns.items():
+        for label, toks in self._columns().items():
             texts = [self.decode(t) for t in toks]
             same = np.array([a == b for a, b in zip(texts, corrupted)])
-            entry = {"length": float(np.mean([len(until_eos(t, self.eos)) for t in toks])),
+            entry = {"length": float(lengths[label].mean()),
                      "equals_corrupted": float(same.mean()),
                      "transfer": float(same[differ].mean()) if differ.any() else math.nan}
             if correct_answers is not None:
@@ -115,10 +114,13 @@ class CMAPResult:
         """Per prompt, the new tokens before the end token: ``"clean"``, ``"corrupted"`` and each site label
         (free-running runs only)."""
         self._need_free("lengths")
-        columns = {"clean": self.clean_tokens, "corrupted": self.corrupted_tokens}
-        columns |= {s.label: [row[i] for row in self.patched_tokens] for i, s in enumerate(self.sites)}
         return {label: np.array([len(until_eos(t, self.eos)) for t in toks], dtype=float)
-                for label, toks in columns.items()}
+                for label, toks in self._columns().items()}
+
+    def _columns(self) -> dict[str, list[list[int]]]:
+        """Token lists per column: ``"clean"``, ``"corrupted"`` and each site label (free-running runs)."""
+        columns = {"clean": self.clean_tokens, "corrupted": self.corrupted_tokens}
+        return columns | {s.label: [row[i] for row in self.patched_tokens] for i, s in enumerate(self.sites)}
 
     # -- per-step metrics (teacher-forced) --
 
