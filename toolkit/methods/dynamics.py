@@ -104,6 +104,18 @@ def head_dynamics(base: Iterable[Head], snapshots: Mapping[int, Iterable[Head]])
     return Dynamics(steps, base, sets, emergent, maintained, newly, first_seen, cohorts, counts, survival)
 
 
+def head_survival(dyn: Dynamics) -> dict[Head, float]:
+    """Per emergent head born before the last checkpoint: the fraction of the checkpoints *after* its birth at which
+    it is still emergent (1: it stayed; 0: it left at once). Heads born at the last checkpoint have no later
+    checkpoint and are left out."""
+    out = {}
+    for h, born in sorted(dyn.first_seen.items()):
+        later = [e for step, e in zip(dyn.steps, dyn.emergent) if step > born]
+        if later:
+            out[h] = sum(h in e for e in later) / len(later)
+    return out
+
+
 @dataclass
 class Heatmap:
     """Rows: heads (sorted by layer, head) active in the base circuit or at any checkpoint; columns: ``steps``.

@@ -1,4 +1,5 @@
-"""Notebook 04's nulls and claims: "Thinking Sparks" GRPO-vs-SFT findings on the organism, each against its null.
+"""Notebook 04's nulls and claims: "Thinking Sparks" findings on SFT, distillation and GRPO from one start, each
+against its null.
 
 Paper: *Thinking Sparks!: Emergent Attention Heads in Reasoning Models During Post Training*
 (``../shared/papers/thinking-sparks-emergent-heads.txt``), cited as "Thinking Sparks".
@@ -17,6 +18,10 @@ Nulls computed here (definitions in :mod:`toolkit.evaluation.stability`, :mod:`t
   model circuits as long as the run: what pure circuit noise gives.
 - Correlations of the emergent count with the reward: interval by bootstrap over checkpoints, p by permutation of the
   checkpoint order, and the *effective n* ``n·(1 − ρx·ρy)/(1 + ρx·ρy)`` (ρ: lag-1 autocorrelations) — and one run.
+- Between arms: :func:`accuracy_gain` (paired over problems, sign-flip null), :func:`overlap_test` (Jaccard of two
+  runs' emergent heads against random sets of the same sizes), :func:`survival_test` (do one run's emergent heads stay
+  longer than another's; heads' run labels permuted), :func:`layer_test` (the depth of a run's emergent heads against
+  every same-size head set).
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from toolkit.core.cache import cache_root, config_hash, model_fingerprint, read_
 from toolkit.core.chat import chat_prompts
 from toolkit.core.io import atomic_write_json
 from toolkit.core.progress import progress, quiet_library_bars
-from toolkit.evaluation import emergence, stability, weight_noise
+from toolkit.evaluation import emergence, nulls, stability, weight_noise
 from toolkit.evaluation.claims import Claims, Null, empirical_p
 from toolkit.methods import eap
+from toolkit.methods.dynamics import Dynamics, head_survival
 from toolkit.organism.tasks import completion
 from toolkit.organism.tokenizer import IM_END
 from toolkit.studies.emergent import HeadSetTest
@@ -188,15 +194,100 @@ def reward_halves(steps: Sequence[int], rewards: Sequence[float], *, seed: int =
 
 def scaling_tests(start: models.LoadedModel, heads: Sequence, examples: Mapping[str, Sequence], *,
                   factors: Sequence[float], n_per_task: int = 16, enable_thinking: bool = False,
-                  seed: int = 0) -> dict[str, HeadSetTest]:
+                  max_sets: int = 500, seed: int = 0) -> dict[str, HeadSetTest]:
     """Per factor: :func:`toolkit.studies.emergent.head_set_test` of ``heads`` scaled in the start model, on the
     first ``n_per_task`` problems of each task, effects ``|change|`` (direction +1: the heads move the reference
-    answer's log-probability more than other sets of their size)."""
+    answer's log-probability more than other sets of their size): every other set of as many heads, or 200 random
+    ones when there are more than ``max_sets``."""
     from toolkit.studies.emergent import head_set_test
 
     ex = {t: list(e)[:n_per_task] for t, e in examples.items()}
     return {f"{f:g}": head_set_test(start, heads, ex, factor=f, enable_thinking=enable_thinking, direction=+1,
-                                    absolute=True, seed=seed) for f in factors}
+                                    absolute=True, max_sets=max_sets, seed=seed) for f in factors}
+
+
+def accuracy_gain(before: np.ndarray, after: np.ndarray, *, seed: int = 0) -> dict:
+    """Paired change of per-problem correctness (after − before): estimate, bootstrap interval over problems, and a
+    sign-flip permutation null of the per-problem differences (no change: each difference as likely negated)."""
+    d = np.asarray(after, float) - np.asarray(before, float)
+    if not len(d):
+        raise ValueError("accuracy_gain needs at least one problem; raise n_eval")
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), (N_BOOT, len(d)))].mean(1)
+    perm = (d[None] * rng.choice((-1.0, 1.0), (N_BOOT, len(d)))).mean(1)
+    est = float(d.mean())
+    return {"estimate": est, "ci": stability.interval(boots, 0.95), "perm": perm, "p": empirical_p(est, perm),
+            "n": len(d)}
+
+
+def emergent_sets(boot: stability.CircuitBootstrap, base: stability.CircuitBootstrap) -> np.ndarray:
+    """``[B, L, H]``: per resample, the heads of the resampled circuit that are not in the base's all-pairs circuit."""
+    return boot.heads & ~base.full_heads_grid[None]
+
+
+def overlap_test(a: stability.CircuitBootstrap, b: stability.CircuitBootstrap, base: stability.CircuitBootstrap, *,
+                 n_null: int = N_BOOT, seed: int = 0) -> dict:
+    """Jaccard of two runs' emergent heads (all-pairs circuits minus the base's): the estimate, an interval over
+    paired resamples (resample r of each), and its null: two random sets of the same sizes drawn from the heads
+    outside the base circuit (what unrelated emergent sets of those sizes share by chance). NaN and no null when a
+    run added no head."""
+    grid = ~base.full_heads_grid
+    set_a, set_b = a.full_heads_grid & grid, b.full_heads_grid & grid
+    union = (set_a | set_b).sum()  # no overlap to speak of when a run added no head: NaN
+    est = float((set_a & set_b).sum() / union) if set_a.any() and set_b.any() else float("nan")
+    ea, eb = emergent_sets(a, base), emergent_sets(b, base)
+    samples = stability._jaccard(ea, eb)
+    pool, ka, kb = int(grid.sum()), int(set_a.sum()), int(set_b.sum())
+    rng = np.random.default_rng(seed)
+    null = []
+    if ka and kb:
+        for _ in range(n_null):
+            x, y = rng.choice(pool, ka, replace=False), rng.choice(pool, kb, replace=False)
+            null.append(len(set(x) & set(y)) / len(set(x) | set(y)))
+    null = np.asarray(null, float)
+    return {"estimate": est, "ci": stability.interval(samples, 0.95), "null": null, "sizes": (ka, kb),
+            "pool": pool, "p": empirical_p(est, null, direction=-1) if len(null) and np.isfinite(est) else None}
+
+
+def survival_test(a: Dynamics, b: Dynamics, *, seed: int = 0) -> dict:
+    """Mean survival (:func:`toolkit.methods.dynamics.head_survival`) of run ``a``'s emergent heads minus run ``b``'s:
+    bootstrap interval (heads resampled within each run) and a permutation null (heads' run labels shuffled)."""
+    sa, sb = (np.array(list(head_survival(d).values()), float) for d in (a, b))
+    if not len(sa) or not len(sb):
+        nan = float("nan")
+        return {"estimate": nan, "ci": (nan, nan), "perm": np.array([]), "p": None, "n": (len(sa), len(sb))}
+    rng = np.random.default_rng(seed)
+    boots = (sa[rng.integers(0, len(sa), (N_BOOT, len(sa)))].mean(1)
+             - sb[rng.integers(0, len(sb), (N_BOOT, len(sb)))].mean(1))
+    both = np.concatenate([sa, sb])
+    perm = np.array([(lambda z: z[:len(sa)].mean() - z[len(sa):].mean())(rng.permutation(both))
+                     for _ in range(N_BOOT)])
+    est = float(sa.mean() - sb.mean())
+    return {"estimate": est, "ci": stability.interval(boots, 0.95), "perm": perm, "p": empirical_p(est, perm),
+            "n": (len(sa), len(sb))}
+
+
+def layer_test(heads, n_layers: int, n_heads: int, base_heads, *, seed: int = 0) -> dict:
+    """Mean relative depth (layer / (n_layers − 1)) of ``heads``: bootstrap interval over the heads, and its null:
+    every set of as many heads outside ``base_heads`` (or 2000 random ones,
+    :func:`toolkit.evaluation.nulls.same_size_sets`)."""
+    heads = sorted(heads)
+    depth = lambda hs: float(np.mean([h[0] for h in hs])) / max(n_layers - 1, 1)  # noqa: E731
+    if not heads:
+        nan = float("nan")
+        return {"estimate": nan, "ci": (nan, nan), "null": np.array([]), "p": None, "reference": 0.5}
+    pool = [(layer, h) for layer in range(n_layers) for h in range(n_heads) if (layer, h) not in set(base_heads)]
+    try:
+        sets = nulls.same_size_sets(pool, len(heads), skip=[heads], max_sets=2000, n_random=2000, seed=seed)
+    except ValueError:  # no other set of that size: no null
+        sets = []
+    null = np.array([depth(s) for s in sets])
+    rng = np.random.default_rng(seed)
+    d = np.array([h[0] for h in heads], float) / max(n_layers - 1, 1)
+    boots = d[rng.integers(0, len(d), (N_BOOT, len(d)))].mean(1)
+    est = depth(heads)
+    return {"estimate": est, "ci": stability.interval(boots, 0.95), "null": null,
+            "reference": float(null.mean()) if len(null) else 0.5, "p": empirical_p(est, null) if len(null) else None}
 
 
 # ---- claims -------------------------------------------------------------------------------------------------------
@@ -211,10 +302,17 @@ def _names(heads) -> list[str]:
     return sorted(f"L{a}H{b}" for a, b in heads)
 
 
+def _null_or_empty(kind: str, draws, what: str) -> Null:
+    x = np.asarray(draws, float)
+    x = x[np.isfinite(x)]
+    return Null.from_samples(kind, x, what) if len(x) else Null(kind, 0, {}, what)
+
+
 def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[str, RewardSeries],
-          tests: CheckpointTests, noise: NoiseNull, scaling: Mapping[str, HeadSetTest] | None, *,
-          seed: int = 0) -> Claims:
-    """Every claim of notebook 04 (module docstring), in order."""
+          tests: CheckpointTests, noise: NoiseNull, scaling: Mapping[str, Mapping[str, HeadSetTest]] | None, *,
+          n_layers: int, n_heads: int, seed: int = 0) -> Claims:
+    """Every claim of notebook 04 (module docstring), in order. ``runs``: the arms (GRPO under ``"GRPO"``);
+    ``scaling[arm][factor]``: :func:`scaling_tests` of each arm's emergent heads."""
     claims = Claims("04_grpo_dynamics")
     steps, rewards = runs["GRPO"].curve("accuracy")
     h = reward_halves(steps, rewards, seed=seed)
@@ -223,6 +321,16 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                measure=f"mean accuracy reward of GRPO steps {len(steps) // 2 + 1}–{len(steps)} minus steps "
                        f"1–{len(steps) // 2}", estimate=h["estimate"], ci=h["ci"], p_value=h["p"],
                null=_perm_null(h["perm"], "the same difference with the steps' order shuffled"), direction=+1)
+    for label, run in runs.items():
+        last = run.checkpoints[-1].step
+        g = accuracy_gain(analysis.pooled_correct(label, 0), analysis.pooled_correct(label, last), seed=seed)
+        tasks_ = ", ".join(analysis.correct[label])
+        claims.add(f"{label.lower()}-raises-held-out-accuracy", paper=f"{PAPER}, sections 4–5",
+                   statement=f"{label} post-training makes the model solve more held-out problems.",
+                   measure=(f"greedy held-out accuracy ({tasks_}; {g['n']} problems never trained on, the circuits' "
+                            f"mode) at step {last} minus the start model's"), estimate=g["estimate"], ci=g["ci"],
+                   p_value=g["p"], direction=+1,
+                   null=_perm_null(g["perm"], "the mean per-problem change with each change's sign flipped at random"))
     for inputs, dyns in (("own", analysis.dyns), ("fixed", analysis.fixed)):
         d = dyns["GRPO"]
         c = count_reward(d.n_emergent, [series["GRPO"].at_checkpoint[s] for s in d.steps], seed=seed)
@@ -234,7 +342,8 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                    estimate=c["r"], ci=c["ci"], p_value=c["p"] if np.isfinite(c["p"]) else None, direction=+1,
                    null=_perm_null(c["perm"], "r with the checkpoints' order shuffled"),
                    note="one training run: its checkpoints are not independent runs")
-    for label, section in (("GRPO", "section 5"), ("SFT", "section 4.2")):
+    for label in runs:
+        section = "section 5" if label == "GRPO" else "section 4.2"
         for inputs in ("fixed", "own"):
             t = tests.final(inputs, label)
             claims.add(f"{label.lower()}-emergent-beyond-null:{inputs}", paper=f"{PAPER}, {section}",
@@ -250,18 +359,49 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                                 f"{_names(t.set_difference)}"), estimate=len(t.set_difference),
                        ci=t.set_difference_ci(), p_value=t.set_difference_p, null=t.set_difference_null(),
                        direction=+1)
-    g, s = tests.final("fixed", "GRPO"), tests.final("fixed", "SFT")
-    diff = len(s.set_difference) - len(g.set_difference)
+    g = tests.final("fixed", "GRPO")
     null_sd = tests.nulls["fixed"].set_difference
     null_diff = null_sd - np.random.default_rng(seed).permutation(null_sd)
-    claims.add("sft-adds-more-heads-than-grpo:fixed", paper=f"{PAPER}, sections 4.2 and 5",
-               statement="SFT adds more heads to the circuit than GRPO, whose final set is small.",
-               measure=(f"heads in the final SFT circuit and not in the start model's ({_names(s.set_difference)}) "
-                        f"minus the same for GRPO ({_names(g.set_difference)}), fixed pairs"),
-               estimate=diff, ci=stability.interval(s.set_difference_samples - g.set_difference_samples, 0.95),
-               p_value=empirical_p(diff, null_diff), direction=+1,
-               null=Null.from_samples("base-vs-itself", null_diff, "difference of two base-vs-itself set-difference "
-                                      "counts (resampled start-model circuits)"))
+    for label in (x for x in runs if x != "GRPO"):
+        s_ = tests.final("fixed", label)
+        diff = len(s_.set_difference) - len(g.set_difference)
+        claims.add(f"{label.lower()}-adds-more-heads-than-grpo:fixed", paper=f"{PAPER}, sections 4.2 and 5",
+                   statement=f"{label} adds more heads to the circuit than GRPO, whose final set is small.",
+                   measure=(f"heads in the final {label} circuit and not in the start model's "
+                            f"({_names(s_.set_difference)}) minus the same for GRPO ({_names(g.set_difference)}), "
+                            "fixed pairs"),
+                   estimate=diff, ci=stability.interval(s_.set_difference_samples - g.set_difference_samples, 0.95),
+                   p_value=empirical_p(diff, null_diff), direction=+1,
+                   null=Null.from_samples("base-vs-itself", null_diff, "difference of two base-vs-itself "
+                                          "set-difference counts (resampled start-model circuits)"))
+        o = overlap_test(tests.final_bootstrap("fixed", "GRPO"), tests.final_bootstrap("fixed", label),
+                         tests.base["fixed"], seed=seed)
+        claims.add(f"grpo-heads-differ-from-{label.lower()}:fixed", paper=f"{PAPER}, section 5",
+                   statement=f"The heads GRPO adds barely overlap the heads {label} adds.",
+                   measure=(f"Jaccard of the final GRPO and {label} circuits' heads outside the start model's circuit "
+                            f"(fixed pairs; {o['sizes'][0]} and {o['sizes'][1]} heads of {o['pool']}); interval over "
+                            "paired resamples"), estimate=o["estimate"], ci=o["ci"], p_value=o["p"], direction=-1,
+                   reference=float(np.mean(o["null"])) if len(o["null"]) else 0.0,
+                   null=_null_or_empty("placebo-sets", o["null"], "Jaccard of two random head sets of the same sizes "
+                                       "outside the start model's circuit"))
+        sv = survival_test(analysis.fixed[label], analysis.fixed["GRPO"], seed=seed)
+        claims.add(f"{label.lower()}-heads-persist-grpo-heads-churn:fixed", paper=f"{PAPER}, sections 4.2 and 5",
+                   statement=f"Heads {label} adds stay in the circuit; heads GRPO adds come and go.",
+                   measure=(f"mean share of the later checkpoints at which an emergent head is still emergent, "
+                            f"{label} ({sv['n'][0]} heads) minus GRPO ({sv['n'][1]} heads), fixed pairs"),
+                   estimate=sv["estimate"], ci=sv["ci"], p_value=sv["p"], direction=+1,
+                   null=_null_or_empty("permutation", sv["perm"], "the same difference with the heads' run labels "
+                                       "shuffled"))
+    for label in runs:
+        d = analysis.fixed[label]
+        lt = layer_test(d.ever_emergent, n_layers, n_heads, d.base, seed=seed)
+        claims.add(f"{label.lower()}-heads-mid-to-late:fixed", paper=f"{PAPER}, section 4.2",
+                   statement=f"The heads {label} adds sit in the middle-to-late layers.",
+                   measure=(f"mean relative depth (layer / {n_layers - 1}) of the heads ever emergent during {label} "
+                            f"(fixed pairs): {_names(d.ever_emergent)}"), estimate=lt["estimate"], ci=lt["ci"],
+                   p_value=lt["p"], direction=+1, reference=lt["reference"],
+                   null=_null_or_empty("placebo-sets", lt["null"], "mean relative depth of every other set of as "
+                                       "many heads outside the start model's circuit"))
     count = len(g.set_difference)
     claims.add("grpo-heads-not-any-change", paper=f"{PAPER}, section 5",
                statement="The heads GRPO adds come from training, not from any change of the weights of that size.",
@@ -279,14 +419,15 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                p_value=empirical_p(pruned, pnull), direction=+1,
                null=Null.from_samples("base-vs-itself", pnull, f"the same count in sequences of {len(d.steps)} "
                                       "resampled start-model circuits"), note="one run: no interval")
-    for factor, test in (scaling or {}).items():
-        for task, r in test.tests.items():
-            claims.add(f"grpo-head-scaling:x{factor}:{task}", paper=f"{PAPER}, section 5",
-                       statement="Scaling GRPO's emergent heads in the start model changes how it answers more than "
-                                 "scaling other heads does.",
-                       measure=(f"{task}: |change| of the mean log-probability per token of the correct answer "
-                                f"(teacher-forced, {r.n_problems} problems) with {_names(test.heads)} ×{factor} in the "
-                                f"start model, minus the mean over all {r.n_sets} other sets of {len(test.heads)} "
-                                f"heads; rank {r.rank}/{r.n_sets + 1}"),
-                       estimate=r.difference, ci=r.ci, p_value=r.p_value, null=r.null(), direction=+1)
+    for label, by_factor in (scaling or {}).items():
+        for factor, test in by_factor.items():
+            for task, r in test.tests.items():
+                claims.add(f"{label.lower()}-head-scaling:x{factor}:{task}", paper=f"{PAPER}, section 5",
+                           statement=f"Scaling {label}'s emergent heads in the start model changes how it answers "
+                                     "more than scaling other heads does.",
+                           measure=(f"{task}: |change| of the mean log-probability per token of the reference "
+                                    f"completion (teacher-forced, {r.n_problems} problems) with {_names(test.heads)} "
+                                    f"×{factor} in the start model, minus the mean over {r.n_sets} other sets of "
+                                    f"{len(test.heads)} heads; rank {r.rank}/{r.n_sets + 1}"),
+                           estimate=r.difference, ci=r.ci, p_value=r.p_value, null=r.null(), direction=+1)
     return claims

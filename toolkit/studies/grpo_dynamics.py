@@ -1,25 +1,28 @@
-"""Notebook 04 ("Thinking Sparks" on the organism): GRPO and SFT runs from one start, an EAP-IG circuit per
-checkpoint, head dynamics against the start model's circuit, accuracy per checkpoint, and head scaling.
+"""Notebook 04 ("Thinking Sparks" on the organism): SFT, distillation and GRPO from one start, matched; an EAP-IG
+circuit per checkpoint; head dynamics against the start model's circuit; accuracy per checkpoint; head scaling.
 
 Steps, one function each (the notebook calls them in order):
 
-1. :func:`train_runs` — a GRPO and an SFT run (:mod:`toolkit.training.grpo`), cached by configuration hash.
-2. :func:`analyse_checkpoints` — per run, an EAP-IG circuit per checkpoint (:func:`run_dynamics`, snapshots cached
-   per weights, see :func:`toolkit.studies.snapshots.snapshot_scores`; split across launched processes:
-   :func:`~toolkit.studies.snapshots.distributed_snapshot_scores`)
-   on held-out problems of the circuit tasks, the head :class:`~toolkit.methods.dynamics.Dynamics`, and the greedy
-   held-out accuracy of every checkpoint per task (:func:`checkpoint_accuracy`).
+1. :func:`matched_arms`, :func:`check_matched`, :func:`train_runs` — the three arms (:data:`ARMS`), matched in tasks,
+   mode (thinking on), training problems, steps, checkpoint spacing and completions per step; trained by
+   :mod:`toolkit.training.grpo` / :mod:`toolkit.training.distill`, cached by configuration hash.
+2. :func:`analyse_checkpoints` — per run, an EAP-IG circuit per checkpoint on its own pairs and on the start model's
+   (fixed) pairs (snapshots cached per weights, see :func:`toolkit.studies.snapshots.snapshot_scores`; split across
+   launched processes: :func:`~toolkit.studies.snapshots.distributed_snapshot_scores`), the head
+   :class:`~toolkit.methods.dynamics.Dynamics`, and whether each checkpoint's greedy answer to each held-out problem
+   is right (:func:`checkpoint_correct`).
 3. :func:`reward_series` — what each run's head count is set against: GRPO's accuracy reward (per step, and its mean
-   over the steps since the previous checkpoint), SFT's mean held-out accuracy on its training tasks;
-   :func:`correlations` and :func:`compare_runs` (the final and ever-emergent head sets of the two runs).
-4. :func:`scale_emergent_heads` — GRPO's emergent heads scaled in the start model against a random-head placebo
-   (:func:`head_scaling`, built on :mod:`toolkit.evaluation.causal`).
+   over the steps since the previous checkpoint), the SFT-style runs' mean held-out accuracy;
+   :func:`correlations` and :func:`compare_runs` (every pair of runs' final and ever-emergent head sets).
+4. :func:`scale_emergent_heads` — a run's emergent heads scaled in the start model (:func:`head_scaling`, built on
+   :mod:`toolkit.evaluation.causal`).
 5. :func:`to_results` — the numbers the notebook saves.
 
-Caches: ``<cache>/circuits/<analysis hash>/<weights fingerprint>.scores.json`` (the
-:class:`toolkit.methods.eap.Scores` JSON; the analysis hash covers the examples and EAP settings, so an interrupted
-analysis continues where it stopped and the start model's circuit is shared by every run from it), and
-``<cache>/circuits/accuracy/<fingerprint>-<key>.json``. See ``docs/methods.md`` ("GRPO dynamics").
+The nulls and claims are :mod:`toolkit.studies.grpo_claims`. Caches:
+``<cache>/circuits/<analysis hash>/<weights fingerprint>.scores.json`` (the :class:`toolkit.methods.eap.Scores` JSON;
+the analysis hash covers the examples and EAP settings, so an interrupted analysis continues where it stopped and the
+start model's circuit is shared by every run from it), and ``<cache>/circuits/accuracy/<fingerprint>-<key>.json``.
+See ``docs/methods.md`` ("GRPO dynamics").
 """
 
 from __future__ import annotations
@@ -53,19 +56,92 @@ from toolkit.studies.snapshots import (  # noqa: F401 -- re-exported: the notebo
     snapshot_scores,
 )
 from toolkit.training import grpo
+from toolkit.training.distill import DistillSettings
 from toolkit.training.grpo import GRPOSettings, SFTSettings, TrainingRun
 
 SCALE_FACTORS = (1.3, 0.5)  # head scaling: amplify and damp GRPO's emergent heads
 HELD_OUT_POOL = 400  # seeds > 0 draw their held-out problems from this many (those training never sees)
 
 
-# ---- 1. training ------------------------------------------------------------------------------------------------
+# ---- 1. training: three matched arms ------------------------------------------------------------------------------
 
-def train_runs(grpo_settings: GRPOSettings, sft_settings: SFTSettings, device: str = "auto",
+ARMS = ("SFT", "Distill", "GRPO")  # the paper's three kinds of post-training, in notebook order
+
+
+def matched_arms(model: str = "organism-base", tasks: Sequence[str] = grpo.MATH_TASKS, steps: int = 100,
+                 save_every: int = 10, seed: int = 0, *, prompts_per_step: int = 4, num_generations: int = 16,
+                 n_train: int = 1000, teacher: str = "organism", grpo_lr: float = 1e-4, sft_lr: float = 1e-3,
+                 distill_lr: float = 1e-3, grpo_warmup: float = 0.1, sft_warmup: float = 0.03,
+                 max_completion_length: int = 128, temperature: float = 1.0, keep_correct: bool = True
+                 ) -> dict[str, GRPOSettings | SFTSettings | DistillSettings]:
+    """The settings of the three arms (:data:`ARMS`) from one start ``model``, matched as :func:`check_matched`
+    requires: the same ``tasks`` (thinking on), training problems (the first ``n_train``), ``steps``, checkpoint
+    spacing and seed, and as many completions per optimizer step (``prompts_per_step × num_generations`` sampled
+    completions in GRPO = the SFT and distillation batch).
+
+    - **SFT**: the generator's think-on traces (:meth:`SFTSettings.sft_records`);
+    - **Distill**: traces *sampled from* ``teacher`` (temperature 0.6, top-p 0.95, at most
+      ``max_completion_length`` tokens), only those with the right answer when ``keep_correct``, as the paper's
+      distilled models were made (:mod:`toolkit.training.distill`);
+    - **GRPO**: TRL's GRPOTrainer with the exact-answer and format rewards, thinking on, ``temperature``.
+
+    Learning rates differ by method, as in the paper (GRPO's is far below SFT's there too)."""
+    batch = prompts_per_step * num_generations
+    arms = {
+        "SFT": SFTSettings(model=model, tasks=tuple(tasks), steps=steps, batch_size=batch, learning_rate=sft_lr,
+                           warmup_ratio=sft_warmup, save_every=save_every, n_train=n_train, seed=seed),
+        "Distill": DistillSettings(model=model, teacher=teacher, tasks=tuple(tasks), steps=steps, batch_size=batch,
+                                   learning_rate=distill_lr, warmup_ratio=sft_warmup, save_every=save_every,
+                                   n_train=n_train, max_new_tokens=max_completion_length, keep_correct=keep_correct,
+                                   seed=seed),
+        "GRPO": GRPOSettings(model=model, tasks=tuple(tasks), steps=steps, prompts_per_step=prompts_per_step,
+                             num_generations=num_generations, learning_rate=grpo_lr, warmup_ratio=grpo_warmup,
+                             temperature=temperature, enable_thinking=True,
+                             max_completion_length=max_completion_length, save_every=save_every, n_train=n_train,
+                             seed=seed),
+    }
+    check_matched(arms)
+    return arms
+
+
+def completions_per_step(settings) -> int:
+    """Sequences the loss sees per optimizer step: GRPO's prompts × generations, SFT's and distillation's batch."""
+    if isinstance(settings, GRPOSettings):
+        return settings.prompts_per_step * settings.num_generations
+    return settings.batch_size
+
+
+def check_matched(arms: Mapping[str, GRPOSettings | SFTSettings | DistillSettings]) -> None:
+    """Refuse arms that differ in what the comparison holds fixed, naming the setting: the labels must be
+    :data:`ARMS` with the right settings types; start model, tasks, ``steps``, ``save_every``, ``n_train`` and
+    ``seed`` equal; GRPO thinking on (SFT and distillation train think-on traces); as many completions per step
+    (:func:`completions_per_step`); distillation's teacher another model than the student."""
+    kinds = {"SFT": SFTSettings, "Distill": DistillSettings, "GRPO": GRPOSettings}
+    if tuple(arms) != ARMS or any(type(arms[a]) is not kinds[a] for a in ARMS):
+        raise ValueError(f"the arms must be {', '.join(f'{a}: {k.__name__}' for a, k in kinds.items())} in this "
+                         f"order; got {', '.join(f'{a}: {type(s).__name__}' for a, s in arms.items())}")
+    for name in ("model", "tasks", "steps", "save_every", "n_train", "seed"):
+        values = {a: getattr(s, name) for a, s in arms.items()}
+        if len(set(values.values())) > 1:
+            raise ValueError(f"the arms differ in {name} ({values}); matched arms share it")
+    if not arms["GRPO"].enable_thinking:
+        raise ValueError("GRPO must run with enable_thinking=True: SFT and distillation train think-on traces, so a "
+                         "think-off GRPO arm differs from them in mode")
+    per_step = {a: completions_per_step(s) for a, s in arms.items()}
+    if len(set(per_step.values())) > 1:
+        raise ValueError(f"the arms see different numbers of completions per step ({per_step}); set the SFT and "
+                         "distillation batch_size to GRPO's prompts_per_step × num_generations")
+    if arms["Distill"].teacher == arms["Distill"].model:
+        raise ValueError(f"distillation's teacher is its student ({arms['Distill'].teacher!r}); pass the stronger "
+                         "model as teacher")
+
+
+def train_runs(arms: Mapping[str, GRPOSettings | SFTSettings | DistillSettings], device: str = "auto",
                retrain: bool = False) -> dict[str, TrainingRun]:
-    """``{"GRPO": run, "SFT": run}``, trained (or resumed, or reused from the cache) in that order."""
-    return {"GRPO": grpo.train(grpo_settings, device, retrain=retrain),
-            "SFT": grpo.train(sft_settings, device, retrain=retrain)}
+    """Each arm's run (:data:`ARMS` order), trained, resumed or reused from the cache, once :func:`check_matched`
+    accepts the arms."""
+    check_matched(arms)
+    return {label: grpo.train(settings, device, retrain=retrain) for label, settings in arms.items()}
 
 
 def checkpoint_specs(run: TrainingRun) -> dict[int, str]:
@@ -91,39 +167,59 @@ def held_out_draw(tasks: Sequence[str], n: int, seed: int = 0) -> list[Example]:
     return [pool[i] for i in pick]
 
 
-def checkpoint_accuracy(specs: Mapping[int, str], examples: Sequence[Example], enable_thinking: bool = False,
-                        max_new_tokens: int = 16, device: str = "auto") -> dict[int, float]:
-    """Greedy held-out accuracy of each checkpoint (:func:`toolkit.evaluation.behaviour.behave`, batches of 64,
-    seed 0), cached per weights, examples and mode."""
+def checkpoint_correct(specs: Mapping[int, str], examples: Sequence[Example], enable_thinking: bool = False,
+                       max_new_tokens: int = 16, device: str = "auto") -> dict[int, np.ndarray]:
+    """Per checkpoint, whether its greedy answer to each example is right (:func:`toolkit.evaluation.behaviour.behave`,
+    batches of 64, seed 0), cached per weights, examples and mode."""
+    if not examples:
+        raise ValueError("no held-out problems to measure accuracy on; raise n_eval")
     key = config_hash([[e.prompt, e.answer] for e in examples] + [enable_thinking, max_new_tokens])
     out = {}
     for step, spec in progress(sorted(specs.items()), desc="checkpoint accuracy", total=len(specs)):
         path = cache_root() / "circuits" / "accuracy" / f"{model_fingerprint(spec)}-{key}.json"
-        cached = read_entry(path, lambda p: float(read_json(p, ("accuracy",))["accuracy"]))
-        if cached is not None:
+        cached = read_entry(path, lambda p: np.array(read_json(p, ("correct",))["correct"], bool))
+        if cached is not None and len(cached) == len(examples):
             out[step] = cached
             continue
         with quiet_library_bars():
             loaded = models.load(spec, device=device)
         got = behave(loaded.hf, loaded.tokenizer, [e.prompt for e in examples], enable_thinking=enable_thinking,
                      max_new_tokens=max_new_tokens, batch_size=64, seed=0)
-        out[step] = float(np.mean(got.correct([e.answer for e in examples])[:, 0]))
-        atomic_write_json(path, {"spec": spec, "accuracy": out[step]})
+        out[step] = np.asarray(got.correct([e.answer for e in examples])[:, 0], bool)
+        atomic_write_json(path, {"spec": spec, "accuracy": float(out[step].mean()), "correct": out[step].tolist()})
     return out
+
+
+def checkpoint_accuracy(specs: Mapping[int, str], examples: Sequence[Example], enable_thinking: bool = False,
+                        max_new_tokens: int = 16, device: str = "auto") -> dict[int, float]:
+    """Greedy held-out accuracy of each checkpoint (the mean of :func:`checkpoint_correct`)."""
+    return {step: float(c.mean()) for step, c in
+            checkpoint_correct(specs, examples, enable_thinking, max_new_tokens, device).items()}
 
 
 @dataclass
 class Analysis:
     """Step 2 of the study: per run label, the head :class:`Dynamics` of its checkpoints' circuits on their own pairs
     (``dyns``) and on the start model's pairs (``fixed``), the scores behind them (``scores[inputs][label][step]``,
-    inputs ``"own"``/``"fixed"``), and ``accuracy[label][task][step]`` on ``eval_examples[task]``."""
+    inputs ``"own"``/``"fixed"``), and ``correct[label][task][step]``: whether each checkpoint's greedy answer to
+    each of ``eval_examples[task]`` is right."""
 
     dyns: dict[str, Dynamics]
-    accuracy: dict[str, dict[str, dict[int, float]]]
+    correct: dict[str, dict[str, dict[int, np.ndarray]]]
     eval_examples: dict[str, list[Example]]
     fixed: dict[str, Dynamics]
     scores: dict[str, dict[str, dict[int, eap.Scores]]]
     circuit_examples: list[Example]
+
+    @property
+    def accuracy(self) -> dict[str, dict[str, dict[int, float]]]:
+        """``accuracy[label][task][step]``: the share of right greedy answers."""
+        return {label: {t: {s: float(c.mean()) for s, c in by.items()} for t, by in tasks_.items()}
+                for label, tasks_ in self.correct.items()}
+
+    def pooled_correct(self, label: str, step: int, tasks: Iterable[str] | None = None) -> np.ndarray:
+        """Right/wrong per problem of ``tasks`` (default: every evaluated task) at one checkpoint, tasks in order."""
+        return np.concatenate([self.correct[label][t][step] for t in (tasks or self.correct[label])])
 
     @property
     def snapshot_seconds(self) -> float | None:
@@ -144,16 +240,24 @@ def analyse_checkpoints(runs: Mapping[str, TrainingRun], circuit_tasks: Sequence
     """Circuits of every checkpoint of every run on ``n_circuit`` held-out problems of ``circuit_tasks`` (each
     checkpoint's own pairs, and the start model's pairs for all), then the greedy accuracy of every checkpoint on
     ``n_eval`` held-out problems of each of ``eval_tasks`` (duplicates dropped, order kept), in the mode
-    ``snapshot.enable_thinking``; problems drawn by :func:`held_out_draw` with ``seed``."""
+    ``snapshot.enable_thinking``; problems drawn by :func:`held_out_draw` with ``seed``. The circuit problems and
+    the accuracy problems are disjoint draws only by chance; neither is ever trained on."""
+    if n_circuit < 1 or not circuit_tasks:
+        raise ValueError(f"the circuits need problems: n_circuit = {n_circuit}, circuit_tasks = {list(circuit_tasks)}")
+    if n_eval < 1:
+        raise ValueError(f"n_eval = {n_eval} leaves no held-out problems to measure accuracy on; raise n_eval")
     circuit_examples = held_out_draw(circuit_tasks, n_circuit, seed)
     specs = {label: checkpoint_specs(run) for label, run in runs.items()}
-    scores = {inputs: {label: snapshot_scores(specs[label], circuit_examples, replace(snapshot, inputs=inputs), device)
-                       for label in runs} for inputs in ("own", "fixed")}
+    try:
+        scores = {inputs: {label: snapshot_scores(specs[label], circuit_examples, replace(snapshot, inputs=inputs),
+                                                  device) for label in runs} for inputs in ("own", "fixed")}
+    except eap.EAPError as err:
+        raise eap.EAPError(f"{err} (raise n_circuit or pick other circuit_tasks)") from err
     dyns = {inputs: {label: dynamics_of(by[label], snapshot.top_n) for label in runs} for inputs, by in scores.items()}
     eval_examples = {task: held_out_draw((task,), n_eval, seed) for task in dict.fromkeys(eval_tasks)}
-    accuracy = {label: {task: checkpoint_accuracy(specs[label], ex, snapshot.enable_thinking, max_new_tokens, device)
-                        for task, ex in eval_examples.items()} for label in runs}
-    return Analysis(dyns["own"], accuracy, eval_examples, dyns["fixed"], scores, circuit_examples)
+    correct = {label: {task: checkpoint_correct(specs[label], ex, snapshot.enable_thinking, max_new_tokens, device)
+                       for task, ex in eval_examples.items()} for label in runs}
+    return Analysis(dyns["own"], correct, eval_examples, dyns["fixed"], scores, circuit_examples)
 
 
 # ---- 3. rewards, correlation, GRPO against SFT --------------------------------------------------------------------
@@ -172,17 +276,22 @@ class RewardSeries:
 
 def reward_series(runs: Mapping[str, TrainingRun], analysis: Analysis, tasks: Sequence[str]
                   ) -> dict[str, RewardSeries]:
-    """GRPO: its accuracy reward per step, and per checkpoint the mean over the steps since the previous one. SFT (no
-    reward): its held-out greedy accuracy per checkpoint, averaged over ``tasks``."""
+    """A GRPO run: its accuracy reward per step, and per checkpoint the mean over the steps since the previous one.
+    Other runs (no reward): held-out greedy accuracy per checkpoint, averaged over ``tasks``."""
     def mean_accuracy(label: str, step: int) -> float:
         return float(np.mean([analysis.accuracy[label][task][step] for task in tasks]))
 
-    steps_g, reward_g = runs["GRPO"].curve("accuracy")
-    reward_at = {c.step: c.metrics.get("accuracy") for c in runs["GRPO"].checkpoints if c.step > 0}
-    sft_steps = [0, *analysis.dyns["SFT"].steps]
-    return {"GRPO": RewardSeries("accuracy reward (per step)", steps_g, reward_g, reward_at, reward_at),
-            "SFT": RewardSeries("held-out accuracy (greedy)", sft_steps, [mean_accuracy("SFT", s) for s in sft_steps],
-                                None, {s: mean_accuracy("SFT", s) for s in analysis.dyns["SFT"].steps})}
+    out = {}
+    for label, run in runs.items():
+        if run.kind == "grpo":
+            steps, reward = run.curve("accuracy")
+            at = {c.step: c.metrics.get("accuracy") for c in run.checkpoints if c.step > 0}
+            out[label] = RewardSeries("accuracy reward (per step)", steps, reward, at, at)
+        else:
+            steps = [0, *analysis.dyns[label].steps]
+            out[label] = RewardSeries("held-out accuracy (greedy)", steps, [mean_accuracy(label, s) for s in steps],
+                                      None, {s: mean_accuracy(label, s) for s in analysis.dyns[label].steps})
+    return out
 
 
 def correlations(dyns: Mapping[str, Dynamics], series: Mapping[str, RewardSeries]) -> dict[str, dict]:
@@ -192,14 +301,17 @@ def correlations(dyns: Mapping[str, Dynamics], series: Mapping[str, RewardSeries
 
 @dataclass
 class RunComparison:
-    """GRPO's and SFT's final emergent heads compared (a = GRPO, b = SFT), and every head ever emergent per run."""
+    """Every pair of runs' final emergent heads compared (``final[(a, b)]``, run order), and every head ever
+    emergent per run."""
 
-    final: HeadComparison
+    final: dict[tuple[str, str], HeadComparison]
     ever: dict[str, frozenset[Head]]
 
 
 def compare_runs(dyns: Mapping[str, Dynamics]) -> RunComparison:
-    return RunComparison(compare_heads(dyns["GRPO"].final_emergent, dyns["SFT"].final_emergent),
+    labels = list(dyns)
+    return RunComparison({(a, b): compare_heads(dyns[a].final_emergent, dyns[b].final_emergent)
+                          for i, a in enumerate(labels) for b in labels[i + 1:]},
                          {label: d.ever_emergent for label, d in dyns.items()})
 
 
@@ -292,22 +404,21 @@ def scale_emergent_heads(loaded: LoadedModel, dyn: Dynamics, eval_examples: Mapp
 # ---- 5. results -----------------------------------------------------------------------------------------------------
 
 def to_results(model: str, runs: Mapping[str, TrainingRun], analysis: Analysis, corr: Mapping[str, dict],
-               comparison: RunComparison, scaling: HeadScaling | None) -> dict:
+               comparison: RunComparison, scaling: Mapping[str, HeadScaling | None]) -> dict:
     """The numbers notebook 04 saves (``save_results("04_grpo_dynamics", ...)``)."""
-    final = comparison.final.to_dict()
     return {
         "model": model,
-        "grpo_steps_per_s": None if runs["GRPO"].reused else round(runs["GRPO"].steps_per_second, 3),
-        "sft_steps_per_s": None if runs["SFT"].reused else round(runs["SFT"].steps_per_second, 3),
+        "steps_per_s": {label: None if run.reused else round(run.steps_per_second, 3) for label, run in runs.items()},
         "snapshot_seconds": analysis.snapshot_seconds,
         "checkpoints": {label: checkpoint_records(run) for label, run in runs.items()},
         "dynamics": {label: d.summary() for label, d in analysis.dyns.items()},
         "accuracy": {label: {t: {str(s): a for s, a in acc.items()} for t, acc in by.items()}
                      for label, by in analysis.accuracy.items()},
         "correlation": dict(corr),
-        "final_emergent": {"GRPO": final["n_a"], "SFT": final["n_b"], "shared": len(final["shared"]),
-                           "jaccard": final["jaccard"]},
+        "final_emergent": {f"{a} vs {b}": {"n_a": c.to_dict()["n_a"], "n_b": c.to_dict()["n_b"],
+                                           "shared": len(c.to_dict()["shared"]), "jaccard": c.to_dict()["jaccard"]}
+                           for (a, b), c in comparison.final.items()},
         "ever_emergent": {label: len(s) for label, s in comparison.ever.items()},
         "pairs_per_snapshot": analysis.pairs_per_snapshot,
-        "head_scaling": None if scaling is None else scaling.to_results(),
+        "head_scaling": {label: None if s is None else s.to_results() for label, s in scaling.items()},
     }

@@ -75,6 +75,18 @@ def faithfulness_summary(setup: Setup, found: CircuitResults) -> HTML:
     return HTML(f"<table><tr><th>top-n requested</th>{head}</tr>{curves}</table><ul>{items}</ul>")
 
 
+def simplification_table(simple: Mapping[str, dict], top_n: int, tau: float) -> HTML:
+    """Per task and model: the top-n circuit and its τ simplification side by side (edges, heads, faithfulness)."""
+    def cell(c: dict) -> str:
+        heads = ", ".join(f"L{a}H{b}" for a, b in c["heads"])
+        return f"<td>{c['edges']}</td><td>{heads}</td><td>{100 * c['recovered']:.0f}%</td>"
+
+    rows = "".join(f"<tr><td>{escape(k)}</td>{cell(v['top_n'])}{cell(v['tau'])}</tr>" for k, v in simple.items())
+    return HTML(f"<table><tr><th></th><th colspan=3>top {top_n}</th><th colspan=3>… and |score| ≥ {tau:g} × max"
+                f"</th></tr><tr><th>task: model</th>" + "<th>edges</th><th>heads</th><th>recovers</th>" * 2
+                + f"</tr>{rows}</table>")
+
+
 def emergent_summary(setup: Setup, emergent: Emergent) -> HTML:
     """Shared, emergent (ranked) and base-only heads per task."""
     model, base = setup.names

@@ -13,7 +13,7 @@ import numpy as np
 from IPython.display import HTML, display
 from matplotlib.colors import ListedColormap
 
-from toolkit.core.stats import format_ci
+from toolkit.core.stats import format_ci, proportion_ci
 from toolkit.methods.dynamics import Dynamics, Heatmap, checkpoint_map
 from toolkit.studies.grpo_claims import CheckpointTests
 from toolkit.studies.grpo_dynamics import Analysis, HeadScaling, RewardSeries, RunComparison
@@ -130,17 +130,39 @@ def heatmap_figure(hm: Heatmap, label: str = ""):
 
 
 def comparison_text(corr: Mapping[str, dict], comparison: RunComparison, dyns: Mapping[str, Dynamics]) -> str:
-    """The correlations, and GRPO's final and ever-emergent heads against SFT's."""
+    """The correlations, every pair of runs' final emergent heads, and the heads ever emergent per run."""
     lines = [f"{label}: emergent heads vs {'accuracy reward' if label == 'GRPO' else 'held-out accuracy'} over "
              f"{c['n']} checkpoints: Pearson r = {c['pearson_r']:.2f} (p = {c['pearson_p']:.3f}), "
              f"Spearman ρ = {c['spearman_r']:.2f} (p = {c['spearman_p']:.3f})" for label, c in corr.items()]
-    final = comparison.final.to_dict()
-    lines.append(f"final emergent heads: GRPO {final['n_a']}, SFT {final['n_b']}, shared {final['shared']}, "
-                 f"Jaccard {final['jaccard']:.2f}")
-    lines.append(f"heads ever emergent: GRPO {len(comparison.ever['GRPO'])}, SFT {len(comparison.ever['SFT'])}; mean "
-                 f"emergent per checkpoint: GRPO {np.mean(dyns['GRPO'].n_emergent):.2f}, "
-                 f"SFT {np.mean(dyns['SFT'].n_emergent):.2f}")
+    for (a, b), comp in comparison.final.items():
+        final = comp.to_dict()
+        lines.append(f"final emergent heads: {a} {final['n_a']}, {b} {final['n_b']}, shared {len(final['shared'])}, "
+                     f"Jaccard {final['jaccard']:.2f}")
+    lines.append("heads ever emergent: " + ", ".join(f"{label} {len(s)}" for label, s in comparison.ever.items())
+                 + "; mean emergent per checkpoint: "
+                 + ", ".join(f"{label} {np.mean(d.n_emergent):.2f}" for label, d in dyns.items()))
     return "\n".join(lines)
+
+
+def accuracy_figure(analysis: Analysis):
+    """Per task, each run's greedy held-out accuracy per checkpoint with its 95% Wilson interval (step 0: the start
+    model, shared by every run)."""
+    tasks = list(next(iter(analysis.correct.values())))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.2), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        for i, (label, by) in enumerate(analysis.correct.items()):
+            steps = sorted(by[task])
+            ci = [proportion_ci(int(by[task][s].sum()), len(by[task][s])) for s in steps]
+            ax.plot(steps, [100 * c["estimate"] for c in ci], marker="o", ms=3, color=f"C{i}", label=label)
+            ax.fill_between(steps, [100 * c["low"] for c in ci], [100 * c["high"] for c in ci], color=f"C{i}",
+                            alpha=0.15, lw=0)
+        ax.set_title(f"{task}: held-out accuracy ({len(analysis.eval_examples[task])} problems)", fontsize=10)
+        ax.set_xlabel("checkpoint (step)")
+        despine(ax)
+    axes[0][0].set_ylabel("greedy accuracy, % (95% Wilson)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def null_band_figure(tests: CheckpointTests, analysis: Analysis):
@@ -201,7 +223,7 @@ def scaling_table(result: HeadScaling | None) -> str:
     """HTML: the scaled heads, and per arm and task the accuracy with its change and the share of answers changed
     (a sentence when there was nothing to scale)."""
     if result is None:
-        return "GRPO produced no emergent heads: nothing to scale"
+        return "the run produced no emergent heads: nothing to scale"
 
     def cell(by: dict) -> str:
         ch = by["change"]

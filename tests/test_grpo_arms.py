@@ -1,0 +1,127 @@
+"""Notebook 04's three matched arms (SFT, distillation, GRPO from one start) and the statistics of their claims:
+held-out accuracy gains, overlap of emergent sets, survival of emergent heads, and the layers they sit in."""
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from toolkit.methods.dynamics import head_dynamics, head_survival
+from toolkit.studies import grpo_claims
+from toolkit.studies import grpo_dynamics as study
+from toolkit.training import grpo
+from toolkit.training.distill import DistillSettings
+from toolkit.training.grpo import GRPOSettings, SFTSettings
+
+
+def test_matched_arms_share_tasks_mode_steps_spacing_and_completions_per_step():
+    arms = study.matched_arms(steps=20, save_every=5, prompts_per_step=2, num_generations=8)
+    assert tuple(arms) == study.ARMS == ("SFT", "Distill", "GRPO")
+    assert [type(s) for s in arms.values()] == [SFTSettings, DistillSettings, GRPOSettings]
+    for name in ("model", "tasks", "steps", "save_every", "n_train", "seed"):
+        assert len({getattr(s, name) for s in arms.values()}) == 1, name
+    assert arms["GRPO"].enable_thinking and arms["GRPO"].tasks == ("linear", "arithmetic")
+    assert {study.completions_per_step(s) for s in arms.values()} == {16}
+    assert arms["Distill"].teacher == "organism"
+    assert arms["Distill"].max_new_tokens == arms["GRPO"].max_completion_length
+
+
+@pytest.mark.parametrize("arm, change, message", [
+    ("GRPO", {"tasks": ("linear",)}, "differ in tasks"),
+    ("SFT", {"steps": 30}, "differ in steps"),
+    ("Distill", {"save_every": 10}, "differ in save_every"),
+    ("SFT", {"seed": 1}, "differ in seed"),
+    ("GRPO", {"enable_thinking": False}, "enable_thinking=True"),
+    ("SFT", {"batch_size": 8}, "completions per step"),
+    ("Distill", {"teacher": "organism-base"}, "teacher is its student"),
+])
+def test_arms_that_differ_are_refused_naming_the_setting(arm, change, message):
+    arms = study.matched_arms(steps=20, save_every=5)
+    arms[arm] = dataclasses.replace(arms[arm], **change)
+    with pytest.raises(ValueError, match=message):
+        study.check_matched(arms)
+
+
+def test_arms_in_another_order_or_of_the_wrong_kind_are_refused():
+    arms = study.matched_arms(steps=20, save_every=5)
+    with pytest.raises(ValueError, match="must be SFT: SFTSettings"):
+        study.check_matched({k: arms[k] for k in ("GRPO", "SFT", "Distill")})
+    with pytest.raises(ValueError, match="must be SFT: SFTSettings"):
+        study.check_matched(arms | {"Distill": arms["SFT"]})
+
+
+def test_sft_trains_on_generator_traces_and_distillation_on_teacher_samples(monkeypatch):
+    """The two SFT-style arms differ only in their records: the generator's traces, or the teacher's samples
+    (filtered to right answers with keep_correct)."""
+    arms = study.matched_arms(steps=4, save_every=2, n_train=6)
+    examples = grpo._train_problems(arms["SFT"].tasks, 6)
+    generator = grpo.trace_records(examples)
+    assert arms["SFT"].sft_records() == generator
+    from toolkit.training import distill
+
+    def teacher(settings, examples, device):  # a teacher that answers each prompt its own way: right, then wrong
+        return [[f"<think>\nteacher {i}\n</think>\n\n{e.answer if i % 2 == 0 else 'x = 999'}"] for i, e in
+                enumerate(examples)]
+
+    monkeypatch.setattr(distill, "teacher_traces", teacher)
+    records = arms["Distill"].sft_records()
+    assert [r["answer"] for r in records] == [t[0] for t in teacher(None, examples, None)][::2]
+    assert not {r["answer"] for r in records} & {r["answer"] for r in generator}
+    kept_all = dataclasses.replace(arms["Distill"], keep_correct=False).sft_records()
+    assert len(kept_all) == 6 and [r["prompt"] for r in kept_all] == [e.prompt for e in examples]
+
+
+def test_accuracy_gain_is_paired_with_a_sign_flip_null():
+    before = np.array([0, 0, 0, 0, 1, 1, 0, 0, 0, 0] * 4, float)
+    after = np.array([1, 1, 1, 0, 1, 1, 1, 1, 0, 0] * 4, float)
+    g = grpo_claims.accuracy_gain(before, after)
+    assert g["estimate"] == pytest.approx(0.5) and g["ci"][0] > 0.3 and g["p"] < 0.01 and g["n"] == 40
+    same = grpo_claims.accuracy_gain(before, before)
+    assert same["estimate"] == 0 and same["p"] == 1.0
+    with pytest.raises(ValueError, match="n_eval"):
+        grpo_claims.accuracy_gain(np.array([]), np.array([]))
+
+
+def _boot(full: list, resamples: list[list]) -> SimpleNamespace:
+    def grid(heads):
+        g = np.zeros((4, 4), bool)
+        for h in heads:
+            g[h] = True
+        return g
+    return SimpleNamespace(full_heads_grid=grid(full), heads=np.stack([grid(r) for r in resamples]))
+
+
+def test_overlap_of_emergent_sets_leaves_out_base_heads_and_has_a_random_set_null():
+    base = _boot([(0, 0), (0, 1)], [[(0, 0)]] * 3)
+    a = _boot([(0, 0), (3, 1), (3, 2)], [[(3, 1), (3, 2)], [(3, 1)], [(0, 0), (3, 1), (3, 2)]])
+    b = _boot([(0, 1), (3, 1), (2, 0)], [[(3, 1), (2, 0)], [(3, 1)], [(2, 0)]])
+    o = grpo_claims.overlap_test(a, b, base, n_null=500)
+    assert o["sizes"] == (2, 2) and o["pool"] == 14
+    assert o["estimate"] == pytest.approx(1 / 3)  # {L3H1, L3H2} vs {L3H1, L2H0}
+    assert 0 < o["ci"][0] < 0.1 and 0.9 < o["ci"][1] <= 1  # resamples: 1/3, 1 and 0
+    assert 0 < np.mean(o["null"]) < 0.2 and 0 < o["p"] <= 1
+    empty = grpo_claims.overlap_test(base, b, base)
+    assert np.isnan(empty["estimate"]) and empty["p"] is None and not len(empty["null"])
+
+
+def test_survival_of_emergent_heads():
+    base = {(0, 0)}
+    stays = head_dynamics(base, {1: {(0, 0), (3, 1)}, 2: {(3, 1)}, 3: {(3, 1), (2, 2)}})
+    churns = head_dynamics(base, {1: {(1, 1)}, 2: {(1, 2)}, 3: {(1, 3)}})
+    assert head_survival(stays) == {(3, 1): 1.0}  # L2H2 is born at the last checkpoint: left out
+    assert head_survival(churns) == {(1, 1): 0.0, (1, 2): 0.0}
+    s = grpo_claims.survival_test(stays, churns)
+    assert s["estimate"] == 1.0 and s["n"] == (1, 2) and s["ci"] == (1.0, 1.0)
+    assert np.isnan(grpo_claims.survival_test(head_dynamics(base, {1: {(2, 2)}}), churns)["estimate"])
+
+
+def test_layer_test_against_every_same_size_set_outside_the_base():
+    late = grpo_claims.layer_test({(7, 0), (7, 1)}, 8, 2, base_heads={(0, 0)})
+    assert late["estimate"] == 1.0 and late["ci"] == (1.0, 1.0)
+    assert len(late["null"]) == 15 * 14 // 2 - 1  # every other pair of the 15 heads outside the base
+    assert late["reference"] == pytest.approx(np.mean(late["null"])) and late["p"] < 0.05
+    early = grpo_claims.layer_test({(0, 1)}, 8, 2, base_heads={(0, 0)})
+    assert early["estimate"] == 0.0 and early["p"] == 1.0
+    none = grpo_claims.layer_test(set(), 4, 4, base_heads=set())
+    assert np.isnan(none["estimate"]) and none["p"] is None
