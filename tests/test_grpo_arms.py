@@ -125,3 +125,32 @@ def test_layer_test_against_every_same_size_set_outside_the_base():
     assert early["estimate"] == 0.0 and early["p"] == 1.0
     none = grpo_claims.layer_test(set(), 4, 4, base_heads=set())
     assert np.isnan(none["estimate"]) and none["p"] is None
+
+
+def test_parameters_that_leave_the_study_without_data_are_named():
+    with pytest.raises(ValueError, match="multiple of save_every"):
+        study.matched_arms(steps=4, save_every=10)
+    with pytest.raises(ValueError, match="tasks is empty"):
+        study.matched_arms(tasks=(), steps=4, save_every=2)
+    with pytest.raises(ValueError, match="n_eval"):
+        study.analyse_checkpoints({}, ["linear"], 8, study.SnapshotSettings(), ["linear"], 0)
+    with pytest.raises(ValueError, match="n_circuit"):
+        study.analyse_checkpoints({}, ["linear"], 0, study.SnapshotSettings(), ["linear"], 8)
+
+
+def test_reweighting_is_zero_for_a_model_against_itself_and_the_null_is_resampling():
+    import torch
+
+    from toolkit.evaluation import emergence, stability
+    from toolkit.methods import eap
+
+    g = eap.Graph(2, 2, 1)
+    rng = np.random.default_rng(0)
+    per = torch.tensor(rng.normal(size=(12, g.n_sources, g.n_targets)))
+    scores = eap.Scores(per.mean(0), g, per_example=per)
+    bs = stability.bootstrap_circuit(scores, top_n=6, n_boot=20, seed=1)
+    null = emergence.base_null(scores, top_n=6, n_null=10, n_inner=5)
+    t = emergence.emergent_test(bs, bs, null)
+    rw = grpo_claims.reweighting_test(t, bs, bs)
+    assert rw["estimate"] == 0 and rw["all_pairs"] == 0 and rw["ci"] == (0.0, 0.0) and rw["p"] == 1.0
+    assert len(rw["null"]) == 10 and (rw["null"] > 0).all()

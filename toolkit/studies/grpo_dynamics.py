@@ -120,6 +120,8 @@ def check_matched(arms: Mapping[str, GRPOSettings | SFTSettings | DistillSetting
     if tuple(arms) != ARMS or any(type(arms[a]) is not kinds[a] for a in ARMS):
         raise ValueError(f"the arms must be {', '.join(f'{a}: {k.__name__}' for a, k in kinds.items())} in this "
                          f"order; got {', '.join(f'{a}: {type(s).__name__}' for a, s in arms.items())}")
+    if any(not s.tasks for s in arms.values()):
+        raise ValueError("tasks is empty: the arms need at least one training task (linear, arithmetic, reversal)")
     for name in ("model", "tasks", "steps", "save_every", "n_train", "seed"):
         values = {a: getattr(s, name) for a, s in arms.items()}
         if len(set(values.values())) > 1:
@@ -252,7 +254,7 @@ def analyse_checkpoints(runs: Mapping[str, TrainingRun], circuit_tasks: Sequence
         scores = {inputs: {label: snapshot_scores(specs[label], circuit_examples, replace(snapshot, inputs=inputs),
                                                   device) for label in runs} for inputs in ("own", "fixed")}
     except eap.EAPError as err:
-        raise eap.EAPError(f"{err} (raise n_circuit or pick other circuit_tasks)") from err
+        raise eap.EAPError(f"{err} (raise n_circuit or pick other tasks for the circuits)") from err
     dyns = {inputs: {label: dynamics_of(by[label], snapshot.top_n) for label in runs} for inputs, by in scores.items()}
     eval_examples = {task: held_out_draw((task,), n_eval, seed) for task in dict.fromkeys(eval_tasks)}
     correct = {label: {task: checkpoint_correct(specs[label], ex, snapshot.enable_thinking, max_new_tokens, device)
