@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from toolkit.methods.dynamics import head_dynamics, head_survival
-from toolkit.studies import grpo_claims
+from toolkit.studies import grpo_comparisons
 from toolkit.studies import grpo_dynamics as study
 from toolkit.training import grpo
 from toolkit.training.distill import DistillSettings
@@ -75,12 +75,12 @@ def test_sft_trains_on_generator_traces_and_distillation_on_teacher_samples(monk
 def test_accuracy_gain_is_paired_with_a_sign_flip_null():
     before = np.array([0, 0, 0, 0, 1, 1, 0, 0, 0, 0] * 4, float)
     after = np.array([1, 1, 1, 0, 1, 1, 1, 1, 0, 0] * 4, float)
-    g = grpo_claims.accuracy_gain(before, after)
+    g = grpo_comparisons.accuracy_gain(before, after)
     assert g["estimate"] == pytest.approx(0.5) and g["ci"][0] > 0.3 and g["p"] < 0.01 and g["n"] == 40
-    same = grpo_claims.accuracy_gain(before, before)
+    same = grpo_comparisons.accuracy_gain(before, before)
     assert same["estimate"] == 0 and same["p"] == 1.0
     with pytest.raises(ValueError, match="n_eval"):
-        grpo_claims.accuracy_gain(np.array([]), np.array([]))
+        grpo_comparisons.accuracy_gain(np.array([]), np.array([]))
 
 
 def _boot(full: list, resamples: list[list]) -> SimpleNamespace:
@@ -96,12 +96,12 @@ def test_overlap_of_emergent_sets_leaves_out_base_heads_and_has_a_random_set_nul
     base = _boot([(0, 0), (0, 1)], [[(0, 0)]] * 3)
     a = _boot([(0, 0), (3, 1), (3, 2)], [[(3, 1), (3, 2)], [(3, 1)], [(0, 0), (3, 1), (3, 2)]])
     b = _boot([(0, 1), (3, 1), (2, 0)], [[(3, 1), (2, 0)], [(3, 1)], [(2, 0)]])
-    o = grpo_claims.overlap_test(a, b, base, n_null=500)
+    o = grpo_comparisons.overlap_test(a, b, base, n_null=500)
     assert o["sizes"] == (2, 2) and o["pool"] == 14
     assert o["estimate"] == pytest.approx(1 / 3)  # {L3H1, L3H2} vs {L3H1, L2H0}
     assert 0 < o["ci"][0] < 0.1 and 0.9 < o["ci"][1] <= 1  # resamples: 1/3, 1 and 0
     assert 0 < np.mean(o["null"]) < 0.2 and 0 < o["p"] <= 1
-    empty = grpo_claims.overlap_test(base, b, base)
+    empty = grpo_comparisons.overlap_test(base, b, base)
     assert np.isnan(empty["estimate"]) and empty["p"] is None and not len(empty["null"])
 
 
@@ -111,19 +111,19 @@ def test_survival_of_emergent_heads():
     churns = head_dynamics(base, {1: {(1, 1)}, 2: {(1, 2)}, 3: {(1, 3)}})
     assert head_survival(stays) == {(3, 1): 1.0}  # L2H2 is born at the last checkpoint: left out
     assert head_survival(churns) == {(1, 1): 0.0, (1, 2): 0.0}
-    s = grpo_claims.survival_test(stays, churns)
+    s = grpo_comparisons.survival_test(stays, churns)
     assert s["estimate"] == 1.0 and s["n"] == (1, 2) and s["ci"] == (1.0, 1.0)
-    assert np.isnan(grpo_claims.survival_test(head_dynamics(base, {1: {(2, 2)}}), churns)["estimate"])
+    assert np.isnan(grpo_comparisons.survival_test(head_dynamics(base, {1: {(2, 2)}}), churns)["estimate"])
 
 
 def test_layer_test_against_every_same_size_set_outside_the_base():
-    late = grpo_claims.layer_test({(7, 0), (7, 1)}, 8, 2, base_heads={(0, 0)})
+    late = grpo_comparisons.layer_test({(7, 0), (7, 1)}, 8, 2, base_heads={(0, 0)})
     assert late["estimate"] == 1.0 and late["ci"] == (1.0, 1.0)
     assert len(late["null"]) == 15 * 14 // 2 - 1  # every other pair of the 15 heads outside the base
     assert late["reference"] == pytest.approx(np.mean(late["null"])) and late["p"] < 0.05
-    early = grpo_claims.layer_test({(0, 1)}, 8, 2, base_heads={(0, 0)})
+    early = grpo_comparisons.layer_test({(0, 1)}, 8, 2, base_heads={(0, 0)})
     assert early["estimate"] == 0.0 and early["p"] == 1.0
-    none = grpo_claims.layer_test(set(), 4, 4, base_heads=set())
+    none = grpo_comparisons.layer_test(set(), 4, 4, base_heads=set())
     assert np.isnan(none["estimate"]) and none["p"] is None
 
 
@@ -151,6 +151,6 @@ def test_reweighting_is_zero_for_a_model_against_itself_and_the_null_is_resampli
     bs = stability.bootstrap_circuit(scores, top_n=6, n_boot=20, seed=1)
     null = emergence.base_null(scores, top_n=6, n_null=10, n_inner=5)
     t = emergence.emergent_test(bs, bs, null)
-    rw = grpo_claims.reweighting_test(t, bs, bs)
+    rw = grpo_comparisons.reweighting_test(t, bs, bs)
     assert rw["estimate"] == 0 and rw["all_pairs"] == 0 and rw["ci"] == (0.0, 0.0) and rw["p"] == 1.0
     assert len(rw["null"]) == 10 and (rw["null"] > 0).all()

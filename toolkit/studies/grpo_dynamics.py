@@ -3,9 +3,10 @@ circuit per checkpoint; head dynamics against the start model's circuit; accurac
 
 Steps, one function each (the notebook calls them in order):
 
-1. :func:`matched_arms`, :func:`check_matched`, :func:`train_runs` — the three arms (:data:`ARMS`), matched in tasks,
-   mode (thinking on), training problems, steps, checkpoint spacing and completions per step; trained by
-   :mod:`toolkit.training.grpo` / :mod:`toolkit.training.distill`, cached by configuration hash.
+1. :func:`matched_arms`, :func:`check_matched`, :func:`train_runs` (:mod:`toolkit.studies.grpo_arms`, re-exported
+   here) — the three arms (:data:`ARMS`), matched in tasks, mode (thinking on), training problems, steps, checkpoint
+   spacing and completions per step; trained by :mod:`toolkit.training.grpo` / :mod:`toolkit.training.distill`,
+   cached by configuration hash.
 2. :func:`analyse_checkpoints` — per run, an EAP-IG circuit per checkpoint on its own pairs and on the start model's
    (fixed) pairs (snapshots cached per weights, see :func:`toolkit.studies.snapshots.snapshot_scores`; split across
    launched processes: :func:`~toolkit.studies.snapshots.distributed_snapshot_scores`), the head
@@ -45,6 +46,7 @@ from toolkit.evaluation.behaviour import behave
 from toolkit.methods import eap
 from toolkit.methods.dynamics import Dynamics, reward_correlation
 from toolkit.organism.tasks import Example
+from toolkit.studies.grpo_arms import ARMS, check_matched, completions_per_step, matched_arms, train_runs  # noqa: F401
 from toolkit.studies.snapshots import (  # noqa: F401 -- re-exported: the notebook calls them from here
     SnapshotSettings,
     analysis_dir,
@@ -56,95 +58,13 @@ from toolkit.studies.snapshots import (  # noqa: F401 -- re-exported: the notebo
     snapshot_scores,
 )
 from toolkit.training import grpo
-from toolkit.training.distill import DistillSettings
-from toolkit.training.grpo import GRPOSettings, SFTSettings, TrainingRun
+from toolkit.training.grpo import TrainingRun
 
 SCALE_FACTORS = (1.3, 0.5)  # head scaling: amplify and damp GRPO's emergent heads
 HELD_OUT_POOL = 400  # seeds > 0 draw their held-out problems from this many (those training never sees)
 
 
-# ---- 1. training: three matched arms ------------------------------------------------------------------------------
-
-ARMS = ("SFT", "Distill", "GRPO")  # the paper's three kinds of post-training, in notebook order
-
-
-def matched_arms(model: str = "organism-base", tasks: Sequence[str] = grpo.MATH_TASKS, steps: int = 100,
-                 save_every: int = 10, seed: int = 0, *, prompts_per_step: int = 4, num_generations: int = 16,
-                 n_train: int = 1000, teacher: str = "organism", grpo_lr: float = 1e-4, sft_lr: float = 1e-3,
-                 distill_lr: float = 1e-3, grpo_warmup: float = 0.1, sft_warmup: float = 0.03,
-                 max_completion_length: int = 128, temperature: float = 1.0, keep_correct: bool = True
-                 ) -> dict[str, GRPOSettings | SFTSettings | DistillSettings]:
-    """The settings of the three arms (:data:`ARMS`) from one start ``model``, matched as :func:`check_matched`
-    requires: the same ``tasks`` (thinking on), training problems (the first ``n_train``), ``steps``, checkpoint
-    spacing and seed, and as many completions per optimizer step (``prompts_per_step × num_generations`` sampled
-    completions in GRPO = the SFT and distillation batch).
-
-    - **SFT**: the generator's think-on traces (:meth:`SFTSettings.sft_records`);
-    - **Distill**: traces *sampled from* ``teacher`` (temperature 0.6, top-p 0.95, at most
-      ``max_completion_length`` tokens), only those with the right answer when ``keep_correct``, as the paper's
-      distilled models were made (:mod:`toolkit.training.distill`);
-    - **GRPO**: TRL's GRPOTrainer with the exact-answer and format rewards, thinking on, ``temperature``.
-
-    Learning rates differ by method, as in the paper (GRPO's is far below SFT's there too)."""
-    batch = prompts_per_step * num_generations
-    arms = {
-        "SFT": SFTSettings(model=model, tasks=tuple(tasks), steps=steps, batch_size=batch, learning_rate=sft_lr,
-                           warmup_ratio=sft_warmup, save_every=save_every, n_train=n_train, seed=seed),
-        "Distill": DistillSettings(model=model, teacher=teacher, tasks=tuple(tasks), steps=steps, batch_size=batch,
-                                   learning_rate=distill_lr, warmup_ratio=sft_warmup, save_every=save_every,
-                                   n_train=n_train, max_new_tokens=max_completion_length, keep_correct=keep_correct,
-                                   seed=seed),
-        "GRPO": GRPOSettings(model=model, tasks=tuple(tasks), steps=steps, prompts_per_step=prompts_per_step,
-                             num_generations=num_generations, learning_rate=grpo_lr, warmup_ratio=grpo_warmup,
-                             temperature=temperature, enable_thinking=True,
-                             max_completion_length=max_completion_length, save_every=save_every, n_train=n_train,
-                             seed=seed),
-    }
-    check_matched(arms)
-    return arms
-
-
-def completions_per_step(settings) -> int:
-    """Sequences the loss sees per optimizer step: GRPO's prompts × generations, SFT's and distillation's batch."""
-    if isinstance(settings, GRPOSettings):
-        return settings.prompts_per_step * settings.num_generations
-    return settings.batch_size
-
-
-def check_matched(arms: Mapping[str, GRPOSettings | SFTSettings | DistillSettings]) -> None:
-    """Refuse arms that differ in what the comparison holds fixed, naming the setting: the labels must be
-    :data:`ARMS` with the right settings types; start model, tasks, ``steps``, ``save_every``, ``n_train`` and
-    ``seed`` equal; GRPO thinking on (SFT and distillation train think-on traces); as many completions per step
-    (:func:`completions_per_step`); distillation's teacher another model than the student."""
-    kinds = {"SFT": SFTSettings, "Distill": DistillSettings, "GRPO": GRPOSettings}
-    if tuple(arms) != ARMS or any(type(arms[a]) is not kinds[a] for a in ARMS):
-        raise ValueError(f"the arms must be {', '.join(f'{a}: {k.__name__}' for a, k in kinds.items())} in this "
-                         f"order; got {', '.join(f'{a}: {type(s).__name__}' for a, s in arms.items())}")
-    if any(not s.tasks for s in arms.values()):
-        raise ValueError("tasks is empty: the arms need at least one training task (linear, arithmetic, reversal)")
-    for name in ("model", "tasks", "steps", "save_every", "n_train", "seed"):
-        values = {a: getattr(s, name) for a, s in arms.items()}
-        if len(set(values.values())) > 1:
-            raise ValueError(f"the arms differ in {name} ({values}); matched arms share it")
-    if not arms["GRPO"].enable_thinking:
-        raise ValueError("GRPO must run with enable_thinking=True: SFT and distillation train think-on traces, so a "
-                         "think-off GRPO arm differs from them in mode")
-    per_step = {a: completions_per_step(s) for a, s in arms.items()}
-    if len(set(per_step.values())) > 1:
-        raise ValueError(f"the arms see different numbers of completions per step ({per_step}); set the SFT and "
-                         "distillation batch_size to GRPO's prompts_per_step × num_generations")
-    if arms["Distill"].teacher == arms["Distill"].model:
-        raise ValueError(f"distillation's teacher is its student ({arms['Distill'].teacher!r}); pass the stronger "
-                         "model as teacher")
-
-
-def train_runs(arms: Mapping[str, GRPOSettings | SFTSettings | DistillSettings], device: str = "auto",
-               retrain: bool = False) -> dict[str, TrainingRun]:
-    """Each arm's run (:data:`ARMS` order), trained, resumed or reused from the cache, once :func:`check_matched`
-    accepts the arms."""
-    check_matched(arms)
-    return {label: grpo.train(settings, device, retrain=retrain) for label, settings in arms.items()}
-
+# ---- 1. training: the three matched arms are in toolkit.studies.grpo_arms (re-exported above) --------------
 
 def checkpoint_specs(run: TrainingRun) -> dict[int, str]:
     """Checkpoint step → model spec (step 0: the start model)."""
