@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from toolkit.methods.dynamics import head_dynamics, head_survival
-from toolkit.studies import grpo_comparisons
+from toolkit.studies import grpo_claims, grpo_comparisons
 from toolkit.studies import grpo_dynamics as study
 from toolkit.training import grpo
 from toolkit.training.distill import DistillSettings
@@ -154,3 +154,20 @@ def test_reweighting_is_zero_for_a_model_against_itself_and_the_null_is_resampli
     rw = grpo_comparisons.reweighting_test(t, bs, bs)
     assert rw["estimate"] == 0 and rw["all_pairs"] == 0 and rw["ci"] == (0.0, 0.0) and rw["p"] == 1.0
     assert len(rw["null"]) == 10 and (rw["null"] > 0).all()
+
+
+def test_stable_dynamics_use_the_stable_heads_of_every_checkpoint():
+    boot = lambda heads: SimpleNamespace(stable_heads=frozenset(heads))  # noqa: E731
+    tests = SimpleNamespace(base={"fixed": boot({(0, 0), (1, 1)})},
+                            boots={"fixed": {"SFT": {5: boot({(0, 0), (3, 2)}), 10: boot({(0, 0), (3, 2)})}}})
+    (label, dyn), = grpo_claims.stable_dynamics(tests).items()
+    assert label == "SFT" and dyn.steps == [5, 10] and dyn.emergent == [frozenset({(3, 2)})] * 2
+    assert dyn.maintained == [frozenset({(0, 0)})] * 2
+
+
+def test_most_frequent_answer_share():
+    from toolkit.organism.tasks import Example
+
+    ex = [Example("linear", f"p{i}", "", a) for i, a in enumerate(["x = 1", "x = 1", "x = 2", "x = 3"])]
+    analysis = study.Analysis({}, {}, {"linear": ex}, {}, {}, [])
+    assert analysis.most_frequent_share == {"linear": 0.5}

@@ -37,6 +37,7 @@ from toolkit.core.progress import progress, quiet_library_bars
 from toolkit.evaluation import emergence, stability, weight_noise
 from toolkit.evaluation.claims import Claims, Null, empirical_p
 from toolkit.methods import eap
+from toolkit.methods.dynamics import Dynamics, head_dynamics
 from toolkit.organism.tasks import completion
 from toolkit.organism.tokenizer import IM_END
 from toolkit.studies.emergent import HeadSetTest
@@ -93,6 +94,15 @@ def checkpoint_tests(analysis: Analysis, *, top_n: int, n_boot: int = 100, n_nul
                     by_step[step], top_n=top_n, n_outer=n_null, n_inner=n_inner, seed=seed + 20 + k))
                 for step, bs in boots[inputs][label].items()}
     return CheckpointTests(tests, null_by, base_by, boots)
+
+
+def stable_dynamics(tests: CheckpointTests, inputs: str = "fixed") -> dict[str, Dynamics]:
+    """Per run, the head :class:`~toolkit.methods.dynamics.Dynamics` of its checkpoints' *stable* heads (inclusion
+    frequency ≥ the bootstrap's threshold, 0.8) against the start model's stable heads, on ``inputs`` pairs: cohorts,
+    survival and the heatmap without the heads that one draw of pairs happens to put in a circuit."""
+    base = tests.base[inputs].stable_heads
+    return {label: head_dynamics(base, {step: b.stable_heads for step, b in by.items()})
+            for label, by in tests.boots[inputs].items()}
 
 
 @dataclass

@@ -28,6 +28,7 @@ See ``docs/methods.md`` ("GRPO dynamics").
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -138,6 +139,12 @@ class Analysis:
         """``accuracy[label][task][step]``: the share of right greedy answers."""
         return {label: {t: {s: float(c.mean()) for s, c in by.items()} for t, by in tasks_.items()}
                 for label, tasks_ in self.correct.items()}
+
+    @property
+    def most_frequent_share(self) -> dict[str, float]:
+        """Per task, the share of its held-out problems whose reference answer is the most frequent one: the accuracy
+        of a model that always gives that answer."""
+        return {t: max(Counter(e.answer for e in ex).values()) / len(ex) for t, ex in self.eval_examples.items()}
 
     def pooled_correct(self, label: str, step: int, tasks: Iterable[str] | None = None) -> np.ndarray:
         """Right/wrong per problem of ``tasks`` (default: every evaluated task) at one checkpoint, tasks in order."""
@@ -336,6 +343,7 @@ def to_results(model: str, runs: Mapping[str, TrainingRun], analysis: Analysis, 
         "dynamics": {label: d.summary() for label, d in analysis.dyns.items()},
         "accuracy": {label: {t: {str(s): a for s, a in acc.items()} for t, acc in by.items()}
                      for label, by in analysis.accuracy.items()},
+        "most_frequent_answer_share": analysis.most_frequent_share,
         "correlation": dict(corr),
         "final_emergent": {f"{a} vs {b}": {"n_a": c.to_dict()["n_a"], "n_b": c.to_dict()["n_b"],
                                            "shared": len(c.to_dict()["shared"]), "jaccard": c.to_dict()["jaccard"]}

@@ -146,7 +146,7 @@ def comparison_text(corr: Mapping[str, dict], comparison: RunComparison, dyns: M
 
 def accuracy_figure(analysis: Analysis):
     """Per task, each run's greedy held-out accuracy per checkpoint with its 95% Wilson interval (step 0: the start
-    model, shared by every run)."""
+    model, shared by every run), and the accuracy of always giving the most frequent answer (dotted)."""
     tasks = list(next(iter(analysis.correct.values())))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.2), squeeze=False, sharey=True)
     for ax, task in zip(axes[0], tasks):
@@ -156,6 +156,8 @@ def accuracy_figure(analysis: Analysis):
             ax.plot(steps, [100 * c["estimate"] for c in ci], marker="o", ms=3, color=f"C{i}", label=label)
             ax.fill_between(steps, [100 * c["low"] for c in ci], [100 * c["high"] for c in ci], color=f"C{i}",
                             alpha=0.15, lw=0)
+        ax.axhline(100 * analysis.most_frequent_share[task], color="grey", ls=":", lw=1,
+                   label="always the most frequent answer")
         ax.set_title(f"{task}: held-out accuracy ({len(analysis.eval_examples[task])} problems)", fontsize=10)
         ax.set_xlabel("checkpoint (step)")
         despine(ax)
