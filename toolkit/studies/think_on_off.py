@@ -167,21 +167,30 @@ class ModeCircuits:
                                           batch_size=batch_size) for m in (THINK_ON, THINK_OFF)}
 
 
+POSITIONS = ("divergence", "answer")  # where each mode's pairs are read (mode_circuits)
+
+
 def mode_circuits(loaded: LoadedModel, examples: Sequence[tasks.Example], top_n: int = 40, steps: int = 5,
                   metric: str = "kl", batch_size: int = 8, max_new_tokens_think: int = THINK_ON_TOKENS,
                   max_new_tokens_off: int = THINK_OFF_TOKENS, seed: int = 0, show_progress: bool = False,
-                  per_example: bool = False) -> ModeCircuits:
+                  per_example: bool = False, positions: str = "divergence") -> ModeCircuits:
     """EAP-IG circuits with thinking on and off on the same problems.
 
-    Each mode's pairs follow ``eap.make_pairs`` with ``corruption="problem"``: the clean input is the chat prompt
-    plus the model's own greedy response *in that mode* up to the first token where its response to a minimally
-    changed problem differs. Both circuits keep the ``top_n`` edges by |score|, dead nodes pruned.
-    ``per_example`` keeps each pair's scores (for bootstraps over pairs, :mod:`toolkit.evaluation.stability`).
+    ``positions="divergence"``: each mode's pairs follow ``eap.make_pairs`` with ``corruption="problem"``: the clean
+    input is the chat prompt plus the model's own greedy response *in that mode* up to the first token where its
+    response to a minimally changed problem differs (thinking on, usually a digit the scratchpad copies from the
+    problem; thinking off, the answer). ``positions="answer"``: ``eap.answer_pairs``, both modes read at the final
+    answer's first differing token, the think-on scratchpad teacher-forced up to ``</think>``: the same decision in
+    both modes. Both circuits keep the ``top_n`` edges by |score|, dead nodes pruned. ``per_example`` keeps each
+    pair's scores (for bootstraps over pairs, :mod:`toolkit.evaluation.stability`).
     """
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     pairs, scores, circuits, importance = {}, {}, {}, {}
     for mode, think, max_new in ((THINK_ON, True, max_new_tokens_think), (THINK_OFF, False, max_new_tokens_off)):
-        pairs[mode] = eap.make_pairs(loaded, examples, enable_thinking=think, corruption="problem",
-                                     max_new_tokens=max_new, seed=seed, unequal="drop")
+        pairs[mode] = (eap.answer_pairs(loaded, examples, enable_thinking=think, seed=seed) if positions == "answer"
+                       else eap.make_pairs(loaded, examples, enable_thinking=think, corruption="problem",
+                                           max_new_tokens=max_new, seed=seed, unequal="drop"))
         scores[mode] = eap.attribute(loaded, pairs[mode], method="eap-ig", steps=steps, metric=metric,
                                      batch_size=batch_size, show_progress=show_progress, per_example=per_example)
         circuits[mode] = eap.select(scores[mode], top_n=top_n, absolute=True, method="top", prune=True)

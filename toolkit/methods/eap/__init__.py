@@ -6,7 +6,8 @@ The stages, one module each (as in the reference hannamw/EAP-IG):
    input (k/v per KV-head group), each MLP's input and the logits as targets; dense ``[n_sources, n_targets]``
    indexing.
 2. :mod:`~toolkit.methods.eap.pairs` — :class:`Pairs`, :func:`make_pairs`, :func:`corrupt_prompt`: equal-length
-   clean/corrupted inputs cut where the model's own answers to the two problems part.
+   clean/corrupted inputs cut where the model's own answers to the two problems part; :func:`answer_pairs`: cut at
+   the final answer after the teacher-forced reference completion (the same decision in both modes).
 3. :mod:`~toolkit.methods.eap.attribute` — :func:`attribute` → :class:`Scores` (:mod:`~toolkit.methods.eap.scores`):
    ``score(s → t) = Σ (a_s(corrupted) − a_s(clean)) · ḡ_t / N``, with ``ḡ_t`` the metric's gradient at target t's
    input on the clean input (EAP) or averaged over embeddings interpolated from corrupted to clean at α = k/m,
@@ -31,9 +32,9 @@ from toolkit.methods.eap.circuit import Circuit, greedy, head_importance, prune_
 from toolkit.methods.eap.evaluate import edges_for_recovery, exact_scores, faithfulness, faithfulness_curve
 from toolkit.methods.eap.graph import METHODS, METRICS, EAPError, Graph
 from toolkit.methods.eap.memory import check_memory, estimate_memory
-from toolkit.methods.eap.pairs import Pairs, corrupt_prompt, make_pairs
+from toolkit.methods.eap.pairs import Pairs, answer_pairs, corrupt_prompt, make_pairs
 from toolkit.methods.eap.scores import Scores
 
-__all__ = ["METHODS", "METRICS", "Circuit", "EAPError", "Graph", "Pairs", "Scores", "attribute", "check_memory",
-           "corrupt_prompt", "edges_for_recovery", "estimate_memory", "exact_scores", "faithfulness",
+__all__ = ["METHODS", "METRICS", "Circuit", "EAPError", "Graph", "Pairs", "Scores", "answer_pairs", "attribute",
+           "check_memory", "corrupt_prompt", "edges_for_recovery", "estimate_memory", "exact_scores", "faithfulness",
            "faithfulness_curve", "greedy", "head_importance", "make_pairs", "prune_edges", "ranked_heads", "select"]

@@ -277,3 +277,78 @@ def make_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool = False, 
     pairs = Pairs.from_token_lists(clean_rows, corr_rows, cl, xl, pad_id=pad, records=records)
     pairs.dropped = dropped
     return pairs
+
+
+def answer_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool, seed: int = 0) -> Pairs:
+    """Clean/corrupted pairs read at the *final answer*, in either mode: the matched positions of a think-on/think-off
+    comparison (organism equations and sums only).
+
+    For each example and its minimally changed problem (:func:`corrupt_prompt`, rebuilt with its own scratchpad and
+    answer by :func:`toolkit.organism.rebuild.from_prompt`):
+
+    1. each row is its chat prompt followed by its own *reference* completion (teacher-forced, not the model's):
+       thinking on, the generator's scratchpad ``<think>\\n{steps}\\n</think>\\n\\n``; thinking off, the answer
+       sentence's opening ``The answer is ``; then the answer (``x = 4``, ``1087``);
+    2. j = the first answer token where the clean and corrupted answers differ; clean = clean row up to it, corrupted
+       = corrupted prompt and completion + *the clean answer's* tokens before j (as :func:`make_pairs` does), so both
+       modes read the metric at the token that decides the answer; the labels are the two answers' tokens at j.
+
+    Pairs whose rows tokenize to different lengths (thinking on, the two scratchpads can differ) or whose answers
+    do not differ are dropped and listed in ``Pairs.dropped``; the rest record ``answer_token`` (the metric
+    position's index within the answer)."""
+    from toolkit.organism import tasks
+    from toolkit.organism.rebuild import from_prompt
+
+    if isinstance(examples, (str, bytes)):
+        raise TypeError("answer_pairs needs a list of organism examples, not a single string")
+    examples = list(examples)
+    if not examples:
+        raise EAPError("answer_pairs needs at least one example")
+    unsupported = sorted({getattr(e, "task", "?") for e in examples} - {"linear", "arithmetic"})
+    if unsupported:
+        raise EAPError(f"answer_pairs rebuilds the corrupted problem's reference answer, which it can do for linear "
+                       f"equations and sums only, not {', '.join(unsupported)}")
+    tok, rng = loaded.tokenizer, random.Random(seed)
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def row(ex) -> tuple[list[int], list[int], str]:
+        chat = tok.apply_chat_template([{"role": "user", "content": ex.prompt}], tokenize=False,
+                                       add_generation_prompt=True, enable_thinking=enable_thinking)
+        full = tasks.completion(ex, think=enable_thinking)
+        lead = full[:full.rindex(ex.answer)]
+        return ids(chat) + ids(lead), ids(ex.answer), lead
+
+    dropped, clean_rows, corr_rows, cl, xl, records = [], [], [], [], [], []
+    for i, ex in enumerate(examples):
+        corr_prompt = corrupt_prompt(ex, rng)
+        corr = None if corr_prompt is None else from_prompt(ex.task, corr_prompt)
+        rec = {"index": i, "task": ex.task, "prompt": ex.prompt, "corrupted_prompt": corr_prompt,
+               "enable_thinking": enable_thinking}
+        if corr is None:
+            dropped.append({**rec, "reason": "no same-length corruption for this problem"})
+            continue
+        (lead_a, ans_a, text_a), (lead_b, ans_b, _) = row(ex), row(corr)
+        if len(lead_a) != len(lead_b):
+            dropped.append({**rec, "reason": "clean and corrupted rows up to the answer differ in length"})
+            continue
+        j = next((k for k, (x, y) in enumerate(zip(ans_a, ans_b, strict=False)) if x != y), None)
+        if j is None:
+            dropped.append({**rec, "reason": "the clean and corrupted answers do not differ"})
+            continue
+        check_length(loaded.hf, len(lead_a) + j, f"pair {i} ({ex.prompt[:40]!r})", 1, EAPError)
+        clean_rows.append(lead_a + ans_a[:j])
+        corr_rows.append(lead_b + ans_a[:j])
+        cl.append(ans_a[j])
+        xl.append(ans_b[j])
+        records.append({**rec, "answer": ex.answer, "corrupted_answer": corr.answer, "answer_token": j,
+                        "response_prefix": text_a + tok.decode(ans_a[:j]),
+                        "clean_next": tok.decode([ans_a[j]]), "corrupted_next": tok.decode([ans_b[j]])})
+    if not clean_rows:
+        raise EAPError(f"no usable pairs out of {len(examples)} examples"
+                       + (f" (first reason: {dropped[0]['reason']})" if dropped else ""))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pairs = Pairs.from_token_lists(clean_rows, corr_rows, cl, xl, pad_id=pad, records=records)
+    pairs.dropped = dropped
+    return pairs
