@@ -25,6 +25,7 @@ def test_rebuilt_examples_equal_the_generated_ones(task):
 def test_prompts_that_pose_no_organism_problem_are_not_rebuilt():
     assert rebuild.from_prompt("linear", "Solve for x: 3x + 1 = 3x + 4") is None  # a == c
     assert rebuild.from_prompt("linear", "Solve for x: 4x + 1 = 2x + 4") is None  # x = 3/2
+    assert rebuild.from_prompt("linear", "Solve for x: 4x + 1 = 2x + 25") is None  # d > 20: the generator's range
     assert rebuild.from_prompt("arithmetic", "What is 12 - 30?") is None  # negative
     assert rebuild.from_prompt("arithmetic", "What is twelve?") is None
     assert rebuild.from_prompt("reversal", "Reverse the word: abc") is None
@@ -39,7 +40,8 @@ def test_think_on_and_think_off_pairs_end_at_the_same_answer_token(organism):
     ex = tasks.held_out("linear", 12, seed=5) + tasks.held_out("arithmetic", 12, seed=5)
     on = eap.answer_pairs(organism, ex, enable_thinking=True, seed=3)
     off = eap.answer_pairs(organism, ex, enable_thinking=False, seed=3)
-    assert not off.dropped  # thinking off, every pair is kept: prompts of equal length, answers that differ
+    # thinking off, a pair is dropped only when the corrupted problem lies outside the generator's ranges
+    assert {d["reason"] for d in off.dropped} <= {"the corrupted problem is not one the task generator poses"}
     rows_off = {r["index"]: i for i, r in enumerate(off.records)}
     both = [(i, rows_off[r["index"]]) for i, r in enumerate(on.records)]
     assert {ex[on.records[i]["index"]].task for i, _ in both} == {"linear", "arithmetic"}
@@ -68,7 +70,8 @@ def test_pairs_that_cannot_be_read_at_the_answer_are_dropped_or_refused(organism
     on = eap.answer_pairs(organism, ex, enable_thinking=True)
     assert len(on) + len(on.dropped) == 30
     assert {d["reason"] for d in on.dropped} <= {"clean and corrupted rows up to the answer differ in length",
-                                                  "no same-length corruption for this problem"}
+                                                  "no same-length corruption for this problem",
+                                                  "the corrupted problem is not one the task generator poses"}
     with pytest.raises(eap.EAPError, match="linear equations and sums only, not reversal"):
         eap.answer_pairs(organism, tasks.held_out("reversal", 2, seed=0), enable_thinking=False)
     with pytest.raises(eap.EAPError, match="at least one example"):

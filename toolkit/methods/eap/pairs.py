@@ -327,7 +327,8 @@ def answer_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool, seed: 
         rec = {"index": i, "task": ex.task, "prompt": ex.prompt, "corrupted_prompt": corr_prompt,
                "enable_thinking": enable_thinking}
         if corr is None:
-            dropped.append({**rec, "reason": "no same-length corruption for this problem"})
+            dropped.append({**rec, "reason": "no same-length corruption for this problem" if corr_prompt is None
+                            else "the corrupted problem is not one the task generator poses"})
             continue
         (lead_a, ans_a, text_a), (lead_b, ans_b, _) = row(ex), row(corr)
         if len(lead_a) != len(lead_b):
