@@ -18,6 +18,7 @@ from toolkit.evaluation.behaviour import Behaviour
 from toolkit.methods import eap
 from toolkit.organism.tasks import Example
 from toolkit.studies import think_on_off as th
+from toolkit.studies import think_on_off_metrics as tm
 from toolkit.views import think_on_off as tv
 
 # ------------------------------------------------------------------------------------------------ interventions
@@ -265,7 +266,7 @@ def fake_results(seed=0, n_problems=30, n=4):
 
 def test_curves_pool_groups_and_bracket_the_estimate():
     res = fake_results()
-    cur = th.curves(res, metric="pass", n_boot=300)
+    cur = tm.curves(res, metric="pass", n_boot=300)
     assert list(cur) == ["think-on", "think-off", "ablate", "rand"]
     pooled = (per_problem_at_k(res["rand #1"].correct["related_math"])
               + per_problem_at_k(res["rand #2"].correct["related_math"])) / 2
@@ -282,22 +283,22 @@ def test_curves_pool_groups_and_bracket_the_estimate():
     t = cur["think-off"]["unrelated_math"]
     assert t["low"][1] == pytest.approx(np.quantile(boots, 0.025))
     assert t["high"][1] == pytest.approx(np.quantile(boots, 0.975))
-    succ = th.curves(res, metric="success", n_boot=200)
+    succ = tm.curves(res, metric="success", n_boot=200)
     assert succ["think-on"]["related_math"]["estimate"][0] == pytest.approx(
         res["think-on"].correct["related_math"][:, 0].mean())
     with pytest.raises(KeyError, match="no condition in group"):
-        th.group_matrix(res, "nope", "related_math")
+        tm.group_matrix(res, "nope", "related_math")
 
 
 def test_table_rows_cells_and_paired_deltas():
     res = fake_results()
-    tab = th.table(res, metric="pass", k=2, n_boot=300)
+    tab = tm.table(res, metric="pass", k=2, n_boot=300)
     assert list(tab) == ["think-on", "think-off", "ablate", "rand"]
     assert tab["think-off"]["related_math"]["delta"] is None
     for group in ("think-on", "ablate", "rand"):
         for task in ("related_math", "unrelated_math"):
-            a = th.group_matrix(res, group, task)[:, 1]
-            b = th.group_matrix(res, "think-off", task)[:, 1]
+            a = tm.group_matrix(res, group, task)[:, 1]
+            b = tm.group_matrix(res, "think-off", task)[:, 1]
             cell = tab[group][task]
             assert cell["estimate"] == pytest.approx(a.mean())
             assert cell["delta"]["estimate"] == pytest.approx(a.mean() - b.mean())
@@ -309,7 +310,7 @@ def test_table_rows_cells_and_paired_deltas():
     html = tv.table_html(tab)
     assert html.count("<tr>") == 5 and "#1a7f37" in html and "#c62828" in html
     with pytest.raises(ValueError, match="k must be in 1..4"):
-        th.table(res, k=5)
+        tm.table(res, k=5)
 
 
 def test_grade_uses_the_answer_after_think():
@@ -334,7 +335,7 @@ def test_figures_and_explorer(tiny):
     plt.close(fig)
     with pytest.raises(ValueError, match="expected \\(2, 4\\)"):
         tv.head_maps_figure(torch.rand(3, 4), None, sets, 2, 4)
-    fig = tv.curves_figure(th.curves(fake_results(n_problems=5), n_boot=50))
+    fig = tv.curves_figure(tm.curves(fake_results(n_problems=5), n_boot=50))
     assert len(fig.axes[0].lines) == 4
     plt.close(fig)
 

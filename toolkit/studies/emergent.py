@@ -20,18 +20,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
-from toolkit.core.chat import chat_prompts
 from toolkit.core.interventions import attention_patterns
 from toolkit.core.models import LoadedModel, load
 from toolkit.core.stats import correlation
 from toolkit.core.units import Head, HeadComparison, as_heads, compare_heads
-from toolkit.evaluation import causal, emergence, nulls, stability
+from toolkit.evaluation import causal, emergence, stability
 from toolkit.methods import eap
-from toolkit.organism.tasks import completion, held_out
-from toolkit.organism.tokenizer import IM_END
+from toolkit.organism.tasks import held_out
 
 CURVE_SIZES = (1, 2, 5, 10, 20, 40, 80, 160)  # circuit sizes of the faithfulness curve (plus all edges and top_n)
 SENSITIVITY_TOP_NS = (5, 10, 20, 40, 80)  # circuit sizes of the top-n sensitivity curve (plus top_n)
@@ -361,57 +358,3 @@ def ablation_step(setup: Setup, heads: Sequence[Head], *, eval_tasks: Sequence[s
     examples = eval_examples(eval_tasks, n_eval, seed, exclude_n=setup.n_problems)
     return ablation_check(setup.models[setup.names[0]], heads, examples,
                           n_random=n_random, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens, seed=seed)
-
-
-# --------------------------------------------------------------------------------------------------- 8. placebo sets
-@dataclass
-class HeadSetTest:
-    """``heads`` multiplied by ``factor`` against every other head set of their size (``placebos``; random ones
-    beyond ``max_sets``), teacher-forced: the per-problem effect is the change in mean log-probability per token of
-    the reference completion (:func:`toolkit.organism.tasks.completion` + ``<|im_end|>``), and ``tests[task]`` its
-    :func:`toolkit.evaluation.nulls.placebo_test`. ``baseline`` ``[n_rows]``: the unedited model's values."""
-
-    heads: list[Head]
-    factor: float
-    enable_thinking: bool
-    placebos: list[tuple]
-    tests: dict[str, nulls.PlaceboTest]
-    baseline: np.ndarray
-
-    def to_results(self) -> dict:
-        return {t: {"target": r.target_mean, "placebo_mean": r.placebo_mean, "rank": r.rank, "n_sets": r.n_sets,
-                    "p": r.p_value, "difference": r.difference, "ci": list(r.ci)} for t, r in self.tests.items()}
-
-
-def head_set_test(loaded: LoadedModel, heads, examples: Mapping[str, Sequence], *, factor: float = 0.0,
-                  enable_thinking: bool = False, direction: int = -1, absolute: bool = False, max_sets: int = 5000,
-                  n_random: int = 200, seed: int = 0, sets_per_batch: int = 8) -> HeadSetTest:
-    """:class:`HeadSetTest` of ``heads`` on ``examples`` (``{task: [Example, ...]}``). ``direction`` −1: the target
-    lowers the log-probability more than the placebos; with ``absolute`` the effects are ``|change|`` (direction +1:
-    the target moves it more). All sets run batched (:func:`toolkit.evaluation.causal.unit_set_scores`)."""
-    cfg = loaded.bridge.cfg
-    heads = sorted(as_heads(heads, "tested heads", int(cfg.n_layers), int(cfg.n_heads)))
-    if not heads or not examples or not all(examples.values()):
-        raise eap.EAPError("head_set_test needs at least one head and a non-empty list of examples per task")
-    every = [(layer, h) for layer in range(int(cfg.n_layers)) for h in range(int(cfg.n_heads))]
-    placebos = nulls.same_size_sets(every, len(heads), skip=[heads], max_sets=max_sets, n_random=n_random, seed=seed)
-    flat = [e for ex in examples.values() for e in ex]
-    tok = loaded.tokenizer
-    prompts = chat_prompts(tok, [e.prompt for e in flat], enable_thinking)
-    seqs = [(tok(p, add_special_tokens=False)["input_ids"],
-             tok(completion(e, enable_thinking) + IM_END, add_special_tokens=False)["input_ids"])
-            for p, e in zip(prompts, flat, strict=True)]
-    lengths = torch.tensor([float(len(c)) for _, c in seqs])
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    got = causal.unit_set_scores(loaded.bridge, [[], heads, *placebos], lambda r: causal.continuation_logprob(
-        loaded.hf, seqs, repeat=r, pad_id=pad) / lengths.repeat(r), len(seqs), kind="head", factor=factor,
-        sets_per_batch=sets_per_batch)
-    effects = got[1:] - got[0]  # [1 + n_placebos, n_rows]: target first
-    effects = np.abs(effects) if absolute else effects
-    tests, start = {}, 0
-    for task, ex in examples.items():
-        rows = slice(start, start + len(ex))
-        start += len(ex)
-        tests[task] = nulls.placebo_test(effects[0, rows], effects[1:, rows], direction=direction, seed=seed,
-                                         description=f"every other set of {len(heads)} heads ×{factor:g}")
-    return HeadSetTest(heads, factor, enable_thinking, placebos, tests, got[0])

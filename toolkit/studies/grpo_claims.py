@@ -40,7 +40,6 @@ from toolkit.methods import eap
 from toolkit.methods.dynamics import Dynamics, head_dynamics
 from toolkit.organism.tasks import completion
 from toolkit.organism.tokenizer import IM_END
-from toolkit.studies.emergent import HeadSetTest
 from toolkit.studies.grpo_comparisons import (
     N_BOOT,
     accuracy_gain,
@@ -50,6 +49,7 @@ from toolkit.studies.grpo_comparisons import (
     survival_test,
 )
 from toolkit.studies.grpo_dynamics import Analysis, RewardSeries, SnapshotSettings, circuit_heads, make_pairs
+from toolkit.studies.placebo_sets import HeadSetTest
 from toolkit.training.grpo import TrainingRun
 
 PAPER = "Thinking Sparks"
@@ -209,11 +209,11 @@ def reward_halves(steps: Sequence[int], rewards: Sequence[float], *, seed: int =
 def scaling_tests(start: models.LoadedModel, heads: Sequence, examples: Mapping[str, Sequence], *,
                   factors: Sequence[float], n_per_task: int = 16, enable_thinking: bool = False,
                   max_sets: int = 500, seed: int = 0) -> dict[str, HeadSetTest]:
-    """Per factor: :func:`toolkit.studies.emergent.head_set_test` of ``heads`` scaled in the start model, on the
+    """Per factor: :func:`toolkit.studies.placebo_sets.head_set_test` of ``heads`` scaled in the start model, on the
     first ``n_per_task`` problems of each task, effects ``|change|`` (direction +1: the heads move the reference
     answer's log-probability more than other sets of their size): every other set of as many heads, or 200 random
     ones when there are more than ``max_sets``."""
-    from toolkit.studies.emergent import head_set_test
+    from toolkit.studies.placebo_sets import head_set_test
 
     ex = {t: list(e)[:n_per_task] for t, e in examples.items()}
     return {f"{f:g}": head_set_test(start, heads, ex, factor=f, enable_thinking=enable_thinking, direction=+1,
@@ -222,20 +222,14 @@ def scaling_tests(start: models.LoadedModel, heads: Sequence, examples: Mapping[
 
 # ---- claims -------------------------------------------------------------------------------------------------------
 
-def _perm_null(draws: np.ndarray, what: str) -> Null:
-    finite = np.asarray(draws, float)
-    finite = finite[np.isfinite(finite)]
-    return Null.from_samples("permutation", finite, what) if len(finite) else Null("permutation", 0, {}, what)
-
-
-def _names(heads) -> list[str]:
-    return sorted(f"L{a}H{b}" for a, b in heads)
-
-
 def _null_or_empty(kind: str, draws, what: str) -> Null:
     x = np.asarray(draws, float)
     x = x[np.isfinite(x)]
     return Null.from_samples(kind, x, what) if len(x) else Null(kind, 0, {}, what)
+
+
+def _names(heads) -> list[str]:
+    return sorted(f"L{a}H{b}" for a, b in heads)
 
 
 def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[str, RewardSeries],
@@ -250,7 +244,8 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                statement="GRPO raises the accuracy reward over training.",
                measure=f"mean accuracy reward of GRPO steps {len(steps) // 2 + 1}–{len(steps)} minus steps "
                        f"1–{len(steps) // 2}", estimate=h["estimate"], ci=h["ci"], p_value=h["p"],
-               null=_perm_null(h["perm"], "the same difference with the steps' order shuffled"), direction=+1)
+               null=_null_or_empty("permutation", h["perm"], "the same difference with the steps' order shuffled"),
+               direction=+1)
     for label, run in runs.items():
         last = run.checkpoints[-1].step
         g = accuracy_gain(analysis.pooled_correct(label, 0), analysis.pooled_correct(label, last), seed=seed)
@@ -260,7 +255,8 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                    measure=(f"greedy held-out accuracy ({tasks_}; {g['n']} problems never trained on, the circuits' "
                             f"mode) at step {last} minus the start model's"), estimate=g["estimate"], ci=g["ci"],
                    p_value=g["p"], direction=+1,
-                   null=_perm_null(g["perm"], "the mean per-problem change with each change's sign flipped at random"))
+                   null=_null_or_empty("permutation", g["perm"],
+                                       "the mean per-problem change with each change's sign flipped at random"))
     for inputs, dyns in (("own", analysis.dyns), ("fixed", analysis.fixed)):
         d = dyns["GRPO"]
         c = count_reward(d.n_emergent, [series["GRPO"].at_checkpoint[s] for s in d.steps], seed=seed)
@@ -270,7 +266,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                             f"model's circuit ({inputs} pairs) and the mean accuracy reward since the previous "
                             f"checkpoint; {c['n']} checkpoints of one run, effective n ≈ {c['n_eff']:.1f}"),
                    estimate=c["r"], ci=c["ci"], p_value=c["p"] if np.isfinite(c["p"]) else None, direction=+1,
-                   null=_perm_null(c["perm"], "r with the checkpoints' order shuffled"),
+                   null=_null_or_empty("permutation", c["perm"], "r with the checkpoints' order shuffled"),
                    note="one training run: its checkpoints are not independent runs")
     for label in runs:
         section = "section 5" if label == "GRPO" else "section 4.2"

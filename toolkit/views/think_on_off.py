@@ -111,7 +111,7 @@ def table_html(tab: Mapping[str, Mapping[str, Mapping]], title: str = "pass@1 (%
 
 
 def tables_html(tables: Mapping[int, Mapping], metric: str = "pass") -> str:
-    """Every table of :func:`toolkit.studies.think_on_off.tables`, one after the other."""
+    """Every table of :func:`toolkit.studies.think_on_off_metrics.tables`, one after the other."""
     return "".join(table_html(tab, title=f"{metric}@{k} (%)") for k, tab in tables.items())
 
 

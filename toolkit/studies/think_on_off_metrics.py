@@ -1,0 +1,102 @@
+"""Notebook 05's metrics over sampled answers (:class:`toolkit.studies.think_on_off.Samples`): per problem pass@k and
+success@k for k = 1…n (:func:`~toolkit.core.answers.per_problem_at_k`), pooled over a group's conditions; means over
+problems with bootstrap intervals (:func:`curves`, :func:`table`); paired differences against think-off, the paper's
+Table 3, and against the random-head placebo (:func:`paired_effect`, :func:`intervention_effects`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from toolkit.core.answers import per_problem_at_k
+from toolkit.core.stats import bootstrap_ci, paired_difference_ci
+from toolkit.evaluation import causal
+from toolkit.studies.think_on_off import THINK_OFF, Samples
+
+
+def groups(results: Mapping[str, Samples]) -> list[str]:
+    """The condition groups in first-seen order (the table's rows)."""
+    return causal.groups(s.condition for s in results.values())
+
+
+def group_matrix(results: Mapping[str, Samples], group: str, task: str, metric: str = "pass") -> np.ndarray:
+    """``[problems, n]`` per-problem pass@k / success@k of ``group``, pooled per problem over its conditions."""
+    names = {c.name for c in causal.members([s.condition for s in results.values()], group)}
+    members = [s for s in results.values() if s.condition.name in names]
+    if any(task not in s.correct for s in members):
+        raise KeyError(f"task {task!r} was not sampled for group {group!r}; tasks: {list(members[0].correct)}")
+    shapes = {s.correct[task].shape for s in members}
+    if len(shapes) != 1:
+        raise ValueError(f"conditions of group {group!r} sampled different problem/sample counts on {task}: {shapes}")
+    return causal.pool([per_problem_at_k(s.correct[task], metric) for s in members])
+
+
+def curves(results: Mapping[str, Samples], metric: str = "pass", n_boot: int = 1000, level: float = 0.95,
+           seed: int = 0) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``{group: {task: {"k", "estimate", "low", "high"}}}``: mean pass@k or success@k over problems for k = 1…n,
+    with percentile-bootstrap intervals over problems (the same resamples for every k and group)."""
+    out: dict = {}
+    for group in groups(results):
+        out[group] = {}
+        for task in next(iter(results.values())).correct:
+            m = group_matrix(results, group, task, metric)
+            cis = [bootstrap_ci(m[:, j], n_boot=n_boot, level=level, seed=seed) for j in range(m.shape[1])]
+            out[group][task] = {"k": list(range(1, m.shape[1] + 1)),
+                                **{key: [c[key] for c in cis] for key in ("estimate", "low", "high")}}
+    return out
+
+
+def table(results: Mapping[str, Samples], metric: str = "pass", k: int = 1, baseline: str = THINK_OFF,
+          n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """The Table-3-like comparison ``{group: {task: {"estimate", "low", "high", "delta"}}}``: mean pass@k (or
+    success@k) over problems with its bootstrap interval; ``delta`` the paired difference from ``baseline`` (``None``
+    for the baseline row or when ``baseline`` is not among the groups)."""
+    names = groups(results)
+    out: dict = {}
+    for group in names:
+        out[group] = {}
+        for task in next(iter(results.values())).correct:
+            m = group_matrix(results, group, task, metric)
+            if not 1 <= k <= m.shape[1]:
+                raise ValueError(f"k must be in 1..{m.shape[1]} (the number of samples), got {k}")
+            cell = bootstrap_ci(m[:, k - 1], n_boot=n_boot, level=level, seed=seed)
+            cell["delta"] = None
+            if group != baseline and baseline in names:
+                base = group_matrix(results, baseline, task, metric)[:, k - 1]
+                cell["delta"] = paired_difference_ci(m[:, k - 1], base, n_boot=n_boot, level=level, seed=seed)
+            out[group][task] = cell
+    return out
+
+
+def tables(results: Mapping[str, Samples], ks: Iterable[int], metric: str = "pass", n_boot: int = 1000,
+           seed: int = 0) -> dict[int, dict]:
+    """``{k: table(results, metric, k)}`` for each k."""
+    return {k: table(results, metric=metric, k=k, n_boot=n_boot, seed=seed) for k in ks}
+
+
+def paired_effect(results: Mapping[str, Samples], treated: str, baseline: str, task: str, metric: str = "pass",
+                  k: int = 1, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean over problems of ``treated − baseline`` (groups) in pass@k or success@k on ``task``, with its paired
+    bootstrap interval over problems."""
+    a = group_matrix(results, treated, task, metric)
+    b = group_matrix(results, baseline, task, metric)
+    if not 1 <= k <= min(a.shape[1], b.shape[1]):
+        raise ValueError(f"k must be in 1..{min(a.shape[1], b.shape[1])} (the number of samples), got {k}")
+    return paired_difference_ci(a[:, k - 1], b[:, k - 1], n_boot=n_boot, level=level, seed=seed)
+
+
+def intervention_effects(results: Mapping[str, Samples], interventions: Iterable[str], n_random: int,
+                         n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """pass@1 ``{task: {label: effect vs think-off, "label vs random": effect vs its random-head placebo}}``
+    (the saved ``effects_pass@1``; the placebo column only with ``n_random`` > 0)."""
+    tasks_ = list(next(iter(results.values())).correct)
+    out: dict = {task: {} for task in tasks_}
+    for task in tasks_:
+        for label in interventions:
+            treated = f"{THINK_OFF} + {label}"
+            out[task][label] = paired_effect(results, treated, THINK_OFF, task, n_boot=n_boot, seed=seed)
+            if n_random:
+                out[task][f"{label} vs random"] = paired_effect(results, treated, f"{treated}, random heads", task,
+                                                                n_boot=n_boot, seed=seed)
+    return out
