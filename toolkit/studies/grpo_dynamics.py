@@ -141,6 +141,13 @@ class Analysis:
                 for label, tasks_ in self.correct.items()}
 
     @property
+    def test_examples(self) -> dict[str, list[Example]]:
+        """Per task, the held-out problems the circuits did not use: heads selected on the circuits are tested on
+        these (selection and evaluation on different prompts)."""
+        used = {e.prompt for e in self.circuit_examples}
+        return {t: [e for e in ex if e.prompt not in used] for t, ex in self.eval_examples.items()}
+
+    @property
     def most_frequent_share(self) -> dict[str, float]:
         """Per task, the share of its held-out problems whose reference answer is the most frequent one: the accuracy
         of a model that always gives that answer."""
