@@ -171,11 +171,3 @@ def test_most_frequent_answer_share():
     ex = [Example("linear", f"p{i}", "", a) for i, a in enumerate(["x = 1", "x = 1", "x = 2", "x = 3"])]
     analysis = study.Analysis({}, {}, {"linear": ex}, {}, {}, [])
     assert analysis.most_frequent_share == {"linear": 0.5}
-
-
-def test_heads_are_tested_on_problems_the_circuits_did_not_use():
-    from toolkit.organism.tasks import Example
-
-    ex = [Example("linear", f"p{i}", "", "x = 1") for i in range(4)]
-    analysis = study.Analysis({}, {}, {"linear": ex}, {}, {}, ex[:2])
-    assert analysis.test_examples == {"linear": ex[2:]}

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -125,7 +125,8 @@ class Analysis:
     """Step 2 of the study: per run label, the head :class:`Dynamics` of its checkpoints' circuits on their own pairs
     (``dyns``) and on the start model's pairs (``fixed``), the scores behind them (``scores[inputs][label][step]``,
     inputs ``"own"``/``"fixed"``), and ``correct[label][task][step]``: whether each checkpoint's greedy answer to
-    each of ``eval_examples[task]`` is right."""
+    each of ``eval_examples[task]`` is right. ``test_examples[task]``: as many held-out problems that the circuits did
+    not use, where heads selected on the circuits are tested (selection and evaluation on different prompts)."""
 
     dyns: dict[str, Dynamics]
     correct: dict[str, dict[str, dict[int, np.ndarray]]]
@@ -133,19 +134,13 @@ class Analysis:
     fixed: dict[str, Dynamics]
     scores: dict[str, dict[str, dict[int, eap.Scores]]]
     circuit_examples: list[Example]
+    test_examples: dict[str, list[Example]] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> dict[str, dict[str, dict[int, float]]]:
         """``accuracy[label][task][step]``: the share of right greedy answers."""
         return {label: {t: {s: float(c.mean()) for s, c in by.items()} for t, by in tasks_.items()}
                 for label, tasks_ in self.correct.items()}
-
-    @property
-    def test_examples(self) -> dict[str, list[Example]]:
-        """Per task, the held-out problems the circuits did not use: heads selected on the circuits are tested on
-        these (selection and evaluation on different prompts)."""
-        used = {e.prompt for e in self.circuit_examples}
-        return {t: [e for e in ex if e.prompt not in used] for t, ex in self.eval_examples.items()}
 
     @property
     def most_frequent_share(self) -> dict[str, float]:
@@ -191,9 +186,12 @@ def analyse_checkpoints(runs: Mapping[str, TrainingRun], circuit_tasks: Sequence
         raise eap.EAPError(f"{err} (raise n_circuit or pick other tasks for the circuits)") from err
     dyns = {inputs: {label: dynamics_of(by[label], snapshot.top_n) for label in runs} for inputs, by in scores.items()}
     eval_examples = {task: held_out_draw((task,), n_eval, seed) for task in dict.fromkeys(eval_tasks)}
+    used = {e.prompt for e in circuit_examples}
+    test_examples = {task: [e for e in held_out_draw((task,), n_eval + n_circuit, seed)
+                            if e.prompt not in used][:n_eval] for task in eval_examples}
     correct = {label: {task: checkpoint_correct(specs[label], ex, snapshot.enable_thinking, max_new_tokens, device)
                        for task, ex in eval_examples.items()} for label in runs}
-    return Analysis(dyns["own"], correct, eval_examples, dyns["fixed"], scores, circuit_examples)
+    return Analysis(dyns["own"], correct, eval_examples, dyns["fixed"], scores, circuit_examples, test_examples)
 
 
 # ---- 3. rewards, correlation, GRPO against SFT --------------------------------------------------------------------
