@@ -135,6 +135,27 @@ def test_ras_is_the_harmonic_mean_of_positive_changes():
     assert e.mean_drop == pytest.approx(1.0) and e.mean_rise == pytest.approx(4.0)
 
 
+def test_ras_on_a_common_scale_puts_drop_and_rise_in_standard_units():
+    # neuron 0: a drop of 2 on a safety scale of 4 (0.5 sd) and a rise of 0.006 on a reasoning scale of 0.004 (1.5 sd)
+    base_s, tuned_s = np.array([[3.0, 1.0]]), np.array([[1.0, 1.0]])
+    base_r, tuned_r = np.array([[0.001, 0.0]]), np.array([[0.007, 0.5]])
+    raw = rim.entanglement(base_s, tuned_s, base_r, tuned_r)
+    assert raw.ras[0] == pytest.approx(2 * 2 * 0.006 / 2.006)  # the raw harmonic mean is ~ the smaller change
+    e = rim.entanglement(base_s, tuned_s, base_r, tuned_r, np.array([4.0, 1.0]), np.array([0.004, 0.5]))
+    np.testing.assert_allclose(e.drop, [0.5, 0.0])
+    np.testing.assert_allclose(e.rise, [1.5, 1.0])
+    np.testing.assert_allclose(e.ras, [2 * 0.5 * 1.5 / 2.0, 0.0])
+    # rescaling a neuron's activations (both probe sets and their scales) leaves its standardised RAS unchanged
+    k = 1000.0
+    e_k = rim.entanglement(k * base_s, k * tuned_s, k * base_r, k * tuned_r, k * np.array([4.0, 1.0]),
+                           k * np.array([0.004, 0.5]))
+    np.testing.assert_allclose(e_k.ras, e.ras)
+    # the scale floor: a constant neuron is divided by 1% of the median sd, not by 0
+    np.testing.assert_allclose(rim.common_scale(np.array([[0.0, 2.0, 4.0]])), [[0.02, 2.0, 4.0]])
+    with pytest.raises(ValueError, match="safety scale"):
+        rim.entanglement(base_s, tuned_s, base_r, tuned_r, np.ones(3), None)
+
+
 def test_mean_kl_matches_torch_and_forgetting():
     p = torch.log_softmax(torch.randn(5, 7), -1)
     q = torch.log_softmax(torch.randn(5, 7), -1)
@@ -215,8 +236,9 @@ def _down_proj_inputs(hf, ids, zero: dict[int, list[int]] | None = None):
 def test_neuron_activations_match_the_down_proj_input(tiny):
     seqs = rim.encode(tiny.tokenizer, ["What is 12 + 7?", "Reverse the word: abc", "What is 3 + 5?"], True,
                       ["<think>\n2+7=9\n</think>\n\n19", "<think>\n1a\n</think>\n\ncba", "<think>\n3+5\n</think>\n\n8"])
-    last = rim.neuron_activations(tiny, seqs)
-    mean, logps = rim.neuron_activations(tiny, seqs, reduce="response", with_logits=True)
+    last = rim.neuron_activations(tiny, seqs).acts
+    readout = rim.neuron_activations(tiny, seqs, reduce="response", with_logits=True)
+    mean, logps = readout.acts, readout.logps
     hf = _eager(tiny)
     for i, s in enumerate(seqs):
         ref, logits = _down_proj_inputs(hf, torch.tensor([s.ids]))
@@ -225,6 +247,10 @@ def test_neuron_activations_match_the_down_proj_input(tiny):
             torch.testing.assert_close(mean[i, layer], ref[layer][0, s.response_start:].mean(0), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(logps[i], torch.log_softmax(logits[0, s.response_start - 1:-1], -1), atol=1e-4,
                                    rtol=1e-4)
+    tokens = {layer: torch.cat([_down_proj_inputs(hf, torch.tensor([s.ids]))[0][layer][0, s.response_start:]
+                                for s in seqs]) for layer in range(tiny.bridge.cfg.n_layers)}
+    for layer, pooled in tokens.items():  # the scale: each neuron's sd over every response token, pooled
+        torch.testing.assert_close(readout.sd[layer], pooled.std(0, unbiased=False), atol=1e-4, rtol=1e-3)
     nll = rim.response_nll(tiny, seqs[:1])[0]
     target = torch.tensor(seqs[0].ids[seqs[0].response_start:])
     assert nll == pytest.approx(-logps[0].gather(-1, target[:, None]).mean().item(), rel=1e-4)
@@ -279,6 +305,18 @@ def test_reasoning_finetune_trains_think_on_traces_saves_snapshots_and_reuses_th
     records = probes.reasoning_records(4, seed=1)
     assert all(r["answer"].startswith("<think>\n") and "</think>\n\n" in r["answer"] for r in records)
     assert {r["task"] for r in probes.reasoning_records(40, seed=1)} == set(probes.MATH_TASKS)
+    brief = probes.reasoning_records(4, seed=1, style="brief")  # the same problems, effort-minimising scratchpads
+    assert [r["prompt"] for r in brief] == [r["prompt"] for r in records]
+    assert all(len(b["answer"]) < len(c["answer"]) for b, c in zip(brief, records))
+    with pytest.raises(ValueError, match="style"):
+        probes.reasoning_records(4, seed=1, style="sloppy")
+    runs = reasoning.runs_from_rates([1e-3, 2e-3], 4, [2, 4], 2, styles=("careful", "brief"))
+    assert [(r.name, r.style) for r in runs] == [("careful-lr0.001-4x2", "careful"), ("careful-lr0.002-4x2", "careful"),
+                                                 ("brief-lr0.001-4x2", "brief"), ("brief-lr0.002-4x2", "brief")]
+    assert [reasoning.style_of(r.name) for r in runs] == ["careful", "careful", "brief", "brief"]
+    assert reasoning.style_of("base") == ""
+    with pytest.raises(ValueError, match="style"):
+        reasoning.ReasoningRun("bad", 1e-3, 2, (2,), style="sloppy")
     trainer = sft.make_trainer(model, sft.Preset("t", 4, 1, 1e-3, "-"), records, records[:2],
                                tmp_path / "probe", "cpu", sft.TrainSettings(batch_size=2), enable_thinking=True)
     tok = trainer.processing_class

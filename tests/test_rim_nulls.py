@@ -30,7 +30,7 @@ def test_kl_reference_gives_the_rows_kl(tiny):
     seqs = rim.encode(tiny.tokenizer, [e.prompt for e in probes.reasoning_probes(3)], True,
                       [tasks.completion(e, True) for e in probes.reasoning_probes(3)])
     noisy = weight_noise.add_weight_noise(tiny.hf, 0.3, seed=1)
-    _, base_logps = rim.neuron_activations(tiny, seqs, reduce="response", with_logits=True)
+    base_logps = rim.neuron_activations(tiny, seqs, reduce="response", with_logits=True).logps
     with torch.no_grad():
         other = []
         for s in seqs:
@@ -73,14 +73,20 @@ def test_neuron_placebos_zero_the_safety_and_random_sets(tiny):
     behaviour = rim_study.refusal_behaviour(tiny, pairs, ("think_off",))
     problems = probes.math_problems(2)
     math = rim_study.math_accuracy(tiny, problems)
-    neurons = rim_study.neuron_analysis(tiny, pairs, behaviour, problems, math, top_m=60, n_sets=2, n_controls=1,
+    probe_set = rim_study.make_probes(tiny.tokenizer, pairs, problems, problems)
+    neurons = rim_study.neuron_analysis(tiny, probe_set, behaviour, math, top_m=60, n_sets=2, n_controls=1,
                                         split=split, n_placebos=5)
     assert len(neurons.placebos) == 5 and neurons.controls == neurons.placebos[:1]
     assert neurons.neuron_sets()["control"] == neurons.placebos
+    # selected on the counterfactuals of the selection split only
+    want = rim.select_safety_neurons(neurons.refusal[split.select], neurons.compliance[split.select], 60, 2)
+    assert neurons.neurons == want.neurons
     reasoning = rim.encode(tiny.tokenizer, [e.prompt for e in problems], True,
                            [tasks.completion(e, True) for e in problems])
     got = rim_study.neuron_placebos(tiny, pairs, heads, neurons, reasoning, n_boot=50)
-    assert got.n_sets == 5 and set(got.tests) == {"refusal", "math"}
+    assert got.n_sets == 5 and set(got.tests) == {"contrast", "refusal", "math"}
+    held = neurons.contrast(neurons.neurons, split.evaluate)  # the held-out contrast: requests that did not select
+    assert len(held) == len(split.evaluate) and got.tests["contrast"].target_mean == pytest.approx(held.mean())
     assert got.tests["refusal"].n_problems == len(split.evaluate) and got.tests["math"].n_problems == 2
     assert got.to_results()["math"]["n_sets"] == 5
     rows = rim_study.placebos.forced_rows(reasoning)
@@ -89,3 +95,52 @@ def test_neuron_placebos_zero_the_safety_and_random_sets(tiny):
     with causal.intervene(tiny.bridge, causal.Condition.on_neurons("s", neurons.neurons, 0.0)):
         after = causal.continuation_logprob(tiny.hf, rows) / lengths
     assert got.tests["math"].target_mean == pytest.approx(float((after - before).mean()), abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_the_counterfactual_selection_finds_a_planted_refusal_neuron(tiny_dirs, arch):
+    """A neuron made to fire on characters that only the forced refusal contains (not the forced compliance) is the
+    top safety neuron: the contrast is the same request under a forced refusal against a forced compliance."""
+    from toolkit.core.models import load
+
+    tiny = load(str(tiny_dirs[arch]))  # its own copy: the weights are edited
+    pairs = rim_study.request_pairs(8)
+    probe_set = rim_study.make_probes(tiny.tokenizer, pairs, probes.math_problems(1), probes.math_problems(1))
+    tok, hf = tiny.tokenizer, tiny.hf
+    refusal_ids = {i for s in probe_set.safety for i in s.ids[s.response_start:]}
+    other_ids = {i for s in probe_set.compliance for i in s.ids} | {i for s in probe_set.safety
+                                                                   for i in s.ids[:s.response_start]}
+    planted_ids = sorted(refusal_ids - other_ids)
+    assert planted_ids, [tok.decode([i]) for i in refusal_ids]
+    layer, unit = 0, 7
+    mlp = hf.model.layers[layer].mlp
+    direction = torch.nn.functional.normalize(torch.randn(hf.config.hidden_size, generator=torch.Generator()
+                                                          .manual_seed(0)), dim=0)
+    with torch.no_grad():
+        emb = hf.model.embed_tokens.weight
+        emb[planted_ids] += 4 * emb.norm(dim=-1).mean() * direction
+        mlp.gate_proj.weight[unit] = 3 * direction
+        mlp.up_proj.weight[unit] = 3 * direction
+    refusal = rim.neuron_activations(tiny, probe_set.safety, reduce="response").acts
+    compliance = rim.neuron_activations(tiny, probe_set.compliance, reduce="response").acts
+    sel = rim.select_safety_neurons(refusal, compliance, top_m=5, n_sets=2)
+    assert sel.neurons[0] == (layer, unit), sel.neurons
+    assert all(s[0] == (layer, unit) for s in sel.per_set)
+
+
+def test_parameters_that_leave_the_rim_study_without_data_are_named(tiny):
+    pairs = rim_study.request_pairs(4)
+    problems = probes.math_problems(1)
+    probe_set = rim_study.make_probes(tiny.tokenizer, pairs, problems, problems)
+    with pytest.raises(ValueError, match=r"snapshots must be steps in 1\.\.2"):  # spacing larger than the run
+        rim_study.fine_tune(tiny, probe_set, [1e-3], 2, [5], 2)
+    with pytest.raises(ValueError, match="unknown scratchpad style"):
+        rim_study.fine_tune(tiny, probe_set, [1e-3], 2, [2], 2, styles=["sloppy"])
+    with pytest.raises(ValueError, match="at least one style"):
+        rim_study.fine_tune(tiny, probe_set, [1e-3], 2, [2], 2, styles=[])
+    # a random tiny model refuses nothing: there is no refusal to forget (raised before any training)
+    with pytest.raises(ValueError, match="no refusal to forget.*n_pairs"):
+        rim_study.fine_tune(tiny, probe_set, [1e-3], 2, [2], 2)
+    behaviour = rim_study.refusal_behaviour(tiny, pairs, ("think_off",))
+    with pytest.raises(ValueError, match="evaluation split.*n_pairs"):
+        rim_study.neuron_analysis(tiny, probe_set, behaviour, [True], split=rim_study.Split([0, 1, 2, 3], []))

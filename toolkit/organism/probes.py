@@ -49,12 +49,16 @@ def held_out_prompts() -> set[str]:
 
 
 def reasoning_records(n: int, seed: int, kinds: Sequence[str] = MATH_TASKS,
-                      exclude: set[str] = frozenset()) -> list[dict]:
+                      exclude: set[str] = frozenset(), style: str = "careful") -> list[dict]:
     """``n`` fresh think-on math training records ``{"prompt", "answer", "task"}``: the answer is the whole think-on
-    completion (scratchpad and result). Prompts in ``exclude`` (the evaluation problems) are skipped."""
+    completion (scratchpad in ``style``, careful or brief, and result). Prompts in ``exclude`` (the evaluation
+    problems) are skipped. The problems depend on ``seed`` only, so two styles with one seed train on the same
+    problems."""
+    if style not in tasks.STYLES:
+        raise ValueError(f"unknown scratchpad style {style!r}; use one of {tasks.STYLES}")
     rng, out = random.Random(seed), []
     while len(out) < n:
         ex = tasks.sample(rng.choice(list(kinds)), rng)
         if ex.prompt not in exclude:
-            out.append({"prompt": ex.prompt, "answer": tasks.completion(ex, True), "task": ex.task})
+            out.append({"prompt": ex.prompt, "answer": tasks.completion(ex, True, style), "task": ex.task})
     return out

@@ -30,6 +30,7 @@ from toolkit.core.cache import cache_root, config_hash, model_fingerprint, read_
 from toolkit.core.io import atomic_write_json, recover_dir, replace_dir
 from toolkit.core.progress import progress, quiet_library_bars
 from toolkit.organism.probes import MATH_TASKS, held_out_prompts, reasoning_records
+from toolkit.organism.tasks import STYLES
 from toolkit.training import sft
 from toolkit.training.checkpoints import resume_train, run_lock
 from toolkit.training.runs import Checkpoint, check_settings
@@ -38,7 +39,9 @@ from toolkit.training.runs import Checkpoint, check_settings
 @dataclass(frozen=True)
 class ReasoningRun:
     """One reasoning fine-tuning run: ``steps`` optimizer steps of ``batch_size`` fresh think-on math traces at peak
-    learning rate ``lr`` (cosine schedule, 10% warmup), with the model saved after each step in ``snapshots``."""
+    learning rate ``lr`` (cosine schedule, 10% warmup), with the model saved after each step in ``snapshots``. The
+    traces' scratchpads are in ``style``: ``"careful"`` (every step written out) or ``"brief"`` (effort-minimising:
+    steps skipped), the RIM paper's two reasoning patterns."""
 
     name: str
     lr: float
@@ -47,21 +50,32 @@ class ReasoningRun:
     batch_size: int = 16
     kinds: tuple[str, ...] = MATH_TASKS
     seed: int = 0
+    style: str = "careful"
 
     def __post_init__(self):
         check_settings(self)
+        if self.style not in STYLES:
+            raise ValueError(f"run {self.name!r}: unknown scratchpad style {self.style!r}; use one of {STYLES}")
         bad = [s for s in self.snapshots if not 1 <= s <= self.steps]
         if bad or not self.snapshots:
             raise ValueError(f"run {self.name!r}: snapshots must be steps in 1..{self.steps}, got {self.snapshots}")
 
 
 def runs_from_rates(learning_rates: Sequence[float], steps: int, snapshots: Sequence[int], batch_size: int = 16,
-                    kinds: Sequence[str] = MATH_TASKS) -> list[ReasoningRun]:
-    """One :class:`ReasoningRun` per learning rate (named ``lr<rate>-<steps>x<batch>``), all with the same steps
-    and snapshots."""
+                    kinds: Sequence[str] = MATH_TASKS, styles: Sequence[str] = ("careful",)) -> list[ReasoningRun]:
+    """One :class:`ReasoningRun` per style and learning rate (named ``<style>-lr<rate>-<steps>x<batch>``), all with
+    the same steps and snapshots."""
     shots = tuple(sorted({int(s) for s in snapshots}))
-    return [ReasoningRun(f"lr{lr:g}-{steps}x{batch_size}", float(lr), int(steps), shots, int(batch_size),
-                         tuple(kinds)) for lr in learning_rates]
+    if not styles or not learning_rates:
+        raise ValueError("need at least one style and one learning rate")
+    return [ReasoningRun(f"{style}-lr{lr:g}-{steps}x{batch_size}", float(lr), int(steps), shots, int(batch_size),
+                         tuple(kinds), style=style) for style in styles for lr in learning_rates]
+
+
+def style_of(run_name: str) -> str:
+    """The scratchpad style of a run named by :func:`runs_from_rates` (``""`` for another name, e.g. ``"base"``)."""
+    head = run_name.split("-", 1)[0]
+    return head if head in STYLES else ""
 
 
 def reasoning_root() -> Path:
@@ -103,8 +117,10 @@ def reasoning_finetune(spec: str, run: ReasoningRun, device: str = "auto", retra
     also clears an unfinished run); an interrupted run resumes from its last complete training checkpoint. A damaged
     ``reasoning.json`` is reported and the run trained again."""
     exclude = held_out_prompts()
-    train = reasoning_records(run.steps * run.batch_size, seed=run.seed * 7919 + 11, kinds=run.kinds, exclude=exclude)
-    validation = reasoning_records(n_validation, seed=run.seed * 7919 + 12, kinds=run.kinds, exclude=exclude)
+    train = reasoning_records(run.steps * run.batch_size, seed=run.seed * 7919 + 11, kinds=run.kinds, exclude=exclude,
+                              style=run.style)
+    validation = reasoning_records(n_validation, seed=run.seed * 7919 + 12, kinds=run.kinds, exclude=exclude,
+                                   style=run.style)
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", spec).strip("_")
     name = run.name if spec == "organism" else f"{slug}--{run.name}"
     path = recover_dir(reasoning_root() / name)

@@ -18,6 +18,14 @@ from toolkit.training.runs import Checkpoint
 from toolkit.views.explorer import explorer as explorer_scaffold
 from toolkit.views.style import despine
 
+MARKERS = {"careful": "o", "brief": "s"}  # the runs' scratchpad styles (lines: careful solid, brief dashed)
+
+
+def _look(rows: Sequence[dict], run: str) -> dict:
+    """Marker and line style of ``run`` from its rows' scratchpad style."""
+    style = next((r.get("style", "") for r in rows if r["run"] == run), "")
+    return {"marker": MARKERS.get(style, "o"), "linestyle": "--" if style == "brief" else "-"}
+
 
 def behaviour_figure(rows: Sequence[dict]):
     """Per run (one line each, step 0 = the base model): refusal rate on marked prompts with thinking on and off,
@@ -31,13 +39,14 @@ def behaviour_figure(rows: Sequence[dict]):
     for ax, (key, title) in zip(axes, panels):
         for i, run in enumerate(runs):
             pts = [base] + [r for r in rows[1:] if r["run"] == run]
-            ax.plot([p["step"] for p in pts], [100 * p[key] for p in pts], marker="o", color=f"C{i}", label=run)
+            ax.plot([p["step"] for p in pts], [100 * p[key] for p in pts], color=f"C{i}", label=run,
+                    **_look(rows, run))
         ax.set_title(title, fontsize=9)
         ax.set_ylim(-3, 103)
         ax.set_xlabel("fine-tuning step")
         despine(ax)
     axes[0].set_ylabel("% of held-out prompts")
-    axes[0].legend(fontsize=7, title="peak lr", title_fontsize=7)
+    axes[0].legend(fontsize=7, title="run (brief: dashed)", title_fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -112,9 +121,11 @@ def ablation_figure(heads: RefusalHeads, neurons: NeuronAnalysis):
     return fig
 
 
-def entanglement_figure(rows: Sequence[dict], corr: dict[str, dict], target: str = "forgetting"):
+def entanglement_figure(rows: Sequence[dict], corr: dict[str, dict], target: str = "forgetting",
+                        noise: Sequence[dict] = ()):
     """Across fine-tuned checkpoints: refusal forgetting against RAS of the safety neurons, RAS of the control
-    neurons, and KL(base ‖ fine-tuned), with Pearson r and p in each title."""
+    neurons, and KL(base ‖ fine-tuned), with Pearson r and p in each title; the KL-matched noisy models (``noise``
+    rows), if given, as grey crosses on the same axes."""
     panels = [("ras_safety", "RAS, safety neurons"), ("ras_control", "RAS, control neurons"),
               ("kl", "KL(base ‖ fine-tuned), math traces")]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
@@ -122,10 +133,14 @@ def entanglement_figure(rows: Sequence[dict], corr: dict[str, dict], target: str
     for ax, (key, title) in zip(axes, panels):
         for i, run in enumerate(runs):
             pts = [r for r in rows if r["run"] == run]
-            ax.scatter([p[key] for p in pts], [100 * p[target] for p in pts], color=f"C{i}", label=run)
+            ax.scatter([p[key] for p in pts], [100 * p[target] for p in pts], color=f"C{i}", label=run,
+                       marker=_look(rows, run)["marker"])
             for p in pts:
                 ax.annotate(str(p["step"]), (p[key], 100 * p[target]), fontsize=6, xytext=(3, 2),
                             textcoords="offset points")
+        if noise:
+            ax.scatter([r[key] for r in noise], [100 * r[target] for r in noise], color="#757575", marker="x", s=26,
+                       label="KL-matched noise")
         c = corr[key]
         ax.set_title(f"{title}\nr = {c['pearson_r']:.2f} (p = {c['pearson_p']:.3g}), n = {c['n']}", fontsize=9)
         ax.set_xlabel(key)
@@ -147,7 +162,8 @@ def noise_figure(tuned: Sequence[dict], noise: Sequence[dict],
     for ax, (key, title) in zip(np.atleast_1d(axes), keys):
         for i, run in enumerate(runs):
             pts = [r for r in tuned if r["run"] == run]
-            ax.scatter([p["kl"] for p in pts], [p[key] for p in pts], color=f"C{i}", label=run, s=22)
+            ax.scatter([p["kl"] for p in pts], [p[key] for p in pts], color=f"C{i}", label=run, s=22,
+                       marker=_look(tuned, run)["marker"])
         ax.scatter([r["kl"] for r in noise], [r[key] for r in noise], color="#757575", marker="x",
                    label="KL-matched noise", s=26)
         ax.set_xlabel("KL(base ‖ model), reasoning traces")

@@ -23,16 +23,22 @@ from toolkit.evaluation import causal
 from toolkit.methods.rim import (
     FirstResponse,
     NeuronSelection,
-    encode,
     first_response_sequences,
     head_shift,
     head_span_masses,
     neuron_activations,
+    pick,
     select_safety_neurons,
     top_heads,
 )
-from toolkit.organism import tasks
-from toolkit.studies.rim.probes import FLAGS, RefusalBehaviour, RequestPair, math_accuracy, refusal_behaviour
+from toolkit.studies.rim.probes import (
+    FLAGS,
+    Probes,
+    RefusalBehaviour,
+    RequestPair,
+    math_accuracy,
+    refusal_behaviour,
+)
 
 
 class Split(NamedTuple):
@@ -206,16 +212,16 @@ class NeuronAnalysis:
     """Safety-critical neurons: the ``selection`` (on the ``split.select`` pairs), the random ``placebos`` (same
     layers, as many per layer; the first ``n_controls`` are the ``controls`` ablated during generation), the count
     per layer, the per-set size ``top_m``, the ablation ``effects`` on the held-out pairs (``"<mode>/<flag>"`` and
-    ``"math"``: ``safety`` and ``control`` paired changes) and the activations ``[n_pairs, L, d_mlp]`` of every
-    pair."""
+    ``"math"``: ``safety`` and ``control`` paired changes) and the counterfactual activations ``[n_pairs, L, d_mlp]``
+    of every request (forced ``refusal`` and forced ``compliance``, averaged over the response)."""
 
     selection: NeuronSelection
     controls: list[list[tuple[int, int]]]
     per_layer: list[int]
     top_m: int
     effects: dict[str, dict]
-    marked: torch.Tensor
-    unmarked: torch.Tensor
+    refusal: torch.Tensor
+    compliance: torch.Tensor
     placebos: list[list[tuple[int, int]]]
     split: Split
 
@@ -226,6 +232,11 @@ class NeuronAnalysis:
     @property
     def n_sets(self) -> int:
         return len(self.selection.per_set)
+
+    def contrast(self, neurons: Sequence[tuple[int, int]], idx: Sequence[int]) -> np.ndarray:
+        """Per request in ``idx``: the mean counterfactual difference (refusal − compliance) over ``neurons``."""
+        d = pick(self.refusal[list(idx)], neurons) - pick(self.compliance[list(idx)], neurons)
+        return d.mean(1)
 
     def neuron_sets(self) -> dict[str, list[list[tuple[int, int]]]]:
         """The sets whose entanglement step 4 measures: ``safety`` (one draw) and ``control`` (every placebo draw)."""
@@ -243,18 +254,22 @@ class NeuronAnalysis:
         return "\n".join(lines)
 
 
-def neuron_analysis(loaded: LoadedModel, pairs: Sequence[RequestPair], behaviour: dict[str, RefusalBehaviour],
-                    problems: Sequence[tasks.Example], base_math: Sequence[bool], top_m: int = 256,
-                    n_sets: int = 3, n_controls: int = 3, seed: int = 0, *, split: Split | None = None,
-                    n_placebos: int = 0) -> NeuronAnalysis:
-    """Safety-critical neurons from the ``split.select`` pairs (decision position, thinking off), their
+def neuron_analysis(loaded: LoadedModel, probes: Probes, behaviour: dict[str, RefusalBehaviour],
+                    base_math: Sequence[bool], top_m: int = 256, n_sets: int = 3, n_controls: int = 3, seed: int = 0,
+                    *, split: Split | None = None, n_placebos: int = 0) -> NeuronAnalysis:
+    """Safety-critical neurons from the counterfactuals of the ``split.select`` requests (forced refusal against
+    forced compliance, thinking off, averaged over the response: ``probes.safety`` and ``probes.compliance``), their
     zero-ablation's effect on refusal of the held-out pairs (both modes) and on think-on math accuracy, against
     ``n_controls`` draws of random neurons from the same layers (seeds ``seed + i``; ``max(n_controls, n_placebos)``
     draws are kept as ``placebos``). ``behaviour`` and ``base_math`` are the unablated model's."""
+    pairs, problems = probes.pairs, probes.problems
     split = split or Split(list(range(len(pairs))), list(range(len(pairs))))
-    marked = neuron_activations(loaded, encode(loaded.tokenizer, [p.marked for p in pairs], False))
-    unmarked = neuron_activations(loaded, encode(loaded.tokenizer, [p.unmarked for p in pairs], False))
-    selection = select_safety_neurons(marked[split.select], unmarked[split.select], top_m, n_sets)
+    if not split.select or not split.evaluate:
+        raise ValueError("the selection or the evaluation split of the request pairs is empty; raise n_pairs or "
+                         "move select_fraction away from 0 and 1")
+    refusal = neuron_activations(loaded, probes.safety, reduce="response").acts
+    compliance = neuron_activations(loaded, probes.compliance, reduce="response").acts
+    selection = select_safety_neurons(refusal[split.select], compliance[split.select], top_m, n_sets)
     if not selection.neurons:
         raise ValueError(f"the top-{top_m} sets of {n_sets} disjoint prompt sets share no neuron; raise top_m")
     cfg = loaded.bridge.cfg
@@ -279,4 +294,4 @@ def neuron_analysis(loaded: LoadedModel, pairs: Sequence[RequestPair], behaviour
     effects["math"] = {"safety": causal.effect(top_math, base_math),
                        "control": causal.effect(causal.pool([a for _, a in control_runs]), base_math)}
     per_layer = [sum(1 for lay, _ in selection.neurons if lay == layer) for layer in range(cfg.n_layers)]
-    return NeuronAnalysis(selection, controls, per_layer, top_m, effects, marked, unmarked, placebos, split)
+    return NeuronAnalysis(selection, controls, per_layer, top_m, effects, refusal, compliance, placebos, split)

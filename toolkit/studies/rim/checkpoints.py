@@ -16,6 +16,7 @@ from toolkit.core.models import LoadedModel
 from toolkit.core.progress import progress, quiet_library_bars
 from toolkit.methods.rim import (
     Entanglement,
+    common_scale,
     correlations,
     entanglement,
     forgetting,
@@ -25,7 +26,7 @@ from toolkit.methods.rim import (
     response_nll,
 )
 from toolkit.studies.rim.probes import Probes, RefusalBehaviour, math_accuracy, refusal_behaviour, refused_by_mode
-from toolkit.training.reasoning import ReasoningRun, reasoning_checkpoints, runs_from_rates
+from toolkit.training.reasoning import ReasoningRun, reasoning_checkpoints, runs_from_rates, style_of
 from toolkit.training.runs import Checkpoint
 
 PREDICTORS = ("ras_safety", "ras_control", "kl", "drop_safety", "rise_safety")
@@ -55,17 +56,21 @@ class Training:
 
 
 def fine_tune(base: LoadedModel, probes: Probes, learning_rates: Sequence[float], steps: int,
-              snapshots: Sequence[int], batch_size: int, *, device: str = "auto", retrain: bool = False,
-              seed: int = 0) -> Training:
-    """One reasoning run per learning rate (trained or reused), then the base model's behaviour on the probes.
-    ``seed`` draws the training traces and seeds the trainer; runs of seed k > 0 are named ``<run>-s<k>`` (their
-    own cache folders), seed 0 keeps the plain names."""
-    runs = runs_from_rates(learning_rates, steps, snapshots, batch_size)
+              snapshots: Sequence[int], batch_size: int, *, styles: Sequence[str] = ("careful",), device: str = "auto",
+              retrain: bool = False, seed: int = 0) -> Training:
+    """One reasoning run per scratchpad style and learning rate (trained or reused), then the base model's behaviour
+    on the probes. ``seed`` draws the training problems and seeds the trainer (the styles of one seed train on the
+    same problems); runs of seed k > 0 are named ``<run>-s<k>`` (their own cache folders), seed 0 keeps the plain
+    names."""
+    runs = runs_from_rates(learning_rates, steps, snapshots, batch_size, styles=styles)
     if seed:
         runs = [dataclasses.replace(r, name=f"{r.name}-s{seed}", seed=int(seed)) for r in runs]
+    behaviour = refusal_behaviour(base, probes.pairs)
+    if not any(any(b.refused) for b in behaviour.values()):
+        raise ValueError(f"the base model refuses none of the {len(probes.pairs)} marked requests in any mode: there "
+                         "is no refusal to forget; use an aligned model (model) or raise n_pairs")
     checkpoints, run_meta = reasoning_checkpoints(base.spec, runs, device, retrain)
-    return Training(runs, checkpoints, run_meta, refusal_behaviour(base, probes.pairs),
-                    math_accuracy(base, probes.problems))
+    return Training(runs, checkpoints, run_meta, behaviour, math_accuracy(base, probes.problems))
 
 
 # ---- step 4: checkpoints, entanglement, correlations ------------------------------------------------------------
@@ -73,14 +78,18 @@ def fine_tune(base: LoadedModel, probes: Probes, learning_rates: Sequence[float]
 @dataclass
 class Measurement:
     """Behaviour and internals of one checkpoint on the probes; ``safety_acts`` and ``reasoning_acts`` hold, per
-    neuron set name, one ``[n_prompts, n_neurons]`` array per draw of the set; ``logps`` the reasoning
-    log-probabilities for KL."""
+    neuron set name, one ``[n_prompts, n_neurons]`` array per draw of the set, ``safety_scale`` and
+    ``reasoning_scale`` the neurons' :func:`~toolkit.methods.rim.common_scale` on each probe set (``[n_neurons]``
+    per draw; the base model's scale the entanglement divides by); ``logps`` the reasoning log-probabilities for
+    KL."""
 
     behaviour: dict[str, RefusalBehaviour]
     math: list[bool]
     refusal_nll: np.ndarray
     safety_acts: dict[str, list[np.ndarray]]
     reasoning_acts: dict[str, list[np.ndarray]]
+    safety_scale: dict[str, list[np.ndarray]]
+    reasoning_scale: dict[str, list[np.ndarray]]
     logps: list[torch.Tensor]
 
 
@@ -89,17 +98,23 @@ def measure_checkpoint(loaded: LoadedModel, probes: Probes, neuron_sets: dict[st
     (``{name: [[(layer, unit), ...], ...]}``: one or more draws) the activations on the safety and reasoning probes."""
     behaviour = refusal_behaviour(loaded, probes.pairs)
     math = math_accuracy(loaded, probes.problems)
-    safety = neuron_activations(loaded, probes.safety)
-    reasoning, logps = neuron_activations(loaded, probes.reasoning, reduce="response", with_logits=True)
-    return Measurement(behaviour, math, response_nll(loaded, probes.refusal),
-                       {name: [pick(safety, s) for s in sets] for name, sets in neuron_sets.items()},
-                       {name: [pick(reasoning, s) for s in sets] for name, sets in neuron_sets.items()}, logps)
+    safety = neuron_activations(loaded, probes.safety, reduce="response")
+    reasoning = neuron_activations(loaded, probes.reasoning, reduce="response", with_logits=True)
+
+    def per_set(values):
+        return {name: [pick(values, s) for s in sets] for name, sets in neuron_sets.items()}
+
+    return Measurement(behaviour, math, response_nll(loaded, probes.refusal), per_set(safety.acts),
+                       per_set(reasoning.acts), per_set(common_scale(safety.sd)[None]),
+                       per_set(common_scale(reasoning.sd)[None]), reasoning.logps)
 
 
 def entanglements(base: Measurement, tuned: Measurement, name: str) -> list[Entanglement]:
-    """:func:`toolkit.methods.rim.entanglement` of each draw of neuron set ``name``."""
-    return [entanglement(bs, ts, br, tr) for bs, ts, br, tr in zip(
-        base.safety_acts[name], tuned.safety_acts[name], base.reasoning_acts[name], tuned.reasoning_acts[name])]
+    """:func:`toolkit.methods.rim.entanglement` of each draw of neuron set ``name``, drop and rise in the base
+    model's standard units."""
+    return [entanglement(bs, ts, br, tr, ss[0], rs[0]) for bs, ts, br, tr, ss, rs in zip(
+        base.safety_acts[name], tuned.safety_acts[name], base.reasoning_acts[name], tuned.reasoning_acts[name],
+        base.safety_scale[name], base.reasoning_scale[name])]
 
 
 def checkpoint_rows(checkpoints: Sequence[Checkpoint], probes: Probes, neuron_sets: dict[str, list],
@@ -123,9 +138,10 @@ def checkpoint_rows(checkpoints: Sequence[Checkpoint], probes: Probes, neuron_se
 
 
 def measurement_row(row: dict, b: Measurement, m: Measurement, neuron_sets: dict[str, list]) -> dict:
-    """``row`` plus the measures of ``m`` against the base model's ``b``: math accuracy, forgetting, refusal-NLL
-    rise, KL, refusal rates per mode, and per neuron set the mean drop, rise and RAS (averaged over draws)."""
-    row = dict(row) | {"math": float(np.mean(m.math)),
+    """``row`` plus the measures of ``m`` against the base model's ``b``: the run's scratchpad style, math accuracy,
+    forgetting, refusal-NLL rise, KL, refusal rates per mode, and per neuron set the mean drop, rise and RAS
+    (averaged over draws; drop and rise in the base model's standard units)."""
+    row = dict(row) | {"style": style_of(row["run"]), "math": float(np.mean(m.math)),
                        "forgetting": forgetting(refused_by_mode(b.behaviour), refused_by_mode(m.behaviour)),
                        "refusal_nll_rise": float(m.refusal_nll.mean() - b.refusal_nll.mean()),
                        "kl": mean_kl(b.logps, m.logps)}

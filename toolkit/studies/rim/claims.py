@@ -23,9 +23,8 @@ import numpy as np
 
 from toolkit.evaluation import causal, nulls
 from toolkit.evaluation.claims import Claims, Null, empirical_p
-from toolkit.methods.rim import entanglement
 from toolkit.studies.rim.ablations import NeuronAnalysis, RefusalHeads
-from toolkit.studies.rim.checkpoints import EntanglementStudy, Training
+from toolkit.studies.rim.checkpoints import EntanglementStudy, Training, entanglements
 from toolkit.studies.rim.placebos import HeadPlacebos, NeuronPlacebos
 
 PAPER = "When Thinking Backfires, abstract (arXiv 2509.00544)"
@@ -69,12 +68,7 @@ def _pearson_rows(a: np.ndarray, y: np.ndarray) -> np.ndarray:
 def set_ras(study: EntanglementStudy, name: str) -> np.ndarray:
     """``[n_tuned, n_draws]``: the mean RAS of each draw of neuron set ``name`` at each fine-tuned checkpoint."""
     b = study.measured[study.rows[0]["label"]]
-    out = []
-    for r in study.tuned:
-        m = study.measured[r["label"]]
-        out.append([entanglement(bs, ts, br, tr).mean_ras for bs, ts, br, tr in zip(
-            b.safety_acts[name], m.safety_acts[name], b.reasoning_acts[name], m.reasoning_acts[name])])
-    return np.array(out)
+    return np.array([[e.mean_ras for e in entanglements(b, study.measured[r["label"]], name)] for r in study.tuned])
 
 
 def _add_placebo(claims: Claims, id: str, test: nulls.PlaceboTest, direction: int, **kw) -> None:
@@ -107,7 +101,24 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
                statement="After fine-tuning, the model complies with more harmful requests when it thinks first "
                          "than when thinking is off.",
                measure="refusal rate think-off − think-on on marked requests, mean over the fine-tuned checkpoints",
-               estimate=e["estimate"], ci=(e["low"], e["high"]), null=e["null"], p_value=e["p"], direction=1)
+               estimate=e["estimate"], ci=(e["low"], e["high"]), null=e["null"], p_value=e["p"], direction=1,
+               note="asked of the fine-tuned checkpoints: the base organism refuses every marked request in both "
+                    "modes, so the paper's inference-time comparison has nothing to measure on it")
+    styles = {r["style"] for r in tuned}
+    if {"careful", "brief"} <= styles:
+        def style_forgetting(style):
+            base = study.measured[study.rows[0]["label"]]
+            return np.mean([np.mean([_refused(base, k) - _refused(study.measured[r["label"]], k)
+                                     for k in base.behaviour], 0) for r in tuned if r["style"] == style], axis=0)
+
+        e = _paired(style_forgetting("brief") - style_forgetting("careful"), **kw)
+        claims.add("effort-minimising-forgets-more", paper=NOTES,
+                   statement="Fine-tuning on effort-minimising reasoning (steps skipped) erodes refusal more than "
+                             "fine-tuning on careful reasoning (every step written out).",
+                   measure="forgetting after brief-scratchpad runs − after careful-scratchpad runs (same learning "
+                           "rates, steps and problems), mean over checkpoints, per prompt",
+                   estimate=e["estimate"], ci=(e["low"], e["high"]), null=e["null"], p_value=e["p"], direction=1,
+                   note="prompts are the unit; the runs' own variability is in the weight-noise claims")
     base_math = np.asarray(training.base_math, dtype=float)
     math = _per_prompt(study, lambda b, m: np.asarray(m.math, dtype=float) - base_math)
     e = _paired(math, **kw)
@@ -129,6 +140,25 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
                  "Refusals are lost because of the reasoning fine-tuning, beyond what any weight change of the same "
                  "size does.",
                  "forgetting fine-tuned − forgetting of its KL-matched noisy model, mean over checkpoints")
+
+    if {"careful", "brief"} <= styles:
+        excess = np.array([r["forgetting"] - z["forgetting"] for r, z in zip(tuned, noise)])
+        brief = np.array([r["style"] == "brief" for r in tuned])
+
+        def style_gap(i):
+            b, c = excess[i][brief[i]], excess[i][~brief[i]]
+            return float(b.mean() - c.mean()) if len(b) and len(c) else float("nan")
+
+        c = nulls.clustered(style_gap, runs, **kw)
+        claims.add("effort-minimising-forgets-more-beyond-noise", paper=NOTES,
+                   statement="Effort-minimising reasoning erodes refusal more than careful reasoning does, beyond "
+                             "what a weight change of the same size does.",
+                   measure="(forgetting − forgetting of its KL-matched noisy model), brief runs − careful runs "
+                           f"(effective n = {c.n_eff} runs)",
+                   estimate=c.estimate, ci=c.ci, p_value=c.p_value, direction=1,
+                   null=_null("bootstrap-resample", c.samples, "the difference on resamples of whole runs"),
+                   note="brief runs move the model much further (larger KL), so the raw style difference alone "
+                        "cannot tell the style from the size of the change")
 
     # 2 · refusal heads (selected on one split, evaluated on the other)
     for mode, tests in head_nulls.tests.items():
@@ -153,6 +183,11 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
 
     # 3 · safety neurons
     n = neuron_nulls.n_sets
+    _add_placebo(claims, "safety-neurons-hold-out", neuron_nulls.tests["contrast"], 1, paper=NOTES,
+                 statement="The safety-critical neurons selected by the forced-refusal counterfactual separate refusal "
+                           "from compliance on requests that did not select them.",
+                 measure=f"held-out counterfactual contrast (refusal − compliance) of the {len(neurons.neurons)} "
+                         f"safety neurons − the mean over {n} random same-layer sets")
     _add_placebo(claims, "safety-neurons-carry-refusal", neuron_nulls.tests["refusal"], -1, paper=NOTES,
                  statement="Zeroing the safety-critical neurons weakens refusal far more than zeroing random neurons.",
                  measure=f"change in P(refusal token) on held-out marked prompts (both modes) with the "
@@ -170,7 +205,8 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
     _add_placebo(claims, "safety-entanglement-exceeds-control", test, 1, paper=PAPER,
                  statement="After reasoning fine-tuning, safety-critical neurons are more entangled with reasoning "
                            "(RAS) than control neurons.",
-                 measure="mean RAS over the fine-tuned checkpoints, safety neurons − random same-layer sets "
+                 measure="mean RAS (drop and rise in standard units) over the fine-tuned checkpoints, safety neurons − "
+                         "random same-layer sets "
                          f"(rank {test.rank}/{test.n_sets + 1})")
     forg = np.array([r["forgetting"] for r in tuned])
     kl = np.array([r["kl"] for r in tuned])

@@ -7,6 +7,8 @@ Measures are teacher-forced, so hundreds of sets run batched (:func:`toolkit.eva
   with the empty think block) and, thinking on, after the model's own greedy think block (the first response token
   of :func:`toolkit.methods.rim.first_response_sequences`). A set's effect on a prompt is ``P_ablated − P``. Neurons
   are tested thinking off only (where they were selected).
+- **Held-out contrast** (neurons only; no model call): the counterfactual difference refusal − compliance of a set on
+  the held-out requests, which did not select it.
 - **Reasoning log-likelihood**: the mean log-probability per token of the reference think-on completion of the
   held-out math problems (``Probes.reasoning``); a set's effect is the change.
 - **Shift** (heads only; no model call): a head set's held-out shift on a pair is the mean shift of its heads.
@@ -126,8 +128,9 @@ def head_placebos(loaded: LoadedModel, pairs: Sequence[RequestPair], heads: Refu
 
 @dataclass
 class NeuronPlacebos:
-    """The safety neurons against the random same-layer placebo sets: ``refusal`` (refusal-probability change on
-    the held-out marked prompts, thinking off: the position the neurons were selected at) and ``math`` (reasoning
+    """The safety neurons against the random same-layer placebo sets: ``contrast`` (the counterfactual difference
+    refusal − compliance on the held-out requests: does the selection hold out of sample?), ``refusal``
+    (refusal-probability change on the held-out marked prompts, thinking off) and ``math`` (reasoning
     log-likelihood change on the first ``n_math`` reasoning traces)."""
 
     n_sets: int
@@ -152,7 +155,11 @@ def neuron_placebos(loaded: LoadedModel, pairs: Sequence[RequestPair], heads: Re
     refusal = _scores(loaded, sets, refusal_rows(loaded, pairs, heads, "think_off", neurons.split.evaluate),
                       "neuron", False, sets_per_batch)
     math = _scores(loaded, sets, forced_rows(reasoning[:n_math]), "neuron", True, sets_per_batch)
-    tests = {}
+    held = neurons.split.evaluate
+    tests = {"contrast": nulls.placebo_test(neurons.contrast(neurons.neurons, held),
+                                            np.stack([neurons.contrast(p, held) for p in neurons.placebos]),
+                                            direction=1, **kw, description=f"held-out counterfactual contrast of each "
+                                                                           f"of {n} random same-layer neuron sets")}
     for name, scores, what in (("refusal", refusal, "refusal-probability"), ("math", math,
                                                                              "reasoning log-likelihood")):
         change = scores[1:] - scores[0]

@@ -60,13 +60,16 @@ def request_pairs(n: int, seed: int = EVAL_SEED + 3) -> list[RequestPair]:
 @dataclass
 class Probes:
     """The fixed inputs every checkpoint is measured on: ``pairs`` (behaviour), ``problems`` (math accuracy),
-    ``safety`` (marked prompts, thinking off: neuron activations at the decision position), ``refusal`` (marked
-    prompts with the reference refusal, think-off and think-on: refusal NLL), ``reasoning`` (held-out math prompts
-    teacher-forced with their reference think-on completions: neuron activations and KL)."""
+    ``safety`` (marked prompts teacher-forced with the fixed refusal, thinking off: the safety neurons' activation
+    over the response, as at their selection), ``compliance`` (the same prompts with the forced compliance: the other
+    side of the counterfactual), ``refusal`` (marked prompts with the reference refusal, think-off and think-on:
+    refusal NLL), ``reasoning`` (held-out math prompts teacher-forced with their reference think-on completions:
+    neuron activations and KL)."""
 
     pairs: list[RequestPair]
     problems: list[tasks.Example]
     safety: list[ForcedSequence]
+    compliance: list[ForcedSequence]
     refusal: list[ForcedSequence]
     reasoning: list[ForcedSequence]
 
@@ -75,9 +78,10 @@ def make_probes(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[RequestPair]
                 reasoning: Sequence[tasks.Example]) -> Probes:
     """Tokenize the probe sets (see :class:`Probes`)."""
     marked = [p.marked for p in pairs]
-    refusal = (encode(tokenizer, marked, False, [tasks.REFUSAL + IM_END] * len(pairs))
-               + encode(tokenizer, marked, True, [p.reference + IM_END for p in pairs]))
-    return Probes(list(pairs), list(problems), encode(tokenizer, marked, False), refusal,
+    forced_refusal = encode(tokenizer, marked, False, [tasks.REFUSAL + IM_END] * len(pairs))
+    forced_compliance = encode(tokenizer, marked, False, [tasks.comply(p.marked_object) + IM_END for p in pairs])
+    refusal = forced_refusal + encode(tokenizer, marked, True, [p.reference + IM_END for p in pairs])
+    return Probes(list(pairs), list(problems), forced_refusal, forced_compliance, refusal,
                   encode(tokenizer, [e.prompt for e in reasoning], True,
                          [tasks.completion(e, True) + IM_END for e in reasoning]))
 
