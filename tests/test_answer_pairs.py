@@ -87,5 +87,42 @@ def test_mode_circuits_at_the_answer_read_both_modes_at_the_same_decision(organi
     assert all("answer_token" in r for r in on.records + off.records)
     labels_off = {r["index"]: (r["clean_next"], r["answer_token"]) for r in off.records}
     assert all(labels_off[r["index"]] == (r["clean_next"], r["answer_token"]) for r in on.records)
-    with pytest.raises(ValueError, match="positions must be one of divergence, answer"):
+    with pytest.raises(ValueError, match="positions must be one of answer, key_step, divergence"):
         think_on_off.mode_circuits(organism, ex, positions="scratchpad")
+
+
+def test_key_step_pairs_end_at_the_scratchpads_result_token(organism):
+    tok = organism.tokenizer
+    ex = tasks.held_out("linear", 12, seed=5) + tasks.held_out("arithmetic", 12, seed=5)
+    key = eap.answer_pairs(organism, ex, enable_thinking=True, seed=3, at="key_step")
+    answer = eap.answer_pairs(organism, ex, enable_thinking=True, seed=3)
+    assert len(key) >= len(answer) > 0 and {ex[r["index"]].task for r in key.records} == {"linear", "arithmetic"}
+    by_index = {r["index"]: i for i, r in enumerate(answer.records)}
+    for i, r in enumerate(key.records):
+        e, k, n = ex[r["index"]], r["answer_token"], int(key.lengths[i])
+        assert r["at"] == "key_step" and e.steps.endswith(e.answer)
+        text = tok.decode(key.clean_ids[i, :n].tolist())
+        # the row is the scratchpad up to its last line's result, cut at the result's first differing token
+        assert text.endswith("<think>\n" + e.steps[:len(e.steps) - len(e.answer) + k]) and "</think>" not in text
+        assert tok.decode([int(key.clean_label[i])]) == r["clean_next"] == e.answer[k]
+        assert int(key.positions[i]) == n - 1
+        corrupted = tok.decode(key.corrupted_ids[i, :n].tolist())
+        steps_b = rebuild.from_prompt(e.task, r["corrupted_prompt"]).steps
+        assert corrupted.endswith(steps_b[:len(steps_b) - len(r["corrupted_answer"])] + e.answer[:k])
+        if r["index"] in by_index:  # the same decision as at the final answer: same token of the same answer
+            j = by_index[r["index"]]
+            assert answer.records[j]["answer_token"] == k and answer.clean_label[j] == key.clean_label[i]
+            assert int(answer.lengths[j]) > n  # the answer row runs on past </think>
+    with pytest.raises(eap.EAPError, match="needs enable_thinking=True"):
+        eap.answer_pairs(organism, ex, enable_thinking=False, at="key_step")
+    with pytest.raises(eap.EAPError, match="at must be one of answer, key_step"):
+        eap.answer_pairs(organism, ex, enable_thinking=True, at="scratchpad")
+
+
+def test_mode_circuits_at_the_key_step_read_think_on_at_the_scratchpad_and_think_off_at_the_answer(organism):
+    from toolkit.studies import think_on_off
+
+    ex = tasks.held_out("linear", 6, seed=5)
+    got = think_on_off.mode_circuits(organism, ex, top_n=10, steps=1, positions="key_step")
+    assert {r["at"] for r in got.pairs[think_on_off.THINK_ON].records} == {"key_step"}
+    assert {r["at"] for r in got.pairs[think_on_off.THINK_OFF].records} == {"answer"}

@@ -179,7 +179,10 @@ def test_standard_conditions_have_same_size_random_controls_outside_off_only():
     for c in conds:
         by_group.setdefault(c.group, []).append(c)
     assert list(by_group) == ["think-on", "think-off", "think-off + ablation", "think-off + scale-down",
-                              "think-off + ablation, random heads", "think-off + scale-down, random heads"]
+                              "think-off + scale-up", "think-off + ablation, random heads",
+                              "think-off + scale-down, random heads", "think-off + scale-up, random heads"]
+    assert by_group["think-off + scale-up"][0].factor == 1.3
+    assert [c.name for c in th.baseline_conditions()] == ["think-on", "think-off"]
     assert by_group["think-on"][0].thinking and not by_group["think-on"][0].heads
     assert by_group["think-off + ablation"][0].heads == tuple(sorted(off_only))
     assert by_group["think-off + ablation"][0].factor == 0.0 and by_group["think-off + scale-down"][0].factor == 0.5
@@ -370,7 +373,8 @@ def test_mode_circuits_split_the_two_modes_heads_like_eap_compare_heads(organism
     """On the shipped organism (a random tiny model's greedy answers rarely depend on the problem)."""
     # organism v2 gives most equations one answer thinking off: 5 of these 40 pairs differ in that mode
     examples = th.problem_sets(40, start=160, task_types=["related_math"])["related_math"]
-    mc = th.mode_circuits(organism, examples, top_n=30, steps=2, max_new_tokens_think=40, max_new_tokens_off=24)
+    mc = th.mode_circuits(organism, examples, top_n=30, steps=2, max_new_tokens_think=40, max_new_tokens_off=24,
+                          positions="divergence")
     on, off = mc.circuits["think-on"], mc.circuits["think-off"]
     cmp = units.compare_heads(on, off)
     assert mc.sets.a == on.heads and mc.sets.b == off.heads

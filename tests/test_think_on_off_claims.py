@@ -1,34 +1,143 @@
-"""Notebook 05 against its nulls (toolkit.studies.think_on_off_claims): the off-only heads against every same-size
-head set on the tiny models (against direct ablations), the efficiency bootstrap and the condition effects."""
+"""Notebook 05 against its nulls (toolkit.studies.think_on_off_claims, toolkit.studies.think_on_off_sets): stable head
+sets and the stable off-only set, edges for a recovery level with intervals, sampled placebo sets, pass@k against
+success@k over sample orders, the efficiency bootstrap, condition effects, and claims that are never scored on NaN."""
+
+import itertools
+import math
 
 import numpy as np
 import pytest
 
-from toolkit.evaluation import causal
+from toolkit.core.answers import per_problem_at_k
+from toolkit.evaluation import stability
 from toolkit.organism.tasks import Example
+from toolkit.studies import think_on_off as th
 from toolkit.studies import think_on_off_claims as tc
+from toolkit.studies import think_on_off_metrics as tm
+from toolkit.studies import think_on_off_sets as ts
 
-PROBLEMS = {"related_math": [Example("linear", "Solve for x: 2x + 1 = x + 4", "", "x = 3"),
-                             Example("linear", "Solve for x: 3x + 2 = x + 8", "", "x = 3"),
-                             Example("linear", "Solve for x: 5x = 4x + 2", "", "x = 2")]}
+PROBLEMS = [Example("linear", "Solve for x: 2x + 1 = x + 4", "", "x = 3"),
+            Example("linear", "Solve for x: 3x + 2 = x + 8", "", "x = 3"),
+            Example("linear", "Solve for x: 5x = 4x + 2", "", "x = 2")]
 
 
-def test_every_same_size_head_set_matches_direct_ablation(tiny):
-    target = [(1, 2), (0, 1)]
-    got = tc.head_set_enumeration(tiny, PROBLEMS, target, sets_per_batch=7, n_boot=100)
-    assert got.target == ((0, 1), (1, 2)) and len(got.sets) == 27 and got.target not in got.sets
-    test = got.tests["related_math"]
-    assert test.n_sets == 27 and 1 <= test.rank <= 28 and test.n_problems == 3
-    rows = tc.answer_sequences(tiny.tokenizer, PROBLEMS["related_math"])
-    before = causal.continuation_logprob(tiny.hf, rows).exp().numpy()
-    cases = ((got.target, got.target_effect["related_math"]), (got.sets[5], got.set_effects["related_math"][5]))
-    for s, effect in cases:
-        with causal.intervene(tiny.bridge, causal.Condition.on_heads("x", s, 0.0)):
-            after = causal.continuation_logprob(tiny.hf, rows).exp().numpy()
-        np.testing.assert_allclose(effect, after - before, atol=1e-5)
-    assert got.to_results()["n_sets"] == 27 and "rank" in got.summary()
+def boot(heads: np.ndarray, full) -> stability.CircuitBootstrap:
+    """A bootstrap of hand-made resampled head sets ``[B, L, H]`` (bool) and all-pairs heads ``full``."""
+    grid = np.zeros(heads.shape[1:], bool)
+    for h in full:
+        grid[h] = True
+    return stability.CircuitBootstrap(None, 0, 0.8, 0, np.ones((len(heads), 1)), None, heads.astype(bool), None,
+                                      None, grid, None)
+
+
+def inclusion(rates: dict, b: int = 10) -> np.ndarray:
+    """``[b, 2, 2]`` resampled head sets with head h in the first ``rates[h] * b`` resamples."""
+    out = np.zeros((b, 2, 2), bool)
+    for h, r in rates.items():
+        out[:round(r * b), h[0], h[1]] = True
+    return out
+
+
+def test_stable_off_only_set_is_stable_in_think_off_and_rare_in_think_on():
+    on = boot(inclusion({(0, 0): 1.0, (0, 1): 0.7, (1, 0): 0.4}), [(0, 0), (0, 1)])
+    off = boot(inclusion({(0, 0): 1.0, (0, 1): 0.9, (1, 0): 0.8, (1, 1): 0.5}), [(0, 0), (0, 1), (1, 0)])
+    s = ts.StableComparison(on, off)
+    assert s.stable_on == {(0, 0)} and s.stable_off == {(0, 0), (0, 1), (1, 0)}
+    # (0, 1) is stable in think-off but in the think-on circuit on 70% of resamples: not off-only
+    assert s.off_only == {(1, 0)} and s.stable_shared == {(0, 0)}
+    assert ts.StableComparison(on, off, on_max=0.3).off_only == frozenset()
+    np.testing.assert_array_equal(s.head_count_draws(), off.n_heads - on.n_heads)
+    est, draws = s.shared_share()
+    assert est == 1.0 and np.all(draws == 1.0)  # every think-on head is in the think-off circuit
+    assert s.to_results()["off_only"] == ["L1H0"]
+
+
+def curve(recovered_per_pair: list[list[float]], sizes=(5, 10, 20)):
+    m = np.array(recovered_per_pair, float)  # KL-like: clean 0, corrupted 1, so recovered = 1 - metric
+    return {"metric": 1 - m, "clean": np.zeros(len(m)), "corrupted": np.ones(len(m)), "n_edges": np.array(sizes)}
+
+
+def test_edges_for_a_recovery_level_with_bootstrap_intervals():
+    on = curve([[0.9, 1.0, 1.0]] * 4)
+    off = curve([[0.1, 0.5, 0.85], [0.1, 0.6, 0.9], [0.2, 0.4, 0.6], [0.0, 0.5, 0.3]])
+    assert ts.edges_for_level(on, np.arange(4)) == 5
+    assert ts.edges_for_level(off, np.arange(4)) == math.inf  # mean at 20 edges: 0.6625
+    assert ts.edges_for_level(off, np.array([0, 1])) == 20
+    got = ts.edges_bootstrap({"think-on": on, "think-off": off}, 0.8, n_boot=200, seed=1)
+    assert np.all(got["think-on"][1] == 5) and set(got["think-off"][1]) <= {20.0, math.inf}
+    lo, hi = ts.interval(got["think-off"][1])
+    assert lo == 20 and hi == math.inf
+    est, draws = tc.edges_difference(got, largest=20)
+    assert est == 21 - 5 and set(draws) <= {15.0, 16.0}
+
+
+def test_success_at_k_over_every_order_equals_pass_at_k():
+    rng = np.random.default_rng(3)
+    correct = rng.random((7, 5)) < 0.4
+    exact = tm.success_over_orders(correct)
+    np.testing.assert_allclose(exact, per_problem_at_k(correct, "pass"), atol=1e-12)
+    # the same by brute force on one problem: the mean over the 120 orders of "any of the first k correct"
+    row = correct[0]
+    brute = [np.mean([any(row[list(p[:k])]) for p in itertools.permutations(range(5))]) for k in range(1, 6)]
+    np.testing.assert_allclose(exact[0], brute)
+    approx = tm.success_over_orders(correct, n_orders=4000, seed=0)
+    assert np.abs(approx - exact).max() < 0.05
+    with pytest.raises(ValueError, match="too many"):
+        tm.success_over_orders(np.zeros((2, 9), bool))
+
+
+def fake_results(rates, n_problems=20, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c in rates:
+        s = th.Samples(c)
+        s.correct["related_math"] = rng.random((n_problems, n)) < rates[c]
+        out[c.name] = s
+    return out
+
+
+def test_claims_without_an_off_only_set_are_unmeasured_never_scored_on_nan():
+    results = fake_results({th.condition("think-on", True): 0.9, th.condition("think-off", False): 0.3})
+    on = boot(inclusion({(0, 0): 1.0}), [(0, 0)])
+    off = boot(inclusion({(0, 0): 1.0, (1, 1): 0.6}), [(0, 0), (1, 1)])
+    stable = ts.StableComparison(on, off)
+    assert not stable.off_only
+    edges = {"think-on": (5.0, np.full(50, 5.0)), "think-off": (math.inf, np.full(50, math.inf))}
+    claims = tc.register_claims(results, tm.group_matrix, stable=stable, edges=edges, largest=20,
+                                efficiency=(0.3, np.linspace(0.1, 0.5, 50)), enumeration=None, placebos=None,
+                                n_boot=100)
+    unmeasured = [c for c in claims if c.note.startswith(tc.UNMEASURED)]
+    assert {c.id for c in unmeasured} == {"off-only-ablation-helps", "off-only-ablation-specific",
+                                          "off-only-scale-down-helps", "off-only-scale-down-specific",
+                                          "off-only-heads-specific", "ablation-ahead-early", "ablation-behind-late"}
+    assert all(c.verdict == "inconclusive" and c.null.n == 0 for c in unmeasured)
+    for c in claims:
+        if c not in unmeasured:
+            assert all(math.isfinite(v) for v in (c.estimate, *c.ci)), c
+    assert claims["think-on-beats-off-related-math"].verdict == "reproduces"
+    assert claims["off-circuit-needs-more-edges"].estimate == 16
+    record = claims["off-only-ablation-helps"].to_dict()
+    assert record["estimate"] is None and record["verdict"] == "inconclusive"
+
+
+def test_sampled_placebo_sets_exclude_the_target_and_score_every_set(tiny):
+    target = [(1, 2)]
+    conds = [th.condition("think-off", False), th.condition("think-off + ablation", False, target, 0.0)]
+    kwargs = dict(n_samples=2, max_new_tokens_off=6)
+    results = th.run_conditions(tiny, conds, {"related_math": PROBLEMS}, show_progress=False, seed=3, **kwargs)
+    got = ts.sampled_placebos(tiny, target, {"ablation": 0.0}, PROBLEMS, results, task="related_math", n_sets=10,
+                              seed=3, **kwargs)["ablation"]
+    assert got.exhaustive and len(got.sets) == 7 and (1, 2) not in {s[0] for s in got.sets}
+    assert got.placebo.shape == (7, 3, 2) and got.target.shape == (3, 2)
+    direct = th.sample_condition(tiny, th.condition("p", False, got.sets[4], 0.0), {"related_math": PROBLEMS},
+                                 seed=3, **kwargs).correct["related_math"]
+    np.testing.assert_array_equal(got.placebo[4], direct)
+    test = got.test("pass", 1, n_boot=50)
+    assert test.n_sets == 7 and 1 <= test.rank <= 8
+    assert not ts.sampled_placebos(tiny, target, {"ablation": 0.0}, PROBLEMS, results, task="related_math",
+                                   n_sets=3, seed=3, **kwargs)["ablation"].exhaustive
     with pytest.raises(ValueError, match="empty"):
-        tc.head_set_enumeration(tiny, PROBLEMS, [])
+        ts.sampled_placebos(tiny, [], {"ablation": 0.0}, PROBLEMS, results, task="related_math")
 
 
 def test_efficiency_bootstrap_and_condition_effect():

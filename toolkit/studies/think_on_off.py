@@ -6,13 +6,16 @@ The study, step by step (the views are :mod:`toolkit.views.think_on_off`):
 1. **Problems** (:func:`problem_sets`, :func:`study_problems`): disjoint ranges of the organism's held-out sets for
    circuit discovery (the pool's end) and evaluation (its start).
 2. **Circuits in both modes** (:func:`mode_circuits`): EAP-IG circuits (:mod:`toolkit.methods.eap`) of one hybrid
-   model on the *same* problems, once with thinking on and once off; each mode's clean input is its own response
-   prefix. :func:`head_sets` splits their heads (:class:`toolkit.core.units.HeadComparison`, a = think-on,
-   b = think-off: ``only_b`` are the off-only heads); :func:`efficiency` re-splits at other circuit sizes and
-   measures how much of the metric each mode's circuit recovers (:func:`toolkit.methods.eap.edges_for_recovery`).
+   model on the *same* problems, once with thinking on and once off, read at the same decision (the final answer;
+   or think-on at its scratchpad's key step; or each mode's own divergence). :func:`head_sets` splits their heads
+   (:class:`toolkit.core.units.HeadComparison`, a = think-on, b = think-off: ``only_b`` are the off-only heads);
+   :func:`efficiency` re-splits at other circuit sizes and measures how much of the metric each mode's circuit
+   recovers (:func:`toolkit.methods.eap.edges_for_recovery`); the stable sets and intervals over resampled pairs
+   are in :mod:`toolkit.studies.think_on_off_sets`.
 3. **Conditions** (:func:`standard_conditions`, :class:`toolkit.evaluation.causal.Condition`): think-on, think-off,
-   think-off with the off-only heads zero-ablated or scaled ×0.5, and the placebo the paper did not run: the same
-   edits on as many *random* heads outside the off-only set (several draws, pooled per problem).
+   think-off with the (stable) off-only heads zero-ablated or scaled ×0.5 or ×1.3, and the placebo the paper did not
+   run: the same edits on as many *random* heads outside the off-only set (several draws, pooled per problem);
+   :func:`baseline_conditions` when there is no off-only head.
 4. **Sampling** (:func:`sample_condition`, :func:`run_conditions`): ``n`` sampled completions per problem
    (temperature 0.6, top-p 0.95, top-k 20 by default), graded by exact match of the answer after ``</think>``
    (:class:`toolkit.evaluation.behaviour.Behaviour`). Every condition uses the same seeds (task ``i``: ``seed + i``).
@@ -53,7 +56,7 @@ TASK_LABELS = {"related_math": "related math (linear equations)", "unrelated_mat
 THINK_ON, THINK_OFF = mode_label(_ON), mode_label(_OFF)  # "think-on", "think-off": the keys of every saved result
 HEAD_SET_CODES = {"none": 0, "on-only": 1, "off-only": 2, "shared": 3}
 METRICS = AT_K_METRICS
-DEFAULT_INTERVENTIONS = {"ablation": 0.0, "scale-down": 0.5}
+DEFAULT_INTERVENTIONS = {"ablation": 0.0, "scale-down": 0.5, "scale-up": 1.3}
 
 Head = units.Head
 
@@ -166,13 +169,13 @@ class ModeCircuits:
                                           batch_size=batch_size) for m in (THINK_ON, THINK_OFF)}
 
 
-POSITIONS = ("divergence", "answer")  # where each mode's pairs are read (mode_circuits)
+POSITIONS = ("answer", "key_step", "divergence")  # where each mode's pairs are read (mode_circuits)
 
 
 def mode_circuits(loaded: LoadedModel, examples: Sequence[tasks.Example], top_n: int = 40, steps: int = 5,
                   metric: str = "kl", batch_size: int = 8, max_new_tokens_think: int = THINK_ON_TOKENS,
                   max_new_tokens_off: int = THINK_OFF_TOKENS, seed: int = 0, show_progress: bool = False,
-                  per_example: bool = False, positions: str = "divergence") -> ModeCircuits:
+                  per_example: bool = False, positions: str = "answer") -> ModeCircuits:
     """EAP-IG circuits with thinking on and off on the same problems.
 
     ``positions="divergence"``: each mode's pairs follow ``eap.make_pairs`` with ``corruption="problem"``: the clean
@@ -180,16 +183,20 @@ def mode_circuits(loaded: LoadedModel, examples: Sequence[tasks.Example], top_n:
     response to a minimally changed problem differs (thinking on, usually a digit the scratchpad copies from the
     problem; thinking off, the answer). ``positions="answer"``: ``eap.answer_pairs``, both modes read at the final
     answer's first differing token, the think-on scratchpad teacher-forced up to ``</think>``: the same decision in
-    both modes. Both circuits keep the ``top_n`` edges by |score|, dead nodes pruned. ``per_example`` keeps each
+    both modes (the default). ``positions="key_step"``: think-on pairs read at the scratchpad's own key step, the
+    result it writes on its last line (``eap.answer_pairs(..., at="key_step")``), think-off pairs at the answer.
+    Both circuits keep the ``top_n`` edges by |score|, dead nodes pruned. ``per_example`` keeps each
     pair's scores (for bootstraps over pairs, :mod:`toolkit.evaluation.stability`).
     """
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     pairs, scores, circuits, importance = {}, {}, {}, {}
     for mode, think, max_new in ((THINK_ON, True, max_new_tokens_think), (THINK_OFF, False, max_new_tokens_off)):
-        pairs[mode] = (eap.answer_pairs(loaded, examples, enable_thinking=think, seed=seed) if positions == "answer"
-                       else eap.make_pairs(loaded, examples, enable_thinking=think, corruption="problem",
-                                           max_new_tokens=max_new, seed=seed, unequal="drop"))
+        at = "key_step" if positions == "key_step" and think else "answer"
+        pairs[mode] = (eap.answer_pairs(loaded, examples, enable_thinking=think, seed=seed, at=at)
+                       if positions != "divergence" else
+                       eap.make_pairs(loaded, examples, enable_thinking=think, corruption="problem",
+                                      max_new_tokens=max_new, seed=seed, unequal="drop"))
         scores[mode] = eap.attribute(loaded, pairs[mode], method="eap-ig", steps=steps, metric=metric,
                                      batch_size=batch_size, show_progress=show_progress, per_example=per_example)
         circuits[mode] = eap.select(scores[mode], top_n=top_n, absolute=True, method="top", prune=True)
@@ -209,6 +216,11 @@ def efficiency(circuits: ModeCircuits, loaded: LoadedModel, top_ns: Sequence[int
 
 
 # ---------------------------------------------------------------------------------------------------- conditions
+
+
+def baseline_conditions() -> list[Condition]:
+    """Think-on and think-off without interventions (the rows left when there is no off-only head to edit)."""
+    return [condition(THINK_ON, True), condition(THINK_OFF, False)]
 
 
 def condition(name: str, thinking: bool, heads: Iterable[Head] = (), factor: float = 1.0, group: str = ""

@@ -1,121 +1,51 @@
-"""Notebook 05's findings against their nulls (after "Thinking Sparks", section 6 and Table 3); the study itself is
-:mod:`toolkit.studies.think_on_off`.
+"""Notebook 05's findings against their nulls (after "Thinking Sparks", section 6, Table 3 and appendix A.3); the
+study is :mod:`toolkit.studies.think_on_off`, the head sets with intervals :mod:`toolkit.studies.think_on_off_sets`.
 
-- **Every same-size head set** (:func:`head_set_enumeration`): the off-only heads zero-ablated (or scaled) against
-  *every* other set of as many heads (``C(16, 3) = 560`` sets on the organism, :func:`toolkit.evaluation.nulls
-  .same_size_sets`), with a cheap teacher-forced measure: the probability of the reference answer given the
-  think-off prompt, ``P(answer) = exp Σ log p(answer token)``, per problem. A set's effect on a problem is
-  ``P_edited − P_unedited``; :func:`toolkit.evaluation.nulls.placebo_test` gives the off-only set's rank,
-  permutation p and a two-level interval. All sets are run batched (:func:`toolkit.evaluation.causal
-  .unit_set_scores`).
-- **Circuit size** (:func:`head_count_bootstrap`): heads in the think-off circuit minus heads in the think-on circuit,
-  on bootstrap resamples of each mode's pairs (:func:`toolkit.evaluation.stability.bootstrap_circuit`; needs
-  per-example scores).
+- **Circuit size and overlap** (:class:`~toolkit.studies.think_on_off_sets.StableComparison`): heads in the
+  think-off circuit minus heads in the think-on circuit, and the share of the think-on circuit's heads the think-off
+  circuit holds too, on paired bootstrap resamples of each mode's pairs (circuits reselected).
+- **Edges for 80% recovery** (:func:`~toolkit.studies.think_on_off_sets.edges_bootstrap`): think-off minus
+  think-on, pairs resampled, circuits fixed; a resample that never reaches the level within the sweep counts as one
+  edge more than the sweep's largest circuit (a lower bound for that mode).
 - **Efficiency** (:func:`efficiency_bootstrap`): the mean recovered share of the KL metric over the circuit sizes of
   the sweep (the area under the faithfulness curve), think-on minus think-off, with the circuits fixed and the
   pairs resampled (one faithfulness curve per pair, so a resample needs no model call).
-- **Condition effects** (:func:`condition_effect`): a paired pass@1 difference over problems with its bootstrap
-  interval and a sign-flip permutation null (:func:`toolkit.evaluation.causal.paired_permutation`).
+- **Condition effects** (:func:`condition_effect`): a paired difference over problems (pass@k or success@k) with its
+  bootstrap interval and a sign-flip permutation null (:func:`toolkit.evaluation.causal.paired_permutation`).
+- **The off-only set against same-size placebo sets**: sampled (pass@1 change from think-off, every other set or a
+  stated number of random ones, :func:`~toolkit.studies.think_on_off_sets.sampled_placebos`) and teacher-forced
+  (every other set, :func:`toolkit.studies.placebo_sets.head_set_test`).
 
-:func:`register_claims` turns them into the notebook's :class:`~toolkit.evaluation.claims.Claims`.
+When the stable off-only set is empty nothing was intervened on: those claims are registered *unmeasured* (no
+estimate, verdict ``inconclusive``, the note says why), never scored on a NaN.
+:func:`register_claims` turns it all into the notebook's :class:`~toolkit.evaluation.claims.Claims`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.core import units
-from toolkit.core.chat import chat_prompts
 from toolkit.core.models import LoadedModel
-from toolkit.evaluation import causal, nulls, stability
+from toolkit.evaluation import causal
 from toolkit.evaluation.claims import Claims, Null, bootstrap_p
 from toolkit.methods import eap
-from toolkit.organism import tasks
+from toolkit.studies.placebo_sets import HeadSetTest
+from toolkit.studies.think_on_off_sets import SampledPlacebos, StableComparison
 
 PAPER = "Thinking Sparks, section 6"
 TABLE = "Thinking Sparks, section 6 (Table 3)"
-
-
-def answer_sequences(tokenizer, problems: Sequence[tasks.Example]) -> list[tuple[list[int], list[int]]]:
-    """``(think-off chat prompt ids, reference answer ids)`` per problem; the reference is the think-off answer as the
-    organism gives it (a sentence for math, :func:`toolkit.organism.tasks.say`)."""
-    prompts = chat_prompts(tokenizer, [p.prompt for p in problems], enable_thinking=False)
-    return [(tokenizer(t, add_special_tokens=False)["input_ids"], tokenizer(tasks.say(p), add_special_tokens=False)
-             ["input_ids"]) for t, p in zip(prompts, problems)]
-
-
-@dataclass
-class SetEnumeration:
-    """The target head set and every other same-size set, edited by ``factor``: per task, the per-problem change in
-    P(answer) of the target ``[n]`` and of each set ``[n_sets, n]``, and the :class:`~toolkit.evaluation.nulls
-    .PlaceboTest` (direction ``direction``)."""
-
-    target: tuple
-    sets: list[tuple]
-    factor: float
-    target_effect: dict[str, np.ndarray]
-    set_effects: dict[str, np.ndarray]
-    tests: dict[str, nulls.PlaceboTest]
-
-    def to_results(self) -> dict:
-        return {"target": [list(h) for h in self.target], "n_sets": len(self.sets), "factor": self.factor,
-                "tests": {t: {"target_mean": r.target_mean, "placebo_mean": r.placebo_mean, "rank": r.rank,
-                              "p_value": r.p_value, "difference": r.difference, "ci": list(r.ci)}
-                          for t, r in self.tests.items()}}
-
-    def summary(self) -> str:
-        return "\n".join(f"{task}: {r.summary()}" for task, r in self.tests.items())
-
-
-def head_set_enumeration(loaded: LoadedModel, problems: Mapping[str, Sequence[tasks.Example]], target, *,
-                         factor: float = 0.0, direction: int = 1, max_sets: int = 5000, n_random: int = 200,
-                         sets_per_batch: int = 16, n_boot: int = 2000, seed: int = 0) -> SetEnumeration:
-    """The target heads against every same-size head set (or ``n_random`` random ones when there are more than
-    ``max_sets``), teacher-forced think-off P(answer) per problem (module docstring)."""
-    cfg = loaded.bridge.cfg
-    target = tuple(sorted(units.as_heads(target, "target heads", cfg.n_layers, cfg.n_heads)))
-    if not target:
-        raise ValueError("the target head set is empty: there is nothing to compare with the placebo sets")
-    every = [(lay, h) for lay in range(cfg.n_layers) for h in range(cfg.n_heads)]
-    sets = nulls.same_size_sets(every, len(target), skip=[target], max_sets=max_sets, n_random=n_random, seed=seed)
-    rows = [seq for ps in problems.values() for seq in answer_sequences(loaded.tokenizer, ps)]
-    pad = loaded.tokenizer.pad_token_id or 0
-    logp = causal.unit_set_scores(loaded.bridge, [[]] + [list(target)] + [list(s) for s in sets],
-                                  lambda r: causal.continuation_logprob(loaded.hf, rows, repeat=r, pad_id=pad),
-                                  len(rows), kind="head", factor=factor, sets_per_batch=sets_per_batch)
-    prob = np.exp(logp)
-    change = prob[1:] - prob[0]
-    t_eff, s_eff, tests, start = {}, {}, {}, 0
-    for task, ps in problems.items():
-        cols = slice(start, start + len(ps))
-        start += len(ps)
-        t_eff[task], s_eff[task] = change[0, cols], change[1:, cols]
-        tests[task] = nulls.placebo_test(t_eff[task], s_eff[task], direction=direction, n_boot=n_boot, seed=seed,
-                                         description=f"the same edit (x{factor:g}) on each of the other {len(sets)} "
-                                                     f"sets of {len(target)} heads; mean change in P(answer)")
-    return SetEnumeration(target, sets, factor, t_eff, s_eff, tests)
-
-
-def head_count_bootstrap(scores_on: eap.Scores, scores_off: eap.Scores, top_n: int, *, n_boot: int = 200,
-                         seed: int = 0) -> np.ndarray:
-    """``[n_boot]``: heads in the think-off circuit minus heads in the think-on circuit, each mode's pairs resampled
-    independently (both score sets need per-example scores)."""
-    on = stability.bootstrap_circuit(scores_on, top_n=top_n, n_boot=n_boot, seed=seed)
-    off = stability.bootstrap_circuit(scores_off, top_n=top_n, n_boot=n_boot, seed=seed + 1)
-    return np.asarray(off.n_heads, dtype=float) - np.asarray(on.n_heads, dtype=float)
-
-
+COVERAGE = "Thinking Sparks, section 6 (Figure 5)"
+UNMEASURED = "not measured: "  # the note of a claim that has no data
 def per_pair_faithfulness(loaded: LoadedModel, pairs, scores: eap.Scores, sizes: Sequence[int], *,
                           metric: str = "kl") -> dict[str, np.ndarray]:
-    """``{"metric" [n_pairs, n_sizes], "clean" [n_pairs], "corrupted" [n_pairs]}``: one faithfulness curve per pair
-    (the circuits selected once, on all pairs)."""
+    """``{"metric" [n_pairs, n_sizes], "clean" [n_pairs], "corrupted" [n_pairs], "n_edges" [n_sizes]}``: one
+    faithfulness curve per pair (the circuits selected once, on all pairs; ``n_edges`` their sizes once pruned)."""
     rows = [eap.faithfulness_curve(loaded, pairs.subset([i]), scores, list(sizes), metric=metric, batch_size=1)
             for i in range(len(pairs))]
     return {"metric": np.array([r["metric"] for r in rows]), "clean": np.array([r["clean"] for r in rows]),
-            "corrupted": np.array([r["corrupted"] for r in rows])}
+            "corrupted": np.array([r["corrupted"] for r in rows]), "n_edges": np.array(rows[0]["n_edges"])}
 
 
 def _area(curve: Mapping[str, np.ndarray], idx: np.ndarray) -> float:
@@ -149,35 +79,82 @@ def _interval(draws: np.ndarray) -> tuple[float, float]:
     return float(np.quantile(ok, 0.025)), float(np.quantile(ok, 0.975))
 
 
-def register_claims(results: Mapping, group_matrix, *, head_counts: tuple[float, np.ndarray],
-                    efficiency: tuple[float, np.ndarray], enumeration: SetEnumeration, task: str = "related_math",
-                    on: str = "think-on", off: str = "think-off", n_boot: int = 1000, seed: int = 0) -> Claims:
-    """The notebook's claims. ``group_matrix(results, group, task)`` gives per-problem pass@k ``[problems, n]``
-    (pass@1 is column 0); ``head_counts`` and ``efficiency`` are ``(estimate, bootstrap draws)``."""
-    claims = Claims("05_think_on_off")
+def edges_difference(edges: Mapping[str, tuple[float, np.ndarray]], largest: int, on: str = "think-on",
+                     off: str = "think-off") -> tuple[float, np.ndarray]:
+    """``(all pairs, draws)`` of think-off minus think-on edges for the level (:func:`~toolkit.studies
+    .think_on_off_sets.edges_bootstrap`); a size beyond the sweep (``inf``) counts as ``largest + 1``."""
+    def cap(x):
+        return np.minimum(np.asarray(x, dtype=float), largest + 1)
 
-    def pass1(group, t):
-        return group_matrix(results, group, t)[:, 0]
+    return float(cap(edges[off][0]) - cap(edges[on][0])), cap(edges[off][1]) - cap(edges[on][1])
+
+
+def _unmeasured(claims: Claims, id: str, *, paper: str, statement: str, measure: str, kind: str, reason: str):
+    """A claim with no data: no estimate, verdict ``inconclusive``, the reason in its null and note."""
+    nan = float("nan")
+    claims.add(id, paper=paper, statement=statement, measure=measure, estimate=nan, ci=(nan, nan),
+               null=Null(kind, 0, {}, UNMEASURED + reason), direction=1, note=UNMEASURED + reason)
+
+
+def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
+                    edges: Mapping[str, tuple[float, np.ndarray]], largest: int, efficiency: tuple[float, np.ndarray],
+                    enumeration: HeadSetTest | None, placebos: Mapping[str, SampledPlacebos] | None,
+                    task: str = "related_math", positions: str = "answer", on: str = "think-on",
+                    off: str = "think-off", n_boot: int = 1000, seed: int = 0) -> Claims:
+    """The notebook's claims. ``group_matrix(results, group, task, metric)`` gives per-problem pass@k or success@k
+    ``[problems, n]``; ``edges`` and ``efficiency`` come from :mod:`toolkit.studies.think_on_off_sets` and
+    :func:`efficiency_bootstrap` (``largest``: the sweep's largest circuit); ``enumeration`` and ``placebos`` are
+    ``None`` when the stable off-only set is empty (those claims are then unmeasured)."""
+    claims = Claims("05_think_on_off")
+    sampled = {s.condition.group for s in results.values()}
+    tasks_ = next(iter(results.values())).correct
+
+    def at(group, metric, t=task):
+        return group_matrix(results, group, t, metric)
+
+    def paired(id, *, paper, statement, measure, treated, baseline, note=""):
+        e = condition_effect(treated, baseline, n_boot=n_boot, seed=seed)
+        claims.add(id, paper=paper, statement=statement, measure=measure, estimate=e["estimate"],
+                   ci=(e["low"], e["high"]), null=e["null"], p_value=e["p"], direction=1, note=note)
 
     for t, label in dict.fromkeys([(task, "the circuit task"), ("unrelated_math", "addition/subtraction")]):
-        if t not in next(iter(results.values())).correct:
-            continue
-        e = condition_effect(pass1(on, t), pass1(off, t), n_boot=n_boot, seed=seed)
-        claims.add(f"think-on-beats-off-{t.replace('_', '-')}", paper=TABLE,
+        if t in tasks_:
+            paired(f"think-on-beats-off-{t.replace('_', '-')}", paper=TABLE,
                    statement="Answering with the scratchpad (think-on) solves more problems than answering with "
                              "thinking switched off.",
                    measure=f"pass@1 think-on − think-off on {label}, paired over problems",
-                   estimate=e["estimate"], ci=(e["low"], e["high"]), null=e["null"], p_value=e["p"], direction=1)
-    est, draws = head_counts
+                   treated=at(on, "pass", t)[:, 0], baseline=at(off, "pass", t)[:, 0])
+    where = {"answer": "both modes read at the final answer (think-on scratchpad teacher-forced)",
+             "key_step": "think-on read at the scratchpad's key step, think-off at the answer",
+             "divergence": "the modes read at different tokens (the first scratchpad line vs the answer)"}[positions]
+    draws = stable.head_count_draws()
     claims.add("off-circuit-has-more-heads", paper=PAPER,
                statement="With thinking off the model's circuit recruits a larger set of attention heads than with "
                          "thinking on.",
                measure="heads in the think-off circuit − heads in the think-on circuit (same number of edges)",
-               estimate=est, ci=_interval(draws),
+               estimate=len(stable.off.full_heads) - len(stable.on.full_heads), ci=_interval(draws),
                null=Null.from_samples("bootstrap-resample", draws, "the difference on bootstrap resamples of each "
                                       "mode's pairs (circuits reselected)"),
                p_value=bootstrap_p(draws, direction=1), direction=1,
-               note="the organism has 16 heads, and circuits of 40 edges hold most of them in both modes")
+               note=f"the organism has 16 heads; {where}")
+    est, draws = stable.shared_share()
+    claims.add("on-heads-shared-with-off", paper=PAPER,
+               statement="The think-on circuit has no set of its own reasoning heads: most of its heads are in the "
+                         "think-off circuit too.",
+               measure="share of the think-on circuit's heads also in the think-off circuit (reference 0.5)",
+               estimate=est, ci=_interval(draws), reference=0.5,
+               null=Null.from_samples("bootstrap-resample", draws, "the share on paired bootstrap resamples of "
+                                      "each mode's pairs (circuits reselected)"),
+               p_value=bootstrap_p(draws, reference=0.5, direction=1), direction=1, note=where)
+    est, draws = edges_difference(edges, largest, on, off)
+    claims.add("off-circuit-needs-more-edges", paper=PAPER,
+               statement="Without thinking the model needs a larger, less efficient circuit for the same behaviour.",
+               measure="edges for 80% recovery of the KL metric, think-off − think-on",
+               estimate=est, ci=_interval(draws),
+               null=Null.from_samples("bootstrap-resample", draws, "the difference on bootstrap resamples of each "
+                                      "mode's pairs (circuits fixed)"),
+               p_value=bootstrap_p(draws, direction=1), direction=1,
+               note=f"{where}; a mode that never reaches 80% in the sweep counts as {largest + 1} edges")
     est, draws = efficiency
     claims.add("on-circuit-more-efficient", paper=PAPER,
                statement="The think-on circuit carries the behaviour with fewer components: it is the more "
@@ -186,20 +163,58 @@ def register_claims(results: Mapping, group_matrix, *, head_counts: tuple[float,
                estimate=est, ci=_interval(draws),
                null=Null.from_samples("bootstrap-resample", draws, "the difference on bootstrap resamples of each "
                                       "mode's pairs (circuits fixed)"),
-               p_value=bootstrap_p(draws, direction=1), direction=1,
-               note="the two modes' metrics are read at different tokens (the first scratchpad line vs the answer)")
-    for label, verb in (("ablation", "Zero-ablating"), ("scale-down", "Halving")):
-        e = condition_effect(pass1(f"{off} + {label}", task), pass1(off, task), n_boot=n_boot, seed=seed)
-        claims.add(f"off-only-{label}-helps", paper=TABLE,
-                   statement=f"{verb} the heads that only the think-off circuit uses raises think-off accuracy.",
-                   measure=f"pass@1 think-off + {label} − think-off on {task}, paired over problems",
-                   estimate=e["estimate"], ci=(e["low"], e["high"]), null=e["null"], p_value=e["p"], direction=1)
-    r = enumeration.tests[task]
-    claims.add("off-only-heads-specific", paper=TABLE,
-               statement="The gain from ablating the off-only heads belongs to those heads: ablating other heads "
-                         "does not give it.",
-               measure=f"teacher-forced P(answer) change on {task} when the off-only heads are ablated, "
-                       f"minus the mean over all {r.n_sets} other same-size head sets (rank {r.rank}/{r.n_sets + 1})",
-               estimate=r.difference, ci=r.ci, null=r.null(), p_value=r.p_value, direction=1,
-               note="a teacher-forced measure stands in for sampled accuracy across the placebo sets")
+               p_value=bootstrap_p(draws, direction=1), direction=1, note=where)
+    _interventions(claims, at, paired, sampled, placebos, enumeration, task, off, n_boot, seed)
     return claims
+
+
+def _interventions(claims, at, paired, sampled, placebos, enumeration, task, off, n_boot, seed):
+    empty = "the stable off-only set is empty, so nothing was intervened on"
+    for label, verb in (("ablation", "Zero-ablating"), ("scale-down", "Halving")):
+        group = f"{off} + {label}"
+        spec = dict(paper=TABLE, statement=f"{verb} the heads that only the think-off circuit uses raises think-off "
+                                           "accuracy.",
+                    measure=f"pass@1 think-off + {label} − think-off on {task}, paired over problems")
+        if group in sampled:
+            paired(f"off-only-{label}-helps", **spec, treated=at(group, "pass")[:, 0],
+                   baseline=at(off, "pass")[:, 0])
+        else:
+            _unmeasured(claims, f"off-only-{label}-helps", **spec, kind="permutation", reason=empty)
+        spec = dict(paper=TABLE, statement=f"The think-off gain from {verb.lower()} the off-only heads belongs to "
+                                           "those heads: the same edit on other heads does not give it.",
+                    measure=f"sampled pass@1 change on {task} (think-off + {label} − think-off), off-only set − "
+                            "mean of the same-size placebo sets")
+        if placebos and label in placebos:
+            p = placebos[label]
+            r = p.test("pass", 1, direction=1, n_boot=n_boot, seed=seed)
+            claims.add(f"off-only-{label}-specific", **spec, estimate=r.difference, ci=r.ci, null=r.null(),
+                       p_value=r.p_value, direction=1, note=f"rank {r.rank}/{r.n_sets + 1}; "
+                       + ("every other set" if p.exhaustive else f"{r.n_sets} random sets (not every set)"))
+        else:
+            _unmeasured(claims, f"off-only-{label}-specific", **spec, kind="placebo-sets", reason=empty)
+    spec = dict(paper=TABLE, statement="The gain from ablating the off-only heads belongs to those heads: "
+                                       "ablating other heads does not give it.",
+                measure=f"teacher-forced change in mean log-probability per token of the think-off reference answer "
+                        f"on {task}, off-only set ablated − mean over every other same-size set")
+    if enumeration is not None:
+        r = enumeration.tests[task]
+        claims.add("off-only-heads-specific", **spec, estimate=r.difference, ci=r.ci, null=r.null(),
+                   p_value=r.p_value, direction=1, note=f"rank {r.rank}/{r.n_sets + 1}; a teacher-forced measure "
+                   "over every set, next to the sampled one over fewer sets")
+    else:
+        _unmeasured(claims, "off-only-heads-specific", **spec, kind="placebo-sets", reason=empty)
+    group = f"{off} + ablation"
+    cover = (("ablation-ahead-early", "success", 2, "With the off-only heads ablated the model finds a right answer "
+              "sooner: it is ahead of unedited think-off at success@k for k ≤ 2.", group, off),
+             ("ablation-behind-late", "pass", None, "With many samples unedited think-off solves more problems than "
+              "with the off-only heads ablated (pass@k at large k).", off, group))
+    for id, metric, k, statement, treated, baseline in cover:
+        spec = dict(paper=COVERAGE, statement=statement,
+                    measure=f"{metric}@{k or 'n'} {treated} − {baseline} on {task}, paired over problems")
+        if group in sampled:
+            a, b = at(treated, metric), at(baseline, metric)
+            j = a.shape[1] - 1 if k is None else min(k, a.shape[1]) - 1
+            paired(id, **spec, treated=a[:, j], baseline=b[:, j],
+                   note="success@k and pass@k have the same expectation for independent samples")
+        else:
+            _unmeasured(claims, id, **spec, kind="permutation", reason=empty)

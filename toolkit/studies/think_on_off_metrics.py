@@ -1,10 +1,19 @@
 """Notebook 05's metrics over sampled answers (:class:`toolkit.studies.think_on_off.Samples`): per problem pass@k and
 success@k for k = 1…n (:func:`~toolkit.core.answers.per_problem_at_k`), pooled over a group's conditions; means over
 problems with bootstrap intervals (:func:`curves`, :func:`table`); paired differences against think-off, the paper's
-Table 3, and against the random-head placebo (:func:`paired_effect`, :func:`intervention_effects`)."""
+Table 3, and against the random-head placebo (:func:`paired_effect`, :func:`intervention_effects`).
+
+**pass@k and success@k estimate the same number.** For one problem with n exchangeable samples (independent draws
+are exchangeable) of which c are correct, success@k of the first k samples is 1 unless all k are wrong, which happens
+for C(n-c, k) of the C(n, k) equally likely k-subsets: E[success@k | c] = 1 - C(n-c, k)/C(n, k) = pass@k. Averaged
+over all n! orders of the samples, success@k *equals* pass@k exactly (each k-subset is the first k equally often);
+:func:`success_over_orders` averages it over all orders (small n) or over random ones. The two differ only by the
+noise of the sampling order: in expectation a model cannot be better at success@k and worse at pass@k."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -100,3 +109,24 @@ def intervention_effects(results: Mapping[str, Samples], interventions: Iterable
                 out[task][f"{label} vs random"] = paired_effect(results, treated, f"{treated}, random heads", task,
                                                                 n_boot=n_boot, seed=seed)
     return out
+
+
+def success_over_orders(correct: np.ndarray, n_orders: int | None = None, seed: int = 0) -> np.ndarray:
+    """``[problems, n]`` success@k for k = 1…n averaged over orders of each problem's samples: all ``n!`` orders
+    when ``n_orders`` is ``None`` (then it equals pass@k exactly; refused above n = 8), else ``n_orders`` random
+    permutations, drawn independently per problem (module docstring)."""
+    correct = np.asarray(correct, dtype=bool)
+    if correct.ndim != 2 or 0 in correct.shape:
+        raise ValueError(f"correct must be a non-empty [problems, samples] array, got shape {correct.shape}")
+    n = correct.shape[1]
+    if n_orders is None:
+        if n > 8:
+            raise ValueError(f"all {math.factorial(n)} orders of {n} samples are too many; pass n_orders")
+        orders = np.array(list(itertools.permutations(range(n))))  # [n!, n], the same for every problem
+        shuffled = correct[:, orders]  # [problems, n!, n]
+    else:
+        if n_orders < 1:
+            raise ValueError(f"n_orders must be >= 1, got {n_orders}")
+        rng = np.random.default_rng(seed)
+        shuffled = rng.permuted(np.repeat(correct[:, None, :], n_orders, axis=1), axis=2)  # [problems, n_orders, n]
+    return np.logical_or.accumulate(shuffled, axis=2).mean(1)

@@ -37,7 +37,8 @@ def circuits_summary(circuits: ModeCircuits) -> str:
     lines = []
     for mode, p in circuits.pairs.items():
         r = p.records[0]
-        lines.append(f"{mode}: {len(p)} pairs ({len(p.dropped)} problems dropped: the two responses never differ); "
+        why = "; ".join(sorted({d["reason"] for d in p.dropped}))
+        lines.append(f"{mode}: {len(p)} pairs ({len(p.dropped)} problems dropped{': ' + why if why else ''}); "
                      f"e.g. {r['prompt']!r} vs {r['corrupted_prompt']!r}: prefix {r['response_prefix'][-24:]!r} -> "
                      f"{r['clean_next']!r} / {r['corrupted_next']!r}")
     lines.append(str({mode: c for mode, c in circuits.circuits.items()}))
@@ -51,6 +52,43 @@ def sweep_markdown(sweep: Sequence[Mapping]) -> str:
     return ("| top_n | edges on / off | heads on / off | on-only | off-only | shared |\n|---|---|---|---|---|---|\n"
             + "\n".join(f"| {r['top_n']} | {r['on_edges']} / {r['off_edges']} | {r['on_circuit']} / "
                         f"{r['off_circuit']} | {r['on_only']} | {r['off_only']} | {r['shared']} |" for r in sweep))
+
+
+def _heads(heads) -> str:
+    return ", ".join(f"L{a}H{b}" for a, b in sorted(heads)) or "none"
+
+
+def stable_markdown(stable, edges: Mapping[str, tuple], level: float = 0.8) -> str:
+    """Per mode: edges for ``level`` recovery with its bootstrap interval and the stable head set; then the stable
+    off-only set (``stable``: :class:`toolkit.studies.think_on_off_sets.StableComparison`, ``edges``:
+    ``edges_bootstrap``)."""
+    from toolkit.studies.think_on_off_sets import interval
+
+    def size(x):
+        return "beyond the sweep" if not np.isfinite(x) else f"{x:g}"
+
+    rows = [f"| mode | edges for {level:.0%} recovery [95% interval over pairs] | stable heads (inclusion ≥ "
+            f"{stable.on.threshold:g}) |", "|---|---|---|"]
+    for mode, boot in ((THINK_ON, stable.on), (THINK_OFF, stable.off)):
+        est, draws = edges[mode]
+        lo, hi = interval(draws)
+        rows.append(f"| {mode} | {size(est)} [{size(lo)}, {size(hi)}] | {len(boot.stable_heads)}: "
+                    f"{_heads(boot.stable_heads)} |")
+    rows.append(f"\n**Stable off-only set** (stable in think-off, in the think-on circuit on < {stable.on_max:.0%} of "
+                f"resamples): {_heads(stable.off_only)}; stable in both: {_heads(stable.stable_shared)}.")
+    return "\n".join(rows)
+
+
+def orders_markdown(correct: np.ndarray, pass_k: np.ndarray, success_k: np.ndarray, orders_k: np.ndarray,
+                    title: str = THINK_OFF) -> str:
+    """Mean over problems of pass@k, success@k in sampling order, and success@k averaged over sample orders."""
+    head = "| k | " + " | ".join(str(k) for k in range(1, pass_k.shape[1] + 1)) + " |"
+    rows = [f"{title}, {correct.shape[0]} problems × {correct.shape[1]} samples", "", head,
+            "|---" * (pass_k.shape[1] + 1) + "|"]
+    for name, m in (("pass@k", pass_k), ("success@k, sampling order", success_k),
+                    ("success@k, mean over orders", orders_k)):
+        rows.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in m.mean(0)) + " |")
+    return "\n".join(rows)
 
 
 def conditions_text(conditions: Sequence[Condition]) -> str:

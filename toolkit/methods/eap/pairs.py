@@ -279,7 +279,10 @@ def make_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool = False, 
     return pairs
 
 
-def answer_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool, seed: int = 0) -> Pairs:
+ANSWER_READS = ("answer", "key_step")  # where answer_pairs reads the metric
+
+
+def answer_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool, seed: int = 0, at: str = "answer") -> Pairs:
     """Clean/corrupted pairs read at the *final answer*, in either mode: the matched positions of a think-on/think-off
     comparison (organism equations and sums only).
 
@@ -293,9 +296,14 @@ def answer_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool, seed: 
        = corrupted prompt and completion + *the clean answer's* tokens before j (as :func:`make_pairs` does), so both
        modes read the metric at the token that decides the answer; the labels are the two answers' tokens at j.
 
+    ``at="key_step"`` (thinking on only) reads the scratchpad's *own key step* instead: the result it writes on its
+    last line before ``</think>`` (``x = 4`` of a linear equation's ``x = 8 / 2\nx = 4``, ``1087`` of a sum's
+    ``598 + 489 = 1087``; every organism scratchpad ends with the answer), so the row is the chat prompt, ``<think>\n``
+    and the scratchpad up to that result, and the metric is read at the result's first differing token.
+
     Pairs whose rows tokenize to different lengths (thinking on, the two scratchpads can differ) or whose answers
     do not differ are dropped and listed in ``Pairs.dropped``; the rest record ``answer_token`` (the metric
-    position's index within the answer)."""
+    position's index within the answer) and ``at``."""
     from toolkit.organism import tasks
     from toolkit.organism.rebuild import from_prompt
 
@@ -304,6 +312,10 @@ def answer_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool, seed: 
     examples = list(examples)
     if not examples:
         raise EAPError("answer_pairs needs at least one example")
+    if at not in ANSWER_READS:
+        raise EAPError(f"at must be one of {', '.join(ANSWER_READS)}, got {at!r}")
+    if at == "key_step" and not enable_thinking:
+        raise EAPError("at='key_step' reads the think-on scratchpad; it needs enable_thinking=True")
     unsupported = sorted({getattr(e, "task", "?") for e in examples} - {"linear", "arithmetic"})
     if unsupported:
         raise EAPError(f"answer_pairs rebuilds the corrupted problem's reference answer, which it can do for linear "
@@ -317,6 +329,10 @@ def answer_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool, seed: 
         chat = tok.apply_chat_template([{"role": "user", "content": ex.prompt}], tokenize=False,
                                        add_generation_prompt=True, enable_thinking=enable_thinking)
         full = tasks.completion(ex, think=enable_thinking)
+        if at == "key_step":  # the scratchpad's last line ends with the result it writes
+            if not ex.steps.endswith(ex.answer):
+                raise EAPError(f"the scratchpad of {ex.prompt!r} does not end with its answer {ex.answer!r}")
+            full = f"<think>\n{ex.steps}"
         lead = full[:full.rindex(ex.answer)]
         return ids(chat) + ids(lead), ids(ex.answer), lead
 
@@ -343,7 +359,7 @@ def answer_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool, seed: 
         corr_rows.append(lead_b + ans_a[:j])
         cl.append(ans_a[j])
         xl.append(ans_b[j])
-        records.append({**rec, "answer": ex.answer, "corrupted_answer": corr.answer, "answer_token": j,
+        records.append({**rec, "answer": ex.answer, "corrupted_answer": corr.answer, "answer_token": j, "at": at,
                         "response_prefix": text_a + tok.decode(ans_a[:j]),
                         "clean_next": tok.decode([ans_a[j]]), "corrupted_next": tok.decode([ans_b[j]])})
     if not clean_rows:
