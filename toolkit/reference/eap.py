@@ -197,3 +197,29 @@ def reference_patched_metric(ref: Reference, pairs: Pairs, missing, metric: str)
             out += float(reference_metric(logits[pos], metric, lc[pos], int(pairs.clean_label[i]),
                                      int(pairs.corrupted_label[i])))
     return out / len(pairs)
+
+
+def source_activations(ref: Reference, pairs: Pairs, i: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Pair ``i``'s source activations ``[p, d]`` on its clean and its corrupted input, one per source in graph order
+    (the pieces of the EAP formula that the exercise notebooks hand to the learner)."""
+    n = int(pairs.lengths[i])
+    with torch.no_grad():
+        _, clean = ref.run(ref.embed(pairs.clean_ids[i, :n]))
+        _, corrupted = ref.run(ref.embed(pairs.corrupted_ids[i, :n]))
+    return clean, corrupted
+
+
+def target_gradients(ref: Reference, pairs: Pairs, i: int, metric: str, alpha: float) -> dict[int, torch.Tensor]:
+    """``{target index: [p, d]}``: the gradient of pair ``i``'s metric at every target's input (grouped k/v), on the
+    embeddings interpolated from corrupted (α = 0) to clean (α = 1), as one term of :func:`reference_scores`."""
+    n, pos = int(pairs.lengths[i]), int(pairs.positions[i])
+    e_c, e_x = ref.embed(pairs.clean_ids[i, :n]), ref.embed(pairs.corrupted_ids[i, :n])
+    with torch.no_grad():
+        lc, _ = ref.run(e_c)
+    tin: dict = {}
+    logits, _ = ref.run(e_x + alpha * (e_c - e_x), target_inputs=tin)
+    m = reference_metric(logits[pos], metric, lc[pos], int(pairs.clean_label[i]), int(pairs.corrupted_label[i]))
+    keys = list(tin)
+    grads = torch.autograd.grad(m, [tin[k] for k in keys], allow_unused=True)
+    return {_target_index(ref.g, key, True): torch.zeros_like(tin[key]) if grad is None else grad
+            for key, grad in zip(keys, grads, strict=True)}

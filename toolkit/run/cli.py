@@ -1,4 +1,5 @@
-"""``python -m toolkit``: run notebooks headlessly, build the model organism, train, run the benchmarks."""
+"""``python -m toolkit``: run notebooks headlessly, build the model organism, train, regenerate the exercise
+notebooks, run the benchmarks."""
 
 from __future__ import annotations
 
@@ -81,6 +82,27 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exercises(args: argparse.Namespace) -> int:
+    """Regenerate the exercise and solution notebooks from their masters; with ``--check`` write nothing and exit 1
+    when one is missing or out of date."""
+    from toolkit.core.io import REPO_ROOT
+    from toolkit.run.exercises import MasterError, generate
+
+    try:
+        stale = generate(check=args.check)
+    except MasterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in stale:
+        print(f"{'out of date' if args.check else 'wrote'}: {path.relative_to(REPO_ROOT)}")
+    if args.check and stale:
+        print("run `python -m toolkit exercises` to regenerate them", file=sys.stderr)
+        return 1
+    if not stale:
+        print("exercise notebooks are up to date")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from toolkit import benchmarks
 
@@ -122,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda (default: auto)")
     p.add_argument("--retrain", action="store_true", help="clear a finished or unfinished run and train it again")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("exercises", help="regenerate notebooks/exercises/ (exercises and solutions) from the masters "
+                                         "in notebooks/exercises/masters/")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a notebook is out of date")
+    p.set_defaults(func=_exercises)
 
     p = sub.add_parser("bench", add_help=False,
                        help="run a benchmark: bench [foundation|cmap|eap|gpu] [options]; see bench NAME --help")

@@ -1,0 +1,227 @@
+"""The teaching track: the check library's verdicts, the master → notebook generator, the committed notebooks being
+what their masters generate, the solution notebooks passing every check and the exercise notebooks running through
+with every check "not implemented", and one deliberately wrong solution per lesson failing its check."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from toolkit.evaluation import exercises as ex
+from toolkit.run import exercises as gen
+from toolkit.run import runner
+
+ROOT = Path(__file__).resolve().parent.parent
+EXERCISES = ROOT / "notebooks" / "exercises"
+LESSONS = [m.stem for m in gen.masters()]
+
+
+# --------------------------------------------------------------------------------------------- the check library
+def _double(x):
+    return x * 2
+
+
+def _stub(x):
+    raise NotImplementedError
+
+
+@pytest.mark.parametrize("learner, status, words", [
+    (_double, "passed", ""),
+    (_stub, "not implemented", "raise NotImplementedError"),
+    (lambda x: x[5], "raised", "IndexError"),
+    (lambda x: x[:2] * 2, "wrong shape", "got (2,), expected (3,)"),
+    (lambda x: x.double() * 2, "wrong dtype", "got torch.float64, expected torch.float32"),
+    (lambda x: x * float("nan"), "nan", "nan at index [0]"),
+    (lambda x: x * torch.tensor([2.0, 2.0, 3.0]), "wrong value", "got 6, expected 4 at index [2]"),
+    (lambda x: x.numpy() * 2, "wrong type", "array of shape (3,)"),
+])
+def test_check_reports_each_outcome_in_one_line(learner, status, words, capsys):
+    result = ex.check(learner, _double, torch.tensor([1.0, 1.0, 2.0]), name="double")
+    assert result.status == status and result.passed == (status == "passed")
+    assert words in result.message
+    printed = capsys.readouterr().out.strip()
+    assert printed == str(result) and "\n" not in printed and printed.startswith(("✓", "·", "✗"))
+
+
+def test_containers_name_the_path_of_the_first_mismatch():
+    status, message = ex.compare({"a": [1.0, {"b": 2.0}]}, {"a": [1.0, {"b": 2.5}]})
+    assert status == "wrong value" and "['a'][1]['b']" in message and "got 2, expected 2.5" in message
+    assert ex.compare({"a": 1.0}, {"a": 1.0, "b": 2.0}) == ("wrong keys", "missing ['b']")
+    assert ex.compare([1.0], [1.0, 2.0])[0] == "wrong length"
+    assert ex.compare("x", 1.0)[0] == "wrong type"
+    assert ex.compare(torch.tensor(1.0), np.float64(1.0))[0] == "passed"  # numbers of any kind compare
+    assert ex.compare(np.array([1.0, math.inf]), np.array([1.0, 2.0]))[0] == "nan"
+
+
+def test_tolerances_are_applied():
+    assert ex.compare(1.0 + 1e-7, 1.0)[0] == "passed"
+    assert ex.compare(1.0 + 1e-7, 1.0, atol=0, rtol=1e-9)[0] == "wrong value"
+
+
+def test_the_reference_s_own_errors_propagate():
+    with pytest.raises(ZeroDivisionError):
+        ex.check(_double, lambda x: 1 / 0, 1.0, verbose=False)
+
+
+def test_summary_prints_a_parsable_line(capsys):
+    results = [ex.CheckResult("a", "passed", ""), ex.CheckResult("b", "not implemented", "")]
+    assert ex.summary(results) == {"a": "passed", "b": "not implemented"}
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith(ex.SUMMARY_PREFIX)][0]
+    assert json.loads(line.removeprefix(ex.SUMMARY_PREFIX)) == {"a": "passed", "b": "not implemented"}
+
+
+# --------------------------------------------------------------------------------------------------- the generator
+MASTER = '''# %% [markdown]
+# # Title
+#
+# text
+
+# %%
+def f(x):
+    """doc"""
+    # BEGIN EXERCISE
+    # hint
+    # END EXERCISE
+    # BEGIN SOLUTION
+    y = x + 1
+    return y
+    # END SOLUTION
+
+
+# %%
+check(f)
+'''
+
+
+def test_master_gives_stub_and_solution_cells():
+    exercise, solution = (gen.build(MASTER, solution=s) for s in (False, True))
+    assert [c.cell_type for c in exercise.cells] == ["markdown", "code", "code"]
+    assert exercise.cells[0].source == "# Title\n\ntext"
+    assert exercise.cells[1].source == 'def f(x):\n    """doc"""\n    # hint\n    raise NotImplementedError'
+    assert solution.cells[1].source == 'def f(x):\n    """doc"""\n    y = x + 1\n    return y'
+    assert exercise.cells[2].source == solution.cells[2].source == "check(f)"
+    assert [c.id for c in exercise.cells] == ["cell-00", "cell-01", "cell-02"]
+    assert nbformat.writes(gen.build(MASTER, False)) == nbformat.writes(exercise)  # deterministic
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("# %%\n# BEGIN SOLUTION\nx = 1\n", "unclosed SOLUTION"),
+    ("# %%\n# END SOLUTION\n", "END SOLUTION without BEGIN"),
+    ("# %%\n# BEGIN SOLUTION\n# BEGIN EXERCISE\n", "inside a SOLUTION block"),
+    ("x = 1\n# %%\n", "before the first"),
+])
+def test_malformed_masters_are_refused(bad, words):
+    with pytest.raises(gen.MasterError, match=words):
+        gen.build(bad, solution=False)
+
+
+def test_generate_writes_then_reports_up_to_date(tmp_path):
+    (tmp_path / "masters").mkdir()
+    (tmp_path / "masters" / "07_demo.py").write_text(MASTER)
+    written = gen.generate(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == ["07_demo.ipynb",
+                                                                          "solutions/07_demo.ipynb"]
+    assert gen.generate(tmp_path, check=True) == []
+    (tmp_path / "07_demo.ipynb").write_text("{}")
+    assert gen.generate(tmp_path, check=True) == [tmp_path / "07_demo.ipynb"]
+
+
+def test_committed_notebooks_are_what_the_masters_generate():
+    assert LESSONS, "no masters in notebooks/exercises/masters"
+    stale = gen.generate(check=True)
+    assert not stale, f"out of date (run `python -m toolkit exercises`): {[str(p) for p in stale]}"
+
+
+def test_exercise_notebooks_stay_out_of_the_notebook_runs():
+    assert not any("exercises" in p.parts for p in runner.resolve_notebooks([]))
+
+
+# ------------------------------------------------------------------------------- the notebooks, executed
+def _execute(path: Path, out: Path) -> tuple[dict[str, str], float]:
+    """Run ``path`` under papermill with the project's kernel; its summary line's statuses and the seconds."""
+    from toolkit.run.engine import execute_notebook
+
+    t0 = time.perf_counter()
+    execute_notebook(str(path), str(out), params={}, kernel=runner.ensure_kernel(), cwd=str(path.parent))
+    seconds = time.perf_counter() - t0
+    texts = [o.get("text", "") for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
+             for o in c.outputs if o.get("output_type") == "stream"]
+    lines = [line for text in texts for line in text.splitlines() if line.startswith(ex.SUMMARY_PREFIX)]
+    assert len(lines) == 1, f"{path.name}: expected one summary line, got {lines}"
+    return json.loads(lines[0].removeprefix(ex.SUMMARY_PREFIX)), seconds
+
+
+@pytest.fixture
+def one_thread_kernels(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_solution_notebook_passes_every_check(lesson, tmp_path, one_thread_kernels):
+    statuses, seconds = _execute(EXERCISES / "solutions" / f"{lesson}.ipynb", tmp_path / "out.ipynb")
+    assert len(statuses) >= 3 and set(statuses.values()) == {"passed"}, statuses
+    assert seconds < 600, f"{lesson}: {seconds:.0f} s"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_exercise_notebook_runs_through_with_every_check_not_implemented(lesson, tmp_path, one_thread_kernels):
+    statuses, _ = _execute(EXERCISES / f"{lesson}.ipynb", tmp_path / "out.ipynb")
+    assert len(statuses) >= 3 and set(statuses.values()) == {"not implemented"}, statuses
+
+
+# --------------------------------------------------------------------------- a wrong solution fails its check
+@pytest.fixture(scope="module")
+def lesson_03():
+    from toolkit.studies.lessons import eap_ig
+
+    torch.set_num_threads(1)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return eap_ig, eap_ig.setup()
+
+
+@pytest.fixture(scope="module")
+def lesson_05():
+    from toolkit.studies.lessons import think_on_off
+
+    torch.set_num_threads(1)
+    return think_on_off, think_on_off.setup()
+
+
+def test_lesson_03_a_right_sum_over_the_wrong_end_of_the_path_fails(lesson_03):
+    lesson, data = lesson_03
+    right = lesson.check_integrated_gradient(lambda at, m: sum(at(k / m) for k in range(m)) / m, data, verbose=False)
+    wrong = lesson.check_integrated_gradient(lambda at, m: sum(at((k + 1) / m) for k in range(m)) / m, data,
+                                             verbose=False)
+    assert right.passed and wrong.status == "wrong value", wrong
+
+
+def test_lesson_03_interleaved_kv_groups_and_a_bad_shape_fail(lesson_03):
+    lesson, data = lesson_03
+    interleaved = lesson.check_group_kv(lambda x, r: x.reshape(x.shape[0], r, -1).sum(1), data, verbose=False)
+    assert interleaved.status == "wrong value", interleaved
+    shape = lesson.check_group_kv(lambda x, r: x.sum(1), data, verbose=False)
+    assert shape.status == "wrong shape", shape
+
+
+def test_lesson_05_the_plug_in_estimator_and_a_position_ablation_fail(lesson_05):
+    lesson, data = lesson_05
+    plug_in = lesson.check_pass_at_k(lambda n, c, k: 1 - (1 - c / n) ** k, data, verbose=False)
+    assert plug_in.status == "wrong value" and "n=2, c=1, k=2" in plug_in.message, plug_in
+
+    def positions(heads):  # zeroes positions, not heads
+        return lambda z, hook: z.index_fill(1, torch.tensor(heads), 0.0)
+
+    assert lesson.check_zero_heads_hook(positions, data, verbose=False).status == "wrong value"
+    assert lesson.check_success_over_orders(lambda row: np.logical_or.accumulate(row), data,
+                                            verbose=False).status == "wrong dtype"
