@@ -225,3 +225,79 @@ def test_lesson_05_the_plug_in_estimator_and_a_position_ablation_fail(lesson_05)
     assert lesson.check_zero_heads_hook(positions, data, verbose=False).status == "wrong value"
     assert lesson.check_success_over_orders(lambda row: np.logical_or.accumulate(row), data,
                                             verbose=False).status == "wrong dtype"
+
+
+@pytest.fixture(scope="module")
+def lesson_06():
+    from toolkit.studies.lessons import rim
+
+    torch.set_num_threads(1)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return rim, rim.setup()
+
+
+def test_lesson_06_untrimmed_cot_and_a_flipped_shift_fail(lesson_06):
+    lesson, data = lesson_06
+    from toolkit.methods import rim
+
+    def untrimmed(tokens, query):  # the CoT keeps the whitespace inside the block
+        masks = rim.span_masks(tokens, query)
+        start = max(i for i in range(query + 1) if tokens[i] == "<think>")
+        end = min(i for i in range(start + 1, query + 1) if tokens[i] == "</think>")
+        cot = np.zeros(query + 1, dtype=bool)
+        cot[start + 1:end] = True
+        return {"cot": cot, "think": masks["think"] & ~cot, "rest": masks["rest"]}
+
+    assert lesson.check_span_masks(untrimmed, data, verbose=False).status == "wrong value"
+
+    def flipped(refuse, comply, k):  # cot − think: the opposite shift
+        shift = -rim.head_shift(refuse, comply)
+        return {"shift": shift, "top": rim.top_heads(shift, k)}
+
+    assert lesson.check_refusal_shift(flipped, data, verbose=False).status == "wrong value"
+    assert lesson.check_span_masses(lambda p, m: rim.span_masses(p, m).astype(np.float32), data,
+                                    verbose=False).status == "wrong dtype"
+
+
+def test_lesson_06_a_union_of_sets_and_raw_units_fail(lesson_06):
+    lesson, data = lesson_06
+    from toolkit.methods import rim
+
+    def union(refusal, compliance, top_m, n_sets):
+        sel = rim.select_safety_neurons(refusal, compliance, top_m, n_sets)
+        return sorted({n for s in sel.per_set for n in s}, key=lambda lu: (-sel.difference[lu], lu))
+
+    assert lesson.check_safety_neurons(union, data, verbose=False).status == "wrong length"
+
+    def raw(*args):  # no common scale: drop and rise in activation units
+        ones = np.ones_like(args[4])
+        return lesson.reference_ras(*args[:4], ones, ones, args[6])
+
+    assert lesson.check_ras(raw, data, verbose=False).status == "wrong value"
+
+
+@pytest.fixture(scope="module")
+def lesson_02():
+    from toolkit.studies.lessons import cmap
+
+    torch.set_num_threads(1)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return cmap, cmap.setup(n_prompts=2)
+
+
+def test_lesson_02_an_unpatched_step_and_a_swapped_delta_fail(lesson_02):
+    lesson, data = lesson_02
+
+    def unpatched(ids, site, mode):  # the clean model alone
+        with torch.no_grad():
+            return data.clean.hf(torch.tensor([ids]), use_cache=False).logits[0, -1]
+
+    assert lesson.check_patched_logits(unpatched, data, verbose=False).status == "wrong value"
+
+    def swapped(patched, clean, corrupted, min_gap):  # logit[k*] − logit[c*]: the sign of ΔL flipped
+        c_star, k_star = corrupted.argmax(-1)[:, None], clean.argmax(-1)[:, None]
+        out = {f"delta_{n}": (x.gather(-1, k_star) - x.gather(-1, c_star))[:, 0].double().numpy()
+               for n, x in (("patched", patched), ("clean", clean), ("corrupted", corrupted))}
+        return out | {"cts": np.full(len(patched), np.nan)}
+
+    assert lesson.check_cts(swapped, data, verbose=False).status in ("wrong value", "nan")

@@ -2,10 +2,14 @@
 exercise, comparing the learner's function with the toolkit's own implementation or reference through
 :func:`toolkit.evaluation.exercises.check`.
 
+- :mod:`~toolkit.studies.lessons.cmap` — notebook 02: one patched step, autoregressive CMAP, ΔL and the corruption
+  transfer score;
 - :mod:`~toolkit.studies.lessons.eap_ig` — notebook 03: one edge's EAP score, the Riemann sum of EAP-IG, GQA k/v
   grouping, faithfulness of the full and the empty graph;
 - :mod:`~toolkit.studies.lessons.think_on_off` — notebook 05: unbiased pass@k, success@k over orders, a bootstrap
-  interval over problems, a head-ablation hook at ``attn.hook_z``.
+  interval over problems, a head-ablation hook at ``attn.hook_z``;
+- :mod:`~toolkit.studies.lessons.rim` — notebook 06: the CoT / think / rest spans at the first response token, span
+  masses, a refusal head's shift, counterfactual safety-neuron selection, RAS on a common scale.
 
 Every ``check_*`` takes the learner's function first and the lesson's data second and returns a
 :class:`~toolkit.evaluation.exercises.CheckResult`; it never raises for the learner's faults.
