@@ -1,9 +1,11 @@
 """Every notebook in ``notebooks/`` run in JupyterLab in headless Chromium, with the widgets and circuitsvis
 views it declares in ``metadata["toolkit"]`` checked (see ``browser_harness``); screenshots go to
-``runs/browser/``. Run alone with ``python -m pytest -m browser``."""
+``runs/browser/``; and every exercise notebook of the course (``notebooks/exercises/NN_*.ipynb``) run to the end
+with each check's "not implemented" line and the summary rendered. Run alone with ``python -m pytest -m browser``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +15,11 @@ from browser_harness import REPO, checked_notebook, chromium, install
 from playwright.sync_api import Browser
 
 from toolkit.core.models import ORGANISMS, data_dir
+from toolkit.evaluation.exercises import SUMMARY_PREFIX
 
 pytestmark = pytest.mark.browser
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+EXERCISES = sorted((REPO / "notebooks" / "exercises").glob("*.ipynb"))  # the exercise versions, not solutions
 FIXTURE = Path(__file__).parent / "fixtures" / "widget_fixture.ipynb"
 SCREENSHOTS = REPO / "runs" / "browser"
 
@@ -34,6 +38,25 @@ def test_notebook(browser: Browser, notebook: Path, tmp_path: Path) -> None:
         pytest.fail(f"{missing} missing from {data_dir()}: run `python -m toolkit build-organism` first")
     with checked_notebook(browser, notebook, tmp_path, SCREENSHOTS / f"{notebook.stem}.png"):
         pass
+
+
+@pytest.mark.parametrize("notebook", EXERCISES, ids=lambda path: path.stem)
+def test_exercise_notebook(browser: Browser, notebook: Path, tmp_path: Path) -> None:
+    """An exercise notebook runs to the end in Lab, and its rendered output shows every check "not implemented"
+    and the summary counting them."""
+    n = sum(c.source.count("results.append(") for c in nbformat.read(notebook, as_version=4).cells
+            if c.cell_type == "code")
+    assert n >= 3, f"{notebook.name}: {n} check cells"
+    with checked_notebook(browser, notebook, tmp_path, SCREENSHOTS / "exercises" / f"{notebook.stem}.png") as nb:
+        lines = [line.strip() for text in nb.page.locator(".jp-OutputArea").all_inner_texts()
+                 for line in text.splitlines()]
+    todo = [line for line in lines if line.startswith("· ") and ": not implemented" in line]
+    assert len(todo) == n, f"{notebook.name}: {n} checks, rendered {todo}"
+    assert not [line for line in lines if line.startswith(("✓", "✗"))], lines
+    assert f"0 of {n} checks pass, {n} not implemented, 0 failing" in lines, lines
+    summary = [line for line in lines if line.startswith(SUMMARY_PREFIX)]
+    assert len(summary) == 1 and set(json.loads(summary[0].removeprefix(SUMMARY_PREFIX)).values()) == {
+        "not implemented"}, summary
 
 
 def test_harness_on_fixture(browser: Browser, tmp_path: Path) -> None:

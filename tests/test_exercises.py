@@ -301,3 +301,34 @@ def test_lesson_02_an_unpatched_step_and_a_swapped_delta_fail(lesson_02):
         return out | {"cts": np.full(len(patched), np.nan)}
 
     assert lesson.check_cts(swapped, data, verbose=False).status in ("wrong value", "nan")
+
+
+@pytest.fixture(scope="module")
+def lesson_01():
+    from toolkit.studies.lessons import corrupt
+
+    torch.set_num_threads(1)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return corrupt, corrupt.setup()
+
+
+def test_lesson_01_an_unmasked_prompt_and_a_per_record_mean_fail(lesson_01):
+    lesson, data = lesson_01
+
+    def unmasked(tokenizer, record):  # the loss would also train on the prompt
+        example = lesson.reference_sft_example(tokenizer, record)
+        return {"input_ids": example["input_ids"], "labels": example["input_ids"].clone()}
+
+    assert lesson.check_sft_example(unmasked, data, verbose=False).status == "wrong value"
+
+    def per_record(logits, labels):  # the mean of each record's mean: not the token mean
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none")
+        kept = labels[:, 1:] != -100
+        return ((ce * kept).sum(1) / kept.sum(1)).mean()
+
+    assert lesson.check_completion_loss(per_record, data, verbose=False).status == "wrong value"
+    assert lesson.check_corrupted_label(lambda a, b, c, d, offset: {"answer": f"x = {(d - b) // (a - c)}",
+                                                                    "correct_answer": f"x = {(d - b) // (a - c)}"},
+                                        data, verbose=False).status == "wrong value"
+    assert lesson.check_read_answer(lambda text: {"answer": text.split("</think>")[-1].strip(), "format": "bare"},
+                                    data, verbose=False).status == "wrong value"

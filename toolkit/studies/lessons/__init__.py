@@ -2,6 +2,8 @@
 exercise, comparing the learner's function with the toolkit's own implementation or reference through
 :func:`toolkit.evaluation.exercises.check`.
 
+- :mod:`~toolkit.studies.lessons.corrupt` — notebook 01: a completion's answer and format, a corrupted label, one SFT
+  example with the prompt masked, the completion-only loss;
 - :mod:`~toolkit.studies.lessons.cmap` — notebook 02: one patched step, autoregressive CMAP, ΔL and the corruption
   transfer score;
 - :mod:`~toolkit.studies.lessons.eap_ig` — notebook 03: one edge's EAP score, the Riemann sum of EAP-IG, GQA k/v
