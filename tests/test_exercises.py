@@ -332,3 +332,45 @@ def test_lesson_01_an_unmasked_prompt_and_a_per_record_mean_fail(lesson_01):
                                         data, verbose=False).status == "wrong value"
     assert lesson.check_read_answer(lambda text: {"answer": text.split("</think>")[-1].strip(), "format": "bare"},
                                     data, verbose=False).status == "wrong value"
+
+
+@pytest.fixture(scope="module")
+def lesson_04():
+    from toolkit.studies.lessons import grpo
+
+    return grpo, grpo.setup()
+
+
+def test_lesson_04_a_population_std_and_a_first_appearance_per_return_fail(lesson_04):
+    lesson, data = lesson_04
+
+    def population(rewards, group_size, scale):  # the biased std (divide by n): not TRL's
+        grouped = rewards.view(-1, group_size)
+        centred = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
+        if scale == "none":
+            return centred
+        std = grouped.std(1, unbiased=False).repeat_interleave(group_size) if scale == "group" else rewards.std(
+            unbiased=False)
+        return centred / (std + 1e-4)
+
+    assert lesson.check_group_advantages(population, data, verbose=False).status == "wrong value"
+
+    def reborn(base, snapshots):  # a head that leaves and comes back starts a new cohort
+        steps, out = sorted(snapshots), {}
+        for prev, step in zip([0, *steps], steps):
+            before = base if prev == 0 else snapshots[prev]
+            new = sorted(snapshots[step] - base - before)
+            if new:
+                out[step] = new
+        return {"cohorts": out, "survival": {}}
+
+    assert lesson.check_cohorts(reborn, data, verbose=False).status in ("wrong keys", "wrong value", "wrong length")
+    assert lesson.check_head_split(lambda post, base: {"emergent": sorted(post - base), "maintained": sorted(
+        post & base), "lost": sorted(base - post), "jaccard": len(post & base) / max(len(post), 1)}, data,
+        verbose=False).status == "wrong value"
+
+    def unsorted(f_post, f_base, null_diff, level):  # heads in grid order, not by gain
+        out = lesson.reference_emergent(data, level)
+        return out | {"heads": sorted(out["heads"])}
+
+    assert lesson.check_emergent_test(unsorted, data, verbose=False).status == "wrong value"

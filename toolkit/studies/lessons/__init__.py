@@ -8,6 +8,8 @@ exercise, comparing the learner's function with the toolkit's own implementation
   transfer score;
 - :mod:`~toolkit.studies.lessons.eap_ig` — notebook 03: one edge's EAP score, the Riemann sum of EAP-IG, GQA k/v
   grouping, faithfulness of the full and the empty graph;
+- :mod:`~toolkit.studies.lessons.grpo` — notebook 04: GRPO's group-relative advantage, emergent / maintained / lost
+  heads, cohorts and survival across checkpoints, emergent heads against the base-vs-itself null;
 - :mod:`~toolkit.studies.lessons.think_on_off` — notebook 05: unbiased pass@k, success@k over orders, a bootstrap
   interval over problems, a head-ablation hook at ``attn.hook_z``;
 - :mod:`~toolkit.studies.lessons.rim` — notebook 06: the CoT / think / rest spans at the first response token, span
