@@ -31,10 +31,17 @@ PAPER = "When Thinking Backfires, abstract (arXiv 2509.00544)"
 NOTES = "When Thinking Backfires, as summarised in papers/NOTES.md"
 
 
-def _per_prompt(study: EntanglementStudy, value) -> np.ndarray:
-    """Per prompt, ``value(base measurement, tuned measurement)`` averaged over the fine-tuned checkpoints."""
+def _per_prompt(study: EntanglementStudy, value, style: str | None = None) -> np.ndarray:
+    """Per prompt, ``value(base measurement, tuned measurement)`` averaged over the fine-tuned checkpoints (only
+    those of runs in ``style``, if given)."""
     base = study.measured[study.rows[0]["label"]]
-    return np.mean([value(base, study.measured[r["label"]]) for r in study.tuned], axis=0)
+    return np.mean([value(base, study.measured[r["label"]]) for r in study.tuned
+                    if style is None or r["style"] == style], axis=0)
+
+
+def _forgetting(b, m) -> np.ndarray:
+    """Per prompt: refused by the base model − refused by the checkpoint, averaged over the answer modes."""
+    return np.mean([_refused(b, k) - _refused(m, k) for k in b.behaviour], 0)
 
 
 def _paired(values: np.ndarray, n_boot: int, seed: int, direction: int = 1) -> dict:
@@ -87,7 +94,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
     kw = dict(n_boot=n_boot, seed=seed)
 
     # 1 · behaviour after reasoning fine-tuning
-    forgetting = _per_prompt(study, lambda b, m: np.mean([_refused(b, k) - _refused(m, k) for k in b.behaviour], 0))
+    forgetting = _per_prompt(study, _forgetting)
     e = _paired(forgetting, **kw)
     claims.add("reasoning-ft-erodes-refusal", paper=PAPER,
                statement="Fine-tuning on reasoning traces alone (no refusal data) makes the model refuse harmful "
@@ -106,12 +113,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
                     "modes, so the paper's inference-time comparison has nothing to measure on it")
     styles = {r["style"] for r in tuned}
     if {"careful", "brief"} <= styles:
-        def style_forgetting(style):
-            base = study.measured[study.rows[0]["label"]]
-            return np.mean([np.mean([_refused(base, k) - _refused(study.measured[r["label"]], k)
-                                     for k in base.behaviour], 0) for r in tuned if r["style"] == style], axis=0)
-
-        e = _paired(style_forgetting("brief") - style_forgetting("careful"), **kw)
+        e = _paired(_per_prompt(study, _forgetting, "brief") - _per_prompt(study, _forgetting, "careful"), **kw)
         claims.add("effort-minimising-forgets-more", paper=NOTES,
                    statement="Fine-tuning on effort-minimising reasoning (steps skipped) erodes refusal more than "
                              "fine-tuning on careful reasoning (every step written out).",
