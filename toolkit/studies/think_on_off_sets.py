@@ -117,8 +117,9 @@ def edges_for_level(curve: Mapping[str, np.ndarray], idx: np.ndarray, level: flo
     m, c, k = curve["metric"][idx].mean(0), curve["clean"][idx].mean(), curve["corrupted"][idx].mean()
     if abs(c - k) <= 1e-12:
         return float("inf")
-    ok = np.flatnonzero((m - k) / (c - k) >= level)
-    return float(np.asarray(curve["n_edges"])[ok[0]]) if len(ok) else float("inf")
+    recovered = ((m - k) / (c - k)).tolist()
+    n = eap.edges_for_recovery({"n_edges": list(curve["n_edges"]), "recovered": recovered}, level)  # the one rule
+    return float("inf") if n is None else float(n)
 
 
 def edges_bootstrap(curves: Mapping[str, Mapping[str, np.ndarray]], level: float = 0.8, *, n_boot: int = 1000,
