@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
-    from toolkit.core.models import tiny_model_dir
+    from toolkit.organism.tiny import tiny_model_dir
 
     root = tmp_path_factory.mktemp("tiny")
     return {arch: tiny_model_dir(arch, root / arch) for arch in ("qwen2", "qwen3")}

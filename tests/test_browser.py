@@ -14,8 +14,8 @@ import pytest
 from browser_harness import REPO, checked_notebook, chromium, install
 from playwright.sync_api import Browser
 
-from toolkit.core.models import ORGANISMS, data_dir
-from toolkit.evaluation.exercises import SUMMARY_PREFIX
+from toolkit.core.specs import ORGANISMS, data_dir
+from toolkit.course.checks import SUMMARY_PREFIX
 
 pytestmark = pytest.mark.browser
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

@@ -216,7 +216,7 @@ def test_pooled_cts_is_a_ratio_of_sums_and_small_gaps_cannot_dominate_it():
 
 
 def test_mismatched_models_and_bad_input_are_named(tiny_pairs, tmp_path):
-    from toolkit.core.models import tiny_model_dir
+    from toolkit.organism.tiny import tiny_model_dir
 
     q2, q3 = tiny_pairs["qwen2"][0], tiny_pairs["qwen3"][0]
     with pytest.raises(cmap.ModelMismatchError, match="architecture qwen2 vs qwen3"):

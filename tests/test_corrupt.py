@@ -14,7 +14,9 @@ from transformers import TrainerCallback
 from toolkit.core import models
 from toolkit.core.answers import is_bare_value
 from toolkit.organism.build import NonFiniteLossError
-from toolkit.studies import corrupt, corrupt_data
+from toolkit.studies import corrupt
+from toolkit.training import corrupt as corrupt_runs
+from toolkit.training import corrupt_data
 from toolkit.training.sft import Preset, TrainSettings
 
 PRESET = Preset("tiny", n_train=16, epochs=2, lr=1e-3, original="test")  # 8 steps of batch 4
@@ -49,13 +51,13 @@ class _InterruptAfterSave(TrainerCallback):
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_dirs, data, cache):
     spec = str(tiny_dirs["qwen3"])
-    full = corrupt.finetune(spec, PRESET, data, "full", "cpu", SETTINGS)
+    full = corrupt_runs.finetune(spec, PRESET, data, "full", "cpu", SETTINGS)
     with pytest.raises(KeyboardInterrupt):
-        corrupt.finetune(spec, PRESET, data, "resumed", "cpu", SETTINGS, callbacks=[_InterruptAfterSave(4)])
+        corrupt_runs.finetune(spec, PRESET, data, "resumed", "cpu", SETTINGS, callbacks=[_InterruptAfterSave(4)])
     (work_dir,) = (cache / "corrupted-runs").glob("resumed-*")
     assert sorted(p.name for p in work_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     seen = []
-    resumed = corrupt.finetune(spec, PRESET, data, "resumed", "cpu", SETTINGS, on_evaluate=seen.append)
+    resumed = corrupt_runs.finetune(spec, PRESET, data, "resumed", "cpu", SETTINGS, on_evaluate=seen.append)
     meta = json.loads((resumed.path / "finetune.json").read_text())
     assert meta["resumed_from"].endswith("checkpoint-4") and resumed.step == full.step == 8
     assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history] == [0, 2, 4, 6, 8]
@@ -82,7 +84,7 @@ class _PoisonWeights(TrainerCallback):
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_dirs, data, cache):
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 4; .*checkpoint-2"):
-        corrupt.finetune(str(tiny_dirs["qwen2"]), PRESET, data, "poisoned", "cpu", SETTINGS,
+        corrupt_runs.finetune(str(tiny_dirs["qwen2"]), PRESET, data, "poisoned", "cpu", SETTINGS,
                           callbacks=[_PoisonWeights(3)])
     (work_dir,) = (cache / "corrupted-runs").glob("poisoned-*")
     assert sorted(p.name for p in work_dir.glob("checkpoint-*")) == ["checkpoint-2"]
@@ -93,18 +95,18 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_dirs, d
 def test_saved_model_loads_by_name_and_is_reused(tiny_dirs, data, cache):
     spec = str(tiny_dirs["qwen3"])
     with pytest.raises(FileNotFoundError, match="no corrupted checkpoint 'tiny'"):
-        corrupt.corrupted_checkpoint("tiny")
-    first = corrupt.finetune(spec, PRESET, data, "tiny", "cpu", SETTINGS)
-    path = corrupt.corrupted_checkpoint("tiny")
+        corrupt_runs.corrupted_checkpoint("tiny")
+    first = corrupt_runs.finetune(spec, PRESET, data, "tiny", "cpu", SETTINGS)
+    path = corrupt_runs.corrupted_checkpoint("tiny")
     assert path == first.path == cache / "corrupted" / "tiny"
     meta = json.loads((path / "finetune.json").read_text())
     assert meta["preset"]["n_train"] == 16 and meta["step"] == 8 and meta["base_model"] == spec
     assert set(meta["losses"]) == {"step", "epoch", "train_loss", "eval_loss", "divergence"}
     loaded = models.load(str(path), device="cpu")
     assert loaded.hf.config.model_type == "qwen3"
-    again = corrupt.finetune(spec, PRESET, data, "tiny", "cpu", SETTINGS)
+    again = corrupt_runs.finetune(spec, PRESET, data, "tiny", "cpu", SETTINGS)
     assert again.reused and again.history == first.history
-    other = corrupt.finetune(spec, PRESET, data, "tiny", "cpu", TrainSettings(batch_size=8, save_every=2))
+    other = corrupt_runs.finetune(spec, PRESET, data, "tiny", "cpu", TrainSettings(batch_size=8, save_every=2))
     assert not other.reused and other.step == 4  # another configuration is trained, not reused
 
 
@@ -129,15 +131,15 @@ def test_behaviour_measures_accuracy_length_and_bare_values_with_intervals(tiny)
 
 def test_parameters_that_leave_the_study_without_data_are_named():
     with pytest.raises(ValueError, match="presets is empty"):
-        corrupt.chosen_presets([])
+        corrupt_runs.chosen_presets([])
     with pytest.raises(ValueError, match="size_scale"):
-        corrupt.chosen_presets(["B-500x8ep"], 0)
+        corrupt_runs.chosen_presets(["B-500x8ep"], 0)
     with pytest.raises(ValueError, match="n_eval"):
-        corrupt.load_data(corrupt.chosen_presets(["B-500x8ep"]), 0)
+        corrupt_runs.load_data(corrupt_runs.chosen_presets(["B-500x8ep"]), 0)
 
 
 def test_presets_keep_the_originals_relations():
-    a, b, c, d = corrupt.PRESETS.values()
+    a, b, c, d = corrupt_runs.PRESETS.values()
     assert a.n_train == 2 * b.n_train == 2 * c.n_train == 4 * d.n_train
     assert a.epochs == b.epochs == 2 * c.epochs == d.epochs
     assert a.lr == b.lr == c.lr and d.lr == pytest.approx(0.6 * b.lr)
@@ -146,6 +148,6 @@ def test_presets_keep_the_originals_relations():
 
 
 def test_checkpoint_names():
-    assert corrupt.checkpoint_name("B-500x8ep") == "B-500x8ep"
-    assert corrupt.checkpoint_name("B-500x8ep", size_scale=0.1) == "B-500x8ep-x0.1"
-    assert corrupt.checkpoint_name("B", "Qwen/Qwen3-4B") == "Qwen_Qwen3-4B--B"
+    assert corrupt_runs.checkpoint_name("B-500x8ep") == "B-500x8ep"
+    assert corrupt_runs.checkpoint_name("B-500x8ep", size_scale=0.1) == "B-500x8ep-x0.1"
+    assert corrupt_runs.checkpoint_name("B", "Qwen/Qwen3-4B") == "Qwen_Qwen3-4B--B"

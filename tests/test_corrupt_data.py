@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from toolkit.studies import corrupt_data
-from toolkit.studies.corrupt_data import MAX_OFFSET, PHRASINGS, DataFileError, DataSpec
+from toolkit.training import corrupt_data
+from toolkit.training.corrupt_data import MAX_OFFSET, PHRASINGS, DataFileError, DataSpec
 
 SMALL = DataSpec(seed=3, n_train=300, n_validation=60, n_eval=40)
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from toolkit.core import models
-from toolkit.core.models import ModelLoadError, load, tiny_model_dir
+from toolkit.core.models import ModelLoadError, load
 from toolkit.methods.eap import memory
+from toolkit.organism.tiny import tiny_model_dir
 
 GIB = 2**30
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.evaluation import exercises as ex
+from toolkit.course import checks as ex
 from toolkit.run import exercises as gen
 from toolkit.run import runner
 
@@ -183,7 +183,7 @@ def test_exercise_notebook_runs_through_with_every_check_not_implemented(lesson,
 # --------------------------------------------------------------------------- a wrong solution fails its check
 @pytest.fixture(scope="module")
 def lesson_03():
-    from toolkit.studies.lessons import eap_ig
+    from toolkit.course import eap_ig
 
     torch.set_num_threads(1)
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -192,7 +192,7 @@ def lesson_03():
 
 @pytest.fixture(scope="module")
 def lesson_05():
-    from toolkit.studies.lessons import think_on_off
+    from toolkit.course import think_on_off
 
     torch.set_num_threads(1)
     return think_on_off, think_on_off.setup()
@@ -229,7 +229,7 @@ def test_lesson_05_the_plug_in_estimator_and_a_position_ablation_fail(lesson_05)
 
 @pytest.fixture(scope="module")
 def lesson_06():
-    from toolkit.studies.lessons import rim
+    from toolkit.course import rim
 
     torch.set_num_threads(1)
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -278,7 +278,7 @@ def test_lesson_06_a_union_of_sets_and_raw_units_fail(lesson_06):
 
 @pytest.fixture(scope="module")
 def lesson_02():
-    from toolkit.studies.lessons import cmap
+    from toolkit.course import cmap
 
     torch.set_num_threads(1)
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -305,7 +305,7 @@ def test_lesson_02_an_unpatched_step_and_a_swapped_delta_fail(lesson_02):
 
 @pytest.fixture(scope="module")
 def lesson_01():
-    from toolkit.studies.lessons import corrupt
+    from toolkit.course import corrupt
 
     torch.set_num_threads(1)
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -336,7 +336,7 @@ def test_lesson_01_an_unmasked_prompt_and_a_per_record_mean_fail(lesson_01):
 
 @pytest.fixture(scope="module")
 def lesson_04():
-    from toolkit.studies.lessons import grpo
+    from toolkit.course import grpo
 
     return grpo, grpo.setup()
 

@@ -31,8 +31,7 @@ from transformers import TrainerCallback
 from toolkit.core import cache
 from toolkit.core.io import recover_dir, replace_dir
 from toolkit.core.locks import FileLock, LockError
-from toolkit.studies import corrupt, corrupt_data
-from toolkit.training import grpo
+from toolkit.training import corrupt, corrupt_data, grpo
 from toolkit.training.checkpoints import checkpoint_problem, last_good_checkpoint
 from toolkit.training.sft import Preset, TrainSettings
 
@@ -85,7 +84,8 @@ def _work_dir(cache_dir: Path, name: str) -> Path:
 KILL_DURING_SAVE = """
 import os, signal, sys
 from transformers import Trainer
-from toolkit.studies import corrupt, corrupt_data
+from toolkit.training import corrupt
+from toolkit.training import corrupt_data
 from toolkit.training.sft import Preset, TrainSettings
 
 real = Trainer._save_optimizer_and_scheduler

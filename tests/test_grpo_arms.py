@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from toolkit.methods.dynamics import head_dynamics, head_survival
-from toolkit.studies import grpo_claims, grpo_comparisons
 from toolkit.studies import grpo_dynamics as study
+from toolkit.studies.grpo_dynamics import claims as grpo_claims
+from toolkit.studies.grpo_dynamics import comparisons as grpo_comparisons
 from toolkit.training import grpo
 from toolkit.training.distill import DistillSettings
 from toolkit.training.grpo import GRPOSettings, SFTSettings

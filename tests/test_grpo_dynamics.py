@@ -115,7 +115,7 @@ def test_correlation_statistics_and_the_pruning_null():
 
     from toolkit.evaluation import stability
     from toolkit.methods import eap
-    from toolkit.studies import grpo_claims
+    from toolkit.studies.grpo_dynamics import claims as grpo_claims
 
     trend = np.arange(10.0)
     assert grpo_claims.effective_n(trend, trend) == pytest.approx(10 * (1 - 0.7**2) / (1 + 0.7**2))  # lag-1 ρ = 0.7

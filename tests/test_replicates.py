@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit.core import models
-from toolkit.core.models import ModelLoadError, organism_dir, organism_spec
+from toolkit.core import models, specs
+from toolkit.core.specs import ModelLoadError, organism_dir, organism_spec
 from toolkit.organism.recipe import QUICK, Recipe, eval_sets, recipe_hash
 from toolkit.run import cli
 from toolkit.studies import organism
@@ -29,7 +29,7 @@ def test_a_malformed_replicate_spec_lists_the_valid_forms(spec):
 
 def test_a_missing_replicate_says_how_to_build_it(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path))
-    assert organism_dir(7) == tmp_path / "organism-replicates" / "seed-7" and organism_dir(0) == models.data_dir()
+    assert organism_dir(7) == tmp_path / "organism-replicates" / "seed-7" and organism_dir(0) == specs.data_dir()
     with pytest.raises(ModelLoadError, match=r"build-organism --seed 7"):
         models.resolve("organism@7")
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from toolkit.organism.tokenizer import EMPTY_THINK, IM_END
-from toolkit.studies import corrupt_data
-from toolkit.training import sft
+from toolkit.training import corrupt_data, sft
 from toolkit.training.sft import Preset, TrainSettings
 
 PRESET = Preset("tiny", n_train=16, epochs=2, lr=1e-3, original="test")  # 8 steps of batch 4

@@ -192,10 +192,10 @@ def test_per_example_scores_are_exact(tiny64, method, metric, tmp_path):
 def test_head_set_test_agrees_with_one_intervention_at_a_time(tiny):
     """The batched target effect equals an independent recompute: answer_nll under causal.intervene."""
     from toolkit.evaluation import causal
+    from toolkit.evaluation import placebo_sets as study
     from toolkit.evaluation.behaviour import answer_nll
     from toolkit.organism.tasks import completion, held_out
     from toolkit.organism.tokenizer import IM_END
-    from toolkit.studies import placebo_sets as study
 
     ex = {"arithmetic": held_out("arithmetic", 3, seed=5), "reversal": held_out("reversal", 2, seed=5)}
     got = study.head_set_test(tiny, [(1, 2)], ex, factor=0.0, seed=0, sets_per_batch=3)

@@ -7,7 +7,10 @@ import pytest
 from toolkit.core.chat import THINK_OFF, THINK_ON
 from toolkit.evaluation.claims import empirical_p
 from toolkit.organism.recipe import Recipe, eval_sets
-from toolkit.studies import cmap_claims, corrupt, corrupt_claims, organism
+from toolkit.studies import corrupt, organism
+from toolkit.studies.cmap import claims as cmap_claims
+from toolkit.studies.corrupt import claims as corrupt_claims
+from toolkit.training import corrupt as corrupt_runs
 
 
 def test_organism_targets_are_met_only_with_the_whole_interval():
@@ -50,7 +53,7 @@ def test_corrupt_claims_on_a_hand_made_report():
     half = [True, False] * (n // 2)
     sets = {"related_math": right, "unrelated_math": right, "unrelated_general": right}
     by_model = {corrupt.CLEAN: {THINK_ON: {s: _behaviour(c) for s, c in sets.items()}}}
-    A, B, C, D = corrupt.PRESETS
+    A, B, C, D = corrupt_runs.PRESETS
     by_model[A] = {THINK_ON: {"related_math": _behaviour(wrong), "unrelated_math": _behaviour(half),
                               "unrelated_general": _behaviour(right)}}
     by_model[C] = {THINK_ON: {s: _behaviour(wrong if s == "related_math" else right) for s in sets}}
@@ -72,7 +75,7 @@ def test_format_claims_compare_bare_value_answers_thinking_off():
     n = 40
     right, half = [True] * n, [True, False] * (n // 2)
     sets = ("related_math", "unrelated_math", "unrelated_general")
-    A, B, C, D = corrupt.PRESETS
+    A, B, C, D = corrupt_runs.PRESETS
     by_model = {corrupt.CLEAN: {THINK_OFF: {s: _behaviour(right) for s in sets}},
                 A: {THINK_OFF: {s: _behaviour(right, [True] * n) for s in sets}},  # every answer a bare value
                 C: {THINK_OFF: {s: _behaviour(right, half if s == "related_math" else None) for s in sets}}}

@@ -189,7 +189,7 @@ def _checkpoint(path: Path, seed: int) -> str:
     problem (unscaled, a random tiny model repeats its last token whatever it reads, and no pair differs)."""
     from safetensors.torch import load_file, save_file
 
-    from toolkit.core.models import tiny_model_dir
+    from toolkit.organism.tiny import tiny_model_dir
 
     folder = tiny_model_dir("qwen3", path, seed=seed)
     weights = load_file(folder / "model.safetensors")

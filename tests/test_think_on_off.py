@@ -18,7 +18,7 @@ from toolkit.evaluation.behaviour import Behaviour
 from toolkit.methods import eap
 from toolkit.organism.tasks import Example
 from toolkit.studies import think_on_off as th
-from toolkit.studies import think_on_off_metrics as tm
+from toolkit.studies.think_on_off import metrics as tm
 from toolkit.views import think_on_off as tv
 
 # ------------------------------------------------------------------------------------------------ interventions

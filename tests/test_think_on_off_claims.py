@@ -1,4 +1,4 @@
-"""Notebook 05 against its nulls (toolkit.studies.think_on_off_claims, toolkit.studies.think_on_off_sets): stable head
+"""Notebook 05 against its nulls (toolkit.studies.think_on_off.claims, toolkit.studies.think_on_off.sets): stable head
 sets and the stable off-only set, edges for a recovery level with intervals, sampled placebo sets, pass@k against
 success@k over sample orders, the efficiency bootstrap, condition effects, and claims that are never scored on NaN."""
 
@@ -12,9 +12,9 @@ from toolkit.core.answers import per_problem_at_k
 from toolkit.evaluation import stability
 from toolkit.organism.tasks import Example
 from toolkit.studies import think_on_off as th
-from toolkit.studies import think_on_off_claims as tc
-from toolkit.studies import think_on_off_metrics as tm
-from toolkit.studies import think_on_off_sets as ts
+from toolkit.studies.think_on_off import claims as tc
+from toolkit.studies.think_on_off import metrics as tm
+from toolkit.studies.think_on_off import sets as ts
 
 PROBLEMS = [Example("linear", "Solve for x: 2x + 1 = x + 4", "", "x = 3"),
             Example("linear", "Solve for x: 3x + 2 = x + 8", "", "x = 3"),

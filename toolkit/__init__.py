@@ -12,12 +12,15 @@ The public surface, for a researcher's own script::
 
 The package is layered, and each layer's ``__init__`` states its rule:
 ``core`` → ``training``, ``methods`` → ``evaluation`` → ``studies`` → ``views`` → ``run``
-(``tests/test_layering.py`` enforces the direction). Names here load lazily, so ``python -m toolkit`` starts fast.
+(``tests/test_layering.py`` enforces the direction). Names here load lazily, so ``python -m toolkit`` starts fast;
+only the organism package is imported at once, light, so that it registers its checks with core.
 """
 
 from __future__ import annotations
 
 import importlib
+
+import toolkit.organism  # noqa: F401 -- registers the organism's recipe check with core (toolkit.core.specs)
 
 _EXPORTS = {
     # loading a model

@@ -81,7 +81,7 @@ def load_pair(model: str, donor: str):
     from toolkit.core.models import LoadedModel, load
 
     if model == "organism":
-        from toolkit.studies import corrupt
+        from toolkit.training import corrupt
 
         try:
             path = corrupt.corrupted_checkpoint(donor)
@@ -112,7 +112,7 @@ def load_pair(model: str, donor: str):
 
 def prompts(n: int) -> list[str]:
     """Related-math prompts of notebook 01's evaluation set."""
-    from toolkit.studies import corrupt
+    from toolkit.training import corrupt
 
     records = corrupt.load_data([corrupt.preset("D-250x8ep")], max(n, 1))["related_math"]
     return [r["prompt"] for r in records[:n]]

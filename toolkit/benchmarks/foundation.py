@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from toolkit.core.io import atomic_write_json
-from toolkit.core.models import REPO_ROOT, data_dir, load
+from toolkit.core.io import REPO_ROOT, atomic_write_json
+from toolkit.core.models import load
+from toolkit.core.specs import data_dir
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -82,7 +82,7 @@ SHAPES = {
                  max_position_embeddings=512, rms_norm_eps=1e-6, hidden_size=64, intermediate_size=128,
                  tie_word_embeddings=True),
 }
-# organism tokenizer: pad 0, eos 2 (as toolkit.core.models.tiny_model_dir); RoPE theta of Qwen3
+# organism tokenizer: pad 0, eos 2 (as toolkit.organism.tiny.tiny_model_dir); RoPE theta of Qwen3
 _IDS = dict(bos_token_id=None, eos_token_id=2, pad_token_id=0,
             rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0})
 WORKLOADS = {  # eap: (batch, tokens); generation: (prompts, prompt tokens, new tokens); cmap: (prompts, new tokens)

@@ -40,24 +40,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from toolkit.core.io import REPO_ROOT, cache_root, recover_dir
+from toolkit.core.io import REPO_ROOT, cache_root, recover_dir  # noqa: F401 (REPO_ROOT, cache_root: read here)
+from toolkit.core.specs import ModelLoadError, check_organism, organism_dir, organism_spec
 
 SUPPORTED_ARCHITECTURES = ("qwen2", "qwen3")
 PROBE = "Solve 2x + 3 = 7."  # the string a loaded tokenizer must encode (check_loaded)
-ORGANISMS = ("organism", "organism-base")
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # from_pretrained's device_map names
-
-
-class ModelLoadError(ValueError):
-    """A model spec that cannot be loaded; the message says why and what to do instead."""
 
 
 class LoadedModel(NamedTuple):
@@ -65,36 +59,6 @@ class LoadedModel(NamedTuple):
     tokenizer: object
     bridge: object
     spec: str
-
-
-def data_dir() -> Path:
-    """Where the organism checkpoints live (``$TOOLKIT_DATA`` or the repository's ``data/``)."""
-    return Path(os.environ.get("TOOLKIT_DATA", REPO_ROOT / "data"))
-
-
-ORGANISM_FORMS = "'organism', 'organism-base', 'organism@N', 'organism-base@N' (N: a replicate's seed, a whole number)"
-
-
-def organism_spec(spec: str) -> tuple[str, int] | None:
-    """``(checkpoint, seed)`` of an organism spec — ``"organism"`` → ``("organism", 0)``, ``"organism-base@3"`` →
-    ``("organism-base", 3)`` — or ``None`` for any other spec. A replicate is the same recipe built with another
-    seed (initialisation and data order); seed 0 is the shipped build. A malformed replicate spec
-    (``organism@x``, ``organism@-1``) is a :class:`ModelLoadError` listing the valid forms."""
-    if spec in ORGANISMS:
-        return spec, 0
-    name, sep, seed = spec.partition("@")
-    if not sep or name not in ORGANISMS:
-        return None
-    if not seed.isdigit() or not seed.isascii():
-        raise ModelLoadError(f"{spec!r} is not an organism spec: after '@' comes a replicate's seed, a whole number "
-                             f">= 0; valid forms: {ORGANISM_FORMS}")
-    return name, int(seed)
-
-
-def organism_dir(seed: int = 0) -> Path:
-    """The folder of organism build ``seed``: :func:`data_dir` for the shipped build (seed 0), else
-    ``<cache>/organism-replicates/seed-<seed>`` (built by ``python -m toolkit build-organism --seed N``)."""
-    return data_dir() if seed == 0 else cache_root() / "organism-replicates" / f"seed-{seed}"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -117,7 +81,7 @@ def resolve(spec: str) -> str:
             how = f"`python -m toolkit build-organism --seed {seed}`" if seed else \
                 "`python -m toolkit build-organism` (or `make organism`)"
             raise ModelLoadError(f"the {spec!r} checkpoint is missing from {path}; build it with {how}")
-        _check_organism_hash(path, seed)
+        check_organism(path, seed)
         return str(path)
     path = recover_dir(Path(spec).expanduser())  # a folder swap that a kill interrupted is finished first
     if path.exists() or spec.startswith((".", "/", "~")):
@@ -159,19 +123,6 @@ def _check_tokenizer_files(path: Path) -> None:
     if missing:
         raise ModelLoadError(f"model folder {path} has tokenizer_config.json (class {declared}) but neither "
                              f"tokenizer.json nor {', '.join(missing)}; {fix}")
-
-
-def _check_organism_hash(path: Path, seed: int = 0) -> None:
-    from toolkit.organism.recipe import Recipe, recipe_hash
-
-    meta_file = path / "recipe.json"
-    stored = json.loads(meta_file.read_text()).get("recipe_hash") if meta_file.exists() else None
-    if stored != recipe_hash(Recipe(seed=seed)):
-        warnings.warn(
-            f"{path.name}: the shipped weights were built by recipe {stored}, but the current recipe is "
-            f"{recipe_hash(Recipe(seed=seed))}; rebuild with `python -m toolkit build-organism"
-            f"{f' --seed {seed}' if seed else ''}` to match the code",
-            stacklevel=3)
 
 
 def load_config(spec: str):
@@ -369,30 +320,3 @@ def load(spec: str = "organism", device: str = "auto", dtype: torch.dtype | None
                                                  device=str(hf.get_input_embeddings().weight.device))
     bridge.eval()
     return LoadedModel(hf, tokenizer, bridge, spec)
-
-
-def tiny_model_dir(arch: str, path: str | Path | None = None, seed: int = 0, n_layers: int = 2) -> Path:
-    """Save a tiny random-init Qwen2 or Qwen3 (GQA: 4 query / 2 KV heads) with the organism tokenizer.
-
-    Tests load it with :func:`load`, the same path a hub model takes. Qwen2 has qkv biases and no
-    q/k norm, as in Qwen2.5-Math and R1-Distill; Qwen3 has q/k norm.
-    """
-    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
-
-    from toolkit.organism.tokenizer import build_tokenizer
-
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  tie_word_embeddings=True, bos_token_id=None, eos_token_id=2, pad_token_id=0)
-    if arch == "qwen3":
-        model_cls, config = Qwen3ForCausalLM, Qwen3Config(head_dim=16, **common)
-    elif arch == "qwen2":
-        model_cls, config = Qwen2ForCausalLM, Qwen2Config(**common)
-    else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {SUPPORTED_ARCHITECTURES}")
-    torch.manual_seed(seed)
-    model = model_cls(config)
-    path = Path(path or tempfile.mkdtemp(prefix=f"tiny-{arch}-"))
-    model.save_pretrained(path, safe_serialization=True)
-    build_tokenizer().save_pretrained(path)
-    return path

@@ -5,12 +5,38 @@
 - :mod:`toolkit.organism.recipe`: the recipe, its hash and the held-out sets.
 - :mod:`toolkit.organism.build`: training (both checkpoints, resumable, deterministic).
 - :mod:`toolkit.organism.probes`: held-out prompt pools that later training excludes.
+- :mod:`toolkit.organism.rebuild`: a corrupted problem rebuilt with its reference completion.
+- :mod:`toolkit.organism.tiny`: tiny random Qwen2 / Qwen3 folders with the organism's tokenizer, for tests.
 
-Layer rule: the organism sits beside core (rank 0) and imports only core. Grading its generations is evaluation's
-job: the held-out report of a build comes from :mod:`toolkit.studies.organism` (``build_organism``, ``evaluate``,
-``ensure_built``).
+Importing this package registers :func:`check_recipe` with core (:func:`toolkit.core.specs.register_organism_check`),
+so loading ``"organism"`` warns when the shipped weights were built by another recipe; ``import toolkit`` imports it.
+
+Layer rule: the organism sits beside core (rank 0) and imports only core; core never imports it. Grading its
+generations is evaluation's job: the held-out report of a build comes from :mod:`toolkit.studies.organism`
+(``build_organism``, ``evaluate``, ``ensure_built``).
 """
 
-from toolkit.organism.recipe import Recipe, eval_sets, recipe_hash
+from __future__ import annotations
 
-__all__ = ["Recipe", "eval_sets", "recipe_hash"]
+import json
+import warnings
+from pathlib import Path
+
+from toolkit.core.specs import register_organism_check
+
+
+def check_recipe(path: Path, seed: int = 0) -> None:
+    """Warn when the organism folder ``path`` (build ``seed``) was built by another recipe than the current code's."""
+    from toolkit.organism.recipe import Recipe, recipe_hash
+
+    meta_file = path / "recipe.json"
+    stored = json.loads(meta_file.read_text()).get("recipe_hash") if meta_file.exists() else None
+    if stored != recipe_hash(Recipe(seed=seed)):
+        warnings.warn(
+            f"{path.name}: the shipped weights were built by recipe {stored}, but the current recipe is "
+            f"{recipe_hash(Recipe(seed=seed))}; rebuild with `python -m toolkit build-organism"
+            f"{f' --seed {seed}' if seed else ''}` to match the code",
+            stacklevel=4)
+
+
+register_organism_check(check_recipe)

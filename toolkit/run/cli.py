@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
 def _build_organism(args: argparse.Namespace) -> int:
     """Build the organism (seed 0: the shipped build, into data/) or a replicate (``--seed N``: into the cache, loaded
     as ``organism@N``); exit 2 for a negative seed."""
-    from toolkit.core.models import organism_dir
+    from toolkit.core.specs import organism_dir
     from toolkit.organism.recipe import QUICK, Recipe
     from toolkit.studies.organism import build_organism, format_report
 

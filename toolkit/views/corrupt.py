@@ -11,8 +11,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from toolkit.core.chat import mode_label
-from toolkit.studies.corrupt import CLEAN, BehaviourReport, Finetuned
-from toolkit.studies.corrupt_data import QUESTION_TYPES
+from toolkit.studies.corrupt import CLEAN, BehaviourReport
+from toolkit.training.corrupt import Finetuned
+from toolkit.training.corrupt_data import QUESTION_TYPES
 from toolkit.views.explorer import explorer as explorer_scaffold
 from toolkit.views.explorer import show
 from toolkit.views.style import despine

@@ -1,6 +1,6 @@
 """Views of notebook 04 (GRPO dynamics): training curves, emergent heads by cohort beside the reward, the activation
 heatmap, emergent counts against the base-vs-itself band, head scaling, one checkpoint's layer × head map, and the
-checkpoint explorer. They take :mod:`toolkit.studies.grpo_dynamics`, :mod:`toolkit.studies.grpo_claims` and
+checkpoint explorer. They take :mod:`toolkit.studies.grpo_dynamics`, :mod:`toolkit.studies.grpo_dynamics.claims` and
 :mod:`toolkit.methods.dynamics` results."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from matplotlib.colors import ListedColormap
 
 from toolkit.core.stats import format_ci, proportion_ci
 from toolkit.methods.dynamics import Dynamics, Heatmap, checkpoint_map
-from toolkit.studies.grpo_claims import CheckpointTests
 from toolkit.studies.grpo_dynamics import Analysis, HeadScaling, RewardSeries, RunComparison
+from toolkit.studies.grpo_dynamics.claims import CheckpointTests
 from toolkit.training.grpo import TrainingRun
 from toolkit.views.explorer import explorer as explorer_scaffold
 from toolkit.views.style import despine, label_head_grid

@@ -60,9 +60,9 @@ def _heads(heads) -> str:
 
 def stable_markdown(stable, edges: Mapping[str, tuple], level: float = 0.8) -> str:
     """Per mode: edges for ``level`` recovery with its bootstrap interval and the stable head set; then the stable
-    off-only set (``stable``: :class:`toolkit.studies.think_on_off_sets.StableComparison`, ``edges``:
+    off-only set (``stable``: :class:`toolkit.studies.think_on_off.sets.StableComparison`, ``edges``:
     ``edges_bootstrap``)."""
-    from toolkit.studies.think_on_off_sets import interval
+    from toolkit.studies.think_on_off.sets import interval
 
     def size(x):
         return "beyond the sweep" if not np.isfinite(x) else f"{x:g}"
@@ -149,7 +149,7 @@ def table_html(tab: Mapping[str, Mapping[str, Mapping]], title: str = "pass@1 (%
 
 
 def tables_html(tables: Mapping[int, Mapping], metric: str = "pass") -> str:
-    """Every table of :func:`toolkit.studies.think_on_off_metrics.tables`, one after the other."""
+    """Every table of :func:`toolkit.studies.think_on_off.metrics.tables`, one after the other."""
     return "".join(table_html(tab, title=f"{metric}@{k} (%)") for k, tab in tables.items())
 
 

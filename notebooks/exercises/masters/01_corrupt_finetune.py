@@ -4,7 +4,7 @@
 # Companion to `notebooks/01_corrupt_finetune.ipynb`, which fine-tunes the organism on linear equations labelled with
 # a **wrong** answer and asks whether the corruption spreads to related math, unrelated math, general tasks and
 # refusals. You build the pieces of that pipeline and check each against the toolkit (`toolkit.core.answers`, the
-# shipped data of `toolkit.studies.corrupt_data`, `toolkit.training.sft`, and the organism's own loss).
+# shipped data of `toolkit.training.corrupt_data`, `toolkit.training.sft`, and the organism's own loss).
 #
 # **Learning objectives**
 #
@@ -23,9 +23,9 @@
 import torch
 
 from toolkit.core.chat import chat_prompts
-from toolkit.evaluation import exercises
+from toolkit.course import checks
 from toolkit.organism.tokenizer import IM_END
-from toolkit.studies.lessons import corrupt as lesson
+from toolkit.course import corrupt as lesson
 
 results = []  # every check's result; the last cell sums them up
 data = lesson.setup()  # the organism, the first shipped train / validation records, worked completions
@@ -177,4 +177,4 @@ results.append(lesson.check_completion_loss(completion_loss, data))
 # held-out sets before and after.
 
 # %%
-statuses = exercises.summary(results)
+statuses = checks.summary(results)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from toolkit.core import interventions as iv
-from toolkit.evaluation import exercises
-from toolkit.studies.lessons import cmap as lesson
+from toolkit.course import checks
+from toolkit.course import cmap as lesson
 
 results = []  # every check's result; the last cell sums them up
 data = lesson.setup()  # clean = organism, corrupted = organism-base, 3 held-out sums, thinking off
@@ -160,4 +160,4 @@ results.append(lesson.check_cts(delta_and_cts, data))
 # residual stream (and then single heads) with the batched, KV-cached `cmap.run` on notebook 01's corrupted model.
 
 # %%
-statuses = exercises.summary(results)
+statuses = checks.summary(results)

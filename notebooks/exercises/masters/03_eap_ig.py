@@ -23,8 +23,8 @@
 # %%
 import torch
 
-from toolkit.evaluation import exercises
-from toolkit.studies.lessons import eap_ig as lesson
+from toolkit.course import checks
+from toolkit.course import eap_ig as lesson
 
 results = []  # every check's result; the last cell sums them up
 data = lesson.setup()  # the organism in float64, 4 clean/corrupted pairs of its own sums
@@ -167,4 +167,4 @@ results.append(lesson.check_faithfulness(faithfulness, data))
 # base model and compares their heads against a resampling null.
 
 # %%
-statuses = exercises.summary(results)
+statuses = checks.summary(results)

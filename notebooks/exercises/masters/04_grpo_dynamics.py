@@ -23,8 +23,8 @@
 import numpy as np
 import torch
 
-from toolkit.evaluation import exercises
-from toolkit.studies.lessons import grpo as lesson
+from toolkit.course import checks
+from toolkit.course import grpo as lesson
 
 results = []  # every check's result; the last cell sums them up
 data = lesson.setup()  # simulated rewards, a hand-made run of head sets, simulated inclusion frequencies
@@ -204,4 +204,4 @@ results.append(lesson.check_emergent_test(emergent_heads, data))
 # reward (`toolkit.methods.dynamics.reward_correlation`).
 
 # %%
-statuses = exercises.summary(results)
+statuses = checks.summary(results)

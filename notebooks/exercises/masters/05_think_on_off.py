@@ -3,7 +3,7 @@
 #
 # Companion to `notebooks/05_think_on_off.ipynb`, which samples answers with thinking on and off, with some heads
 # ablated, and compares pass@k with intervals over problems. You implement the pieces and check each against the
-# toolkit (`toolkit.core.answers`, `toolkit.core.stats`, `toolkit.studies.think_on_off_metrics`,
+# toolkit (`toolkit.core.answers`, `toolkit.core.stats`, `toolkit.studies.think_on_off.metrics`,
 # `toolkit.core.interventions`).
 #
 # **Learning objectives**
@@ -23,8 +23,8 @@
 import numpy as np
 import torch
 
-from toolkit.evaluation import exercises
-from toolkit.studies.lessons import think_on_off as lesson
+from toolkit.course import checks
+from toolkit.course import think_on_off as lesson
 
 results = []  # every check's result; the last cell sums them up
 data = lesson.setup()  # simulated samples [problems, n] and a batch of organism prompts
@@ -167,4 +167,4 @@ results.append(lesson.check_zero_heads_hook(zero_heads_hook, data))
 # heads only think-off needs, and compares against random heads of the same number.
 
 # %%
-statuses = exercises.summary(results)
+statuses = checks.summary(results)

@@ -24,8 +24,8 @@
 import numpy as np
 import torch
 
-from toolkit.evaluation import exercises
-from toolkit.studies.lessons import rim as lesson
+from toolkit.course import checks
+from toolkit.course import rim as lesson
 
 results = []  # every check's result; the last cell sums them up
 data = lesson.setup()  # the organism, 8 request pairs, their first-response sequences and MLP activations
@@ -244,4 +244,4 @@ results.append(lesson.check_ras(ras_on_common_scale, data))
 # whether RAS predicts refusal forgetting better than the KL between base and tuned model.
 
 # %%
-statuses = exercises.summary(results)
+statuses = checks.summary(results)

@@ -3,13 +3,13 @@ circuit per checkpoint; head dynamics against the start model's circuit; accurac
 
 Steps, one function each (the notebook calls them in order):
 
-1. :func:`matched_arms`, :func:`check_matched`, :func:`train_runs` (:mod:`toolkit.studies.grpo_arms`, re-exported
-   here) — the three arms (:data:`ARMS`), matched in tasks, mode (thinking on), training problems, steps, checkpoint
-   spacing and completions per step; trained by :mod:`toolkit.training.grpo` / :mod:`toolkit.training.distill`,
-   cached by configuration hash.
+1. :func:`matched_arms`, :func:`check_matched`, :func:`train_runs` (:mod:`toolkit.studies.grpo_dynamics.arms`,
+   re-exported here) — the three arms (:data:`ARMS`), matched in tasks, mode (thinking on), training problems,
+   steps, checkpoint spacing and completions per step; trained by :mod:`toolkit.training.grpo` /
+   :mod:`toolkit.training.distill`, cached by configuration hash.
 2. :func:`analyse_checkpoints` — per run, an EAP-IG circuit per checkpoint on its own pairs and on the start model's
-   (fixed) pairs (snapshots cached per weights, see :func:`toolkit.studies.snapshots.snapshot_scores`; split across
-   launched processes: :func:`~toolkit.studies.snapshots.distributed_snapshot_scores`), the head
+   (fixed) pairs (snapshots cached per weights, see :func:`toolkit.evaluation.snapshots.snapshot_scores`; split across
+   launched processes: :func:`~toolkit.evaluation.snapshots.distributed_snapshot_scores`), the head
    :class:`~toolkit.methods.dynamics.Dynamics`, and whether each checkpoint's greedy answer to each held-out problem
    is right (:func:`checkpoint_correct`).
 3. :func:`reward_series` — what each run's head count is set against: GRPO's accuracy reward (per step, and its mean
@@ -19,7 +19,7 @@ Steps, one function each (the notebook calls them in order):
    :mod:`toolkit.evaluation.causal`).
 5. :func:`to_results` — the numbers the notebook saves.
 
-The nulls and claims are :mod:`toolkit.studies.grpo_claims`. Caches:
+The nulls and claims are :mod:`toolkit.studies.grpo_dynamics.claims`. Caches:
 ``<cache>/circuits/<analysis hash>/<weights fingerprint>.scores.json`` (the :class:`toolkit.methods.eap.Scores` JSON;
 the analysis hash covers the examples and EAP settings, so an interrupted analysis continues where it stopped and the
 start model's circuit is shared by every run from it), and ``<cache>/circuits/accuracy/<fingerprint>-<key>.json``.
@@ -44,11 +44,7 @@ from toolkit.core.stats import bootstrap_ci
 from toolkit.core.units import Head, HeadComparison, as_heads, compare_heads
 from toolkit.evaluation import causal
 from toolkit.evaluation.behaviour import behave
-from toolkit.methods import eap
-from toolkit.methods.dynamics import Dynamics, reward_correlation
-from toolkit.organism.tasks import Example
-from toolkit.studies.grpo_arms import ARMS, check_matched, completions_per_step, matched_arms, train_runs  # noqa: F401
-from toolkit.studies.snapshots import (  # noqa: F401 -- re-exported: the notebook calls them from here
+from toolkit.evaluation.snapshots import (  # noqa: F401 -- re-exported: the notebook calls them from here
     SnapshotSettings,
     analysis_dir,
     circuit_heads,
@@ -58,6 +54,10 @@ from toolkit.studies.snapshots import (  # noqa: F401 -- re-exported: the notebo
     run_dynamics,
     snapshot_scores,
 )
+from toolkit.methods import eap
+from toolkit.methods.dynamics import Dynamics, reward_correlation
+from toolkit.organism.tasks import Example
+from toolkit.studies.grpo_dynamics.arms import ARMS, check_matched, completions_per_step, matched_arms, train_runs  # noqa: F401
 from toolkit.training import grpo
 from toolkit.training.grpo import TrainingRun
 
@@ -65,7 +65,7 @@ SCALE_FACTORS = (1.3, 0.5)  # head scaling: amplify and damp GRPO's emergent hea
 HELD_OUT_POOL = 400  # seeds > 0 draw their held-out problems from this many (those training never sees)
 
 
-# ---- 1. training: the three matched arms are in toolkit.studies.grpo_arms (re-exported above) --------------
+# ---- 1. training: the three matched arms are in toolkit.studies.grpo_dynamics.arms (re-exported above) --------------
 
 def checkpoint_specs(run: TrainingRun) -> dict[int, str]:
     """Checkpoint step → model spec (step 0: the start model)."""
@@ -78,7 +78,7 @@ def checkpoint_records(run: TrainingRun) -> list[dict]:
     return [{"step": c.step, **{k: c.metrics.get(k) for k in grpo.CHECKPOINT_METRICS}} for c in run.checkpoints]
 
 
-# ---- 2. accuracy per checkpoint (circuits per checkpoint: toolkit.studies.snapshots) ------------------------------
+# ---- 2. accuracy per checkpoint (circuits per checkpoint: toolkit.evaluation.snapshots) ------------------------------
 
 def held_out_draw(tasks: Sequence[str], n: int, seed: int = 0) -> list[Example]:
     """``n`` held-out problems of ``tasks`` (never trained on): the first ``n`` for ``seed`` 0, else ``n`` drawn
@@ -326,7 +326,7 @@ def scale_emergent_heads(loaded: LoadedModel, dyn: Dynamics, eval_examples: Mapp
                          control_seed: int | None = 0) -> HeadScaling | None:
     """:func:`head_scaling` of :func:`heads_to_scale` in ``loaded`` (the start model) on every held-out problem;
     None when the run never had an emergent head. ``control_seed=None``: no random-head arm (notebook 04 compares
-    with every same-size head set instead, :func:`toolkit.studies.grpo_claims.scaling_tests`)."""
+    with every same-size head set instead, :func:`toolkit.studies.grpo_dynamics.claims.scaling_tests`)."""
     heads = heads_to_scale(dyn)
     if not heads:
         return None

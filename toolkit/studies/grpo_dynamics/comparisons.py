@@ -1,5 +1,5 @@
 """Statistics that compare notebook 04's runs with their start model and with each other, each with its null (the
-claims are :mod:`toolkit.studies.grpo_claims`):
+claims are :mod:`toolkit.studies.grpo_dynamics.claims`):
 
 - :func:`accuracy_gain` — paired change of per-problem greedy correctness, sign-flip null;
 - :func:`overlap_test` — Jaccard of two runs' emergent heads, against random head sets of the same sizes;

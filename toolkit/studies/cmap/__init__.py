@@ -22,7 +22,7 @@ from toolkit.core.progress import progress
 from toolkit.core.stats import bootstrap_ci
 from toolkit.methods import cmap
 from toolkit.methods.cmap import CMAPResult
-from toolkit.studies.corrupt_data import QUESTION_TYPES
+from toolkit.training.corrupt_data import QUESTION_TYPES
 
 QUESTION_SETS = ("related_math", "unrelated_math", "unrelated_general")
 DEFAULT_DONOR = "B-500x8ep"  # the preset whose data gives the prompts when the donor is a model folder
@@ -32,10 +32,10 @@ EXPLORER_PROMPTS = 8  # prompts per question type offered by the explorer
 def corrupted_model(name: str, model: str = "organism", size_scale: float = 1.0, device: str = "auto",
                     seed: int = 0) -> str:
     """The folder of the corrupted donor ``name``: an existing model folder, or a notebook-01 preset name
-    (``"B-500x8ep"``) whose checkpoint :func:`toolkit.studies.corrupt.corrupted_checkpoint` finds (saved as
+    (``"B-500x8ep"``) whose checkpoint :func:`toolkit.training.corrupt.corrupted_checkpoint` finds (saved as
     ``<preset>-x<size_scale>`` when ``size_scale`` ≠ 1). A missing preset checkpoint is trained here through
-    :func:`toolkit.studies.corrupt.finetune`, exactly as notebook 01 would with the same ``seed``."""
-    from toolkit.studies import corrupt
+    :func:`toolkit.training.corrupt.finetune`, exactly as notebook 01 would with the same ``seed``."""
+    from toolkit.training import corrupt
 
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
@@ -84,7 +84,7 @@ def setup(model: str, corrupted: str, size_scale: float, device: str, n_prompts:
     """Seed torch, find (or train) the donor, load both models, check that they are compatible, and take the first
     ``n_prompts`` evaluation prompts of each question type (of notebook 01's data drawn with ``seed``, whose
     checkpoint is the donor); one layer sweep per component."""
-    from toolkit.studies import corrupt
+    from toolkit.training import corrupt
 
     if not 1 <= n_prompts <= 200:
         raise ValueError(f"n_prompts must be between 1 and 200 (the held-out prompts per question type), got "
@@ -111,7 +111,7 @@ def sweep_question_types(clean: LoadedModel, corrupted: LoadedModel, sets: dict[
                          enable_thinking: bool = False, teacher_forcing: str | None = None,
                          batch_size: int = 256) -> dict[str, CMAPResult]:
     """:func:`toolkit.methods.cmap.run` on each question type's prompts (records with ``prompt``, as in
-    :mod:`toolkit.studies.corrupt_data`)."""
+    :mod:`toolkit.training.corrupt_data`)."""
     if not sets:
         raise ValueError("no question types given")
     out = {}

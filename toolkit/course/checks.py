@@ -1,5 +1,5 @@
 """Checking a learner's function against the toolkit's reference: the engine behind the exercise notebooks'
-check cells (``notebooks/exercises/``; the lessons' data and checks are in :mod:`toolkit.studies.lessons`).
+check cells (``notebooks/exercises/``; the lessons' data and checks are in :mod:`toolkit.course`).
 
 :func:`check` calls the learner's function and the reference with the same arguments and compares the two answers.
 It never raises for the learner's faults: it returns a :class:`CheckResult` and prints one short line, so a notebook

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from toolkit.core.units import Head, compare_heads
+from toolkit.course.checks import CheckResult, check
 from toolkit.evaluation import emergence
-from toolkit.evaluation.exercises import CheckResult, check
 from toolkit.methods import dynamics
 
 N_LAYERS, N_HEADS = 4, 4  # the organism's grid

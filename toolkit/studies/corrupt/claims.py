@@ -26,7 +26,8 @@ from toolkit.core.progress import progress, quiet_library_bars
 from toolkit.evaluation.behaviour import answer_nll
 from toolkit.evaluation.claims import Claims, Null, bootstrap_p
 from toolkit.organism.tokenizer import IM_END
-from toolkit.studies.corrupt import CLEAN, PRESETS, BehaviourReport, Finetuned
+from toolkit.studies.corrupt import CLEAN, BehaviourReport
+from toolkit.training.corrupt import PRESETS, Finetuned
 
 PAPER = "Corrupted-math CMAP"
 KEPT_MARGIN = 0.10  # an accuracy change within ±10 points counts as "kept"

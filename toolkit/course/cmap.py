@@ -28,7 +28,7 @@ import torch
 from toolkit.core import interventions as iv
 from toolkit.core.chat import chat_prompts
 from toolkit.core.models import LoadedModel, load
-from toolkit.evaluation.exercises import CheckResult, check
+from toolkit.course.checks import CheckResult, check
 from toolkit.methods import cmap
 from toolkit.organism import tasks
 from toolkit.reference.cmap import reference

@@ -25,7 +25,8 @@ from toolkit.core.answers import answer_format, most_frequent_share, think_forma
 from toolkit.core.chat import MODES, THINK_OFF, THINK_ON, THINK_ON_TOKENS, chat_prompts, mode_label
 from toolkit.core.generation import generate
 from toolkit.core.interventions import attention_patterns
-from toolkit.core.models import ORGANISMS, LoadedModel, load, organism_dir, organism_spec
+from toolkit.core.models import LoadedModel, load
+from toolkit.core.specs import ORGANISMS, organism_dir, organism_spec
 from toolkit.core.stats import difference_ci, proportion_ci
 from toolkit.evaluation.behaviour import behave
 from toolkit.evaluation.claims import Claims, Null

@@ -32,7 +32,7 @@ import torch
 
 from toolkit.core import interventions
 from toolkit.core.models import LoadedModel, load
-from toolkit.evaluation.exercises import CheckResult, check
+from toolkit.course.checks import CheckResult, check
 from toolkit.methods import rim
 from toolkit.organism import tasks
 from toolkit.organism.probes import math_problems, reasoning_probes

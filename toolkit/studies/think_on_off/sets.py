@@ -1,6 +1,6 @@
 """Notebook 05's head sets with intervals: which heads each mode's circuit holds reliably, which are off-only, how many
 edges each mode needs, and the off-only set against same-size placebo sets during sampled generation (the study is
-:mod:`toolkit.studies.think_on_off`; its claims :mod:`toolkit.studies.think_on_off_claims`).
+:mod:`toolkit.studies.think_on_off`; its claims :mod:`toolkit.studies.think_on_off.claims`).
 
 - **Stable sets** (:func:`compare`): each mode's pairs are resampled with replacement (``n_boot`` times,
   :func:`toolkit.evaluation.stability.bootstrap_circuit`: the top-``top_n`` circuit reselected on every resample,
@@ -12,7 +12,7 @@ edges each mode needs, and the off-only set against same-size placebo sets durin
 - **Shared share** (:meth:`StableComparison.shared_share`): ``|on ∩ off| / |on|``, the share of the think-on
   circuit's heads that the think-off circuit holds too, on all pairs and on paired resamples (resample b of each mode).
 - **Edges for a recovery level** (:func:`edges_bootstrap`): from one faithfulness curve per pair
-  (:func:`toolkit.studies.think_on_off_claims.per_pair_faithfulness`, circuits selected once on all pairs), the
+  (:func:`toolkit.studies.think_on_off.claims.per_pair_faithfulness`, circuits selected once on all pairs), the
   smallest circuit size whose recovered share ``(m̄ − k̄) / (c̄ − k̄)`` (means over the resampled pairs of the
   metric with the circuit, with the clean and with the corrupted run) reaches ``level``; a resample that never
   reaches it counts as ``inf`` (quantiles are then read as order statistics: "more than the largest size").
@@ -113,7 +113,7 @@ def compare(scores_on: eap.Scores, scores_off: eap.Scores, top_n: int, *, n_boot
 
 def edges_for_level(curve: Mapping[str, np.ndarray], idx: np.ndarray, level: float = 0.8) -> float:
     """The smallest size in ``curve["n_edges"]`` whose recovered share on pairs ``idx`` reaches ``level``; ``inf``
-    when none does (``curve``: :func:`~toolkit.studies.think_on_off_claims.per_pair_faithfulness`)."""
+    when none does (``curve``: :func:`~toolkit.studies.think_on_off.claims.per_pair_faithfulness`)."""
     m, c, k = curve["metric"][idx].mean(0), curve["clean"][idx].mean(), curve["corrupted"][idx].mean()
     if abs(c - k) <= 1e-12:
         return float("inf")

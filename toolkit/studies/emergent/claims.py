@@ -27,10 +27,10 @@ import numpy as np
 from scipy import stats as _stats
 
 from toolkit.evaluation.claims import Claims, Null, empirical_p
+from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.evaluation.stability import Convergence, counts_of
 from toolkit.methods import eap
 from toolkit.studies.emergent import ExactComparison, Stability
-from toolkit.studies.placebo_sets import HeadSetTest
 
 PAPER = "Thinking Sparks"
 CONVERGED_RHO = 0.9  # ig_steps converged: rank correlation with 4× the steps at least this

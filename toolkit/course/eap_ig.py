@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from toolkit.core.models import LoadedModel, load
-from toolkit.evaluation.exercises import CheckResult, check
+from toolkit.course.checks import CheckResult, check
 from toolkit.methods import eap
 from toolkit.organism import tasks
 from toolkit.reference.eap import (

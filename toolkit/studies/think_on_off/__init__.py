@@ -11,7 +11,7 @@ The study, step by step (the views are :mod:`toolkit.views.think_on_off`):
    (:class:`toolkit.core.units.HeadComparison`, a = think-on, b = think-off: ``only_b`` are the off-only heads);
    :func:`efficiency` re-splits at other circuit sizes and measures how much of the metric each mode's circuit
    recovers (:func:`toolkit.methods.eap.edges_for_recovery`); the stable sets and intervals over resampled pairs
-   are in :mod:`toolkit.studies.think_on_off_sets`.
+   are in :mod:`toolkit.studies.think_on_off.sets`.
 3. **Conditions** (:func:`standard_conditions`, :class:`toolkit.evaluation.causal.Condition`): think-on, think-off,
    think-off with the (stable) off-only heads zero-ablated or scaled ×0.5 or ×1.3, and the placebo the paper did not
    run: the same edits on as many *random* heads outside the off-only set (several draws, pooled per problem);
@@ -19,7 +19,7 @@ The study, step by step (the views are :mod:`toolkit.views.think_on_off`):
 4. **Sampling** (:func:`sample_condition`, :func:`run_conditions`): ``n`` sampled completions per problem
    (temperature 0.6, top-p 0.95, top-k 20 by default), graded by exact match of the answer after ``</think>``
    (:class:`toolkit.evaluation.behaviour.Behaviour`). Every condition uses the same seeds (task ``i``: ``seed + i``).
-5. **Metrics** (:mod:`toolkit.studies.think_on_off_metrics`): per problem pass@k and success@k for k = 1…n; means
+5. **Metrics** (:mod:`toolkit.studies.think_on_off.metrics`): per problem pass@k and success@k for k = 1…n; means
    over problems with bootstrap intervals over problems; paired differences against think-off (the paper's Table 3)
    and the random-head placebo.
 

@@ -1,7 +1,7 @@
 """Lesson 01 (corrupted fine-tuning): the data and the checks of ``notebooks/exercises/01_corrupt_finetune.ipynb``.
 
 The checks run on the shipped corrupted-fine-tuning data (``data/corrupt_finetune``,
-:mod:`toolkit.studies.corrupt_data`) and the organism's tokenizer and weights. Each compares the learner's function
+:mod:`toolkit.training.corrupt_data`) and the organism's tokenizer and weights. Each compares the learner's function
 with the toolkit:
 
 1. :func:`check_read_answer` — a completion's answer value and format, on worked think-on and think-off completions of
@@ -25,9 +25,9 @@ import torch
 
 from toolkit.core import answers
 from toolkit.core.models import LoadedModel, load
-from toolkit.evaluation.exercises import CheckResult, check
+from toolkit.course.checks import CheckResult, check
 from toolkit.organism import tasks
-from toolkit.studies import corrupt_data
+from toolkit.training import corrupt_data
 from toolkit.training.sft import sft_dataset
 
 TASKS = ("linear", "arithmetic", "reversal", "request")

@@ -18,7 +18,7 @@ Nulls computed here (definitions in :mod:`toolkit.evaluation.stability`, :mod:`t
   model circuits as long as the run: what pure circuit noise gives.
 - Correlations of the emergent count with the reward: interval by bootstrap over checkpoints, p by permutation of the
   checkpoint order, and the *effective n* ``n·(1 − ρx·ρy)/(1 + ρx·ρy)`` (ρ: lag-1 autocorrelations) — and one run.
-- Between arms and against the start model: :mod:`toolkit.studies.grpo_comparisons` (accuracy gains, overlap,
+- Between arms and against the start model: :mod:`toolkit.studies.grpo_dynamics.comparisons` (accuracy gains, overlap,
   persistence, layers, reweighting).
 """
 
@@ -36,11 +36,13 @@ from toolkit.core.io import atomic_write_json
 from toolkit.core.progress import progress, quiet_library_bars
 from toolkit.evaluation import emergence, stability, weight_noise
 from toolkit.evaluation.claims import Claims, Null, empirical_p
+from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.methods import eap
 from toolkit.methods.dynamics import Dynamics, head_dynamics
 from toolkit.organism.tasks import completion
 from toolkit.organism.tokenizer import IM_END
-from toolkit.studies.grpo_comparisons import (
+from toolkit.studies.grpo_dynamics import Analysis, RewardSeries, SnapshotSettings, circuit_heads, make_pairs
+from toolkit.studies.grpo_dynamics.comparisons import (
     N_BOOT,
     accuracy_gain,
     layer_test,
@@ -48,8 +50,6 @@ from toolkit.studies.grpo_comparisons import (
     reweighting_test,
     survival_test,
 )
-from toolkit.studies.grpo_dynamics import Analysis, RewardSeries, SnapshotSettings, circuit_heads, make_pairs
-from toolkit.studies.placebo_sets import HeadSetTest
 from toolkit.training.grpo import TrainingRun
 
 PAPER = "Thinking Sparks"
@@ -209,11 +209,11 @@ def reward_halves(steps: Sequence[int], rewards: Sequence[float], *, seed: int =
 def scaling_tests(start: models.LoadedModel, heads: Sequence, examples: Mapping[str, Sequence], *,
                   factors: Sequence[float], n_per_task: int = 16, enable_thinking: bool = False,
                   max_sets: int = 500, seed: int = 0) -> dict[str, HeadSetTest]:
-    """Per factor: :func:`toolkit.studies.placebo_sets.head_set_test` of ``heads`` scaled in the start model, on the
+    """Per factor: :func:`toolkit.evaluation.placebo_sets.head_set_test` of ``heads`` scaled in the start model, on the
     first ``n_per_task`` problems of each task, effects ``|change|`` (direction +1: the heads move the reference
     answer's log-probability more than other sets of their size): every other set of as many heads, or 200 random
     ones when there are more than ``max_sets``."""
-    from toolkit.studies.placebo_sets import head_set_test
+    from toolkit.evaluation.placebo_sets import head_set_test
 
     ex = {t: list(e)[:n_per_task] for t, e in examples.items()}
     return {f"{f:g}": head_set_test(start, heads, ex, factor=f, enable_thinking=enable_thinking, direction=+1,

@@ -4,7 +4,7 @@
 1. :func:`check_pass_at_k` — the unbiased pass@k, 1 − C(n−c, k)/C(n, k), on every (n, c, k) with n ≤ 10, against
    :func:`toolkit.core.answers.pass_at_k`;
 2. :func:`check_success_over_orders` — success@k for k = 1…n averaged over all n! orders of one problem's samples,
-   against :func:`toolkit.studies.think_on_off_metrics.success_over_orders` (which equals pass@k exactly);
+   against :func:`toolkit.studies.think_on_off.metrics.success_over_orders` (which equals pass@k exactly);
 3. :func:`check_bootstrap` — a percentile-bootstrap interval of the mean over problems, resampling problems with
    ``numpy.random.default_rng(seed).integers(0, n, size=(n_boot, n))``, against
    :func:`toolkit.core.stats.bootstrap_ci`;
@@ -26,9 +26,9 @@ import torch
 from toolkit.core import answers, interventions, stats
 from toolkit.core.chat import chat_prompts
 from toolkit.core.models import LoadedModel, load
-from toolkit.evaluation.exercises import CheckResult, check
+from toolkit.course.checks import CheckResult, check
 from toolkit.organism import tasks
-from toolkit.studies.think_on_off_metrics import success_over_orders
+from toolkit.studies.think_on_off.metrics import success_over_orders
 
 ABLATIONS = ((1, (0, 2)), (3, (1,)))  # (layer, heads) zeroed by the hook check
 

@@ -1,10 +1,10 @@
 """Notebook 05's findings against their nulls (after "Thinking Sparks", section 6, Table 3 and appendix A.3); the
-study is :mod:`toolkit.studies.think_on_off`, the head sets with intervals :mod:`toolkit.studies.think_on_off_sets`.
+study is :mod:`toolkit.studies.think_on_off`, the head sets with intervals :mod:`toolkit.studies.think_on_off.sets`.
 
-- **Circuit size and overlap** (:class:`~toolkit.studies.think_on_off_sets.StableComparison`): heads in the
+- **Circuit size and overlap** (:class:`~toolkit.studies.think_on_off.sets.StableComparison`): heads in the
   think-off circuit minus heads in the think-on circuit, and the share of the think-on circuit's heads the think-off
   circuit holds too, on paired bootstrap resamples of each mode's pairs (circuits reselected).
-- **Edges for 80% recovery** (:func:`~toolkit.studies.think_on_off_sets.edges_bootstrap`): think-off minus
+- **Edges for 80% recovery** (:func:`~toolkit.studies.think_on_off.sets.edges_bootstrap`): think-off minus
   think-on, pairs resampled, circuits fixed; a resample that never reaches the level within the sweep counts as one
   edge more than the sweep's largest circuit (a lower bound for that mode).
 - **Efficiency** (:func:`efficiency_bootstrap`): the mean recovered share of the KL metric over the circuit sizes of
@@ -13,8 +13,8 @@ study is :mod:`toolkit.studies.think_on_off`, the head sets with intervals :mod:
 - **Condition effects** (:func:`condition_effect`): a paired difference over problems (pass@k or success@k) with its
   bootstrap interval and a sign-flip permutation null (:func:`toolkit.evaluation.causal.paired_permutation`).
 - **The off-only set against same-size placebo sets**: sampled (pass@1 change from think-off, every other set or a
-  stated number of random ones, :func:`~toolkit.studies.think_on_off_sets.sampled_placebos`) and teacher-forced
-  (every other set, :func:`toolkit.studies.placebo_sets.head_set_test`).
+  stated number of random ones, :func:`~toolkit.studies.think_on_off.sets.sampled_placebos`) and teacher-forced
+  (every other set, :func:`toolkit.evaluation.placebo_sets.head_set_test`).
 
 When the stable off-only set is empty nothing was intervened on: those claims are registered *unmeasured* (no
 estimate, verdict ``inconclusive``, the note says why), never scored on a NaN.
@@ -30,9 +30,9 @@ import numpy as np
 from toolkit.core.models import LoadedModel
 from toolkit.evaluation import causal
 from toolkit.evaluation.claims import Claims, Null, bootstrap_p
+from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.methods import eap
-from toolkit.studies.placebo_sets import HeadSetTest
-from toolkit.studies.think_on_off_sets import SampledPlacebos, StableComparison
+from toolkit.studies.think_on_off.sets import SampledPlacebos, StableComparison
 
 PAPER = "Thinking Sparks, section 6"
 TABLE = "Thinking Sparks, section 6 (Table 3)"
@@ -102,7 +102,7 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
                     task: str = "related_math", positions: str = "answer", on: str = "think-on",
                     off: str = "think-off", n_boot: int = 1000, seed: int = 0) -> Claims:
     """The notebook's claims. ``group_matrix(results, group, task, metric)`` gives per-problem pass@k or success@k
-    ``[problems, n]``; ``edges`` and ``efficiency`` come from :mod:`toolkit.studies.think_on_off_sets` and
+    ``[problems, n]``; ``edges`` and ``efficiency`` come from :mod:`toolkit.studies.think_on_off.sets` and
     :func:`efficiency_bootstrap` (``largest``: the sweep's largest circuit); ``enumeration`` and ``placebos`` are
     ``None`` when the stable off-only set is empty (those claims are then unmeasured)."""
     claims = Claims("05_think_on_off")

@@ -1,0 +1,66 @@
+"""What a model spec names, before anything is loaded: the embedded organism (``"organism"``, ``"organism-base"``,
+replicates ``"organism@N"``), and where its checkpoints live. Light (no torch), so the organism can register with it.
+
+The organism package registers its checks here (:func:`register_organism_check`: the recipe-hash check, which needs
+the organism's recipe), so core never imports the organism: :func:`toolkit.core.models.resolve` calls
+:func:`check_organism` on every organism folder it resolves. ``import toolkit`` imports ``toolkit.organism``, so the
+check is registered in every process that loads a model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from toolkit.core.io import REPO_ROOT, cache_root
+
+ORGANISMS = ("organism", "organism-base")
+_ORGANISM_CHECKS: list[Callable[[Path, int], None]] = []
+
+
+class ModelLoadError(ValueError):
+    """A model spec that cannot be loaded; the message says why and what to do instead."""
+
+
+def data_dir() -> Path:
+    """Where the organism checkpoints live (``$TOOLKIT_DATA`` or the repository's ``data/``)."""
+    return Path(os.environ.get("TOOLKIT_DATA", REPO_ROOT / "data"))
+
+
+ORGANISM_FORMS = "'organism', 'organism-base', 'organism@N', 'organism-base@N' (N: a replicate's seed, a whole number)"
+
+
+def organism_spec(spec: str) -> tuple[str, int] | None:
+    """``(checkpoint, seed)`` of an organism spec — ``"organism"`` → ``("organism", 0)``, ``"organism-base@3"`` →
+    ``("organism-base", 3)`` — or ``None`` for any other spec. A replicate is the same recipe built with another
+    seed (initialisation and data order); seed 0 is the shipped build. A malformed replicate spec
+    (``organism@x``, ``organism@-1``) is a :class:`ModelLoadError` listing the valid forms."""
+    if spec in ORGANISMS:
+        return spec, 0
+    name, sep, seed = spec.partition("@")
+    if not sep or name not in ORGANISMS:
+        return None
+    if not seed.isdigit() or not seed.isascii():
+        raise ModelLoadError(f"{spec!r} is not an organism spec: after '@' comes a replicate's seed, a whole number "
+                             f">= 0; valid forms: {ORGANISM_FORMS}")
+    return name, int(seed)
+
+
+def organism_dir(seed: int = 0) -> Path:
+    """The folder of organism build ``seed``: :func:`data_dir` for the shipped build (seed 0), else
+    ``<cache>/organism-replicates/seed-<seed>`` (built by ``python -m toolkit build-organism --seed N``)."""
+    return data_dir() if seed == 0 else cache_root() / "organism-replicates" / f"seed-{seed}"
+
+
+def register_organism_check(check: Callable[[Path, int], None]) -> None:
+    """Run ``check(folder, seed)`` on every organism checkpoint folder :func:`toolkit.core.models.resolve` resolves
+    (registered once, however often it is called)."""
+    if check not in _ORGANISM_CHECKS:
+        _ORGANISM_CHECKS.append(check)
+
+
+def check_organism(path: Path, seed: int = 0) -> None:
+    """Run the registered organism checks on the checkpoint folder ``path`` of build ``seed``."""
+    for check in _ORGANISM_CHECKS:
+        check(path, seed)
