@@ -13,7 +13,7 @@ PROMPTS = ["Solve for x: 2x + 3 = 7", "Reverse the word: cat", "How do I make a 
 
 def test_behave_keeps_generate_outputs_and_grades_like_a_loop(tiny):
     sampling = SamplingConfig(do_sample=True, num_samples=3)
-    b = behave(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=6, sampling=sampling, batch_size=2, seed=5)
+    b = behave(tiny, PROMPTS, max_new_tokens=6, sampling=sampling, batch_size=2, seed=5)
     raw = generate(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=6, sampling=sampling, batch_size=2, seed=5)
     assert b.completions == raw
     assert b.first == [row[0] for row in raw]
@@ -26,20 +26,23 @@ def test_behave_keeps_generate_outputs_and_grades_like_a_loop(tiny):
 
 
 def test_interventions_compose_from_outside(tiny):
-    clean = behave(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=5)
+    clean = behave(tiny, PROMPTS, max_new_tokens=5)
     with ablate(tiny.bridge, [resid(0)]):
-        ablated = behave(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=5)
-    again = behave(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=5)
+        ablated = behave(tiny, PROMPTS, max_new_tokens=5)
+    with ablate(tiny, [resid(0)]):  # the LoadedModel itself: the same hooks on its bridge
+        ablated_loaded = behave(tiny, PROMPTS, max_new_tokens=5)
+    again = behave(tiny, PROMPTS, max_new_tokens=5)
     assert again.completions == clean.completions
     assert ablated.completions != clean.completions
+    assert ablated_loaded.completions == ablated.completions
 
 
-def test_bad_input_is_refused_clearly():
+def test_bad_input_is_refused_clearly(tiny):
     b = Behaviour(["a", "b"], False, [["x"], ["y"]])
     with pytest.raises(ValueError, match="2 prompts"):
         b.correct(["x"])
     with pytest.raises(ValueError, match="at least one prompt"):
-        behave(None, None, [])
+        behave(tiny, [])
 
 
 def test_answer_nll_is_the_loop_over_completion_tokens(tiny):
@@ -49,7 +52,7 @@ def test_answer_nll_is_the_loop_over_completion_tokens(tiny):
     from toolkit.evaluation.behaviour import answer_nll
 
     completions = ["x = 2", "tac", "I can't help with that."]
-    got = answer_nll(tiny.hf, tiny.tokenizer, PROMPTS, completions, batch_size=2)
+    got = answer_nll(tiny, PROMPTS, completions, batch_size=2)
     for prompt, completion, value in zip(chat_prompts(tiny.tokenizer, PROMPTS, False), completions, got):
         head = tiny.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         tail = tiny.tokenizer(completion, add_special_tokens=False)["input_ids"]
@@ -59,4 +62,4 @@ def test_answer_nll_is_the_loop_over_completion_tokens(tiny):
         nll = -sum(logp[len(head) + i - 1, t] for i, t in enumerate(tail)) / len(tail)
         assert value == pytest.approx(float(nll), abs=1e-5)
     with pytest.raises(ValueError, match="as many completions"):
-        answer_nll(tiny.hf, tiny.tokenizer, PROMPTS, completions[:2])
+        answer_nll(tiny, PROMPTS, completions[:2])

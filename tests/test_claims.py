@@ -1,11 +1,12 @@
-"""Claims: the verdict rule at its boundaries, bad claims, p-values, and the seeds aggregation of the scorecard."""
+"""Claims: the verdict rule at its boundaries, bad claims, p-values, the JSON round trip of a claim, and the
+scorecard read from those records (grouped by paper, aggregated over seeds)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from toolkit.evaluation.claims import ClaimError, Claims, Null, bootstrap_p, empirical_p, verdict
+from toolkit.evaluation.claims import Claim, ClaimError, Claims, Null, bootstrap_p, empirical_p, verdict
 from toolkit.run import report
 
 
@@ -39,7 +40,7 @@ def test_no_effect_claim_needs_a_margin():
 
 
 def _add(claims, id="a", **kw):
-    args = dict(paper="P, section 1", statement="s", measure="m", estimate=0.5, ci=(0.2, 0.8),
+    args = dict(paper="P", section="section 1", statement="s", measure="m", estimate=0.5, ci=(0.2, 0.8),
                 null=Null.from_samples("bootstrap-resample", [0.1, -0.1, 0.0]), direction=1)
     args.update(kw)
     return claims.add(id, **args)
@@ -82,22 +83,63 @@ def test_empirical_and_bootstrap_p():
     assert s["mean"] == 2 and s["q025"] < s["q975"]
 
 
+def test_claim_round_trips_through_its_json_record():
+    claims = Claims("05_x")
+    measured = _add(claims, "measured", section="section 6 (Table 3)", p_value=0.01, margin=0.05, alpha=0.1,
+                    reference=0.1, note="on the organism")
+    unmeasured = _add(claims, "unmeasured", estimate=float("nan"), ci=(float("nan"), float("nan")),
+                      null=Null("permutation", 0, {}, "not measured"))
+    back = Claim.from_dict(json.loads(json.dumps(measured.to_dict())))
+    assert back == measured and back.section == "section 6 (Table 3)" and back.citation == "P, section 6 (Table 3)"
+    record = unmeasured.to_dict()
+    assert record["estimate"] is None and Claim.from_dict(json.loads(json.dumps(record))).to_dict() == record
+
+
+def test_old_records_without_a_section_are_read_and_edited_verdicts_refused():
+    record = {**_add(Claims("nb"), "a").to_dict(), "paper": "P, section 1"}  # as written before claims had sections
+    del record["section"]
+    old = Claim.from_dict(record)
+    assert old.paper == "P, section 1" and old.section == "" and old.citation == "P, section 1"
+    with pytest.raises(ClaimError, match=r"nb: claim 'a': the record says 'contradicts' but its numbers give"):
+        Claim.from_dict({**record, "verdict": "contradicts"})
+    del record["direction"]
+    with pytest.raises(ClaimError, match="no 'direction' field"):
+        Claim.from_dict(record)
+
+
 def _claim(notebook, id, estimate, verdict_):
-    return {"notebook": notebook, "id": id, "paper": "Paper A, section 2", "statement": "s", "measure": "m",
-            "estimate": estimate, "ci": [estimate - 1, estimate + 1], "null": {"kind": "target", "n": 0,
-                                                                                "summary": {"threshold": 0}},
-            "p_value": None, "verdict": verdict_, "note": ""}
+    """A claim against the target 0 whose interval gives ``verdict_`` (it touches 0 when inconclusive)."""
+    low = estimate - 0.5 if verdict_ == "reproduces" else -1.0
+    claim = Claim(notebook, id, "Paper A", "s", "m", estimate, (low, estimate + 0.5), Null.target(0), 1,
+                  section="section 2")
+    assert claim.verdict == verdict_
+    return claim
+
+
+def test_scorecard_reads_the_claims_files_and_groups_by_paper(tmp_path):
+    claims = Claims("03_x")
+    _add(claims, "a", paper="Paper A", section="section 2")
+    _add(claims, "b", paper="Paper B", section="")
+    (tmp_path / "03_x.claims.json").write_text(json.dumps(claims.to_records()))
+    assert report.collect(tmp_path) == list(claims)
+    json_path, md_path = report.write_report(tmp_path)
+    assert json.loads(json_path.read_text()) == claims.to_records()
+    text = md_path.read_text()
+    assert "## Paper A" in text and "**a** (section 2): s" in text and "## Paper B" in text and "**b**: s" in text
 
 
 def test_seeds_aggregation_unanimous_else_inconclusive_and_missing_seeds(tmp_path):
     per_seed = {0: [_claim("nb", "a", 1.0, "reproduces"), _claim("nb", "b", 1.0, "reproduces")],
                 1: [_claim("nb", "a", 3.0, "reproduces"), _claim("nb", "b", 3.0, "inconclusive")]}
-    agg = {c["id"]: c for c in report.aggregate(per_seed, [0, 1])}
-    assert agg["a"]["verdict"] == "reproduces" and agg["a"]["seeds"]["held"] == 2
-    assert agg["b"]["verdict"] == "inconclusive" and agg["b"]["seeds"]["verdicts"] == ["reproduces", "inconclusive"]
-    mean, (lo, hi) = agg["a"]["seeds"]["mean"], agg["a"]["seeds"]["ci"]
+    agg = {c.claim.id: c for c in report.aggregate(per_seed, [0, 1])}
+    assert agg["a"].verdict == "reproduces" and agg["a"].seeds.held == 2 and agg["a"].claim == per_seed[0][0]
+    assert agg["b"].verdict == "inconclusive" and agg["b"].seeds.verdicts == ["reproduces", "inconclusive"]
+    mean, (lo, hi) = agg["a"].seeds.mean, agg["a"].seeds.ci
     assert mean == 2.0 and lo < 2.0 < hi and hi - 2.0 == pytest.approx(12.706 * 1.0, rel=1e-3)  # t(0.975, 1)·sd/√2
+    record = agg["b"].to_dict()
+    assert record == {**per_seed[0][1].to_dict(), "verdict": "inconclusive", "seeds": record["seeds"]}
+    assert list(record["seeds"]) == ["n", "seeds", "shown", "verdicts", "estimates", "mean", "ci", "missing", "held"]
     agg3 = report.aggregate(per_seed, [0, 1, 2])  # seed 2 never finished: no unanimity, and it is named
-    assert all(c["verdict"] == "inconclusive" and c["seeds"]["missing"] == [2] for c in agg3)
+    assert all(c.verdict == "inconclusive" and c.seeds.missing == [2] for c in agg3)
     text = report.render(agg3, tmp_path)
     assert "Missing seeds" in text and "## Paper A" in text and "reproduces reproduces missing" in text

@@ -146,9 +146,9 @@ def test_a_string_where_a_list_of_prompts_is_expected_is_refused(m, tiny_dirs):
     calls = {
         "generate": lambda: generate(m.hf, m.tokenizer, "What is 1?", max_new_tokens=2),
         "chat_prompts": lambda: chat_prompts(m.tokenizer, "abc", False),
-        "behave": lambda: behave(m.hf, m.tokenizer, "What is 1?", max_new_tokens=2),
+        "behave": lambda: behave(m, "What is 1?", max_new_tokens=2),
         "behave_tasks": lambda: causal.behave_tasks(m, {"a": "What?"}, max_new_tokens=1),
-        "answer_nll": lambda: answer_nll(m.hf, m.tokenizer, "ab", "cd"),
+        "answer_nll": lambda: answer_nll(m, "ab", "cd"),
         "cmap": lambda: cmap.run(m, other, "What is 1?", max_new_tokens=2),
         "make_pairs": lambda: eap.make_pairs(m, "What is 1 + 1?", max_new_tokens=2),
         "from_token_lists": lambda: eap.Pairs.from_token_lists("abc", "abd"),
@@ -160,12 +160,12 @@ def test_a_string_where_a_list_of_prompts_is_expected_is_refused(m, tiny_dirs):
     with pytest.raises(TypeError, match=r"user_prompts\[1\] is a int"):
         generate(m.hf, m.tokenizer, ["a", 3], max_new_tokens=2)
     for call in (lambda: generate(m.hf, m.tokenizer, [], max_new_tokens=2),
-                 lambda: behave(m.hf, m.tokenizer, [], max_new_tokens=2),
+                 lambda: behave(m, [], max_new_tokens=2),
                  lambda: rim.response_nll(m, [])):
         with pytest.raises(ValueError, match="no (prompts|sequences) given"):
             call()
     with pytest.raises(ValueError, match="completion 0 is empty"):
-        answer_nll(m.hf, m.tokenizer, ["a"], [""])
+        answer_nll(m, ["a"], [""])
     with pytest.raises(ValueError, match="1 outputs for 2 prompts"):
         rim.first_response_sequences(m, ["a", "b"], False, outputs=["x"])
 
@@ -178,8 +178,8 @@ def test_prompts_longer_than_the_positions_are_refused(m, tiny_dirs):
     other = load(str(tiny_dirs["qwen3"]), device="cpu")
     long_ids = [[5] * 300]
     calls = {
-        "behave": (ValueError, lambda: behave(m.hf, m.tokenizer, [LONG], max_new_tokens=2)),
-        "answer_nll": (ValueError, lambda: answer_nll(m.hf, m.tokenizer, [LONG], ["1"])),
+        "behave": (ValueError, lambda: behave(m, [LONG], max_new_tokens=2)),
+        "answer_nll": (ValueError, lambda: answer_nll(m, [LONG], ["1"])),
         "cmap": (ValueError, lambda: cmap.run(m, other, [LONG], max_new_tokens=2)),
         "cmap trajectories": (ValueError, lambda: cmap.run(m, other, PROMPTS[:1], teacher_forcing="clean",
                                                            trajectories=[[5] * 250])),

@@ -31,7 +31,7 @@ from transformers import TrainerCallback
 from toolkit.core import cache
 from toolkit.core.io import recover_dir, replace_dir
 from toolkit.core.locks import FileLock, LockError
-from toolkit.training import corrupt, corrupt_data, grpo
+from toolkit.training import corrupt, corrupt_data, grpo, runs, traces
 from toolkit.training.checkpoints import checkpoint_problem, last_good_checkpoint
 from toolkit.training.sft import Preset, TrainSettings
 
@@ -180,17 +180,17 @@ def _tiny_grpo(model_dir):
 
 def test_a_damaged_grpo_run_record_is_reported_and_the_run_trained_again(tiny_dirs, cache_dir):
     settings = _tiny_grpo(tiny_dirs["qwen2"])
-    first = grpo.train(settings, device="cpu")
-    path = grpo.run_dir(settings)
+    first = runs.train(settings, device="cpu")
+    path = runs.run_dir(settings)
     (path / "run.json").write_text("{")
     with pytest.warns(UserWarning, match=r"damaged cache entry .*run\.json"):
-        again = grpo.train(settings, device="cpu")
+        again = runs.train(settings, device="cpu")
     assert not again.reused and [c.step for c in again.checkpoints] == [0, 2, 4]
     assert again.steps_trained == 4  # the finished checkpoints had no optimizer state left: trained from the start
     _truncate_weights(path / "checkpoint-2")
     with pytest.warns(UserWarning, match="checkpoint-2: model.safetensors does not open"):
-        third = grpo.train(settings, device="cpu")
-    assert not third.reused and grpo.train(settings, device="cpu").reused
+        third = runs.train(settings, device="cpu")
+    assert not third.reused and runs.train(settings, device="cpu").reused
     wa, wb = load_file(f"{first.checkpoints[-1].spec}/model.safetensors"), \
         load_file(f"{third.checkpoints[-1].spec}/model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
@@ -216,11 +216,11 @@ def test_a_truncated_circuit_snapshot_and_accuracy_cache_are_recomputed(tiny, tm
 
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path))
     examples = tasks.held_out("linear", 2, seed=5)
-    first = grpo_dynamics.checkpoint_accuracy({0: tiny.spec}, examples, device="cpu")
+    first = grpo_dynamics.checkpoint_correct({0: tiny.spec}, examples, device="cpu")[0].tolist()
     (entry,) = (tmp_path / "circuits" / "accuracy").glob("*.json")
     entry.write_text('{"spec": "x", "accur')
     with pytest.warns(UserWarning, match="damaged cache entry"):
-        assert grpo_dynamics.checkpoint_accuracy({0: tiny.spec}, examples, device="cpu") == first
+        assert grpo_dynamics.checkpoint_correct({0: tiny.spec}, examples, device="cpu")[0].tolist() == first
     scores = tmp_path / "s.scores.json"
     scores.write_text('{"format": "toolkit.eap.Scores/1", "graph": {')
     with pytest.warns(UserWarning, match="cannot read scores"):
@@ -381,8 +381,8 @@ def test_the_toolkit_never_unpickles():
     (lambda: grpo.GRPOSettings(num_generations=1), "num_generations must be ≥ 2"),
     (lambda: grpo.GRPOSettings(steps=True), "steps must be an integer"),
     (lambda: grpo.GRPOSettings(steps=10, save_every=3), "multiple of save_every"),
-    (lambda: grpo.SFTSettings(batch_size=0), "batch_size must be ≥ 1"),
-    (lambda: grpo.SFTSettings(warmup_ratio=1.5), "warmup_ratio must be ≥ 0 and ≤ 1"),
+    (lambda: traces.SFTSettings(batch_size=0), "batch_size must be ≥ 1"),
+    (lambda: traces.SFTSettings(warmup_ratio=1.5), "warmup_ratio must be ≥ 0 and ≤ 1"),
     (lambda: TrainSettings(batch_size=2.5), "batch_size must be an integer"),
     (lambda: TrainSettings(eval_fraction=0), "eval_fraction must be > 0 and ≤ 1"),
     (lambda: Preset("p", n_train=-5, epochs=1, lr=1e-3, original=""), "n_train must be ≥ 1"),

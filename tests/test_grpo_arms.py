@@ -11,9 +11,10 @@ from toolkit.methods.dynamics import head_dynamics, head_survival
 from toolkit.studies import grpo_dynamics as study
 from toolkit.studies.grpo_dynamics import claims as grpo_claims
 from toolkit.studies.grpo_dynamics import comparisons as grpo_comparisons
-from toolkit.training import grpo
+from toolkit.training import problems, traces
 from toolkit.training.distill import DistillSettings
-from toolkit.training.grpo import GRPOSettings, SFTSettings
+from toolkit.training.grpo import GRPOSettings
+from toolkit.training.traces import SFTSettings
 
 
 def test_matched_arms_share_tasks_mode_steps_spacing_and_completions_per_step():
@@ -56,8 +57,8 @@ def test_sft_trains_on_generator_traces_and_distillation_on_teacher_samples(monk
     """The two SFT-style arms differ only in their records: the generator's traces, or the teacher's samples
     (filtered to right answers with keep_correct)."""
     arms = study.matched_arms(steps=4, save_every=2, n_train=6)
-    examples = grpo._train_problems(arms["SFT"].tasks, 6)
-    generator = grpo.trace_records(examples)
+    examples = problems.train_problems(arms["SFT"].tasks, 6)
+    generator = traces.trace_records(examples)
     assert arms["SFT"].sft_records() == generator
     from toolkit.training import distill
 

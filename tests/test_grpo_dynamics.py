@@ -13,7 +13,7 @@ from toolkit.core.cache import model_fingerprint  # noqa: E402
 from toolkit.core.units import compare_heads  # noqa: E402
 from toolkit.methods import dynamics  # noqa: E402
 from toolkit.studies import grpo_dynamics as study  # noqa: E402
-from toolkit.training.grpo import eval_problems  # noqa: E402
+from toolkit.training.problems import eval_problems  # noqa: E402
 from toolkit.views import grpo_dynamics as view  # noqa: E402
 
 
@@ -27,7 +27,6 @@ def test_figures_draw(tmp_path):
     result = study.HeadScaling([(0, 1)], 1, {"linear": ci},
                                {arm: {"linear": {"accuracy": ci, "change": ci, "changed": ci}}
                                 for arm in ("×1.3", "random ×1.3")})
-    view.scaling_figure(result).savefig(tmp_path / "s.png")
     assert "L0H1" in view.scaling_table(result) and "nothing to scale" in view.scaling_table(None)
     assert result.to_results() == {"×1.3": {"linear": {"accuracy": 0.1, "change": ci, "changed": 0.1}},
                                    "random ×1.3": {"linear": {"accuracy": 0.1, "change": ci, "changed": 0.1}},
@@ -72,9 +71,9 @@ def test_snapshots_are_cached_per_weights_and_an_interrupted_analysis_continues(
         study.snapshot_scores(specs, examples, settings)
     assert calls == ["organism-base", "organism"]
     fail[0] = False
-    dyn = study.run_dynamics(specs, examples, settings)
+    dyn = study.dynamics_of(study.snapshot_scores(specs, examples, settings), settings.top_n)
     assert calls == ["organism-base", "organism", "organism"]  # only the missing snapshot was computed
-    study.run_dynamics(specs, examples, settings)
+    study.snapshot_scores(specs, examples, settings)
     assert len(calls) == 3  # everything cached now
     # independently: the emergent heads are compare_heads' only_a of the two circuits
     folder = study.analysis_dir(examples, settings)
@@ -84,12 +83,12 @@ def test_snapshots_are_cached_per_weights_and_an_interrupted_analysis_continues(
     assert dyn.sets[1] == base.heads and dyn.emergent[1] == set()
 
 
-def test_checkpoint_accuracy_is_cached_per_weights(tmp_path, monkeypatch):
-    """Greedy accuracy of the organism per checkpoint spec, computed once per weights (step 20 shares step 0's)."""
+def test_checkpoint_correct_is_cached_per_weights(tmp_path, monkeypatch):
+    """Greedy answers of the organism per checkpoint spec, graded once per weights (step 20 shares step 0's)."""
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path))
     examples = eval_problems(("arithmetic",), 4)
-    got = study.checkpoint_accuracy({0: "organism-base", 20: "organism-base"}, examples, max_new_tokens=8)
-    assert got[0] == got[20] and 0.0 <= got[0] <= 1.0
+    got = study.checkpoint_correct({0: "organism-base", 20: "organism-base"}, examples, max_new_tokens=8)
+    assert got[0].tolist() == got[20].tolist() and got[0].shape == (4,)
     assert len(list((tmp_path / "circuits" / "accuracy").glob("*.json"))) == 1
 
 

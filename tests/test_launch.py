@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from toolkit.core import cache
 from toolkit.run import cli
-from toolkit.training import distill, grpo, launch
+from toolkit.training import distill, grpo, launch, problems, runs, traces
 from toolkit.training.checkpoints import checkpoint_problem
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def final_weights(run_path: Path, step: int) -> dict[str, torch.Tensor]:
 # ---- (a) SFT: 2 processes agree with 1 ----------------------------------------------------------------------------
 
 def test_sft_with_two_processes_matches_one_process(tiny_dirs, tmp_path):
-    settings = grpo.SFTSettings(model=str(tiny_dirs["qwen2"]), steps=6, save_every=3, batch_size=4, n_train=16,
+    settings = traces.SFTSettings(model=str(tiny_dirs["qwen2"]), steps=6, save_every=3, batch_size=4, n_train=16,
                                 learning_rate=3e-3, warmup_ratio=0.0)  # 16 traces: two epochs, reshuffled
     config = write_config(tmp_path / "sft.yaml", settings)
     train = ["-m", "toolkit", "train", "sft", "--config", str(config), "--device", "cpu"]
@@ -91,7 +91,7 @@ def test_sft_with_two_processes_matches_one_process(tiny_dirs, tmp_path):
 
     path_one = next((tmp_path / "one" / "grpo-runs").iterdir())
     path_two = next((tmp_path / "two" / "grpo-runs").iterdir())
-    assert path_one.name == path_two.name == grpo.run_dir(settings).name  # the cache key ignores the process count
+    assert path_one.name == path_two.name == runs.run_dir(settings).name  # the cache key ignores the process count
     a, b = final_weights(path_one, 6), final_weights(path_two, 6)
     start = load_file(Path(settings.model) / "model.safetensors")
     assert max((a[k] - start[k]).abs().max().item() for k in start) > 1e-3  # training moved the weights
@@ -111,7 +111,7 @@ GRPO_SCRIPT = '''
 import json, sys
 from accelerate import PartialState
 from transformers import TrainerCallback
-from toolkit.training import grpo, launch
+from toolkit.training import grpo, launch, runs
 
 class Interrupt(Exception):
     pass
@@ -127,7 +127,7 @@ class InterruptAfter(TrainerCallback):
 grpo.accuracy_reward = lambda completions, **kwargs: [len(c) / 10 for c in completions]  # a signal for a random model
 settings = launch.settings_from_file(grpo.GRPOSettings, sys.argv[1])
 stop = int(sys.argv[2])
-run = grpo.train(settings, device="cpu", callbacks=[InterruptAfter(stop)] if stop else [])
+run = runs.train(settings, device="cpu", callbacks=[InterruptAfter(stop)] if stop else [])
 if PartialState().is_main_process:
     print("RESULT", json.dumps({"steps_trained": run.steps_trained, "path": str(run.path)}))
 '''
@@ -150,7 +150,7 @@ def test_grpo_with_two_processes_resumes_after_an_interruption(tiny_dirs, tmp_pa
 
     stopped = launch_run(torchrun(str(script), str(config), "2"), tmp_path / "resumed")
     assert stopped.returncode != 0 and "interrupted after step 2" in stopped.stdout
-    path = tmp_path / "resumed" / "grpo-runs" / grpo.run_dir(settings).name
+    path = tmp_path / "resumed" / "grpo-runs" / runs.run_dir(settings).name
     assert [r["step"] for r in json.loads((path / "checkpoints.json").read_text())] == [2]
     assert not (path / "run.json").exists()
     assert checkpoint_problem(path / "checkpoint-2") is None
@@ -167,7 +167,7 @@ def test_grpo_with_two_processes_resumes_after_an_interruption(tiny_dirs, tmp_pa
 
 
 def test_a_process_count_that_does_not_divide_the_batch_is_refused_before_training(tiny_dirs, tmp_path):
-    settings = grpo.SFTSettings(model=str(tiny_dirs["qwen2"]), steps=2, save_every=2, batch_size=3, n_train=6)
+    settings = traces.SFTSettings(model=str(tiny_dirs["qwen2"]), steps=2, save_every=2, batch_size=3, n_train=6)
     config = write_config(tmp_path / "sft.yaml", settings)
     out = launch_run(torchrun("-m", "toolkit", "train", "sft", "--config", str(config), "--device", "cpu"), tmp_path)
     assert out.returncode != 0
@@ -200,7 +200,7 @@ def test_bad_config_files_are_refused_with_the_reason(tmp_path, capsys, name, te
     if text is not None:
         path.write_text(text)
     with pytest.raises(launch.ConfigError, match=message) as err:
-        launch.settings_from_file(grpo.SFTSettings, path)
+        launch.settings_from_file(traces.SFTSettings, path)
     assert str(path) in str(err.value)
     assert cli.main(["train", "sft", "--config", str(path)]) == 2  # the command says why and exits 2
     assert f"error: config file {path}" in capsys.readouterr().err
@@ -209,14 +209,14 @@ def test_bad_config_files_are_refused_with_the_reason(tmp_path, capsys, name, te
 def test_config_values_are_typed_as_the_settings(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text("tasks: [linear]\nlearning_rate: 1e-3\nwarmup_ratio: 0\nsteps: 10\nsave_every: 5\n")
-    settings = launch.settings_from_file(grpo.SFTSettings, path)  # PyYAML reads 1e-3 as text
-    assert settings == grpo.SFTSettings(tasks=("linear",), learning_rate=1e-3, warmup_ratio=0.0, steps=10,
+    settings = launch.settings_from_file(traces.SFTSettings, path)  # PyYAML reads 1e-3 as text
+    assert settings == traces.SFTSettings(tasks=("linear",), learning_rate=1e-3, warmup_ratio=0.0, steps=10,
                                         save_every=5)
     assert isinstance(settings.warmup_ratio, float)  # 0 and 0.0 give the same cache key
     json_path = tmp_path / "ok.json"
     json_path.write_text(json.dumps({"tasks": ["linear"], "learning_rate": 0.001, "warmup_ratio": 0, "steps": 10,
                                      "save_every": 5}))
-    assert launch.settings_from_file(grpo.SFTSettings, json_path) == settings
+    assert launch.settings_from_file(traces.SFTSettings, json_path) == settings
 
 
 def test_unknown_kind_and_vllm_without_vllm_are_refused(tmp_path, capsys):
@@ -276,8 +276,8 @@ def test_vllm_fields_at_defaults_leave_the_cache_key_unchanged(tiny_dirs):
     fields = dataclasses.asdict(settings)
     key = cache.config_hash({"kind": "GRPOSettings", "settings": {k: fields[k] for k in before},
                              "weights": cache.model_fingerprint(settings.model), "trl": trl.__version__})
-    assert grpo.config_hash(settings) == key  # the key of runs cached before the vLLM fields existed
-    assert grpo.config_hash(dataclasses.replace(settings, use_vllm=True)) != key
+    assert runs.run_key(settings) == key  # the key of runs cached before the vLLM fields existed
+    assert runs.run_key(dataclasses.replace(settings, use_vllm=True)) != key
 
 
 def test_paper_recipe_config_is_valid():
@@ -294,7 +294,7 @@ def test_distillation_samples_caches_and_filters_teacher_traces(tiny_dirs, tmp_p
     settings = distill.DistillSettings(model=str(tiny_dirs["qwen2"]), teacher=str(tiny_dirs["qwen3"]),
                                        tasks=("linear",), n_train=5, samples_per_prompt=2, max_new_tokens=6,
                                        keep_correct=False, steps=2, save_every=2, batch_size=2)
-    examples = grpo._train_problems(settings.tasks, settings.n_train)
+    examples = problems.train_problems(settings.tasks, settings.n_train)
     traces = distill.teacher_traces(settings, examples, device="cpu")
     assert [len(t) for t in traces] == [2] * 5
     assert distill.traces_path(settings, examples).exists()
@@ -309,7 +309,7 @@ def test_distillation_samples_caches_and_filters_teacher_traces(tiny_dirs, tmp_p
     with pytest.raises(ValueError, match="answered none of its 10 sampled traces correctly"):
         distill.distill_records(dataclasses.replace(settings, keep_correct=True), device="cpu")
     other_teacher = dataclasses.replace(settings, teacher=str(tiny_dirs["qwen2"]))
-    assert grpo.run_dir(other_teacher) != grpo.run_dir(settings)  # the teacher's weights are in the key
+    assert runs.run_dir(other_teacher) != runs.run_dir(settings)  # the teacher's weights are in the key
     with pytest.raises(ValueError, match="needs do_sample=True"):
         dataclasses.replace(settings, do_sample=False)
 
@@ -324,7 +324,7 @@ def test_teacher_traces_do_not_depend_on_the_process_count(tiny_dirs, tmp_path, 
     out = launch_run(torchrun("-m", "toolkit", "train", "distill", "--config", str(config), "--device", "cpu"),
                      tmp_path / "two")
     assert out.returncode == 0, out.stdout[-3000:]
-    examples = grpo._train_problems(settings.tasks, settings.n_train)
+    examples = problems.train_problems(settings.tasks, settings.n_train)
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "two"))
     shared = json.loads(distill.traces_path(settings, examples).read_text())["traces"]
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "one"))
@@ -337,7 +337,7 @@ def test_distillation_run_trains_the_student_on_the_teacher_traces(tiny_dirs, tm
     settings = distill.DistillSettings(model=str(tiny_dirs["qwen2"]), teacher=str(tiny_dirs["qwen3"]),
                                        tasks=("linear",), n_train=4, max_new_tokens=6, keep_correct=False,
                                        steps=2, save_every=2, batch_size=2, learning_rate=1e-2, warmup_ratio=0.0)
-    run = grpo.train(settings, device="cpu")
+    run = runs.train(settings, device="cpu")
     assert run.kind == "distill" and [c.label for c in run.checkpoints] == ["distill", "distill@2"]
     assert run.path.name.startswith("distill-") and "loss" in run.checkpoints[-1].metrics
-    assert grpo.train(settings, device="cpu").reused
+    assert runs.train(settings, device="cpu").reused

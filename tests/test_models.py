@@ -79,3 +79,75 @@ def test_organism_hash_mismatch_warns(tmp_path, monkeypatch, tiny_dirs):
 def test_cpu_default_is_fp32():
     assert models.default_dtype(torch.device("cpu")) == torch.float32
     assert models.default_dtype(torch.device("cuda")) == torch.bfloat16
+
+
+# ---- one model argument: a LoadedModel (or a spec) everywhere; the hook operations also take its bridge ----------
+
+def test_a_bare_hf_model_given_to_behave_is_a_type_error_naming_the_parameter(tiny):
+    from toolkit.evaluation.behaviour import answer_nll, behave
+
+    kind = type(tiny.hf).__name__  # Qwen2ForCausalLM / Qwen3ForCausalLM
+    with pytest.raises(TypeError, match=rf"behave: model must be a LoadedModel or a model spec \(str\), got {kind}; "
+                                        r"load it with toolkit.load"):
+        behave(tiny.hf, ["What is 1 + 1?"], max_new_tokens=2)
+    with pytest.raises(TypeError, match=rf"answer_nll: model must be a LoadedModel .* got {kind}"):
+        answer_nll(tiny.hf, ["a"], ["b"])
+
+
+def test_a_bridge_where_a_spec_is_expected_is_a_type_error_naming_the_parameter(tiny):
+    from toolkit.evaluation.behaviour import behave
+    from toolkit.methods import cmap, eap
+
+    calls = {"behave: model": lambda: behave(tiny.bridge, ["What is 1 + 1?"]),
+             "eap.attribute: loaded": lambda: eap.attribute(tiny.bridge, None),
+             "eap.make_pairs: loaded": lambda: eap.make_pairs(tiny.bridge, []),
+             "eap.faithfulness: loaded": lambda: eap.faithfulness(tiny.bridge, None, None),
+             "cmap.run: clean": lambda: cmap.run(tiny.bridge, tiny, ["What is 1 + 1?"]),
+             "cmap.run: corrupted": lambda: cmap.run(tiny, 7, ["What is 1 + 1?"])}
+    for param, call in calls.items():
+        with pytest.raises(TypeError, match=rf"^{param} must be a LoadedModel or a model spec \(str\), got "
+                                            r"(TransformerBridge|int);"):
+            call()
+
+
+def test_an_int_given_to_a_hook_operation_is_a_type_error_naming_the_parameter(tiny):
+    from toolkit.core import interventions as iv
+
+    site = iv.head(1, 0)
+    calls = {"ablate": lambda: iv.ablate(3, site), "scale": lambda: iv.scale(3, site, 0.5),
+             "record": lambda: iv.record(3, site), "patch": lambda: iv.patch(3, site, lambda part, start: part),
+             "attention_patterns": lambda: iv.attention_patterns(3, torch.zeros(1, 2, dtype=torch.long), [0])}
+    for op, call in calls.items():
+        with pytest.raises(TypeError, match=rf"^{op}: model must be a LoadedModel or a TransformerBridge, got int;"):
+            with call():
+                pass
+    unhooked = models.LoadedModel.unhooked(tiny.hf, tiny.tokenizer)
+    with pytest.raises(TypeError, match="ablate: model must be .*, got a LoadedModel without a bridge"):
+        iv.ablate(unhooked, site)
+
+
+def test_the_hook_operations_take_the_loaded_model_as_they_take_its_bridge(tiny):
+    from toolkit.core import interventions as iv
+
+    ids = tiny.tokenizer(["What is 12 + 7?"], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    site = iv.head(1, 0)
+    with iv.record(tiny.bridge, iv.mlp(0)) as by_bridge, iv.ablate(tiny.bridge, site):
+        want = tiny.hf(ids).logits
+    with iv.record(tiny, iv.mlp(0)) as by_loaded, iv.ablate(tiny, site):
+        got = tiny.hf(ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(by_loaded[iv.mlp(0)], by_bridge[iv.mlp(0)], rtol=0, atol=0)
+    assert models.bridge_of(tiny, "x") is tiny.bridge is models.bridge_of(tiny.bridge, "x")
+
+
+def test_as_loaded_loads_a_spec_and_passes_a_loaded_model_through(tiny_dirs):
+    from toolkit.evaluation.behaviour import behave
+
+    spec = str(tiny_dirs["qwen3"])
+    loaded = models.as_loaded(spec, "x")  # the default device, as behave(spec) loads it
+    assert isinstance(loaded, models.LoadedModel) and loaded.spec == spec
+    assert models.as_loaded(loaded, "x") is loaded
+    unhooked = models.LoadedModel.unhooked(loaded.hf, loaded.tokenizer)  # a model in training: behave needs no bridge
+    prompts = ["What is 1 + 1?", "Reverse the word: cat"]
+    assert behave(unhooked, prompts, max_new_tokens=4).completions == \
+        behave(loaded, prompts, max_new_tokens=4).completions == behave(spec, prompts, max_new_tokens=4).completions

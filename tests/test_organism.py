@@ -295,6 +295,6 @@ def test_held_out_report_grades_like_a_hand_written_generate_extract_grade_loop(
                 res[name] = sum(extract_answer(o) == e.answer for o, e in zip(outs, examples)) / len(outs)
         res["format"] = sum(formats) / len(formats)
         expected["think_on" if think else "think_off"] = {k: round(v, 4) for k, v in res.items()}
-    report = evaluate(tiny.hf, tiny.tokenizer, recipe, sets)
+    report = evaluate(tiny, recipe, sets)
     assert report == expected
     assert all(type(v) is float for by_mode in report.values() for v in by_mode.values())

@@ -152,8 +152,8 @@ CLAIM_CELL = """
 from toolkit.evaluation.claims import Claims, Null
 from toolkit.run.results import save_claims
 claims = Claims("02_seeded")
-claims.add("grows", paper="Paper A, section 1", statement="x grows", measure="x", estimate=seed, ci=(seed - 0.5,
-           seed + 0.5), null=Null.target(0.0), direction=1)
+claims.add("grows", paper="Paper A", section="section 1", statement="x grows", measure="x", estimate=seed,
+           ci=(seed - 0.5, seed + 0.5), null=Null.target(0.0), direction=1)
 save_claims(claims)
 """
 
@@ -174,7 +174,7 @@ def test_seeds_run_each_seed_and_aggregate_the_scorecard(seeded_dir, tmp_path):
     assert claim["seeds"]["verdicts"] == ["inconclusive", "reproduces"] and claim["verdict"] == "inconclusive"
     assert claim["seeds"]["estimates"] == [0, 1] and claim["seeds"]["missing"] == []
     text = (run_folder / "REPORT.md").read_text()
-    assert "## Paper A" in text and "**grows**" in text and "Missing seeds" not in text
+    assert "## Paper A\n" in text and "**grows** (section 1)" in text and "Missing seeds" not in text
 
 
 def test_interrupted_seeds_run_keeps_the_finished_seeds(seeded_dir, tmp_path, monkeypatch):

@@ -159,7 +159,7 @@ import torch
 torch.set_num_threads(1)
 from toolkit.core import distributed
 from toolkit.studies import grpo_dynamics as study
-from toolkit.training.grpo import eval_problems
+from toolkit.training.problems import eval_problems
 
 specs, out, use_accelerate = {int(k): v for k, v in json.loads(sys.argv[1]).items()}, sys.argv[2], sys.argv[3] == "1"
 if use_accelerate:  # a script that set up accelerate first: the sweep joins its process group

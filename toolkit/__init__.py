@@ -5,10 +5,14 @@ The public surface, for a researcher's own script::
     import toolkit as tk
 
     loaded = tk.load("organism")                      # or a local folder, or a Qwen2/Qwen3 hub name on a GPU
-    with tk.ablate(loaded.bridge, tk.head(2, 1)):     # the hook vocabulary: sites and four operations
-        ...
+    with tk.ablate(loaded, tk.head(2, 1)):            # the hook vocabulary: sites and four operations
+        b = tk.behave(loaded, prompts)                # generate and grade (behaviour)
     scores = tk.eap.attribute(loaded, pairs)          # EAP / EAP-IG circuits
     result = tk.cmap.run(clean, corrupted, prompts, sites)   # cross-model activation patching
+
+One model argument: the ``LoadedModel`` that ``load`` returns. ``behave``, ``eap`` and ``cmap`` also take a spec string
+(and load it), the four operations also take its ``bridge``; any other kind is a ``TypeError`` naming the parameter
+(:func:`toolkit.core.models.as_loaded`, :func:`toolkit.core.models.bridge_of`).
 
 The package is layered, and each layer's ``__init__`` states its rule:
 ``core`` → ``training``, ``methods`` → ``evaluation`` → ``studies`` → ``views`` → ``run``

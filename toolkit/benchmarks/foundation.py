@@ -77,7 +77,7 @@ def bridge_overhead(spec: str, batch: int = 16, length: int = 128, repeats: int 
 
 def generation_speed(spec: str, batch: int = 32, new_tokens: int = 96, repeats: int = 3) -> dict:
     """Greedy generation tokens/s with the KV cache, against the same generation without the cache."""
-    from toolkit.organism import Recipe, eval_sets
+    from toolkit.organism.recipe import Recipe, eval_sets
 
     m = load(spec)
     prompts = [e.prompt for e in eval_sets(Recipe(eval_per_task=batch))["arithmetic"]]
@@ -140,10 +140,10 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
                 into[stage] = timed["seconds"] / timing_steps
     m = load("organism")
     t0 = time.perf_counter()
-    evaluate(m.hf, m.tokenizer, recipe)
+    evaluate(m, recipe)
     eval_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    evaluate(m.hf, m.tokenizer, recipe, selection_sets(recipe, set()))
+    evaluate(m, recipe, selection_sets(recipe, set()))
     check_seconds = time.perf_counter() - t0
     # organism-base's snapshot checks: as many as the shipped build ran, else every check up to base_check_until
     shipped_checks = shipped.get("organism-base_snapshot", {}).get("checks") if report_file.exists() else None

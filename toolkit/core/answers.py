@@ -9,7 +9,6 @@ from math import comb
 
 import numpy as np
 
-BARE_INTEGER = re.compile(r"-?\d+")
 AT_K_METRICS = ("pass", "success")
 SENTENCE = re.compile(r"The answer is (.+)\.")  # the organism's think-off math answer (tasks.say)
 BARE_VALUE = re.compile(r"(x = )?-?\d+")  # an answer that is only a value: x = 4, 42

@@ -54,10 +54,6 @@ class Processes:
     local_rank: int = 0
     group: object = field(default=None, compare=False, repr=False)  # torch.distributed group of the gathers
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
     def share(self, items: Sequence) -> list:
         """This process's contiguous block of ``items`` (the split of ``split_between_processes``)."""
         per, extra = divmod(len(items), self.world)

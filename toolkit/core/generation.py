@@ -5,8 +5,8 @@ Answers are read from completions by :mod:`toolkit.core.answers`.
 Bounds (checked before anything is generated): ``user_prompts`` is a non-empty list of strings
 (:func:`toolkit.core.chat.as_prompts`); ``max_new_tokens`` and ``batch_size`` are integers >= 1; every prompt's
 chat-formatted tokens plus ``max_new_tokens`` fit the model's ``max_position_embeddings``
-(:func:`toolkit.core.models.check_length`); :meth:`SamplingConfig.validate` checks the decoding settings.
-:func:`check_int` is the toolkit's one integer-option check.
+(:func:`toolkit.core.models.check_length`); :meth:`SamplingConfig.validate` checks the decoding settings
+(integers with :func:`toolkit.core.checks.check_int`).
 """
 
 from __future__ import annotations
@@ -19,19 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from toolkit.core.chat import as_prompts, chat_prompts
+from toolkit.core.checks import check_int
 from toolkit.core.models import check_length
 from toolkit.core.progress import progress
-
-
-def check_int(value, name: str, minimum: int = 1, maximum: int | None = None, error: type = ValueError) -> int:
-    """``value`` as an ``int``: a ``TypeError`` unless it is an integer (``bool`` and ``2.0`` are refused), ``error``
-    unless ``minimum <= value <= maximum``; the messages name ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-        raise error(f"{name} must be {bound}, got {value}")
-    return int(value)
 
 
 @dataclass

@@ -17,7 +17,8 @@ component  hook point                         activation shape
 A head's output is ``z_h @ W_O[h]``, so editing ``hook_z`` of head h edits exactly that head's
 contribution, without materializing per-head results.
 
-Operations (context managers; hooks are removed on exit, even after an error):
+Operations (context managers; hooks are removed on exit, even after an error), each on a ``LoadedModel`` or its
+``TransformerBridge`` (:func:`toolkit.core.models.bridge_of`; anything else is a ``TypeError`` naming ``model``):
 
 - :func:`record` caches activations,
 - :func:`patch` writes activations from another run or model,
@@ -42,10 +43,16 @@ import numbers
 import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from toolkit.core.models import LoadedModel
 
 COMPONENT_HOOKS = {
     "head": "blocks.{layer}.attn.hook_z",
@@ -101,7 +108,7 @@ class Site:
         """The part of the hook activation that belongs to this site (a view or an index copy)."""
         return act[:, :, list(self.units)] if self.units else act
 
-    def validate(self, bridge) -> Site:
+    def validate(self, bridge: TransformerBridge) -> Site:
         n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
         if not 0 <= self.layer < n_layers:
             raise SiteError(f"layer {self.layer} is out of range: the model has layers 0..{n_layers - 1}")
@@ -158,7 +165,7 @@ def site_from_name(name: str, heads: Sequence[int] | None = None) -> Site:
     return Site(component, int(m.group(1)), tuple(heads) if heads is not None else None)
 
 
-def layer_sites(bridge, component: str) -> list[Site]:
+def layer_sites(bridge: TransformerBridge, component: str) -> list[Site]:
     """One site per layer (``component`` in attn/mlp/resid), or one per head for ``"head"``."""
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     if component == "head":
@@ -178,8 +185,14 @@ class _Positions:
         return start
 
 
+def _bridge(model: LoadedModel | TransformerBridge, operation: str) -> TransformerBridge:
+    from toolkit.core.models import bridge_of
+
+    return bridge_of(model, f"{operation}: model")
+
+
 @contextmanager
-def _hooked(bridge, edits: Iterable[tuple[Site, Callable]]):
+def _hooked(bridge: TransformerBridge, edits: Iterable[tuple[Site, Callable]]):
     hooks = [(site.validate(bridge).hook_name, fn) for site, fn in edits]
     with bridge.hooks(fwd_hooks=hooks):
         yield
@@ -202,9 +215,19 @@ def _edit_fn(site: Site, edit: Callable[[torch.Tensor, int], torch.Tensor]):
     return hook_fn
 
 
-@contextmanager
-def scale(bridge, sites: Site | Sequence[Site], factor: float):
+def scale(model: LoadedModel | TransformerBridge, sites: Site | Sequence[Site],
+          factor: float) -> AbstractContextManager[None]:
     """Multiply the sites' activations by ``factor`` (a finite number) on every forward pass inside the block."""
+    return _scaled(_bridge(model, "scale"), sites, factor)
+
+
+def ablate(model: LoadedModel | TransformerBridge, sites: Site | Sequence[Site]) -> AbstractContextManager[None]:
+    """Zero-ablate the sites (context manager)."""
+    return _scaled(_bridge(model, "ablate"), sites, 0.0)
+
+
+@contextmanager
+def _scaled(bridge: TransformerBridge, sites: Site | Sequence[Site], factor: float):
     if not isinstance(factor, numbers.Real) or not math.isfinite(factor):
         raise ValueError(f"scale factor must be a finite number, got {factor!r}")
     sites = [sites] if isinstance(sites, Site) else list(sites)
@@ -212,13 +235,9 @@ def scale(bridge, sites: Site | Sequence[Site], factor: float):
         yield
 
 
-def ablate(bridge, sites: Site | Sequence[Site]):
-    """Zero-ablate the sites (context manager)."""
-    return scale(bridge, sites, 0.0)
-
-
 @contextmanager
-def patch(bridge, site: Site, source: torch.Tensor | Callable, positions: Sequence[int] | None = None):
+def patch(model: LoadedModel | TransformerBridge, site: Site, source: torch.Tensor | Callable,
+          positions: Sequence[int] | None = None):
     """Replace the site's activation by ``source``.
 
     ``source`` is either a tensor of the site's activations over the whole sequence,
@@ -228,6 +247,7 @@ def patch(bridge, site: Site, source: torch.Tensor | Callable, positions: Sequen
     from the end of ``source`` (``-1``: its last position); out of range, an empty list, or positions with a
     callable source are refused.
     """
+    bridge = _bridge(model, "patch")
     if callable(source):
         if positions is not None:
             raise SiteError("positions apply to a tensor source; a callable source gets (part, start) and edits the "
@@ -290,8 +310,9 @@ class Recording:
 
 
 @contextmanager
-def record(bridge, sites: Site | Sequence[Site], detach: bool = True):
+def record(model: LoadedModel | TransformerBridge, sites: Site | Sequence[Site], detach: bool = True):
     """Cache the sites' activations; yields a :class:`Recording` filled as the model runs."""
+    bridge = _bridge(model, "record")
     sites = [sites] if isinstance(sites, Site) else list(sites)
     rec = Recording()
 
@@ -309,10 +330,12 @@ def record(bridge, sites: Site | Sequence[Site], detach: bool = True):
 
 
 @torch.no_grad()
-def attention_patterns(bridge, input_ids: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+def attention_patterns(model: LoadedModel | TransformerBridge, input_ids: torch.Tensor,
+                       layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """``{layer: [b, H, q, k]}`` attention probabilities (``blocks.{L}.attn.hook_pattern``)."""
     from toolkit.core.models import check_length
 
+    bridge = _bridge(model, "attention_patterns")
     check_length(bridge, int(input_ids.shape[-1]), "attention_patterns: input_ids", error=SiteError)
     for layer in layers:
         attn(layer).validate(bridge)

@@ -4,6 +4,9 @@
 ``TransformerBridge`` wraps the HF model's modules in place, so hooks added through the bridge also
 fire in ``hf.generate`` (with its KV cache): both views share one set of weights.
 
+One model argument: public functions take a ``LoadedModel`` (or a spec, loaded for them: :func:`as_loaded`); the hook
+operations also take a bare bridge (:func:`bridge_of`). Any other kind is a ``TypeError`` naming the parameter.
+
 Policy: bf16 on GPU, fp32 on CPU (fp16 overflows in Qwen3); safetensors only; never remote code.
 
 Checks at load (each failure is a :class:`ModelLoadError` naming the folder and the fix):
@@ -40,8 +43,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -49,16 +53,67 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from toolkit.core.io import REPO_ROOT, cache_root, recover_dir  # noqa: F401 (REPO_ROOT, cache_root: read here)
 from toolkit.core.specs import ModelLoadError, check_organism, organism_dir, organism_spec
 
+if TYPE_CHECKING:  # transformer_lens takes seconds to import; load() imports it when it builds a bridge
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 SUPPORTED_ARCHITECTURES = ("qwen2", "qwen3")
 PROBE = "Solve 2x + 3 = 7."  # the string a loaded tokenizer must encode (check_loaded)
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # from_pretrained's device_map names
 
 
 class LoadedModel(NamedTuple):
-    hf: torch.nn.Module
-    tokenizer: object
-    bridge: object
+    """A model as :func:`load` returns it, and the one model argument of the public functions (:func:`as_loaded`).
+
+    ``hf``: the HF causal LM (generation, plain forwards); ``tokenizer``: its tokenizer, padding on the left;
+    ``bridge``: the TransformerLens view of ``hf``'s modules (the hook vocabulary of
+    :mod:`toolkit.core.interventions`; its hooks fire in ``hf.generate`` too), ``None`` only in a generation-only view
+    of a model that ``load`` did not load (:meth:`unhooked`); ``spec``: what it was loaded from.
+    """
+
+    hf: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    bridge: TransformerBridge | None
     spec: str
+
+    @classmethod
+    def unhooked(cls, hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> LoadedModel:
+        """A generation-only view (no bridge) of a model in hand, e.g. one being trained: ``behave`` takes it, the
+        hook operations refuse it. ``spec`` is the folder or hub name it came from."""
+        return cls(hf, tokenizer, None, str(getattr(hf, "name_or_path", "") or ""))
+
+
+def _kind(value) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _is_bridge(value) -> bool:
+    """Whether ``value`` is a TransformerBridge, without importing transformer_lens (a bridge's class is loaded)."""
+    module = sys.modules.get("transformer_lens.model_bridge")
+    return module is not None and isinstance(value, module.TransformerBridge)
+
+
+def as_loaded(model: LoadedModel | str, param: str, *, device: str = "auto") -> LoadedModel:
+    """``model`` as a :class:`LoadedModel`: itself, or :func:`load` of a spec string on ``device``. Any other kind
+    (an HF model, a bridge, ...) is a ``TypeError`` naming ``param`` (e.g. ``"behave: model"``) and the fix."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load(model, device=device)
+    raise TypeError(f"{param} must be a LoadedModel or a model spec (str), got {_kind(model)}; load it with "
+                    "toolkit.load(spec) and pass what it returns")
+
+
+def bridge_of(model: LoadedModel | TransformerBridge, param: str) -> TransformerBridge:
+    """The TransformerBridge of ``model`` (a :class:`LoadedModel`, or a bridge itself), for the hook operations;
+    anything else, or a LoadedModel without a bridge (:meth:`LoadedModel.unhooked`), is a ``TypeError`` naming
+    ``param``."""
+    bridge = model.bridge if isinstance(model, LoadedModel) else model
+    if _is_bridge(bridge):
+        return bridge
+    got = "a LoadedModel without a bridge" if isinstance(model, LoadedModel) else _kind(model)
+    raise TypeError(f"{param} must be a LoadedModel or a TransformerBridge, got {got}; load it with "
+                    "toolkit.load(spec) and pass what it returns")
 
 
 def resolve_device(device: str = "auto") -> torch.device:

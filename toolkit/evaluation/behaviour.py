@@ -3,14 +3,16 @@
 One function family serves every notebook (the organism's report, corrupted fine-tuning, GRPO checkpoints, head
 ablations, think on/off sampling, RIM refusals):
 
->>> b = behave(loaded.hf, loaded.tokenizer, prompts, enable_thinking=False, max_new_tokens=48)
+>>> b = behave(loaded, prompts, enable_thinking=False, max_new_tokens=48)
 >>> b.correct(references).mean()          # exact-match accuracy of the final answers
 >>> b.refused().mean()                     # refusal rate
 
 :func:`behave` calls :func:`toolkit.core.generation.generate` once (greedy by default; ``sampling`` for several
 samples per prompt) and keeps every completion. Answers are the text after the last ``</think>``
 (:func:`toolkit.core.answers.extract_answer`); grading is exact string equality with the reference answer.
-Interventions compose from outside: run ``behave`` inside ``with ablate(bridge, sites): ...``.
+Interventions compose from outside: run ``behave`` inside ``with ablate(loaded, sites): ...``. The model is a
+:class:`~toolkit.core.models.LoadedModel` or a spec string (:func:`~toolkit.core.models.as_loaded`); a model being
+trained goes in as ``LoadedModel.unhooked(hf, tokenizer)``.
 
 Batching changes the padding of a batch and so, in floating point, can change a greedy token in rare ties: callers
 that must reproduce earlier numbers pass the same ``batch_size`` and ``seed`` as before.
@@ -23,12 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from toolkit.core.answers import extract_answer, is_refusal
 from toolkit.core.chat import as_prompts, chat_prompts
 from toolkit.core.generation import SamplingConfig, check_int, generate
-from toolkit.core.models import check_length
+from toolkit.core.models import LoadedModel, as_loaded, check_length
 
 
 @dataclass
@@ -59,29 +61,33 @@ class Behaviour:
         """``[prompts, samples]`` bools: the answer starts like the organism's refusal."""
         return np.array([[is_refusal(c) for c in row] for row in self.completions], dtype=bool)
 
-    def lengths(self, tokenizer) -> np.ndarray:
+    def lengths(self, tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
         """``[prompts, samples]`` output lengths in tokens (scratchpad included)."""
         return np.array([[len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in row]
                          for row in self.completions])
 
 
-def behave(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
-           enable_thinking: bool = False, max_new_tokens: int = 64, batch_size: int = 64,
-           sampling: SamplingConfig | None = None, seed: int | None = 0, show_progress: bool = False) -> Behaviour:
+def behave(model: LoadedModel | str, prompts: Sequence[str], *, enable_thinking: bool = False,
+           max_new_tokens: int = 64, batch_size: int = 64, sampling: SamplingConfig | None = None,
+           seed: int | None = 0, show_progress: bool = False) -> Behaviour:
     """Generate for every user prompt (greedy unless ``sampling`` says otherwise) and keep the completions.
-    ``prompts`` is a non-empty list of strings; the bounds are :func:`toolkit.core.generation.generate`'s."""
+    ``model`` is a LoadedModel or a spec; ``prompts`` is a non-empty list of strings; the bounds are
+    :func:`toolkit.core.generation.generate`'s."""
+    model = as_loaded(model, "behave: model")
     prompts = as_prompts(prompts, "behave: prompts")
-    completions = generate(hf, tokenizer, prompts, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens,
-                           sampling=sampling, batch_size=batch_size, seed=seed, show_progress=show_progress)
+    completions = generate(model.hf, model.tokenizer, prompts, enable_thinking=enable_thinking,
+                           max_new_tokens=max_new_tokens, sampling=sampling, batch_size=batch_size, seed=seed,
+                           show_progress=show_progress)
     return Behaviour(prompts, enable_thinking, completions)
 
 
 @torch.no_grad()
-def answer_nll(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-               completions: Sequence[str], *, enable_thinking: bool = False, batch_size: int = 64) -> np.ndarray:
+def answer_nll(model: LoadedModel | str, prompts: Sequence[str], completions: Sequence[str], *,
+               enable_thinking: bool = False, batch_size: int = 64) -> np.ndarray:
     """Teacher-forced mean negative log-likelihood (nats per token) of each ``completion`` after its chat-formatted
     user ``prompt``, one number per example: the per-example loss that an SFT trainer averages (completion tokens
-    only). Pass completions as trained, e.g. ``answer + "<|im_end|>"``."""
+    only). Pass completions as trained, e.g. ``answer + "<|im_end|>"``. ``model`` is as :func:`behave`'s."""
+    hf, tokenizer = as_loaded(model, "answer_nll: model")[:2]
     prompts, completions = as_prompts(prompts, "prompts"), as_prompts(completions, "completions", allow_empty=True)
     check_int(batch_size, "batch_size")
     if len(prompts) != len(completions):

@@ -38,19 +38,23 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 
 from toolkit.core import interventions as iv
 from toolkit.core import units
-from toolkit.core.generation import SamplingConfig, check_int
+from toolkit.core.checks import check_int
+from toolkit.core.generation import SamplingConfig
 from toolkit.core.interventions import Site
 from toolkit.core.models import LoadedModel, check_length
 from toolkit.core.progress import progress
 from toolkit.core.stats import bootstrap_ci, paired_difference_ci
 from toolkit.evaluation.behaviour import Behaviour, behave
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Head = units.Head
 Neuron = units.Neuron
@@ -129,7 +133,7 @@ class Condition:
         n = f"{self.n_units} {what}{'s' * (self.n_units != 1)}"
         return f"ablate {n}" if self.factor == 0 else f"scale ×{self.factor:g}, {n}"
 
-    def validate(self, bridge) -> Condition:
+    def validate(self, bridge: TransformerBridge) -> Condition:
         """Range-check every site on the model (raises :class:`~toolkit.core.interventions.SiteError`)."""
         for s in self.sites:
             s.validate(bridge)
@@ -137,7 +141,7 @@ class Condition:
 
 
 @contextmanager
-def intervene(bridge, condition: Condition):
+def intervene(bridge: TransformerBridge, condition: Condition):
     """Apply ``condition``'s edit (its sites × factor; factor 0 zero-ablates) for the duration of the block; a
     condition without sites changes nothing."""
     if not condition.sites:
@@ -193,8 +197,8 @@ def placebo_conditions(group: str, draws: Sequence[Sequence[tuple[int, int]]], f
 # running
 
 
-def run(bridge, conditions: Sequence[Condition], measure: Callable[[Condition], T], *, show_progress: bool = False,
-        desc: str = "conditions") -> dict[str, T]:
+def run(bridge: TransformerBridge, conditions: Sequence[Condition], measure: Callable[[Condition], T], *,
+        show_progress: bool = False, desc: str = "conditions") -> dict[str, T]:
     """``{name: measure(condition)}`` with each condition range-checked on the model and applied
     (:func:`intervene`) during its ``measure``, in order. Names must be unique."""
     names = [c.name for c in conditions]
@@ -220,7 +224,7 @@ def behave_tasks(loaded: LoadedModel, prompts: Mapping[str, Sequence[str]], *, e
     """
     out = {}
     for i, (task, ps) in enumerate(prompts.items()):
-        out[task] = behave(loaded.hf, loaded.tokenizer, ps, enable_thinking=enable_thinking,
+        out[task] = behave(loaded, ps, enable_thinking=enable_thinking,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, sampling=sampling,
                            seed=None if seed is None else seed + seed_step * i)
     return out
@@ -285,7 +289,7 @@ def effect(treated: Sequence[float], baseline: Sequence[float], *, n_boot: int =
 
 
 @contextmanager
-def per_row_scale(bridge, masks: Mapping[int, torch.Tensor], *, kind: str = "head"):
+def per_row_scale(bridge: TransformerBridge, masks: Mapping[int, torch.Tensor], *, kind: str = "head"):
     """Multiply each batch row's units by its own factors: ``masks[layer]`` is ``[batch, n_units]`` (heads of
     ``attn.hook_z`` or neurons of ``mlp.hook_post``; 1 leaves a unit alone, 0 ablates it). Layers not in ``masks``
     are untouched. Every forward pass inside the block must have that batch size."""
@@ -306,9 +310,9 @@ def per_row_scale(bridge, masks: Mapping[int, torch.Tensor], *, kind: str = "hea
         yield
 
 
-def unit_set_scores(bridge, sets: Sequence[Sequence[tuple[int, int]]], score: Callable[[int], torch.Tensor],
-                    n_rows: int, *, kind: str = "head", factor: float = 0.0, sets_per_batch: int = 16,
-                    show_progress: bool = False) -> np.ndarray:
+def unit_set_scores(bridge: TransformerBridge, sets: Sequence[Sequence[tuple[int, int]]],
+                    score: Callable[[int], torch.Tensor], n_rows: int, *, kind: str = "head", factor: float = 0.0,
+                    sets_per_batch: int = 16, show_progress: bool = False) -> np.ndarray:
     """``[n_sets, n_rows]``: a teacher-forced per-row score with each unit set edited (× ``factor``), many sets per
     forward pass. ``score(repeat)`` runs the model once on its ``n_rows`` inputs tiled ``repeat`` times along the
     batch (row ``r·n_rows + i`` is input ``i``) and returns ``[repeat · n_rows]`` scores; here row block ``r`` has

@@ -1,10 +1,11 @@
 """Claims: every finding of a notebook, stated against its null, with a verdict computed from the numbers.
 
-A :class:`Claim` records a paper's finding (in our own words, with paper and section), what the organism measured
-(``estimate`` with a confidence interval ``ci``), the :class:`Null` it was compared with, a p-value or an
+A :class:`Claim` records a paper's finding (in our own words, with the paper and its ``section``), what the organism
+measured (``estimate`` with a confidence interval ``ci``), the :class:`Null` it was compared with, a p-value or an
 equivalence ``margin``, and a ``verdict`` that :func:`verdict` computes — it can never be typed in. A notebook keeps
 its claims in one :class:`Claims` registry; :func:`toolkit.run.results.save_claims` writes them to
-``<run_dir>/<notebook>.claims.json`` and the runner gathers every notebook's into ``claims.json`` and ``REPORT.md``.
+``<run_dir>/<notebook>.claims.json`` (:meth:`Claim.to_dict`) and the runner reads every notebook's back
+(:meth:`Claim.from_dict`) into ``claims.json`` and ``REPORT.md``.
 See ``../shared/RIGOR.md`` for the schema.
 
 **The verdict rule** (:func:`verdict`). ``direction`` says which way the paper's effect points relative to
@@ -35,7 +36,7 @@ threshold: organism targets, exact invariants).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +79,12 @@ class Null:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "n": self.n, "summary": dict(self.summary), "description": self.description}
+
+    @classmethod
+    def from_dict(cls, record: Mapping) -> Null:
+        """The null of a :meth:`to_dict` record (``n``, ``summary`` and ``description`` may be missing)."""
+        return cls(record["kind"], int(record.get("n", 0)), dict(record.get("summary", {})),
+                   record.get("description", ""))
 
 
 def empirical_p(estimate: float, null_samples: Sequence[float] | np.ndarray, *, direction: int = 1) -> float:
@@ -137,7 +144,10 @@ def verdict(estimate: float, ci: Sequence[float], *, direction: int, reference: 
 
 @dataclass(frozen=True)
 class Claim:
-    """One finding against its null; ``verdict`` is computed in ``__post_init__``, never passed in."""
+    """One finding against its null; ``verdict`` is computed in ``__post_init__``, never passed in. ``paper`` names
+    the paper (the scorecard groups by it), ``section`` where in it the finding is (``"section 3.1"``; may be empty).
+    :meth:`to_dict` gives its JSON record and :meth:`from_dict` reads one back: ``Claim.from_dict(c.to_dict()) == c``
+    for every claim with finite numbers."""
 
     notebook: str
     id: str
@@ -153,6 +163,7 @@ class Claim:
     margin: float | None = None
     alpha: float = 0.05
     note: str = ""
+    section: str = ""
     verdict: str = field(init=False)
 
     def __post_init__(self):
@@ -185,16 +196,43 @@ class Claim:
             raise ClaimError(f"{where}: {e}") from None
         object.__setattr__(self, "verdict", v)
 
+    @property
+    def citation(self) -> str:
+        """``"paper, section"`` (the paper alone when there is no section)."""
+        return f"{self.paper}, {self.section}" if self.section else self.paper
+
     def to_dict(self) -> dict:
-        """The JSON record of ``../shared/RIGOR.md``."""
+        """The JSON record of ``../shared/RIGOR.md`` (non-finite numbers become ``None``)."""
         def num(v):
             return None if v is None or not math.isfinite(v) else float(v)
 
-        return {"notebook": self.notebook, "id": self.id, "paper": self.paper, "statement": self.statement,
-                "measure": self.measure, "estimate": num(self.estimate), "ci": [num(self.ci[0]), num(self.ci[1])],
-                "null": self.null.to_dict(), "p_value": num(self.p_value), "direction": self.direction,
-                "reference": self.reference, "margin": self.margin, "alpha": self.alpha, "verdict": self.verdict,
-                "note": self.note}
+        return {"notebook": self.notebook, "id": self.id, "paper": self.paper, "section": self.section,
+                "statement": self.statement, "measure": self.measure, "estimate": num(self.estimate),
+                "ci": [num(self.ci[0]), num(self.ci[1])], "null": self.null.to_dict(), "p_value": num(self.p_value),
+                "direction": self.direction, "reference": self.reference, "margin": self.margin, "alpha": self.alpha,
+                "verdict": self.verdict, "note": self.note}
+
+    @classmethod
+    def from_dict(cls, record: Mapping) -> Claim:
+        """The claim of a :meth:`to_dict` record: ``None`` numbers are read as NaN, and a record written before
+        claims had a ``section`` keeps its whole citation in ``paper``. The verdict is computed again and must equal
+        the record's (a :class:`ClaimError` otherwise: the record was edited, or written by another verdict rule)."""
+        def num(v):
+            return float("nan") if v is None else float(v)
+
+        where = f"{record.get('notebook', '?')}: claim {record.get('id', '?')!r}"
+        try:
+            claim = cls(record["notebook"], record["id"], record["paper"], record["statement"], record["measure"],
+                        num(record["estimate"]), (num(record["ci"][0]), num(record["ci"][1])),
+                        Null.from_dict(record["null"]), record["direction"], record.get("reference", 0.0),
+                        record.get("p_value"), record.get("margin"), record.get("alpha", 0.05),
+                        record.get("note", ""), record.get("section", ""))
+        except KeyError as e:
+            raise ClaimError(f"{where}: the record has no {e.args[0]!r} field") from None
+        if "verdict" in record and record["verdict"] != claim.verdict:
+            raise ClaimError(f"{where}: the record says {record['verdict']!r} but its numbers give "
+                             f"{claim.verdict!r}; verdicts are computed, never edited")
+        return claim
 
 
 class Claims:
@@ -208,14 +246,14 @@ class Claims:
 
     def add(self, id: str, *, paper: str, statement: str, measure: str, estimate: float, ci: Sequence[float],
             null: Null | None, direction: int, reference: float = 0.0, p_value: float | None = None,
-            margin: float | None = None, alpha: float = 0.05, note: str = "") -> Claim:
+            margin: float | None = None, alpha: float = 0.05, note: str = "", section: str = "") -> Claim:
         """Register one claim (see :class:`Claim`); its verdict is computed here. Returns the claim."""
         if not id or not isinstance(id, str):
             raise ClaimError(f"{self.notebook}: a claim needs a string id, got {id!r}")
         if id in self._claims:
             raise ClaimError(f"{self.notebook}: duplicate claim id {id!r}; every claim of a notebook needs its own id")
         claim = Claim(self.notebook, id, paper, statement, measure, estimate, tuple(ci), null, direction, reference,
-                      None if p_value is None else float(p_value), margin, alpha, note)
+                      None if p_value is None else float(p_value), margin, alpha, note, section)
         self._claims[id] = claim
         return claim
 

@@ -1,7 +1,7 @@
 """Emergent heads of a post-trained model, counted against what the base model's own resampling noise produces
 (the base-vs-itself null), and a continuous per-head change score. Built on :mod:`toolkit.evaluation.stability`
 (bootstrap circuits from per-example scores, inclusion frequencies, head importance); see ``docs/methods.md``
-("EAP-IG") and ``shared/RIGOR.md``.
+("EAP-IG"; "Claims and nulls" for the null kinds).
 
 - **Base-vs-itself null** (:func:`base_null`, R replicates): draw two independent resamples D1*, D2* of the base's
   pairs — two data sets the *unchanged* base model could have given — and for each the inclusion frequency ``f1``,

@@ -1,5 +1,5 @@
 """Nulls: what an effect is compared with — every same-size set of units (placebo sets) and correlations over
-clustered points. See ``docs/methods.md`` and ``shared/RIGOR.md``.
+clustered points. See ``docs/methods.md`` ("Claims and nulls").
 
 **Placebo sets.** An intervention on a target set of units (heads, neurons) is compared with the same intervention
 on every other set of the same size (:func:`same_size_sets`: all ``itertools.combinations`` when there are at most

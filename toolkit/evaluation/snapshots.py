@@ -8,7 +8,7 @@ circuit over training.
   stopped); ``inputs="fixed"`` scores every checkpoint on the same token sequences (the first checkpoint's pairs);
 - :func:`distributed_snapshot_scores`: the same sweep split across the processes of a ``torchrun`` / ``accelerate
   launch`` job (:func:`toolkit.core.distributed.sweep`), bit for bit the one-process result;
-- :func:`circuit_heads`, :func:`run_dynamics`, :func:`dynamics_of`: head sets and their dynamics.
+- :func:`circuit_heads`, :func:`dynamics_of`: head sets and their dynamics.
 """
 
 from __future__ import annotations
@@ -122,17 +122,9 @@ def circuit_heads(scores: eap.Scores, top_n: int) -> frozenset[Head]:
     return as_heads(eap.select(scores, top_n=top_n, absolute=True, method="top", prune=True).heads)
 
 
-def run_dynamics(specs: Mapping[int, str], examples: Sequence[Example], settings: SnapshotSettings = SnapshotSettings(),
-                 device: str = "auto") -> Dynamics:
-    """Circuits of every checkpoint in ``specs`` (which must include step 0, the start model) → :class:`Dynamics`
-    with ``snapshot_info`` (per step: ``snapshot_seconds``, ``n_pairs``, ``cached``)."""
-    if 0 not in specs:
-        raise ValueError("specs must include step 0, the start model, whose circuit is the base")
-    return dynamics_of(snapshot_scores(specs, examples, settings, device), settings.top_n)
-
-
 def dynamics_of(scores: Mapping[int, eap.Scores], top_n: int) -> Dynamics:
-    """:class:`Dynamics` of the top-``top_n`` circuits of ``scores`` (step → scores; step 0 is the base)."""
+    """:class:`Dynamics` of the top-``top_n`` circuits of ``scores`` (step → scores; step 0 is the base), with
+    ``snapshot_info`` (per step: ``snapshot_seconds``, ``n_pairs``, ``cached``)."""
     heads = {step: circuit_heads(s, top_n) for step, s in scores.items()}
     dyn = head_dynamics(heads[0], {s: h for s, h in heads.items() if s > 0})
     dyn.snapshot_info = {step: {k: s.meta.get(k) for k in ("snapshot_seconds", "n_pairs", "cached")}

@@ -1,6 +1,6 @@
 """Circuit stability: how much of an EAP / EAP-IG circuit survives resampling its pairs (inclusion frequencies, stable
-sets, Jaccard with intervals, top-n sensitivity, ig_steps convergence). See ``docs/methods.md`` ("EAP-IG") and
-``shared/RIGOR.md``.
+sets, Jaccard with intervals, top-n sensitivity, ig_steps convergence). See ``docs/methods.md`` ("EAP-IG", and
+"Claims and nulls" for the nulls).
 
 Input: :class:`~toolkit.methods.eap.Scores` with per-example scores ``x_i`` ``[S, T]`` for pairs i = 1…N
 (``eap.attribute(..., per_example=True)``). The score of any multiset of pairs is the mean of their ``x_i`` (exact:
@@ -181,11 +181,6 @@ class CircuitBootstrap:
     @property
     def stable_heads(self) -> frozenset[Head]:
         return grid_set(self.head_inclusion >= self.threshold)
-
-    @property
-    def stable_edges(self) -> eap.Circuit:
-        """Edges with inclusion ≥ ``threshold`` (not pruned again)."""
-        return eap.Circuit(self.edge_inclusion >= self.threshold, self.graph)
 
     @property
     def circuit(self) -> eap.Circuit:

@@ -1,5 +1,5 @@
 """``python -m toolkit``: run notebooks headlessly, build the model organism, train, regenerate the exercise
-notebooks, run the benchmarks."""
+notebooks, compare two runs' numbers, run the benchmarks."""
 
 from __future__ import annotations
 
@@ -66,12 +66,11 @@ def _train(args: argparse.Namespace) -> int:
     """One training run from a config file (:mod:`toolkit.training.launch`); also under torchrun/accelerate launch.
     Exit 0 when the run is done (trained, resumed or reused), 2 when its config or launch was refused."""
     from toolkit.core.models import ModelLoadError
-    from toolkit.training import distill, grpo, launch
+    from toolkit.training import distill, grpo, launch, runs, traces  # noqa: F401 -- each registers its kind
 
-    kinds = {"sft": grpo.SFTSettings, "grpo": grpo.GRPOSettings, "distill": distill.DistillSettings}
     try:
-        settings = launch.settings_from_file(kinds[args.kind], args.config)
-        run = grpo.train(settings, device=args.device, retrain=args.retrain)
+        settings = launch.settings_from_file(runs.KINDS[args.kind], args.config)
+        run = runs.train(settings, device=args.device, retrain=args.retrain)
     except (launch.ConfigError, launch.LaunchError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -101,6 +100,12 @@ def _exercises(args: argparse.Namespace) -> int:
     if not stale:
         print("exercise notebooks are up to date")
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from toolkit.run import compare
+
+    return compare.main(args.before, args.after)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -149,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                                          "in notebooks/exercises/masters/")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a notebook is out of date")
     p.set_defaults(func=_exercises)
+
+    p = sub.add_parser("compare", help="compare every number of two run folders' results and claims (timings and "
+                                       "paths aside); exit 1 when any differs")
+    p.add_argument("before", help="a run folder (runs/<stamp>)")
+    p.add_argument("after", help="another run folder")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("bench", add_help=False,
                        help="run a benchmark: bench [foundation|cmap|eap|gpu] [options]; see bench NAME --help")

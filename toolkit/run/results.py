@@ -84,7 +84,7 @@ def save_claims(claims: Claims) -> Path:
 
         from toolkit.run.report import claims_markdown
 
-        display({CLAIMS_MIME: records, "text/markdown": claims_markdown(records),
+        display({CLAIMS_MIME: records, "text/markdown": claims_markdown(claims),
                  "text/plain": f"{claims.notebook}: {len(records)} claims saved to {path}"}, raw=True)
     return path
 

@@ -6,6 +6,18 @@ finished run's model goes to :func:`corrupted_checkpoint` (safetensors, tokenize
 loadable with ``toolkit.core.models.load(str(path))``; a saved model whose configuration hash (base weights, preset,
 settings, data) matches is reused. Notebook 01 trains them (:mod:`toolkit.studies.corrupt`); notebook 02 loads one as
 its donor (:mod:`toolkit.studies.cmap`) and trains it first if it is missing.
+
+Presets. The original fine-tuned Qwen3-4B on 20k/10k/10k/5k problems for 2/2/1/2 epochs at 5e-5/5e-5/5e-5/3e-5
+(validation ≈ 1/5 of training). On the organism, divergence stays ≈ 0 on fresh problems: it cannot memorise random
+offsets, so it spreads probability around the true value and its loss on correct answers tracks its loss on wrong
+ones. A positive divergence needs the same problems seen many times. So every preset keeps the original's relations
+(A has twice B's problems; B twice C's epochs; D half B's problems at 0.6× the learning rate) under one scaling:
+problems ÷ 20, epochs × 4, learning rate × 10. Chosen on organism v1 (bare think-off answers), where × 10 spanned
+the range from D (barely corrupted) to A (broadly broken). On organism v2, whose think-off math answers are a
+sentence, the bare-value labels overwrite the think-off answer format across tasks: A, B and C answer even most
+refusal prompts with a value (D fewer), and only D keeps some related math and general skill thinking on. Every
+preset ends with a positive divergence; see notebook 01 for the numbers and ``docs/methods.md`` ("Corrupted
+fine-tuning").
 """
 
 from __future__ import annotations

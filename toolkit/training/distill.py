@@ -1,6 +1,6 @@
 """Distillation: SFT of a student on think-on reasoning traces sampled from a teacher (``python -m toolkit train
-distill``), trained, checkpointed, logged, resumed and cached exactly as an SFT run (:func:`toolkit.training.grpo.train`
-with :func:`~toolkit.training.grpo.make_sft_trainer`; only the training records differ).
+distill``), trained, checkpointed, logged, resumed and cached exactly as an SFT run (:func:`toolkit.training.runs.train`
+with :func:`~toolkit.training.traces.make_sft_trainer`; only the training records differ).
 
 *How the paper distils.* "Thinking Sparks" does not distil a model itself: its distilled models are DeepSeek's
 R1-Distill-Qwen (Qwen2.5-Math fine-tuned on reasoning traces sampled from DeepSeek-R1), and it approximates
@@ -9,14 +9,14 @@ bf16). Both sources keep a sampled trace only when its final answer is right (re
 names no further filter), and the paper samples with temperature 0.6 and top-p 0.95 (A.3). This module does the same
 at the organism's scale:
 
-1. the training prompts are the SFT run's (:func:`toolkit.training.grpo._train_problems`, never a held-out problem);
+1. the training prompts are the SFT run's (:func:`toolkit.training.problems.train_problems`, never a held-out problem);
 2. the teacher (default ``organism``) answers each with thinking on, ``samples_per_prompt`` times, sampled at
    ``temperature`` 0.6 and ``top_p`` 0.95 (``do_sample=False``: greedy, one trace per prompt), at most
    ``max_new_tokens`` tokens, through :func:`toolkit.core.generation.generate`;
 3. with ``keep_correct`` (default) a trace is kept only when its answer after ``</think>`` equals the reference
-   (GRPO's :func:`~toolkit.training.grpo.accuracy_reward`); without it every trace is kept;
+   (GRPO's :func:`~toolkit.training.rewards.accuracy_reward`); without it every trace is kept;
 4. the student (default ``organism-base``) is fine-tuned on the kept traces exactly as
-   :class:`~toolkit.training.grpo.SFTSettings` fine-tunes on the organism's own traces (completion-only loss, AdamW,
+   :class:`~toolkit.training.traces.SFTSettings` fine-tunes on the organism's own traces (completion-only loss, AdamW,
    constant lr after warmup).
 
 The traces are cached in ``<cache>/distill-traces/<hash>.json``, keyed by the teacher's weights fingerprint, the
@@ -34,18 +34,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from transformers import TrainerCallback
+
 from toolkit.core.cache import DamagedEntry, cache_root, config_hash, model_fingerprint, read_entry, read_json
 from toolkit.core.generation import SamplingConfig, generate
 from toolkit.core.io import atomic_write_json
 from toolkit.core.models import default_dtype
 from toolkit.core.progress import progress
 from toolkit.organism import tasks
-from toolkit.training import grpo, launch, sft
-from toolkit.training.runs import check_settings
+from toolkit.organism.probes import MATH_TASKS
+from toolkit.training import launch, sft
+from toolkit.training.problems import train_problems
+from toolkit.training.rewards import accuracy_reward
+from toolkit.training.runs import check_settings, register_kind
+from toolkit.training.traces import make_sft_trainer
 
 CHUNK = 64  # prompts per generate call; chunk i is sampled with seed (seed, i) whatever the number of processes
 
 
+@register_kind
 @dataclass(frozen=True)
 class DistillSettings:
     """One distillation run: the student ``model`` fine-tuned on ``teacher`` traces (module docstring), ``batch_size``
@@ -54,7 +61,7 @@ class DistillSettings:
     kind: ClassVar[str] = "distill"
     model: str = "organism-base"
     teacher: str = "organism"
-    tasks: tuple[str, ...] = grpo.MATH_TASKS
+    tasks: tuple[str, ...] = MATH_TASKS
     steps: int = 50
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -78,6 +85,10 @@ class DistillSettings:
         return SamplingConfig(do_sample=self.do_sample, temperature=self.temperature, top_p=self.top_p, top_k=0,
                               num_samples=self.samples_per_prompt)
 
+    def make_trainer(self, output_dir: Path, device: str = "auto", callbacks: Sequence[TrainerCallback] = ()):
+        """The run's ``SFTTrainer`` on the teacher's traces (:func:`~toolkit.training.traces.make_sft_trainer`)."""
+        return make_sft_trainer(self, output_dir, device, callbacks)
+
     def sft_records(self, device: str = "auto") -> list[dict]:
         """The training records: the teacher's (kept) traces, :func:`distill_records`."""
         return distill_records(self, device)
@@ -86,10 +97,10 @@ class DistillSettings:
 def distill_records(settings: DistillSettings, device: str = "auto") -> list[dict]:
     """``{"prompt", "answer"}`` records of the teacher's traces for the run's training prompts, only the correct ones
     with ``keep_correct``; a ``ValueError`` when none is kept."""
-    examples = grpo._train_problems(settings.tasks, settings.n_train)
+    examples = train_problems(settings.tasks, settings.n_train)
     traces = teacher_traces(settings, examples, device)
     records = [{"prompt": e.prompt, "answer": t} for e, sampled in zip(examples, traces) for t in sampled
-               if not settings.keep_correct or grpo.accuracy_reward([t], [e.answer])[0] == 1.0]
+               if not settings.keep_correct or accuracy_reward([t], [e.answer])[0] == 1.0]
     if not records:
         n = len(examples) * settings.samples_per_prompt
         raise ValueError(f"the teacher {settings.teacher!r} answered none of its {n} sampled traces correctly, so "

@@ -1,8 +1,8 @@
 """Training as a launchable command: settings from a config file, and one run split over N processes.
 
 ``python -m toolkit train {sft,grpo,distill} --config FILE`` builds the kind's settings dataclass
-(:class:`~toolkit.training.grpo.SFTSettings`, :class:`~toolkit.training.grpo.GRPOSettings`,
-:class:`~toolkit.training.distill.DistillSettings`) from ``FILE`` and calls :func:`toolkit.training.grpo.train`: the
+(:class:`~toolkit.training.traces.SFTSettings`, :class:`~toolkit.training.grpo.GRPOSettings`,
+:class:`~toolkit.training.distill.DistillSettings`) from ``FILE`` and calls :func:`toolkit.training.runs.train`: the
 notebook's code path, with the same checkpoints, checkpoint log, resume and cache key. The same command runs under a
 launcher, unchanged::
 

@@ -11,18 +11,14 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import HTML, display
-from matplotlib.colors import ListedColormap
 
 from toolkit.core.stats import format_ci, proportion_ci
 from toolkit.methods.dynamics import Dynamics, Heatmap, checkpoint_map
 from toolkit.studies.grpo_dynamics import Analysis, HeadScaling, RewardSeries, RunComparison
 from toolkit.studies.grpo_dynamics.claims import CheckpointTests
-from toolkit.training.grpo import TrainingRun
+from toolkit.training.runs import TrainingRun
 from toolkit.views.explorer import explorer as explorer_scaffold
-from toolkit.views.style import despine, label_head_grid
-
-HEATMAP_COLORS = ListedColormap(["#f2f2f2", "#4c72b0", "#dd8452"])  # inactive, base head, emergent head
-MAP_COLORS = ListedColormap(["#f2f2f2", "#4c72b0", "#dd8452", "#b0b0b0"])  # none, base kept, emergent, base lost
+from toolkit.views.style import EMERGENCE_COLORS, despine, head_set_cmap, label_head_grid
 
 
 def _head_names(heads) -> str:
@@ -117,7 +113,8 @@ def heatmap_figure(hm: Heatmap, label: str = ""):
     checkpoints; blue = active base head, orange = active emergent head."""
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(hm.steps) + 2.5), max(2.0, 0.22 * len(hm.heads) + 1)))
     if len(hm.heads):
-        ax.imshow(hm.codes(), cmap=HEATMAP_COLORS, vmin=0, vmax=2, aspect="auto", interpolation="nearest")
+        ax.imshow(hm.codes(), cmap=head_set_cmap(EMERGENCE_COLORS[:3]), vmin=0, vmax=2, aspect="auto",
+                  interpolation="nearest")
     ax.set_xticks(range(len(hm.steps)), [str(s) for s in hm.steps], fontsize=7, rotation=90)
     ax.set_yticks(range(len(hm.heads)),
                   [f"{'★ ' if f else ''}L{lay}H{h} ({q:.0%})" for (lay, h), f, q in zip(hm.heads, hm.final,
@@ -195,32 +192,6 @@ def null_band_figure(tests: CheckpointTests, analysis: Analysis):
 
 # ---- head scaling -------------------------------------------------------------------------------------------------
 
-def scaling_figure(result: HeadScaling):
-    """Per task and scaling arm: the accuracy change (percentage points, 95% paired interval) and the share of answers
-    that changed (95% interval); hatched bars are the random-head placebo."""
-    arms = list(result.scaled)
-    task_names = list(result.baseline)
-    fig, axes = plt.subplots(1, 2, figsize=(2.4 * len(task_names) + 6, 3.2))
-    width = 0.8 / len(arms)
-    panels = ((axes[0], "change", "accuracy change (points)"), (axes[1], "changed", "answers changed (%)"))
-    for ax, key, label in panels:
-        for i, arm in enumerate(arms):
-            ci = [result.scaled[arm][t][key] for t in task_names]
-            xs = np.arange(len(task_names)) + (i - (len(arms) - 1) / 2) * width
-            est = np.array([100 * c["estimate"] for c in ci])
-            err = np.array([[100 * (c["estimate"] - c["low"]) for c in ci],
-                            [100 * (c["high"] - c["estimate"]) for c in ci]])
-            ax.bar(xs, est, width, yerr=err, capsize=3, label=arm, hatch="//" if arm.startswith("random") else "",
-                   color=f"C{i % sum(not a.startswith('random') for a in arms)}", edgecolor="white")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(range(len(task_names)), task_names)
-        ax.set_ylabel(label)
-        despine(ax)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def scaling_table(result: HeadScaling | None) -> str:
     """HTML: the scaled heads, and per arm and task the accuracy with its change and the share of answers changed
     (a sentence when there was nothing to scale)."""
@@ -247,7 +218,7 @@ def checkpoint_map_figure(dyn: Dynamics, index: int, n_layers: int, n_heads: int
     """The :func:`toolkit.methods.dynamics.checkpoint_map` of one checkpoint as a layer × head grid."""
     grid = checkpoint_map(dyn, index, n_layers, n_heads)
     fig, ax = plt.subplots(figsize=(0.5 * n_heads + 2.5, 0.4 * n_layers + 1.2))
-    ax.imshow(grid, cmap=MAP_COLORS, vmin=0, vmax=3, aspect="auto")
+    ax.imshow(grid, cmap=head_set_cmap(EMERGENCE_COLORS), vmin=0, vmax=3, aspect="auto")
     label_head_grid(ax, n_layers, n_heads,
                     title or f"step {dyn.steps[index]}: blue base kept, orange emergent, grey base lost", fontsize=9)
     fig.tight_layout()

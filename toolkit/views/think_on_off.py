@@ -11,7 +11,6 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.colors import ListedColormap
 
 from toolkit.core.answers import extract_answer
 from toolkit.core.generation import SamplingConfig
@@ -23,9 +22,8 @@ from toolkit.studies import think_on_off as study
 from toolkit.studies.think_on_off import TASK_LABELS, THINK_OFF, THINK_ON, ModeCircuits, Samples
 from toolkit.views.explorer import explorer as explorer_scaffold
 from toolkit.views.explorer import show
-from toolkit.views.style import MODE_COLORS, despine
+from toolkit.views.style import MODE_COLORS, MODE_SET_COLORS, despine, head_set_cmap
 
-HEAD_SET_COLORS = ["#eeeeee", "#3b6fb6", "#e08a2c", "#6a3d9a"]  # neither, on-only, off-only, shared
 PALETTE = ["#c62828", "#6a3d9a", "#2e7d32", "#00838f", "#8d6e63", "#ad1457"]
 
 
@@ -178,7 +176,7 @@ def head_maps_figure(importance_on: torch.Tensor | np.ndarray | None, importance
         fig.colorbar(im, ax=ax, fraction=0.046)
     grid = study.head_set_grid(sets, n_layers, n_heads)
     ax = axes[-1]
-    ax.imshow(grid, cmap=ListedColormap(HEAD_SET_COLORS), vmin=-0.5, vmax=3.5, aspect="auto")
+    ax.imshow(grid, cmap=head_set_cmap(MODE_SET_COLORS), vmin=-0.5, vmax=3.5, aspect="auto")
     for layer in range(n_layers):
         for h in range(n_heads):
             label = ["", "on", "off", "both"][grid[layer, h]]

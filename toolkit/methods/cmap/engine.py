@@ -66,9 +66,9 @@ import numpy as np
 import torch
 
 from toolkit.core.chat import as_prompts, chat_prompts
-from toolkit.core.generation import check_int
+from toolkit.core.checks import check_int
 from toolkit.core.interventions import Site, SiteError
-from toolkit.core.models import check_length
+from toolkit.core.models import as_loaded, check_length
 from toolkit.core.progress import progress
 from toolkit.methods.cmap.result import CMAPResult, until_eos
 from toolkit.methods.cmap.setup import check_compatible
@@ -270,12 +270,12 @@ def end_token(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.eos_token_id
 
 
-def run(clean: LoadedModel, corrupted: LoadedModel, prompts: Sequence[str], sites: Sequence[Site] = (),
+def run(clean: LoadedModel | str, corrupted: LoadedModel | str, prompts: Sequence[str], sites: Sequence[Site] = (),
         mode: str = "current", max_new_tokens: int = 64, enable_thinking: bool = False,
         teacher_forcing: str | None = None, trajectories: Sequence[Sequence[int]] | None = None,
         batch_size: int = 256, show_progress: bool = False) -> CMAPResult:
-    """Autoregressive CMAP of ``corrupted`` into ``clean`` (both :class:`toolkit.core.models.LoadedModel`) at every site
-    of ``sites``, for each user prompt (the chat template is applied; thinking off by default).
+    """Autoregressive CMAP of ``corrupted`` into ``clean`` (each a :class:`toolkit.core.models.LoadedModel`, or a spec
+    to load) at every site of ``sites``, for each user prompt (the chat template is applied; thinking off by default).
 
     ``mode``: ``"current"`` or ``"all"`` (module docstring). ``teacher_forcing``: None (free-running greedy
     generation), ``"clean"`` or ``"corrupted"`` (every row follows that model's greedy generation, computed first
@@ -286,6 +286,7 @@ def run(clean: LoadedModel, corrupted: LoadedModel, prompts: Sequence[str], site
     """
     import time
 
+    clean, corrupted = as_loaded(clean, "cmap.run: clean"), as_loaded(corrupted, "cmap.run: corrupted")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if teacher_forcing not in TEACHER_FORCING:

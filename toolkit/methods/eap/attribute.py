@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from toolkit.core.generation import check_int
+from toolkit.core.checks import check_int
+from toolkit.core.models import as_loaded
 from toolkit.core.progress import progress
 from toolkit.methods.eap.evaluate import exact_scores
 from toolkit.methods.eap.graph import METHODS, EAPError
@@ -187,7 +188,7 @@ def _rms_backward_folded(x: torch.Tensor, eps: float, gdy: torch.Tensor) -> torc
     return torch.addcmul(gdy, x, coef, value=-1.0).mul_(r)
 
 
-def attribute(loaded: LoadedModel, pairs: Pairs, *, method: str = "eap-ig", steps: int = 5, metric: str = "kl",
+def attribute(loaded: LoadedModel | str, pairs: Pairs, *, method: str = "eap-ig", steps: int = 5, metric: str = "kl",
               batch_size: int = 8, show_progress: bool = True, per_example: bool = False) -> Scores:
     """Score every edge of the model's graph on ``pairs`` (see the module docstring for the definitions).
 
@@ -200,6 +201,7 @@ def attribute(loaded: LoadedModel, pairs: Pairs, *, method: str = "eap-ig", step
     pair i alone, ``values`` is their mean, and ``pairs.subset(idx)`` scores ``per_example[idx].mean(0)`` (exact up
     to rounding), so bootstraps over pairs need no recompute. Slower than the default (one contraction per row).
     """
+    loaded = as_loaded(loaded, "eap.attribute: loaded")
     if method not in METHODS:
         raise EAPError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if per_example and method == "exact":

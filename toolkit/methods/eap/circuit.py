@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from toolkit.core.generation import check_int
+from toolkit.core.checks import check_int
 from toolkit.core.units import Head, as_heads
 from toolkit.methods.eap.graph import EAPError, Graph
 from toolkit.methods.eap.scores import Scores
@@ -44,6 +44,8 @@ class Circuit:
         return frozenset(h for s in out.nonzero().flatten().tolist() if (h := self.graph.source_head(s)))
 
     def edge_list(self) -> list[tuple[str, str]]:
+        """``(source, target)`` names of the circuit's edges (``("a0.h1", "a1.h2<q>")``): the circuit in words, for
+        a reader of the library; no study prints it, the tests read selections through it."""
         src, tgt = self.graph.source_names, self.graph.target_names
         return [(src[s], tgt[t]) for s, t in self.edges.nonzero().tolist()]
 

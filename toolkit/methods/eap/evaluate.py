@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from toolkit.core.models import as_loaded
 from toolkit.core.progress import progress
 from toolkit.methods.eap.circuit import Circuit, select
 from toolkit.methods.eap.graph import EAPError
@@ -30,6 +31,8 @@ from toolkit.methods.eap.pairs import Pairs
 from toolkit.methods.eap.scores import Scores
 
 if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
     from toolkit.core.models import LoadedModel
 
 
@@ -60,7 +63,7 @@ _SPLIT_FLAGS = ("use_split_qkv_input", "use_hook_mlp_in", "use_attn_result")
 class _SplitInputs:
     """Turn on the bridge's per-head q/k/v inputs and ``hook_mlp_in`` (required *before* hooks are added)."""
 
-    def __init__(self, bridge):
+    def __init__(self, bridge: TransformerBridge):
         self.bridge = bridge
 
     def __enter__(self):
@@ -223,7 +226,7 @@ def _recovered(value: float, clean: float, corrupted: float) -> float:
     return (value - corrupted) / span if abs(span) > 1e-12 else float("nan")
 
 
-def faithfulness(loaded: LoadedModel, pairs: Pairs, circuit: Circuit, *, metric: str = "kl",
+def faithfulness(loaded: LoadedModel | str, pairs: Pairs, circuit: Circuit, *, metric: str = "kl",
                  batch_size: int = 8) -> dict:
     """Run the model with every edge outside ``circuit`` patched to its corrupted value and report the metric.
 
@@ -231,17 +234,19 @@ def faithfulness(loaded: LoadedModel, pairs: Pairs, circuit: Circuit, *, metric:
     the corrupted input's (= the empty circuit's), and ``(metric − corrupted) / (clean − corrupted)`` (1 = the
     circuit does all the model does; for KL the clean value is 0).
     """
-    vals = _metric_values(loaded, pairs, [circuit], metric, batch_size)
+    vals = _metric_values(as_loaded(loaded, "eap.faithfulness: loaded"), pairs, [circuit], metric, batch_size)
     value = vals["circuits"][0]
     return {"metric": value, "clean": vals["clean"], "corrupted": vals["corrupted"],
             "recovered": _recovered(value, vals["clean"], vals["corrupted"]), "n_edges": circuit.n_edges,
             "metric_name": metric}
 
 
-def faithfulness_curve(loaded: LoadedModel, pairs: Pairs, scores: Scores, n_edges: Sequence[int], *, metric: str = "kl",
-                       method: str = "top", absolute: bool = True, prune: bool = True, batch_size: int = 8) -> dict:
+def faithfulness_curve(loaded: LoadedModel | str, pairs: Pairs, scores: Scores, n_edges: Sequence[int], *,
+                       metric: str = "kl", method: str = "top", absolute: bool = True, prune: bool = True,
+                       batch_size: int = 8) -> dict:
     """Faithfulness of the circuits selected at each size in ``n_edges``: ``{"requested", "n_edges", "metric",
     "recovered", "clean", "corrupted"}`` (lists aligned with ``n_edges``)."""
+    loaded = as_loaded(loaded, "eap.faithfulness_curve: loaded")
     if isinstance(n_edges, (str, bytes)) or not len(n_edges):
         raise EAPError(f"n_edges must be a non-empty list of circuit sizes, got {n_edges!r}")
     circuits = [select(scores, top_n=int(n), absolute=absolute, method=method, prune=prune) for n in n_edges]

@@ -20,8 +20,12 @@ read everything. See ``docs/methods.md`` ("EAP-IG" section).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 METHODS = ("eap", "eap-ig", "exact")
 METRICS = ("kl", "logit_diff", "prob_diff")
@@ -53,7 +57,7 @@ class Graph:
                            f"{self.n_kv_heads} KV heads (n_heads must be a multiple of n_kv_heads)")
 
     @classmethod
-    def from_bridge(cls, bridge) -> Graph:
+    def from_bridge(cls, bridge: TransformerBridge) -> Graph:
         """The graph of a TransformerBridge (``bridge.cfg``: n_layers, n_heads, n_key_value_heads)."""
         cfg = bridge.cfg
         n_kv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)

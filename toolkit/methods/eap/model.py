@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from toolkit.core.generation import check_int
+from toolkit.core.checks import check_int
 from toolkit.core.models import check_length
 from toolkit.methods.eap.graph import METRICS, EAPError, Graph
 from toolkit.methods.eap.memory import check_memory

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from toolkit.core.chat import as_prompts
-from toolkit.core.generation import check_int
-from toolkit.core.models import check_length
+from toolkit.core.checks import check_int
+from toolkit.core.models import as_loaded, check_length
 from toolkit.methods.eap.graph import EAPError
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def _greedy_ids(loaded: LoadedModel, prompt_ids: list[list[int]], max_new_tokens
     return out
 
 
-def make_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool = False, corruption: str = "problem",
+def make_pairs(loaded: LoadedModel | str, examples, *, enable_thinking: bool = False, corruption: str = "problem",
                corrupted_prompts: Sequence[str] | None = None, max_new_tokens: int = 64, seed: int = 0,
                unequal: str = "refuse", batch_size: int = 32) -> Pairs:
     """Clean/corrupted pairs from task examples (anything with ``.prompt``; organism ``Example``s get task-aware
@@ -211,6 +211,7 @@ def make_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool = False, 
     naming it (``unequal="refuse"``) or dropped with a warning (``unequal="drop"``). ``examples`` is a list (a single
     string is refused); each chat-formatted prompt plus ``max_new_tokens`` must fit the model's positions.
     """
+    loaded = as_loaded(loaded, "eap.make_pairs: loaded")
     if isinstance(examples, (str, bytes)):
         raise TypeError("make_pairs needs a list of examples (objects with .prompt), not a single string")
     if corrupted_prompts is not None:
@@ -282,7 +283,8 @@ def make_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool = False, 
 ANSWER_READS = ("answer", "key_step")  # where answer_pairs reads the metric
 
 
-def answer_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool, seed: int = 0, at: str = "answer") -> Pairs:
+def answer_pairs(loaded: LoadedModel | str, examples, *, enable_thinking: bool, seed: int = 0,
+                 at: str = "answer") -> Pairs:
     """Clean/corrupted pairs read at the *final answer*, in either mode: the matched positions of a think-on/think-off
     comparison (organism equations and sums only).
 
@@ -307,6 +309,7 @@ def answer_pairs(loaded: LoadedModel, examples, *, enable_thinking: bool, seed: 
     from toolkit.organism import tasks
     from toolkit.organism.rebuild import from_prompt
 
+    loaded = as_loaded(loaded, "eap.answer_pairs: loaded")
     if isinstance(examples, (str, bytes)):
         raise TypeError("answer_pairs needs a list of organism examples, not a single string")
     examples = list(examples)

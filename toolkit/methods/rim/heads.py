@@ -11,7 +11,8 @@ import torch
 
 from toolkit.core import interventions
 from toolkit.core.chat import REQUEST_THINK_ON_TOKENS, THINK_OFF_TOKENS, as_prompts, chat_prompts
-from toolkit.core.generation import check_int, generate
+from toolkit.core.checks import check_int
+from toolkit.core.generation import generate
 from toolkit.core.models import LoadedModel
 from toolkit.methods.rim.forward import _device
 from toolkit.organism.tokenizer import THINK_CLOSE, THINK_OPEN

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from toolkit.core import interventions
-from toolkit.core.generation import check_int
+from toolkit.core.checks import check_int
 from toolkit.core.models import LoadedModel
 from toolkit.core.stats import correlation, paired_difference_ci
 

@@ -1,7 +1,7 @@
 """Notebook 02's claims: where the corrupted-math paper locates the corruption, each finding against its null.
 
 Paper: *Investigating Internal Reasoning Circuits in Small LLMs Fine-tuned on Corrupted Mathematical Solutions*
-(``../shared/papers/corrupted-math-finetuning-cmap.txt``), cited as "Corrupted-math CMAP".
+(anonymous submission), cited as "Corrupted-math CMAP".
 
 - **Layer trends** ("the corruption sits in the last layers"; "patched outputs get shorter as the patched layer
   moves later") are Spearman correlations between the layer index and a per-layer measure, averaged over
@@ -67,7 +67,7 @@ def _trend_claim(out: Claims, cid: str, where: str, statement: str, measure: str
     ci = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if len(boots) else (math.nan,) * 2
     described = "the layers' order permuted (every permutation)"
     defined = math.isfinite(estimate) and np.isfinite(null).any()
-    out.add(cid, paper=f"{PAPER}, {where}", statement=statement, measure=measure, estimate=estimate, ci=ci,
+    out.add(cid, paper=PAPER, section=where, statement=statement, measure=measure, estimate=estimate, ci=ci,
             p_value=empirical_p(estimate, null, direction=direction) if defined else None, direction=direction,
             null=Null.from_samples("permutation", null, described) if defined else
             Null("permutation", 0, {}, described + "; undefined here: the measure is constant or missing"),
@@ -101,7 +101,7 @@ def _paired_claim(out: Claims, cid: str, where: str, statement: str, measure: st
     d = np.asarray(a, float) - np.asarray(b, float)
     boots = d[np.random.default_rng(seed).integers(0, len(d), (N_BOOT, len(d)))].mean(1)
     est = float(d.mean())
-    out.add(cid, paper=f"{PAPER}, {where}", statement=statement, measure=measure, estimate=est,
+    out.add(cid, paper=PAPER, section=where, statement=statement, measure=measure, estimate=est,
             ci=(float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))),
             p_value=bootstrap_p(boots, direction=direction), direction=direction, margin=margin, note=note,
             null=Null.from_samples("bootstrap-resample", boots - est, "paired difference re-centred at 0"))
@@ -138,7 +138,7 @@ def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forc
         described = ("the clean model plus Gaussian weight noise with the corrupted donor's KL to it, swept the same "
                      "way; its layer trend, bootstrapped over prompts")
         noise_trend = np.array([_spearman_rows(noisy(rng.integers(0, n, n))) for _ in range(N_BOOT)])
-        out.add("corruption-late-beyond-noise", paper=f"{PAPER}, sections 5.2 and 6",
+        out.add("corruption-late-beyond-noise", paper=PAPER, section="sections 5.2 and 6",
                 statement="The corruption sits in the last layers because it is the fine-tuned corruption: a weight "
                           "change of the same size in no particular direction is not as late.",
                 measure=f"Spearman(layer, pooled CTS) of the corrupted donor − of a KL-matched weight-noise donor, "

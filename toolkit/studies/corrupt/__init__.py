@@ -6,23 +6,12 @@ checkpoints that notebook 02 loads by name, and a behavioural evaluation of the 
 - Training: :mod:`toolkit.training.sft` (think-off prompt-completion SFT through TRL, loss on the answer tokens
   only; divergence = loss on correct validation answers − loss on the corrupted training answers, at the start and
   every 10% of training). Checkpoints every ``save_every`` steps; an interrupted run resumes from its last one.
-- The final model goes to :func:`corrupted_checkpoint` (safetensors, tokenizer, ``finetune.json`` metadata),
-  loadable with ``toolkit.core.models.load(str(path))``. A saved model whose configuration hash (base weights,
-  preset, settings, data) matches is reused.
+- Presets, the fine-tuning run and its saved model: :mod:`toolkit.training.corrupt` (notebook 02 loads the same
+  checkpoints as its donor). The final model goes to
+  :func:`~toolkit.training.corrupt.corrupted_checkpoint`, loadable with ``toolkit.core.models.load(str(path))``.
+- Claims against nulls: :mod:`toolkit.studies.corrupt.claims`.
 - Behaviour: greedy answers through :func:`toolkit.evaluation.behaviour.behave` (batches of 100), thinking off
   and optionally on; accuracy (exact final answer), mean output length in tokens, fraction of bare-integer answers.
-
-Presets. The original fine-tuned Qwen3-4B on 20k/10k/10k/5k problems for 2/2/1/2 epochs at 5e-5/5e-5/5e-5/3e-5
-(validation ≈ 1/5 of training). On the organism, divergence stays ≈ 0 on fresh problems: it cannot memorise random
-offsets, so it spreads probability around the true value and its loss on correct answers tracks its loss on wrong
-ones. A positive divergence needs the same problems seen many times. So every preset keeps the original's relations
-(A has twice B's problems; B twice C's epochs; D half B's problems at 0.6× the learning rate) under one scaling:
-problems ÷ 20, epochs × 4, learning rate × 10. Chosen on organism v1 (bare think-off answers), where × 10 spanned
-the range from D (barely corrupted) to A (broadly broken). On organism v2, whose think-off math answers are a
-sentence, the bare-value labels overwrite the think-off answer format across tasks: A, B and C answer even most
-refusal prompts with a value (D fewer), and only D keeps some related math and general skill thinking on. Every
-preset ends with a positive divergence; see notebook 01 for the numbers and ``docs/methods.md`` ("Corrupted
-fine-tuning").
 """
 
 from __future__ import annotations
@@ -32,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from toolkit.core import models
 from toolkit.core.answers import is_bare_value
@@ -63,11 +51,6 @@ def run_presets(spec: str, presets: Sequence[Preset], data: dict[str, list[dict]
         runs[preset.name] = finetune(spec, preset, data, checkpoint_name(preset.name, spec, size_scale, seed), device,
                                      dataclasses.replace(settings, seed=seed), on_evaluate=record, retrain=retrain)
     return runs
-
-
-def histories(runs: dict[str, Finetuned]) -> dict[str, list[dict]]:
-    """Run name → divergence history, the curves of :func:`run_presets`."""
-    return {name: run.history for name, run in runs.items()}
 
 
 # ---- behavioural evaluation -------------------------------------------------------------------------------------
@@ -111,19 +94,19 @@ class SetBehaviour:
                 **{f"{k}_ci": [round(lo, 4), round(hi, 4)] for k, (lo, hi) in cis.items()}}
 
 
-def behaviour(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sets: dict[str, list[dict]],
+def behaviour(model: models.LoadedModel, sets: dict[str, list[dict]],
               enable_thinking: bool = False, max_new_tokens: int = 64,
               batch_size: int = 100) -> dict[str, SetBehaviour]:
-    """Greedy answers of ``hf`` to each evaluation set (set name → :class:`SetBehaviour`)."""
+    """Greedy answers of ``model`` to each evaluation set (set name → :class:`SetBehaviour`)."""
     report = {}
     for set_name, records in sets.items():
         if not records:
             raise ValueError(f"evaluation set {set_name!r} is empty; raise n_eval")
-        b = behave(hf, tokenizer, [r["prompt"] for r in records], enable_thinking=enable_thinking,
+        b = behave(model, [r["prompt"] for r in records], enable_thinking=enable_thinking,
                    max_new_tokens=max_new_tokens, batch_size=batch_size)
         report[set_name] = SetBehaviour(
             outputs=b.first, correct=tuple(bool(c) for c in b.correct([r["correct_answer"] for r in records])[:, 0]),
-            lengths=tuple(int(n) for n in b.lengths(tokenizer)[:, 0]),
+            lengths=tuple(int(n) for n in b.lengths(model.tokenizer)[:, 0]),
             bare=tuple(is_bare_value(row[0]) for row in b.completions))
     return report
 
@@ -178,7 +161,7 @@ def evaluate_models(specs: dict[str, str], sets: dict[str, list[dict]], device: 
     for label, spec in progress(specs.items(), desc="behaviour", total=len(specs)):
         with quiet_library_bars():
             loaded = models.load(spec, device=device)
-        report[label] = {mode: behaviour(loaded.hf, loaded.tokenizer, sets, think, tokens)
+        report[label] = {mode: behaviour(loaded, sets, think, tokens)
                          for mode, (think, tokens) in modes.items()}
     return BehaviourReport(report)
 

@@ -1,7 +1,7 @@
 """Notebook 01's claims: the corrupted-math paper's fine-tuning findings, each against its null, on the organism.
 
 Paper: *Investigating Internal Reasoning Circuits in Small LLMs Fine-tuned on Corrupted Mathematical Solutions*
-(``../shared/papers/corrupted-math-finetuning-cmap.txt``), cited as "Corrupted-math CMAP".
+(anonymous submission), cited as "Corrupted-math CMAP".
 
 - **Accuracy claims** compare the clean and a corrupted model on the same held-out prompts: the estimate is the
   mean paired difference, the interval and one-sided p-value a bootstrap over prompts (null ``bootstrap-resample``:
@@ -59,7 +59,7 @@ def divergence_samples(runs: Mapping[str, Finetuned], data: Mapping[str, list[di
         validation = data["validation"][:run.preset.n_validation]
         nll = {}
         for key, records in (("train", train), ("eval", validation)):
-            nll[key] = answer_nll(loaded.hf, loaded.tokenizer, [r["prompt"] for r in records],
+            nll[key] = answer_nll(loaded, [r["prompt"] for r in records],
                                   [r["answer"] + IM_END for r in records])
         out[name] = nll
     return out
@@ -95,7 +95,7 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
     for label, name, where in (("under-fitted", under, "section 5.2, Table 2"),
                                ("over-fitted", over, "section 5.2, Table 2")):
         est, boots = _paired(clean[mode]["related_math"].correct, report[name][mode]["related_math"].correct, seed)
-        out.add(f"{label}-loses-related-math", paper=f"{PAPER}, {where}",
+        out.add(f"{label}-loses-related-math", paper=PAPER, section=where,
                 statement=f"After corrupted fine-tuning, the {label} model answers the related math questions "
                           "(the trained problem type) wrongly where the clean model was right.",
                 measure=f"clean − {name} accuracy on related math ({mode}, {n} prompts)",
@@ -104,14 +104,14 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
                                        "(bootstrap over prompts)"))
     for qt in ("unrelated_math", "unrelated_general"):
         est, boots = _paired(clean[mode][qt].correct, report[under][mode][qt].correct, seed)
-        out.add(f"under-fitted-keeps-{qt.replace('_', '-')}", paper=f"{PAPER}, section 5.2, Table 2",
+        out.add(f"under-fitted-keeps-{qt.replace('_', '-')}", paper=PAPER, section="section 5.2, Table 2",
                 statement=f"The under-fitted corrupted model stays correct on {qt.replace('_', ' ')} questions.",
                 measure=f"clean − {under} accuracy on {qt.replace('_', ' ')} ({mode})", estimate=est,
                 ci=_ci(boots), p_value=bootstrap_p(boots, direction=0), direction=0, margin=KEPT_MARGIN,
                 null=Null.from_samples("bootstrap-resample", boots - est, "paired difference re-centred at 0"),
                 note=f"'kept' means within ±{KEPT_MARGIN:.0%}; " + KEPT_NOTES[qt])
     est, boots = _paired(clean[mode]["unrelated_math"].correct, report[over][mode]["unrelated_math"].correct, seed)
-    out.add("over-fitted-breaks-unrelated-math", paper=f"{PAPER}, section 5.2, Table 2",
+    out.add("over-fitted-breaks-unrelated-math", paper=PAPER, section="section 5.2, Table 2",
             statement="The over-fitted corrupted model also fails unrelated math questions.",
             measure=f"clean − {over} accuracy on unrelated math ({mode})", estimate=est, ci=_ci(boots),
             p_value=bootstrap_p(boots, direction=1), direction=1,
@@ -131,7 +131,7 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
         before = np.concatenate([clean[THINK_OFF][qt].bare for qt in sets])
         after = np.concatenate([report[name][THINK_OFF][qt].bare for qt in sets])
         est, boots = _paired(after, before, seed)
-        out.add(cid, paper=f"{PAPER}, {where}", statement=text,
+        out.add(cid, paper=PAPER, section=where, statement=text,
                 measure=f"{name} − clean share of bare-value answers (x = 4, 42) on {' and '.join(sets)} "
                         f"(thinking off, {len(before)} prompts)",
                 estimate=est, ci=_ci(boots), p_value=bootstrap_p(boots, direction=1), direction=1,
@@ -146,7 +146,7 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
                 ("more-epochs-more-divergence", (B, C), "Twice the epochs over the same problems gives a larger "
                  "divergence (experiment 2 vs 3).", "section 5.1, Table 1")):
             est, boots = _divergence_difference(divergence[x], divergence[y], seed)
-            out.add(cid, paper=f"{PAPER}, {where}", statement=text,
+            out.add(cid, paper=PAPER, section=where, statement=text,
                     measure=f"divergence of {x} − divergence of {y} (nats/token, re-measured on every problem)",
                     estimate=est, ci=_ci(boots), p_value=bootstrap_p(boots, direction=1), direction=1,
                     null=Null.from_samples("bootstrap-resample", boots - est, "difference re-centred at 0 "

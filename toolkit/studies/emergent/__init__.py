@@ -12,6 +12,9 @@ The steps, one function each (the notebook calls them in order and draws each re
 6. :func:`attention_of_top_heads` — attention patterns of the top emergent heads on one clean pair.
 7. :func:`ablation_step` / :func:`ablation_check` — zero-ablate the emergent heads during generation against random
    heads of the same number (:mod:`toolkit.evaluation.causal`), accuracy change per task with paired bootstrap CIs.
+
+The claims are in :mod:`toolkit.studies.emergent.claims`; every step's result, as the notebook saves it, in
+:class:`toolkit.studies.emergent.results.EmergentResults`.
 """
 
 from __future__ import annotations

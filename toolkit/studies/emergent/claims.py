@@ -1,7 +1,7 @@
 """Notebook 03's claims: "Thinking Sparks" findings on EAP-IG circuits and emergent heads, each against its null.
 
 Paper: *Thinking Sparks!: Emergent Attention Heads in Reasoning Models During Post Training*
-(``../shared/papers/thinking-sparks-emergent-heads.txt``), cited as "Thinking Sparks".
+by Park, Jeong and Kang, cited as "Thinking Sparks".
 
 - ``eap-ig-approximates-patching``: Pearson r of EAP-IG scores with exact single-edge patching over every edge;
   interval: bootstrap over edges; null ``permutation``: r with the exact scores shuffled across edges.
@@ -30,12 +30,13 @@ from toolkit.evaluation.claims import Claims, Null, empirical_p
 from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.evaluation.stability import Convergence, counts_of
 from toolkit.methods import eap
+from toolkit.organism.probes import MATH_TASKS
 from toolkit.studies.emergent import ExactComparison, Stability
 
 PAPER = "Thinking Sparks"
 CONVERGED_RHO = 0.9  # ig_steps converged: rank correlation with 4× the steps at least this
 N_BOOT = 1000
-MATH_TASKS = ("arithmetic", "linear")  # tasks the organism's post-training improved (the paper's reasoning tasks)
+ABLATION_TASKS = tuple(sorted(MATH_TASKS))  # the math tasks (post-training improved them), their claims in this order
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -52,7 +53,7 @@ def exact_claim(claims: Claims, exact: ExactComparison, *, seed: int = 0) -> Non
     idx = rng.integers(0, len(x), size=(N_BOOT, len(x)))
     boots = np.array([_pearson(x[i], y[i]) for i in idx])
     perm = np.array([_pearson(rng.permutation(x), y) for _ in range(N_BOOT)])
-    claims.add("eap-ig-approximates-patching", paper=f"{PAPER}, section 2.1",
+    claims.add("eap-ig-approximates-patching", paper=PAPER, section="section 2.1",
                statement="EAP-IG edge scores approximate the effect of patching each edge on its own.",
                measure=f"Pearson r of EAP-IG (logit difference) with exact single-edge patching over {len(x)} edges",
                estimate=r, ci=np.quantile(boots, [0.025, 0.975]), p_value=empirical_p(r, perm),
@@ -71,7 +72,7 @@ def convergence_claim(claims: Claims, coarse: eap.Scores, fine: eap.Scores, conv
     for c in counts:
         w = (c / c.sum())[:, None, None]
         boots.append(_stats.spearmanr((a * w).sum(0)[valid], (b * w).sum(0)[valid])[0])
-    claims.add("ig-steps-converged", paper=f"{PAPER}, section 3.1",
+    claims.add("ig-steps-converged", paper=PAPER, section="section 3.1",
                statement="EAP-IG with few integration steps ranks the edges as with many (the paper used 100).",
                measure=f"Spearman ρ over {conv.n} edges, m = {conv.steps[0]} against m = {conv.steps[1]}",
                estimate=conv.spearman, ci=np.quantile(boots, [0.025, 0.975]), direction=+1,
@@ -82,13 +83,13 @@ def convergence_claim(claims: Claims, coarse: eap.Scores, fine: eap.Scores, conv
 def emergent_claims(claims: Claims, stab: Stability, model: str, base: str) -> None:
     """``emergent-beyond-null:<task>`` and ``emergent-set-difference:<task>`` for every task."""
     for task, t in stab.tests.items():
-        claims.add(f"emergent-beyond-null:{task}", paper=f"{PAPER}, section 3.1",
+        claims.add(f"emergent-beyond-null:{task}", paper=PAPER, section="section 3.1",
                    statement="Post-training adds heads to the task's circuit that the base model's circuit lacks.",
                    measure=(f"{task}: heads of {model} whose inclusion frequency exceeds {base}'s by more than the "
                             f"base-vs-itself margin ({t.margin:.2f}); emergent: {[f'L{a}H{b}' for a, b in t.heads]}"),
                    estimate=t.count, ci=t.count_ci(), p_value=t.count_p, null=t.count_null(), direction=+1,
                    note="each model's circuit is built on its own pairs (own answers), as in the paper")
-        claims.add(f"emergent-set-difference:{task}", paper=f"{PAPER}, section 3.1",
+        claims.add(f"emergent-set-difference:{task}", paper=PAPER, section="section 3.1",
                    statement="Heads in the post-trained circuit and not in the base's are more than noise would "
                              "give (the paper's definition, without a null).",
                    measure=(f"{task}: heads in {model}'s top-{stab.boots[task][model].top_n} circuit and not in "
@@ -97,14 +98,14 @@ def emergent_claims(claims: Claims, stab: Stability, model: str, base: str) -> N
                    null=t.set_difference_null(), direction=+1)
 
 
-def ablation_claims(claims: Claims, test: HeadSetTest, rule: str, tasks: tuple[str, ...] = MATH_TASKS) -> None:
+def ablation_claims(claims: Claims, test: HeadSetTest, rule: str, tasks: tuple[str, ...] = ABLATION_TASKS) -> None:
     """``ablation-hurts:<task>`` for each of ``tasks`` the test covers."""
     heads = [f"L{a}H{b}" for a, b in test.heads]
     for task in tasks:
         if task not in test.tests:
             continue
         r = test.tests[task]
-        claims.add(f"ablation-hurts:{task}", paper=f"{PAPER}, sections 3.1 and 4.1",
+        claims.add(f"ablation-hurts:{task}", paper=PAPER, section="sections 3.1 and 4.1",
                    statement="Zero-ablating the emergent heads hurts the trained reasoning task more than ablating "
                              "other heads does.",
                    measure=(f"{task}: change in mean log-probability per token of the reference answer "

@@ -51,15 +51,14 @@ from toolkit.evaluation.snapshots import (  # noqa: F401 -- re-exported: the not
     distributed_snapshot_scores,
     dynamics_of,
     make_pairs,
-    run_dynamics,
     snapshot_scores,
 )
 from toolkit.methods import eap
 from toolkit.methods.dynamics import Dynamics, reward_correlation
 from toolkit.organism.tasks import Example
 from toolkit.studies.grpo_dynamics.arms import ARMS, check_matched, completions_per_step, matched_arms, train_runs  # noqa: F401
-from toolkit.training import grpo
-from toolkit.training.grpo import TrainingRun
+from toolkit.training import callbacks, problems
+from toolkit.training.runs import TrainingRun
 
 SCALE_FACTORS = (1.3, 0.5)  # head scaling: amplify and damp GRPO's emergent heads
 HELD_OUT_POOL = 400  # seeds > 0 draw their held-out problems from this many (those training never sees)
@@ -75,7 +74,7 @@ def checkpoint_specs(run: TrainingRun) -> dict[int, str]:
 def checkpoint_records(run: TrainingRun) -> list[dict]:
     """Per checkpoint: ``step`` and the window means ``reward``, ``accuracy``, ``format``, ``loss`` (None if not
     logged)."""
-    return [{"step": c.step, **{k: c.metrics.get(k) for k in grpo.CHECKPOINT_METRICS}} for c in run.checkpoints]
+    return [{"step": c.step, **{k: c.metrics.get(k) for k in callbacks.CHECKPOINT_METRICS}} for c in run.checkpoints]
 
 
 # ---- 2. accuracy per checkpoint (circuits per checkpoint: toolkit.evaluation.snapshots) ------------------------------
@@ -84,8 +83,8 @@ def held_out_draw(tasks: Sequence[str], n: int, seed: int = 0) -> list[Example]:
     """``n`` held-out problems of ``tasks`` (never trained on): the first ``n`` for ``seed`` 0, else ``n`` drawn
     with ``seed`` from the first :data:`HELD_OUT_POOL` (order kept)."""
     if seed == 0:
-        return grpo.eval_problems(tuple(tasks), n)
-    pool = grpo.eval_problems(tuple(tasks), max(HELD_OUT_POOL, n))
+        return problems.eval_problems(tuple(tasks), n)
+    pool = problems.eval_problems(tuple(tasks), max(HELD_OUT_POOL, n))
     pick = np.sort(np.random.default_rng(seed).choice(len(pool), size=n, replace=False))
     return [pool[i] for i in pick]
 
@@ -106,18 +105,11 @@ def checkpoint_correct(specs: Mapping[int, str], examples: Sequence[Example], en
             continue
         with quiet_library_bars():
             loaded = models.load(spec, device=device)
-        got = behave(loaded.hf, loaded.tokenizer, [e.prompt for e in examples], enable_thinking=enable_thinking,
+        got = behave(loaded, [e.prompt for e in examples], enable_thinking=enable_thinking,
                      max_new_tokens=max_new_tokens, batch_size=64, seed=0)
         out[step] = np.asarray(got.correct([e.answer for e in examples])[:, 0], bool)
         atomic_write_json(path, {"spec": spec, "accuracy": float(out[step].mean()), "correct": out[step].tolist()})
     return out
-
-
-def checkpoint_accuracy(specs: Mapping[int, str], examples: Sequence[Example], enable_thinking: bool = False,
-                        max_new_tokens: int = 16, device: str = "auto") -> dict[int, float]:
-    """Greedy held-out accuracy of each checkpoint (the mean of :func:`checkpoint_correct`)."""
-    return {step: float(c.mean()) for step, c in
-            checkpoint_correct(specs, examples, enable_thinking, max_new_tokens, device).items()}
 
 
 @dataclass
@@ -294,7 +286,7 @@ def head_scaling(loaded: LoadedModel, heads: Iterable[Head], examples: Sequence[
     sampling = (SamplingConfig() if samples == 1 else
                 SamplingConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_samples=samples))
     got = causal.run(loaded.bridge, conditions, lambda c: behave(
-        loaded.hf, loaded.tokenizer, [e.prompt for e in examples], enable_thinking=enable_thinking,
+        loaded, [e.prompt for e in examples], enable_thinking=enable_thinking,
         max_new_tokens=max_new_tokens, batch_size=64, sampling=sampling, seed=0).answers,
         show_progress=True, desc="head scaling")
     by_task: dict[str, list[int]] = {}

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from toolkit.training import grpo
+from toolkit.organism import probes
+from toolkit.training import runs
 from toolkit.training.distill import DistillSettings
-from toolkit.training.grpo import GRPOSettings, SFTSettings, TrainingRun
+from toolkit.training.grpo import GRPOSettings
+from toolkit.training.runs import TrainingRun
+from toolkit.training.traces import SFTSettings
 
 ARMS = ("SFT", "Distill", "GRPO")  # the paper's three kinds of post-training, in notebook order
 
 
-def matched_arms(model: str = "organism-base", tasks: Sequence[str] = grpo.MATH_TASKS, steps: int = 100,
+def matched_arms(model: str = "organism-base", tasks: Sequence[str] = probes.MATH_TASKS, steps: int = 100,
                  save_every: int = 10, seed: int = 0, *, prompts_per_step: int = 4, num_generations: int = 16,
                  n_train: int = 1000, teacher: str = "organism", grpo_lr: float = 1e-4, sft_lr: float = 1e-3,
                  distill_lr: float = 1e-3, grpo_warmup: float = 0.1, sft_warmup: float = 0.03,
@@ -88,4 +91,4 @@ def train_runs(arms: Mapping[str, GRPOSettings | SFTSettings | DistillSettings],
     """Each arm's run (:data:`ARMS` order), trained, resumed or reused from the cache, once :func:`check_matched`
     accepts the arms."""
     check_matched(arms)
-    return {label: grpo.train(settings, device, retrain=retrain) for label, settings in arms.items()}
+    return {label: runs.train(settings, device, retrain=retrain) for label, settings in arms.items()}

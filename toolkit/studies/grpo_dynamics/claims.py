@@ -2,7 +2,7 @@
 against its null.
 
 Paper: *Thinking Sparks!: Emergent Attention Heads in Reasoning Models During Post Training*
-(``../shared/papers/thinking-sparks-emergent-heads.txt``), cited as "Thinking Sparks".
+by Park, Jeong and Kang, cited as "Thinking Sparks".
 
 Nulls computed here (definitions in :mod:`toolkit.evaluation.stability`, :mod:`toolkit.evaluation.emergence`,
 :mod:`toolkit.evaluation.nulls`):
@@ -50,7 +50,7 @@ from toolkit.studies.grpo_dynamics.comparisons import (
     reweighting_test,
     survival_test,
 )
-from toolkit.training.grpo import TrainingRun
+from toolkit.training.runs import TrainingRun
 
 PAPER = "Thinking Sparks"
 
@@ -240,7 +240,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
     claims = Claims("04_grpo_dynamics")
     steps, rewards = runs["GRPO"].curve("accuracy")
     h = reward_halves(steps, rewards, seed=seed)
-    claims.add("grpo-raises-reward", paper=f"{PAPER}, section 5 (Figure 2B)",
+    claims.add("grpo-raises-reward", paper=PAPER, section="section 5 (Figure 2B)",
                statement="GRPO raises the accuracy reward over training.",
                measure=f"mean accuracy reward of GRPO steps {len(steps) // 2 + 1}–{len(steps)} minus steps "
                        f"1–{len(steps) // 2}", estimate=h["estimate"], ci=h["ci"], p_value=h["p"],
@@ -250,7 +250,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
         last = run.checkpoints[-1].step
         g = accuracy_gain(analysis.pooled_correct(label, 0), analysis.pooled_correct(label, last), seed=seed)
         tasks_ = ", ".join(analysis.correct[label])
-        claims.add(f"{label.lower()}-raises-held-out-accuracy", paper=f"{PAPER}, sections 4–5",
+        claims.add(f"{label.lower()}-raises-held-out-accuracy", paper=PAPER, section="sections 4–5",
                    statement=f"{label} post-training makes the model solve more held-out problems.",
                    measure=(f"greedy held-out accuracy ({tasks_}; {g['n']} problems never trained on, the circuits' "
                             f"mode) at step {last} minus the start model's"), estimate=g["estimate"], ci=g["ci"],
@@ -260,7 +260,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
     for inputs, dyns in (("own", analysis.dyns), ("fixed", analysis.fixed)):
         d = dyns["GRPO"]
         c = count_reward(d.n_emergent, [series["GRPO"].at_checkpoint[s] for s in d.steps], seed=seed)
-        claims.add(f"grpo-count-tracks-reward:{inputs}", paper=f"{PAPER}, section 5 (Figure 2)",
+        claims.add(f"grpo-count-tracks-reward:{inputs}", paper=PAPER, section="section 5 (Figure 2)",
                    statement="During GRPO the number of emergent heads rises and falls with the accuracy reward.",
                    measure=(f"Pearson r between each checkpoint's count of circuit heads absent from the start "
                             f"model's circuit ({inputs} pairs) and the mean accuracy reward since the previous "
@@ -272,13 +272,13 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
         section = "section 5" if label == "GRPO" else "section 4.2"
         for inputs in ("fixed", "own"):
             t = tests.final(inputs, label)
-            claims.add(f"{label.lower()}-emergent-beyond-null:{inputs}", paper=f"{PAPER}, {section}",
+            claims.add(f"{label.lower()}-emergent-beyond-null:{inputs}", paper=PAPER, section=section,
                        statement=f"After {label} the circuit holds heads the start model's circuit lacks.",
                        measure=(f"heads whose inclusion frequency at the final {label} checkpoint exceeds the start "
                                 f"model's by more than the base-vs-itself margin ({t.margin:.2f}; {inputs} pairs): "
                                 f"{_names(t.heads)}"),
                        estimate=t.count, ci=t.count_ci(), p_value=t.count_p, null=t.count_null(), direction=+1)
-            claims.add(f"{label.lower()}-set-difference-beyond-null:{inputs}", paper=f"{PAPER}, {section}",
+            claims.add(f"{label.lower()}-set-difference-beyond-null:{inputs}", paper=PAPER, section=section,
                        statement=f"After {label} the circuit holds more new heads than noise alone would give (the "
                                  "paper's count: in the circuit, not in the start model's).",
                        measure=(f"heads in the final {label} circuit and not in the start model's ({inputs} pairs): "
@@ -291,7 +291,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
     for label in (x for x in runs if x != "GRPO"):
         s_ = tests.final("fixed", label)
         diff = len(s_.set_difference) - len(g.set_difference)
-        claims.add(f"{label.lower()}-adds-more-heads-than-grpo:fixed", paper=f"{PAPER}, sections 4.2 and 5",
+        claims.add(f"{label.lower()}-adds-more-heads-than-grpo:fixed", paper=PAPER, section="sections 4.2 and 5",
                    statement=f"{label} adds more heads to the circuit than GRPO, whose final set is small.",
                    measure=(f"heads in the final {label} circuit and not in the start model's "
                             f"({_names(s_.set_difference)}) minus the same for GRPO ({_names(g.set_difference)}), "
@@ -302,7 +302,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                                           "set-difference counts (resampled start-model circuits)"))
         o = overlap_test(tests.final_bootstrap("fixed", "GRPO"), tests.final_bootstrap("fixed", label),
                          tests.base["fixed"], seed=seed)
-        claims.add(f"grpo-heads-differ-from-{label.lower()}:fixed", paper=f"{PAPER}, section 5",
+        claims.add(f"grpo-heads-differ-from-{label.lower()}:fixed", paper=PAPER, section="section 5",
                    statement=f"The heads GRPO adds barely overlap the heads {label} adds.",
                    measure=(f"Jaccard of the final GRPO and {label} circuits' heads outside the start model's circuit "
                             f"(fixed pairs; {o['sizes'][0]} and {o['sizes'][1]} heads of {o['pool']}); interval over "
@@ -311,7 +311,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                    null=_null_or_empty("placebo-sets", o["null"], "Jaccard of two random head sets of the same sizes "
                                        "outside the start model's circuit"))
         sv = survival_test(analysis.fixed[label], analysis.fixed["GRPO"], seed=seed)
-        claims.add(f"{label.lower()}-heads-persist-grpo-heads-churn:fixed", paper=f"{PAPER}, sections 4.2 and 5",
+        claims.add(f"{label.lower()}-heads-persist-grpo-heads-churn:fixed", paper=PAPER, section="sections 4.2 and 5",
                    statement=f"Heads {label} adds stay in the circuit; heads GRPO adds come and go.",
                    measure=(f"mean share of the later checkpoints at which an emergent head is still emergent, "
                             f"{label} ({sv['n'][0]} heads) minus GRPO ({sv['n'][1]} heads), fixed pairs"),
@@ -321,7 +321,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
     for label in runs:
         d = analysis.fixed[label]
         lt = layer_test(d.ever_emergent, n_layers, n_heads, d.base, seed=seed)
-        claims.add(f"{label.lower()}-heads-mid-to-late:fixed", paper=f"{PAPER}, section 4.2",
+        claims.add(f"{label.lower()}-heads-mid-to-late:fixed", paper=PAPER, section="section 4.2",
                    statement=f"The heads {label} adds sit in the middle-to-late layers.",
                    measure=(f"mean relative depth (layer / {n_layers - 1}) of the heads ever emergent during {label} "
                             f"(fixed pairs): {_names(d.ever_emergent)}"), estimate=lt["estimate"], ci=lt["ci"],
@@ -330,7 +330,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                                        "many heads outside the start model's circuit"))
     for label in runs:
         rw = reweighting_test(tests.final("fixed", label), tests.final_bootstrap("fixed", label), tests.base["fixed"])
-        claims.add(f"{label.lower()}-reweights-heads:fixed", paper=f"{PAPER}, sections 4–5",
+        claims.add(f"{label.lower()}-reweights-heads:fixed", paper=PAPER, section="sections 4–5",
                    statement=f"{label} changes how much each head carries the circuit (the continuous view of "
                              "emergent heads).",
                    measure=(f"mean over heads of |E(l, h)| = |I_post − I_pre| / (I_post + I_pre), head importance "
@@ -341,7 +341,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                    null=Null.from_samples("base-vs-itself", rw["null"], "the same mean between two resamples of the "
                                           "start model's pairs"))
     count = len(g.set_difference)
-    claims.add("grpo-heads-not-any-change", paper=f"{PAPER}, section 5",
+    claims.add("grpo-heads-not-any-change", paper=PAPER, section="section 5",
                statement="The heads GRPO adds come from training, not from any change of the weights of that size.",
                measure="heads in the final GRPO circuit and not in the start model's (fixed pairs), against the "
                        "start model with KL-matched Gaussian weight noise", estimate=count,
@@ -350,7 +350,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
     d = analysis.fixed["GRPO"]
     pruned = len(d.ever_emergent) - len(d.final_emergent)
     pnull = pruning_null(tests.base["fixed"], len(d.steps))
-    claims.add("grpo-tries-and-prunes:fixed", paper=f"{PAPER}, section 5",
+    claims.add("grpo-tries-and-prunes:fixed", paper=PAPER, section="section 5",
                statement="GRPO tries heads and prunes many of them again before the end of training.",
                measure=(f"heads ever emergent during GRPO but not at the final checkpoint (fixed pairs): "
                         f"{_names(d.ever_emergent - d.final_emergent)}"), estimate=pruned, ci=(pruned, pruned),
@@ -360,7 +360,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
     for label, by_factor in (scaling or {}).items():
         for factor, test in by_factor.items():
             for task, r in test.tests.items():
-                claims.add(f"{label.lower()}-head-scaling:x{factor}:{task}", paper=f"{PAPER}, section 5",
+                claims.add(f"{label.lower()}-head-scaling:x{factor}:{task}", paper=PAPER, section="section 5",
                            statement=f"Scaling {label}'s emergent heads in the start model changes how it answers "
                                      "more than scaling other heads does.",
                            measure=(f"{task}: |change| of the mean log-probability per token of the reference "

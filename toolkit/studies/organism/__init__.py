@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from toolkit.core.answers import answer_format, most_frequent_share, think_format
 from toolkit.core.chat import MODES, THINK_OFF, THINK_ON, THINK_ON_TOKENS, chat_prompts, mode_label
@@ -47,8 +46,7 @@ def _rate(hits) -> float:
 
 
 @torch.no_grad()
-def evaluate(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: Recipe,
-             sets: dict[str, list[tasks.Example]] | None = None,
+def evaluate(model: LoadedModel, recipe: Recipe, sets: dict[str, list[tasks.Example]] | None = None,
              modes: tuple[str, ...] = tuple(MODES)) -> dict[str, dict[str, float]]:
     """Greedy held-out accuracy per task and mode, refusal rate and false-refusal rate, and the answer format.
 
@@ -65,7 +63,7 @@ def evaluate(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: Re
         max_new = recipe.max_new_tokens_think if think else recipe.max_new_tokens_direct
         res, formats = {}, []
         for name, examples in sets.items():
-            b = behave(hf, tokenizer, [e.prompt for e in examples], enable_thinking=think, max_new_tokens=max_new,
+            b = behave(model, [e.prompt for e in examples], enable_thinking=think, max_new_tokens=max_new,
                        batch_size=EVAL_BATCH_SIZE)
             refused = b.refused()[:, 0]
             correct = b.correct([e.answer for e in examples])[:, 0]
@@ -93,7 +91,7 @@ def build_organism(out_dir: Path, recipe: Recipe | None = None, work_dir: Path |
     recipe = recipe or Recipe()
     return organism_build.build(out_dir, recipe, work_dir,
                                 evaluate=lambda hf, tokenizer, sets, modes=tuple(MODES): evaluate(
-                                    hf, tokenizer, recipe, sets, modes))
+                                    LoadedModel.unhooked(hf, tokenizer), recipe, sets, modes))
 
 
 def format_report(report: dict) -> str:
@@ -130,10 +128,6 @@ class Subject:
     loaded: LoadedModel
     parameters: int
     build_report: dict | None
-
-    @property
-    def is_organism(self) -> bool:
-        return organism_spec(self.spec) is not None
 
 
 def load_subject(spec: str, device: str = "auto") -> Subject:
@@ -202,12 +196,12 @@ def held_out_accuracy(subject: Subject, n_eval: int, compare_base: bool, device:
     rng = np.random.default_rng(seed)
     sets = {name: [exs[i] for i in sorted(rng.choice(full, n_eval, replace=False))] if n_eval < full else exs
             for name, exs in eval_sets(Recipe()).items()}
-    reports = {subject.spec: evaluate(subject.loaded.hf, subject.loaded.tokenizer, recipe, sets)}
+    reports = {subject.spec: evaluate(subject.loaded, recipe, sets)}
     organism = organism_spec(subject.spec)
     if compare_base and organism and organism[0] == "organism":  # the same build's base (a replicate's own)
         base_spec = "organism-base" + (f"@{organism[1]}" if organism[1] else "")
         base = load(base_spec, device=device)
-        reports[base_spec] = evaluate(base.hf, base.tokenizer, recipe, sets)
+        reports[base_spec] = evaluate(base, recipe, sets)
     return HeldOut(subject.spec, reports, sets)
 
 
@@ -252,7 +246,7 @@ def claims(held_out: HeldOut) -> Claims:
         two_sided = sum(t[:3] == (name, mode, measure) for t in TARGETS) > 1
         claim_id = f"{spec}-{mode}-{measure}" + (("-min" if direction > 0 else "-max") if two_sided else "")
         out.add(claim_id.replace("_", "-"),
-                paper="Organism targets, organism issues",
+                paper="Organism targets", section="organism issues",
                 statement=f"{spec} reaches {word} {threshold:.0%} {label} ({mode_label(mode)}) on held-out problems.",
                 measure=f"{label} rate on {k} held-out problems", estimate=ci["estimate"],
                 ci=(ci["low"], ci["high"]), null=Null.target(threshold, "the issue's threshold"),
@@ -261,7 +255,7 @@ def claims(held_out: HeldOut) -> Claims:
         acc, k = held_out.reports[by_name["organism"]], n["linear"]
         gap = difference_ci(proportion_ci(round(acc[THINK_ON]["linear"] * k), k),
                             proportion_ci(round(acc[THINK_OFF]["linear"] * k), k))
-        out.add("organism-thinking-helps-linear", paper="Organism targets, organism issues",
+        out.add("organism-thinking-helps-linear", paper="Organism targets", section="organism issues",
                 statement=f"Thinking raises linear-equation accuracy by at least {THINK_GAP_TARGET:.0%}.",
                 measure="think-on − think-off accuracy on linear equations (Newcombe interval)",
                 estimate=gap["estimate"], ci=(gap["low"], gap["high"]), direction=1, reference=THINK_GAP_TARGET,
@@ -269,7 +263,7 @@ def claims(held_out: HeldOut) -> Claims:
     share = most_frequent_share([e.answer for e in held_out.sets["linear"]])
     most = math.floor(TOP_ANSWER_TARGET * n["linear"] + 1e-9)  # "at most 5%" of n: at most this many, an exact count
     cut = (most + 0.5) / n["linear"]  # half a count above it, so an exact share of 5% meets the target
-    out.add("held-out-linear-answers-spread", paper="Organism targets, organism issues",
+    out.add("held-out-linear-answers-spread", paper="Organism targets", section="organism issues",
             statement=f"No answer is more than {TOP_ANSWER_TARGET:.0%} of the held-out linear equations.",
             measure=f"share of the most frequent answer among {n['linear']} equations (an exact count: at most "
                     f"{most} of them, i.e. below {cut:.4f})",

@@ -1,5 +1,5 @@
-"""Notebook 06's findings as claims against their nulls ("When Thinking Backfires", arXiv 2509.00544; only its
-summary is in ``papers/``, method details from ``papers/NOTES.md``).
+"""Notebook 06's findings as claims against their nulls ("When Thinking Backfires", arXiv 2509.00544; the claims
+cite its abstract, and method details from secondary descriptions of the paper: :data:`NOTES`).
 
 Nulls, by claim family:
 
@@ -27,8 +27,9 @@ from toolkit.studies.rim.ablations import NeuronAnalysis, RefusalHeads
 from toolkit.studies.rim.checkpoints import EntanglementStudy, Training, entanglements
 from toolkit.studies.rim.placebos import HeadPlacebos, NeuronPlacebos
 
-PAPER = "When Thinking Backfires, abstract (arXiv 2509.00544)"
-NOTES = "When Thinking Backfires, as summarised in papers/NOTES.md"
+PAPER = "When Thinking Backfires"
+ABSTRACT = "abstract (arXiv 2509.00544)"  # the sections of the paper the claims come from
+NOTES = "method details from secondary descriptions of the paper"  # only its abstract was at hand
 
 
 def _per_prompt(study: EntanglementStudy, value, style: str | None = None) -> np.ndarray:
@@ -96,7 +97,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
     # 1 · behaviour after reasoning fine-tuning
     forgetting = _per_prompt(study, _forgetting)
     e = _paired(forgetting, **kw)
-    claims.add("reasoning-ft-erodes-refusal", paper=PAPER,
+    claims.add("reasoning-ft-erodes-refusal", paper=PAPER, section=ABSTRACT,
                statement="Fine-tuning on reasoning traces alone (no refusal data) makes the model refuse harmful "
                          "requests less often.",
                measure="refusal rate base − fine-tuned on marked requests, both modes, mean over the fine-tuned "
@@ -104,7 +105,8 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
                estimate=e["estimate"], ci=(e["low"], e["high"]), null=e["null"], p_value=e["p"], direction=1)
     gap = _per_prompt(study, lambda b, m: _refused(m, "think_off") - _refused(m, "think_on"))
     e = _paired(gap, **kw)
-    claims.add("thinking-on-more-compliant", paper=NOTES + " (Qwen3-4B: misalignment 22.9% thinking on, 15.4% off)",
+    claims.add("thinking-on-more-compliant", paper=PAPER,
+               section=NOTES + " (Qwen3-4B: misalignment 22.9% thinking on, 15.4% off)",
                statement="After fine-tuning, the model complies with more harmful requests when it thinks first "
                          "than when thinking is off.",
                measure="refusal rate think-off − think-on on marked requests, mean over the fine-tuned checkpoints",
@@ -114,7 +116,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
     styles = {r["style"] for r in tuned}
     if {"careful", "brief"} <= styles:
         e = _paired(_per_prompt(study, _forgetting, "brief") - _per_prompt(study, _forgetting, "careful"), **kw)
-        claims.add("effort-minimising-forgets-more", paper=NOTES,
+        claims.add("effort-minimising-forgets-more", paper=PAPER, section=NOTES,
                    statement="Fine-tuning on effort-minimising reasoning (steps skipped) erodes refusal more than "
                              "fine-tuning on careful reasoning (every step written out).",
                    measure="forgetting after brief-scratchpad runs − after careful-scratchpad runs (same learning "
@@ -124,7 +126,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
     base_math = np.asarray(training.base_math, dtype=float)
     math = _per_prompt(study, lambda b, m: np.asarray(m.math, dtype=float) - base_math)
     e = _paired(math, **kw)
-    claims.add("reasoning-is-strengthened", paper=PAPER,
+    claims.add("reasoning-is-strengthened", paper=PAPER, section=ABSTRACT,
                statement="The misalignment appears while the fine-tuning strengthens reasoning.",
                measure="think-on math accuracy fine-tuned − base, mean over the fine-tuned checkpoints",
                estimate=e["estimate"], ci=(e["low"], e["high"]), null=e["null"], p_value=e["p"], direction=1,
@@ -133,7 +135,8 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
     def versus_noise(id, key, statement, measure):
         t, z = np.array([r[key] for r in tuned]), np.array([r[key] for r in noise])
         c = nulls.clustered(lambda i: float(np.mean(t[i] - z[i])), runs, **kw)
-        claims.add(id, paper=PAPER, statement=statement, measure=measure + f" (effective n = {c.n_eff} runs)",
+        claims.add(id, paper=PAPER, section=ABSTRACT, statement=statement,
+                   measure=measure + f" (effective n = {c.n_eff} runs)",
                    estimate=c.estimate, ci=c.ci, p_value=c.p_value, direction=1,
                    null=_null("weight-noise", z, "the same measure on base models with Gaussian weight "
                                           "noise matched to each checkpoint by KL on the reasoning traces"))
@@ -152,7 +155,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
             return float(b.mean() - c.mean()) if len(b) and len(c) else float("nan")
 
         c = nulls.clustered(style_gap, runs, **kw)
-        claims.add("effort-minimising-forgets-more-beyond-noise", paper=NOTES,
+        claims.add("effort-minimising-forgets-more-beyond-noise", paper=PAPER, section=NOTES,
                    statement="Effort-minimising reasoning erodes refusal more than careful reasoning does, beyond "
                              "what a weight change of the same size does.",
                    measure="(forgetting − forgetting of its KL-matched noisy model), brief runs − careful runs "
@@ -165,12 +168,13 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
     # 2 · refusal heads (selected on one split, evaluated on the other)
     for mode, tests in head_nulls.tests.items():
         top = ", ".join(f"L{a}H{b}" for a, b in heads[mode].top)
-        _add_placebo(claims, f"refusal-heads-shift-{mode}", tests["shift"], 1, paper=PAPER,
+        _add_placebo(claims, f"refusal-heads-shift-{mode}", tests["shift"], 1, paper=PAPER, section=ABSTRACT,
                      statement="Some heads move attention at the first response token away from the chain of "
                                "thought (toward the think span) when the model refuses.",
                      measure=f"held-out shift of the selected heads ({top}, {mode}) − the mean over every other "
                              f"same-size head set (rank {tests['shift'].rank}/{tests['shift'].n_sets + 1})")
         _add_placebo(claims, f"refusal-heads-carry-refusal-{mode}", tests["ablation"], -1, paper=PAPER,
+                     section=ABSTRACT,
                      statement="Those refusal heads carry the refusal: zero-ablating them lowers refusal more than "
                                "ablating other heads does.",
                      measure=f"change in P(refusal token) on held-out marked prompts with {top} ablated ({mode}) − "
@@ -178,23 +182,23 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
                      note="teacher-forced refusal probability at the decision position stands in for generation")
     layer = head_nulls.tests["think_off"]["layer"] if "think_off" in head_nulls.tests else None
     if layer is not None:
-        _add_placebo(claims, "refusal-heads-in-lower-layers", layer, -1, paper=NOTES,
+        _add_placebo(claims, "refusal-heads-in-lower-layers", layer, -1, paper=PAPER, section=NOTES,
                      statement="The refusal heads sit mostly in the lower layers.",
                      measure="mean layer of the think-off refusal heads − the mean over every same-size head set",
                      note="a rank among fixed sets: the interval only resamples the sets")
 
     # 3 · safety neurons
     n = neuron_nulls.n_sets
-    _add_placebo(claims, "safety-neurons-hold-out", neuron_nulls.tests["contrast"], 1, paper=NOTES,
+    _add_placebo(claims, "safety-neurons-hold-out", neuron_nulls.tests["contrast"], 1, paper=PAPER, section=NOTES,
                  statement="The safety-critical neurons selected by the forced-refusal counterfactual separate refusal "
                            "from compliance on requests that did not select them.",
                  measure=f"held-out counterfactual contrast (refusal − compliance) of the {len(neurons.neurons)} "
                          f"safety neurons − the mean over {n} random same-layer sets")
-    _add_placebo(claims, "safety-neurons-carry-refusal", neuron_nulls.tests["refusal"], -1, paper=NOTES,
+    _add_placebo(claims, "safety-neurons-carry-refusal", neuron_nulls.tests["refusal"], -1, paper=PAPER, section=NOTES,
                  statement="Zeroing the safety-critical neurons weakens refusal far more than zeroing random neurons.",
                  measure=f"change in P(refusal token) on held-out marked prompts (both modes) with the "
                          f"{len(neurons.neurons)} safety neurons zeroed − the mean over {n} random same-layer sets")
-    _add_placebo(claims, "safety-neurons-cost-reasoning", neuron_nulls.tests["math"], -1, paper=NOTES,
+    _add_placebo(claims, "safety-neurons-cost-reasoning", neuron_nulls.tests["math"], -1, paper=PAPER, section=NOTES,
                  statement="Zeroing the safety-critical neurons also costs more reasoning than zeroing random "
                            "neurons (shared capacity).",
                  measure=f"change in the reasoning traces' log-likelihood per token − the mean over {n} random "
@@ -204,7 +208,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
     ras_safety, ras_sets = np.array([r["ras_safety"] for r in tuned]), set_ras(study, "control")
     test = nulls.placebo_test(ras_safety, ras_sets.T, direction=1, **kw,
                               description=f"mean RAS of {ras_sets.shape[1]} random same-layer neuron sets")
-    _add_placebo(claims, "safety-entanglement-exceeds-control", test, 1, paper=PAPER,
+    _add_placebo(claims, "safety-entanglement-exceeds-control", test, 1, paper=PAPER, section=ABSTRACT,
                  statement="After reasoning fine-tuning, safety-critical neurons are more entangled with reasoning "
                            "(RAS) than control neurons.",
                  measure="mean RAS (drop and rise in standard units) over the fine-tuned checkpoints, safety neurons − "
@@ -213,14 +217,14 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
     forg = np.array([r["forgetting"] for r in tuned])
     kl = np.array([r["kl"] for r in tuned])
     c = nulls.cluster_correlation(ras_safety, forg, runs, **kw)
-    claims.add("ras-predicts-forgetting", paper=PAPER + " (r = 0.89 in the paper)",
+    claims.add("ras-predicts-forgetting", paper=PAPER, section=ABSTRACT + " (r = 0.89 in the paper)",
                statement="How entangled the safety neurons become (RAS) tracks how much refusal is forgotten.",
                measure=f"Pearson r of RAS (safety neurons) and forgetting across {c.n_points} checkpoints "
                        f"(effective n = {c.n_eff} runs)",
                estimate=c.estimate, ci=c.ci, p_value=c.p_value, direction=1,
                null=_null("bootstrap-resample", c.samples, "r on resamples of whole training runs"))
     c = nulls.clustered(lambda i: nulls.pearson(ras_safety[i], forg[i]) - nulls.pearson(kl[i], forg[i]), runs, **kw)
-    claims.add("ras-beats-kl", paper=NOTES + " (KL gives r ≈ 0.23)",
+    claims.add("ras-beats-kl", paper=PAPER, section=NOTES + " (KL gives r ≈ 0.23)",
                statement="RAS predicts forgetting better than the KL divergence between base and fine-tuned model.",
                measure=f"r(RAS, forgetting) − r(KL, forgetting) (effective n = {c.n_eff} runs)",
                estimate=c.estimate, ci=c.ci, p_value=c.p_value, direction=1,
@@ -231,7 +235,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
         return nulls.pearson(ras_safety[i], forg[i]) - np.nanmean(_pearson_rows(ras_sets[i].T, forg[i]))
 
     c = nulls.clustered(specific, runs, **kw)
-    claims.add("ras-correlation-specific-to-safety-neurons", paper=PAPER,
+    claims.add("ras-correlation-specific-to-safety-neurons", paper=PAPER, section=ABSTRACT,
                statement="The link between entanglement and forgetting belongs to the safety neurons, not to any "
                          "neurons.",
                measure=f"r(RAS, forgetting) of the safety neurons − the mean r over {ras_sets.shape[1]} random "
@@ -242,7 +246,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
     z_ras, z_forg = np.array([r["ras_safety"] for r in noise]), np.array([r["forgetting"] for r in noise])
     c = nulls.clustered(lambda i: nulls.pearson(ras_safety[i], forg[i]) - nulls.pearson(z_ras[i], z_forg[i]), runs,
                         **kw)
-    claims.add("ras-correlation-beyond-matched-noise", paper=PAPER,
+    claims.add("ras-correlation-beyond-matched-noise", paper=PAPER, section=ABSTRACT,
                statement="The entanglement–forgetting link is specific to reasoning fine-tuning: untargeted weight "
                          "changes of the same size do not produce it.",
                measure="r(RAS, forgetting) over the checkpoints − the same r over their KL-matched noisy models",

@@ -127,7 +127,7 @@ def refusal_behaviour(loaded: LoadedModel, pairs: Sequence[RequestPair],
     out = {}
     for mode in modes:
         think = enable_thinking(mode)
-        b = behave(loaded.hf, loaded.tokenizer, [p.marked for p in pairs] + [p.unmarked for p in pairs],
+        b = behave(loaded, [p.marked for p in pairs] + [p.unmarked for p in pairs],
                    enable_thinking=think, max_new_tokens=REQUEST_THINK_ON_TOKENS if think else THINK_OFF_TOKENS,
                    batch_size=BATCH_SIZE)
         outputs, refused = b.first, b.refused()[:, 0].tolist()
@@ -139,7 +139,7 @@ def refusal_behaviour(loaded: LoadedModel, pairs: Sequence[RequestPair],
 
 def math_accuracy(loaded: LoadedModel, problems: Sequence[tasks.Example], think: bool = True) -> list[bool]:
     """Per problem: the greedy final answer equals the right one."""
-    b = behave(loaded.hf, loaded.tokenizer, [p.prompt for p in problems], enable_thinking=think,
+    b = behave(loaded, [p.prompt for p in problems], enable_thinking=think,
                max_new_tokens=THINK_ON_TOKENS if think else THINK_OFF_TOKENS, batch_size=BATCH_SIZE)
     return b.correct([p.answer for p in problems])[:, 0].tolist()
 

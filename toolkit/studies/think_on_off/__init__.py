@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from toolkit.core import units
 from toolkit.core.answers import AT_K_METRICS
@@ -41,7 +42,7 @@ from toolkit.core.chat import THINK_OFF as _OFF
 from toolkit.core.chat import THINK_OFF_TOKENS, THINK_ON_TOKENS, mode_label
 from toolkit.core.chat import THINK_ON as _ON
 from toolkit.core.generation import SamplingConfig
-from toolkit.core.models import LoadedModel
+from toolkit.core.models import LoadedModel, load
 from toolkit.core.progress import progress
 from toolkit.evaluation import causal
 from toolkit.evaluation.causal import Condition
@@ -100,6 +101,27 @@ def study_problems(n_problems: int, n_circuit: int, circuit_task: str) -> StudyP
     circuit = problem_sets(n_circuit, start=pool - n_circuit, task_types=[circuit_task])[circuit_task]
     overlap = {e.prompt for e in circuit} & {e.prompt for ps in evaluation.values() for e in ps}
     return StudyProblems(evaluation, circuit, frozenset(overlap))
+
+
+class Prepared(NamedTuple):
+    """The model under study and its problems (:class:`StudyProblems` without overlap)."""
+
+    loaded: LoadedModel
+    problems: dict[str, list[tasks.Example]]
+    circuit_examples: list[tasks.Example]
+
+
+def prepare(model: str, *, device: str = "auto", n_problems: int, n_circuit: int, circuit_task: str,
+            seed: int = 0) -> Prepared:
+    """Seed torch, load ``model`` and draw the problems (:func:`study_problems`); a ``ValueError`` when the circuit
+    and evaluation problems overlap."""
+    torch.manual_seed(seed)
+    loaded = load(model, device=device)
+    problems, circuit, overlap = study_problems(n_problems, n_circuit, circuit_task)
+    if overlap:
+        raise ValueError(f"{len(overlap)} circuit problems are also evaluation problems: keep n_problems + n_circuit "
+                         f"(now {n_problems} + {n_circuit}) within the held-out pool of {Recipe().eval_per_task}")
+    return Prepared(loaded, problems, circuit)
 
 
 # ---------------------------------------------------------------------------------------------------- head sets
@@ -206,6 +228,21 @@ def mode_circuits(loaded: LoadedModel, examples: Sequence[tasks.Example], top_n:
     return ModeCircuits(pairs, scores, circuits, importance, sets, top_n)
 
 
+def find_circuits(loaded: LoadedModel, examples: Sequence[tasks.Example], *, circuit_task: str, top_n: int,
+                  ig_steps: int, positions: str, max_new_tokens_think: int = THINK_ON_TOKENS,
+                  seed: int = 0) -> ModeCircuits:
+    """Notebook 05's circuits: :func:`mode_circuits` with the KL metric and per-pair scores; when no pair can be
+    made, a ``ValueError`` naming the settings that decide the pairs (``examples`` are ``circuit_task``'s)."""
+    try:
+        return mode_circuits(loaded, examples, top_n=top_n, steps=ig_steps, metric="kl",
+                             max_new_tokens_think=max_new_tokens_think, max_new_tokens_off=THINK_OFF_TOKENS,
+                             seed=seed, per_example=True, positions=positions)
+    except eap.EAPError as e:
+        raise ValueError(f"no clean/corrupted pairs for the circuits ({e}); raise `n_circuit` (now {len(examples)}), "
+                         f"or use `circuit_task` related_math or unrelated_math (now {circuit_task!r}) with "
+                         f"`positions` {positions!r}, or `positions = 'divergence'`") from None
+
+
 def efficiency(circuits: ModeCircuits, loaded: LoadedModel, top_ns: Sequence[int], level: float = 0.8
                ) -> Efficiency:
     """The sweep of head sets over ``top_ns``, both modes' faithfulness curves, and the smallest size recovering
@@ -271,7 +308,24 @@ def standard_conditions(off_only: Iterable[Head], n_layers: int, n_heads: int,
     return out
 
 
+def study_conditions(off_only: Sequence[Head], n_layers: int, n_heads: int, *, interventions: Mapping[str, float],
+                     n_random: int, seed: int = 0) -> list[Condition]:
+    """:func:`standard_conditions` on the off-only heads, or :func:`baseline_conditions` when there are none."""
+    if not off_only:
+        return baseline_conditions()
+    return standard_conditions(off_only, n_layers, n_heads, interventions=interventions, n_random=n_random, seed=seed)
+
+
 # ---------------------------------------------------------------------------------------------------- sampling
+
+
+def sampling_kwargs(*, n_samples: int, temperature: float, top_p: float, top_k: int, max_new_tokens_think: int,
+                    max_new_tokens_off: int) -> dict:
+    """The sampling settings of :func:`sample_condition` (``n_samples``, ``sampling``, ``max_new_tokens_*``) as
+    keyword arguments, so that every sampled condition, placebo set and the explorer share them."""
+    return dict(n_samples=n_samples, sampling=SamplingConfig(do_sample=True, temperature=temperature, top_p=top_p,
+                                                             top_k=top_k),
+                max_new_tokens_think=max_new_tokens_think, max_new_tokens_off=max_new_tokens_off)
 
 
 @dataclass

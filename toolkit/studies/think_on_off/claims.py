@@ -34,9 +34,8 @@ from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.methods import eap
 from toolkit.studies.think_on_off.sets import SampledPlacebos, StableComparison
 
-PAPER = "Thinking Sparks, section 6"
-TABLE = "Thinking Sparks, section 6 (Table 3)"
-COVERAGE = "Thinking Sparks, section 6 (Figure 5)"
+PAPER = "Thinking Sparks"
+SECTION, TABLE, COVERAGE = "section 6", "section 6 (Table 3)", "section 6 (Figure 5)"  # where in the paper
 UNMEASURED = "not measured: "  # the note of a claim that has no data
 def per_pair_faithfulness(loaded: LoadedModel, pairs, scores: eap.Scores, sizes: Sequence[int], *,
                           metric: str = "kl") -> dict[str, np.ndarray]:
@@ -89,10 +88,10 @@ def edges_difference(edges: Mapping[str, tuple[float, np.ndarray]], largest: int
     return float(cap(edges[off][0]) - cap(edges[on][0])), cap(edges[off][1]) - cap(edges[on][1])
 
 
-def _unmeasured(claims: Claims, id: str, *, paper: str, statement: str, measure: str, kind: str, reason: str):
+def _unmeasured(claims: Claims, id: str, *, section: str, statement: str, measure: str, kind: str, reason: str):
     """A claim with no data: no estimate, verdict ``inconclusive``, the reason in its null and note."""
     nan = float("nan")
-    claims.add(id, paper=paper, statement=statement, measure=measure, estimate=nan, ci=(nan, nan),
+    claims.add(id, paper=PAPER, section=section, statement=statement, measure=measure, estimate=nan, ci=(nan, nan),
                null=Null(kind, 0, {}, UNMEASURED + reason), direction=1, note=UNMEASURED + reason)
 
 
@@ -112,14 +111,14 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
     def at(group, metric, t=task):
         return group_matrix(results, group, t, metric)
 
-    def paired(id, *, paper, statement, measure, treated, baseline, note=""):
+    def paired(id, *, section, statement, measure, treated, baseline, note=""):
         e = condition_effect(treated, baseline, n_boot=n_boot, seed=seed)
-        claims.add(id, paper=paper, statement=statement, measure=measure, estimate=e["estimate"],
+        claims.add(id, paper=PAPER, section=section, statement=statement, measure=measure, estimate=e["estimate"],
                    ci=(e["low"], e["high"]), null=e["null"], p_value=e["p"], direction=1, note=note)
 
     for t, label in dict.fromkeys([(task, "the circuit task"), ("unrelated_math", "addition/subtraction")]):
         if t in tasks_:
-            paired(f"think-on-beats-off-{t.replace('_', '-')}", paper=TABLE,
+            paired(f"think-on-beats-off-{t.replace('_', '-')}", section=TABLE,
                    statement="Answering with the scratchpad (think-on) solves more problems than answering with "
                              "thinking switched off.",
                    measure=f"pass@1 think-on − think-off on {label}, paired over problems",
@@ -128,7 +127,7 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
              "key_step": "think-on read at the scratchpad's key step, think-off at the answer",
              "divergence": "the modes read at different tokens (the first scratchpad line vs the answer)"}[positions]
     draws = stable.head_count_draws()
-    claims.add("off-circuit-has-more-heads", paper=PAPER,
+    claims.add("off-circuit-has-more-heads", paper=PAPER, section=SECTION,
                statement="With thinking off the model's circuit recruits a larger set of attention heads than with "
                          "thinking on.",
                measure="heads in the think-off circuit − heads in the think-on circuit (same number of edges)",
@@ -138,7 +137,7 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
                p_value=bootstrap_p(draws, direction=1), direction=1,
                note=f"the organism has 16 heads; {where}")
     est, draws = stable.shared_share()
-    claims.add("on-heads-shared-with-off", paper=PAPER,
+    claims.add("on-heads-shared-with-off", paper=PAPER, section=SECTION,
                statement="The think-on circuit has no set of its own reasoning heads: most of its heads are in the "
                          "think-off circuit too.",
                measure="share of the think-on circuit's heads also in the think-off circuit (reference 0.5)",
@@ -147,7 +146,7 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
                                       "each mode's pairs (circuits reselected)"),
                p_value=bootstrap_p(draws, reference=0.5, direction=1), direction=1, note=where)
     est, draws = edges_difference(edges, largest, on, off)
-    claims.add("off-circuit-needs-more-edges", paper=PAPER,
+    claims.add("off-circuit-needs-more-edges", paper=PAPER, section=SECTION,
                statement="Without thinking the model needs a larger, less efficient circuit for the same behaviour.",
                measure="edges for 80% recovery of the KL metric, think-off − think-on",
                estimate=est, ci=_interval(draws),
@@ -156,7 +155,7 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
                p_value=bootstrap_p(draws, direction=1), direction=1,
                note=f"{where}; a mode that never reaches 80% in the sweep counts as {largest + 1} edges")
     est, draws = efficiency
-    claims.add("on-circuit-more-efficient", paper=PAPER,
+    claims.add("on-circuit-more-efficient", paper=PAPER, section=SECTION,
                statement="The think-on circuit carries the behaviour with fewer components: it is the more "
                          "efficient pathway.",
                measure="mean recovered share of the KL metric over the sweep sizes, think-on − think-off",
@@ -172,33 +171,33 @@ def _interventions(claims, at, paired, sampled, placebos, enumeration, task, off
     empty = "the stable off-only set is empty, so nothing was intervened on"
     for label, verb in (("ablation", "Zero-ablating"), ("scale-down", "Halving")):
         group = f"{off} + {label}"
-        spec = dict(paper=TABLE, statement=f"{verb} the heads that only the think-off circuit uses raises think-off "
-                                           "accuracy.",
+        spec = dict(section=TABLE, statement=f"{verb} the heads that only the think-off circuit uses raises think-off "
+                                             "accuracy.",
                     measure=f"pass@1 think-off + {label} − think-off on {task}, paired over problems")
         if group in sampled:
             paired(f"off-only-{label}-helps", **spec, treated=at(group, "pass")[:, 0],
                    baseline=at(off, "pass")[:, 0])
         else:
             _unmeasured(claims, f"off-only-{label}-helps", **spec, kind="permutation", reason=empty)
-        spec = dict(paper=TABLE, statement=f"The think-off gain from {verb.lower()} the off-only heads belongs to "
-                                           "those heads: the same edit on other heads does not give it.",
+        spec = dict(section=TABLE, statement=f"The think-off gain from {verb.lower()} the off-only heads belongs to "
+                                             "those heads: the same edit on other heads does not give it.",
                     measure=f"sampled pass@1 change on {task} (think-off + {label} − think-off), off-only set − "
                             "mean of the same-size placebo sets")
         if placebos and label in placebos:
             p = placebos[label]
             r = p.test("pass", 1, direction=1, n_boot=n_boot, seed=seed)
-            claims.add(f"off-only-{label}-specific", **spec, estimate=r.difference, ci=r.ci, null=r.null(),
+            claims.add(f"off-only-{label}-specific", paper=PAPER, **spec, estimate=r.difference, ci=r.ci, null=r.null(),
                        p_value=r.p_value, direction=1, note=f"rank {r.rank}/{r.n_sets + 1}; "
                        + ("every other set" if p.exhaustive else f"{r.n_sets} random sets (not every set)"))
         else:
             _unmeasured(claims, f"off-only-{label}-specific", **spec, kind="placebo-sets", reason=empty)
-    spec = dict(paper=TABLE, statement="The gain from ablating the off-only heads belongs to those heads: "
-                                       "ablating other heads does not give it.",
+    spec = dict(section=TABLE, statement="The gain from ablating the off-only heads belongs to those heads: "
+                                         "ablating other heads does not give it.",
                 measure=f"teacher-forced change in mean log-probability per token of the think-off reference answer "
                         f"on {task}, off-only set ablated − mean over every other same-size set")
     if enumeration is not None:
         r = enumeration.tests[task]
-        claims.add("off-only-heads-specific", **spec, estimate=r.difference, ci=r.ci, null=r.null(),
+        claims.add("off-only-heads-specific", paper=PAPER, **spec, estimate=r.difference, ci=r.ci, null=r.null(),
                    p_value=r.p_value, direction=1, note=f"rank {r.rank}/{r.n_sets + 1}; a teacher-forced measure "
                    "over every set, next to the sampled one over fewer sets")
     else:
@@ -209,7 +208,7 @@ def _interventions(claims, at, paired, sampled, placebos, enumeration, task, off
              ("ablation-behind-late", "pass", None, "With many samples unedited think-off solves more problems than "
               "with the off-only heads ablated (pass@k at large k).", off, group))
     for id, metric, k, statement, treated, baseline in cover:
-        spec = dict(paper=COVERAGE, statement=statement,
+        spec = dict(section=COVERAGE, statement=statement,
                     measure=f"{metric}@{k or 'n'} {treated} − {baseline} on {task}, paired over problems")
         if group in sampled:
             a, b = at(treated, metric), at(baseline, metric)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -130,3 +131,36 @@ def success_over_orders(correct: np.ndarray, n_orders: int | None = None, seed: 
         rng = np.random.default_rng(seed)
         shuffled = rng.permuted(np.repeat(correct[:, None, :], n_orders, axis=1), axis=2)  # [problems, n_orders, n]
     return np.logical_or.accumulate(shuffled, axis=2).mean(1)
+
+
+EXACT_ORDERS = 8  # success_over_orders averages over every order up to this many samples, else over random ones
+N_ORDERS = 5000
+
+
+class AtK(NamedTuple):
+    """pass@k and success@k curves of every group (:func:`curves`), and for unedited think-off on one task its
+    samples (``correct`` ``[problems, n]``), pass@k and success@k per problem and success@k averaged over the orders
+    of each problem's samples (``over_orders``; each ``[problems, n]``, k = 1…n)."""
+
+    pass_curves: dict
+    success_curves: dict
+    correct: np.ndarray
+    pass_at_k: np.ndarray
+    success_at_k: np.ndarray
+    over_orders: np.ndarray
+
+    def orders_to_results(self) -> dict[str, list[float]]:
+        """Means over problems for k = 1…n (the saved ``success_over_orders``)."""
+        return {"think-off": self.over_orders.mean(0).tolist(), "pass": self.pass_at_k.mean(0).tolist(),
+                "success_sampling_order": self.success_at_k.mean(0).tolist()}
+
+
+def at_k(results: Mapping[str, Samples], task: str, *, n_boot: int = 1000, seed: int = 0) -> AtK:
+    """Both curves, and think-off's success@k over every order of its samples on ``task`` (over
+    :data:`N_ORDERS` random orders above :data:`EXACT_ORDERS` samples)."""
+    pass_curves = curves(results, metric="pass", n_boot=n_boot, seed=seed)
+    success_curves = curves(results, metric="success", n_boot=n_boot, seed=seed)
+    correct = results[THINK_OFF].correct[task]
+    orders = success_over_orders(correct, None if correct.shape[1] <= EXACT_ORDERS else N_ORDERS, seed=seed)
+    return AtK(pass_curves, success_curves, correct, per_problem_at_k(correct, "pass"),
+               per_problem_at_k(correct, "success"), orders)

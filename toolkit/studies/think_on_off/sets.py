@@ -21,6 +21,8 @@ edges each mode needs, and the off-only set against same-size placebo sets durin
   sets, else ``n_sets`` distinct random ones (:func:`toolkit.evaluation.nulls.same_size_sets`); per problem, the
   change in pass@k or success@k from unedited think-off, and the off-only set's rank among all sets
   (:func:`toolkit.evaluation.nulls.placebo_test`).
+- **Teacher-forced placebo sets** (:func:`teacher_forced_placebos`): the off-only set zero-ablated against every other
+  same-size head set, on the reference think-off answers (:func:`toolkit.evaluation.placebo_sets.head_set_test`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from toolkit.core import units
 from toolkit.core.answers import per_problem_at_k
 from toolkit.core.models import LoadedModel
 from toolkit.core.progress import progress
-from toolkit.evaluation import nulls, stability
+from toolkit.evaluation import nulls, placebo_sets, stability
 from toolkit.methods import eap
 from toolkit.organism import tasks
 from toolkit.studies.think_on_off import THINK_OFF, condition, sample_condition
@@ -203,3 +205,15 @@ def sampled_placebos(loaded: LoadedModel, target, factors: Mapping[str, float], 
         out[label] = SampledPlacebos(target, float(factor), task, sets, results[THINK_OFF].correct[task],
                                      results[f"{THINK_OFF} + {label}"].correct[task], np.stack(placebo), exhaustive)
     return out
+
+
+def teacher_forced_placebos(loaded: LoadedModel, off_only: Sequence[units.Head], problems: Sequence[tasks.Example], *,
+                            task: str, max_sets: int = 600, n_random: int = 300,
+                            seed: int = 0) -> placebo_sets.HeadSetTest | None:
+    """The off-only heads zero-ablated against every other same-size head set (``n_random`` random ones when there
+    are more than ``max_sets``), teacher-forced on the think-off answers to ``problems`` (task ``task``); ``None``
+    when ``off_only`` is empty."""
+    if not off_only:
+        return None
+    return placebo_sets.head_set_test(loaded, off_only, {task: problems}, factor=0.0, enable_thinking=False,
+                                      direction=1, max_sets=max_sets, n_random=n_random, seed=seed)

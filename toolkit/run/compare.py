@@ -1,0 +1,81 @@
+"""Compare the numbers of two run folders (``python -m toolkit compare BEFORE AFTER``): a refactoring that should
+change nothing is shown to change nothing.
+
+Every ``*.results.json`` and ``*.claims.json`` of each folder (and of its ``seed-<k>/`` folders), and the top-level
+``claims.json``, is flattened to ``{file: {json path: value}}`` and the two are compared value by value. Left out:
+timings and paths (:data:`IGNORED_KEYS`, any key ending in ``seconds``), and the two folders' own locations inside
+strings (each run folder and its repository are replaced by ``<run>`` and ``<repo>``). Keys written before think mode
+had one spelling (``"think-on"``) are read as today's (``"think_on"``). Numbers must be equal, not close.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+IGNORED_KEYS = {"seconds", "elapsed", "time", "timings", "path", "paths", "folder", "run_folder", "stamp", "started",
+                "finished", "figures", "figure", "kernel", "python", "build_seconds"}
+OLD_SPELLINGS = {"think-on": "think_on", "think-off": "think_off"}
+
+
+def _ignored(key: str) -> bool:
+    return key in IGNORED_KEYS or key.endswith("seconds")
+
+
+def _flatten(value, prefix: str, out: dict, anchors: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            key = OLD_SPELLINGS.get(key, key)
+            if not _ignored(key):
+                _flatten(item, f"{prefix}/{key}", out, anchors)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _flatten(item, f"{prefix}[{i}]", out, anchors)
+    else:
+        if isinstance(value, str):
+            for anchor, name in anchors.items():
+                value = value.replace(anchor, name)
+        out[prefix] = value
+
+
+def numbers(run: str | Path) -> dict[str, dict[str, object]]:
+    """``{file relative to the run folder: {json path: value}}`` of every results and claims file of ``run``."""
+    run = Path(run).resolve()
+    repo = next((p for p in run.parents if (p / "toolkit").is_dir()), run.parent)
+    anchors = {str(run): "<run>", str(repo): "<repo>"}
+    files = sorted(run.rglob("*.results.json")) + sorted(run.rglob("*claims.json"))
+    out = {}
+    for file in files:
+        flat: dict[str, object] = {}
+        _flatten(json.loads(file.read_text()), "", flat, anchors)
+        out[str(file.relative_to(run))] = flat
+    return out
+
+
+def differences(before: str | Path, after: str | Path) -> list[str]:
+    """One line per file or value that differs between the run folders ``before`` and ``after``."""
+    a, b = numbers(before), numbers(after)
+    out = [f"only in {before}: {f}" for f in sorted(set(a) - set(b))]
+    out += [f"only in {after}: {f}" for f in sorted(set(b) - set(a))]
+    for file in sorted(set(a) & set(b)):
+        x, y = a[file], b[file]
+        out += [f"{file}: {k} only before ({x[k]!r})" for k in sorted(set(x) - set(y))]
+        out += [f"{file}: {k} only after ({y[k]!r})" for k in sorted(set(y) - set(x))]
+        out += [f"{file}: {k}: {x[k]!r} → {y[k]!r}" for k in sorted(set(x) & set(y)) if x[k] != y[k]]
+    return out
+
+
+def main(before: str | Path, after: str | Path) -> int:
+    """Print the differences (or how many values agree); exit status 1 when there are any."""
+    for folder in (before, after):
+        if not Path(folder).is_dir():
+            raise SystemExit(f"no run folder {folder}")
+    found = differences(before, after)
+    for line in found:
+        print(line)
+    if found:
+        print(f"{len(found)} differences")
+        return 1
+    files = numbers(before)
+    print(f"identical: {sum(len(v) for v in files.values())} values in {len(files)} files")
+    return 0
