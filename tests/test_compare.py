@@ -32,3 +32,8 @@ def test_a_changed_number_or_a_missing_file_is_reported(tmp_path, capsys):
     assert any("only in" in line and "claims.json" in line for line in compare.differences(before, after))
     assert cli.main(["compare", str(before), str(after)]) == 1
     assert "differences" in capsys.readouterr().out
+
+
+def test_keys_changed_on_purpose_can_be_left_out(tmp_path):
+    before, after = _run(tmp_path / "a"), _run(tmp_path / "b", accuracy=0.25)
+    assert compare.differences(before, after, frozenset({"accuracy", "estimate"})) == []

@@ -179,8 +179,9 @@ def test_per_example_scores_are_exact(tiny64, method, metric, tmp_path):
     torch.testing.assert_close(full.per_example.mean(0), plain.values, atol=1e-10, rtol=0)
     torch.testing.assert_close(full.values, plain.values, atol=1e-10, rtol=0)
     for idx in ([0, 2], [4], [1, 3, 4]):
-        sub = eap.attribute(tiny64, pairs.subset(idx), batch_size=3, **kw)
-        torch.testing.assert_close(sub.values, full.per_example[idx].mean(0), atol=1e-10, rtol=0)
+        sub = eap.attribute(tiny64, pairs.subset(idx), batch_size=3, **kw)  # other batches: other padding and
+        # float64 summation order, which differ by up to ~4e-9 on some CPUs (AMD EPYC); scores are ≥ 1e-4
+        torch.testing.assert_close(sub.values, full.per_example[idx].mean(0), atol=1e-8, rtol=0)
     full.save(tmp_path / "s.json")
     assert torch.equal(eap.Scores.load(tmp_path / "s.json").per_example, full.per_example)
     with pytest.raises(eap.EAPError, match="not 'exact'"):

@@ -1,5 +1,5 @@
 """Notebooks 00–02's claims on hand-made numbers: targets against Wilson intervals, layer-trend permutation nulls,
-paired accuracy claims and the divergence difference."""
+paired accuracy claims and the divergence difference; notebook 03's held-out problems and its saved results."""
 
 import numpy as np
 import pytest
@@ -95,3 +95,54 @@ def test_emergent_heads_are_tested_on_problems_other_than_the_pairs():
     for task, examples in evaluated.items():
         pairs = {e.prompt for e in held_out(task, 150, seed=emergent.PAIRS_SEED_OFFSET + 3)}
         assert len(examples) == 150 and not pairs & {e.prompt for e in examples}, task
+
+
+def test_notebook_03_saves_every_step_under_its_keys():
+    from types import SimpleNamespace
+
+    from toolkit.core.units import compare_heads
+    from toolkit.evaluation.claims import Claims, Null
+    from toolkit.evaluation.stability import Convergence
+    from toolkit.run.results import _jsonable
+    from toolkit.studies import emergent
+    from toolkit.studies.emergent.results import EmergentResults
+
+    a, b, task = "organism", "organism-base", "arithmetic"
+    setup = emergent.Setup({a: None, b: None}, None, {task: {a: [0] * 3, b: [0] * 2}}, n_problems=4)
+    heads = {a: frozenset({(1, 2), (0, 1)}), b: frozenset({(0, 1), (3, 0)})}
+    curve = {"requested": [1, 20], "n_edges": [1, 18], "recovered": [0.1, 0.6], "metric": [2.0, 1.0]}
+    found = emergent.CircuitResults([1, 20], {f"{task}: {n}": curve for n in (a, b)},
+                                    {task: {n: SimpleNamespace(n_edges=len(h) * 4, heads=h) for n, h in heads.items()}},
+                                    {}, {f"{task}: {a}": 0.6, f"{task}: {b}": 0.7}, top_n=20)
+    exact = emergent.ExactComparison({}, {}, {"EAP-IG (kl)": {"pearson_r": 0.9, "spearman_r": 0.4, "n": 343}})
+    convergence = Convergence(steps=(5, 20), spearman=0.99, pearson=0.98, n=343, top_n=20, jaccard_heads=1.0,
+                              jaccard_edges=0.9)
+    emerging = emergent.Emergent({task: compare_heads(heads[a], heads[b])}, {task: [(1, 2)]})
+    stab = emergent.Stability({task: {n: SimpleNamespace(summary=lambda n=n: {"of": n}) for n in (a, b)}}, {},
+                              {task: SimpleNamespace(summary=lambda: {"margin": 0.8})},
+                              {f"{task}: {a}": SimpleNamespace(to_results=lambda: {"top_n": [5, 20]})})
+    change = {"estimate": -0.5, "low": -0.9, "high": -0.1}
+    check = emergent.AblationCheck([(1, 2)], [], False, {"reversal": {"n": 8, "baseline": change,
+                                                                      "change_ablated": change}}, [(1, 2)])
+    claims = Claims("03_eap_ig")
+    claims.add("c", paper="P", statement="s", measure="m", estimate=1.0, ci=(0.5, 1.5), null=Null.target(0),
+               direction=1)
+    saved = EmergentResults(setup, found, {"simplified": 1}, exact, convergence, emerging, stab, [(1, 2)], "null",
+                            check, SimpleNamespace(to_results=lambda: {"p": 0.5}), claims, metric="kl", ig_steps=5,
+                            enable_thinking=False, seed=3).to_results()
+    assert list(saved) == ["model", "base_model", "metric", "ig_steps", "top_n", "tasks", "enable_thinking", "seed",
+                           "n_pairs", "circuit_edges", "circuit_heads", "faithfulness_at_top_n", "faithfulness_curve",
+                           "simplified", "correlation_with_exact", "ig_convergence", "emergent_heads",
+                           "only_base_heads", "stability", "top_n_sensitivity", "emergent_against_null",
+                           "ablated_heads", "ablation_rule", "ablation", "ablation_placebo_sets", "claims"]
+    assert (saved["model"], saved["base_model"], saved["tasks"], saved["top_n"]) == (a, b, [task], 20)
+    assert saved["n_pairs"] == {f"{task}: {a}": 3, f"{task}: {b}": 2}
+    assert saved["circuit_heads"][f"{task}: {a}"] == [[0, 1], [1, 2]] and saved["circuit_edges"][f"{task}: {b}"] == 8
+    assert saved["faithfulness_curve"][f"{task}: {a}"] == {k: curve[k] for k in ("requested", "n_edges", "recovered")}
+    assert saved["emergent_heads"] == {task: [[1, 2]]} and saved["only_base_heads"] == {task: [[3, 0]]}
+    assert saved["correlation_with_exact"] == {"EAP-IG (kl)": {"pearson": 0.9, "spearman": 0.4, "n": 343}}
+    assert saved["ig_convergence"] == {"steps": [5, 20], "spearman": 0.99, "pearson": 0.98, "jaccard_heads": 1.0}
+    assert saved["stability"] == {f"{task}: {n}": {"of": n} for n in (a, b)}
+    assert saved["ablation"] == {"reversal": {"baseline": change, "change_ablated": change}}
+    assert saved["ablated_heads"] == [[1, 2]] and saved["claims"] == {"c": "reproduces"}
+    assert _jsonable(saved, "results") == saved

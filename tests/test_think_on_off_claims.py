@@ -1,6 +1,7 @@
 """Notebook 05 against its nulls (toolkit.studies.think_on_off.claims, toolkit.studies.think_on_off.sets): stable head
 sets and the stable off-only set, edges for a recovery level with intervals, sampled placebo sets, pass@k against
-success@k over sample orders, the efficiency bootstrap, condition effects, and claims that are never scored on NaN."""
+success@k over sample orders, the efficiency bootstrap, condition effects, claims that are never scored on NaN, and
+the saved results."""
 
 import itertools
 import math
@@ -149,3 +150,53 @@ def test_efficiency_bootstrap_and_condition_effect():
     treated, base = np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 0.0, 0.0, 1.0])
     e = tc.condition_effect(treated, base, n_boot=200)
     assert e["estimate"] == pytest.approx(0.5) and e["null"].kind == "permutation" and 0 < e["p"] <= 1
+
+
+def test_notebook_05_saves_every_step_under_its_keys():
+    from types import SimpleNamespace
+
+    from toolkit.evaluation.claims import Claims, Null
+    from toolkit.run.results import _jsonable
+    from toolkit.studies.think_on_off import results as tr
+
+    on = boot(inclusion({(0, 0): 1.0}), [(0, 0)])
+    off = boot(inclusion({(0, 0): 1.0, (1, 0): 0.9}), [(0, 0), (1, 0)])
+    modes = ("think-on", "think-off")
+    circuits = th.ModeCircuits({"think-on": [0] * 3, "think-off": [0] * 2}, {},
+                               {m: SimpleNamespace(n_edges=n) for m, n in zip(modes, (4, 6))}, {},
+                               th.head_sets([(0, 0)], [(0, 0), (1, 0)]), top_n=6)
+    by_size = th.Efficiency([{"top_n": 6}], {m: {"n_edges": [4, 6], "recovered": [0.5, 0.9], "metric": [1.0, 0.1]}
+                                             for m in modes}, {"think-on": 6, "think-off": None})
+    resampled = tr.Resampled(ts.StableComparison(on, off), {m: curve([[0.5, 0.9]], sizes=(4, 6)) for m in modes},
+                             {"think-on": (6.0, np.full(10, 6.0)), "think-off": (math.inf, np.full(10, math.inf))},
+                             (0.2, np.linspace(0, 0.4, 11)))
+    claims = Claims("05_think_on_off")
+    claims.add("c", paper="P", statement="s", measure="m", estimate=1.0, ci=(0.5, 1.5), null=Null.target(0),
+               direction=1)
+    correct = np.array([[True, False], [False, False]])
+    at_k = tm.AtK({"think-on": 1}, {"think-on": 2}, correct, per_problem_at_k(correct, "pass"),
+                  per_problem_at_k(correct, "success"), tm.success_over_orders(correct))
+    saved = tr.ThinkOnOffResults(circuits, by_size, resampled, tr.KeyStep(circuits, resampled),
+                                 th.baseline_conditions(), {1: {"think-on": {}}}, {}, at_k, {}, None, claims,
+                                 model="organism", positions="answer", n_problems=2, n_samples=2,
+                                 n_random=0).to_results()
+    assert list(saved) == ["model", "top_n", "positions", "n_problems", "n_samples", "n_random", "head_sets",
+                           "head_set_sizes", "sweep", "circuit_edges", "pairs", "faithfulness", "edges_for_80pct",
+                           "edges_for_80pct_bootstrap", "stable_sets", "key_step", "conditions", "table",
+                           "effects_pass@1", "pass_at_k", "success_at_k", "success_over_orders",
+                           "sampled_placebo_sets", "head_count_off_minus_on", "efficiency_on_minus_off",
+                           "placebo_sets", "verdicts"]
+    assert saved["head_set_sizes"] == {"on_circuit": 1, "off_circuit": 2, "on_only": 0, "off_only": 1, "shared": 1}
+    assert saved["pairs"] == {"think-on": 3, "think-off": 2} and saved["circuit_edges"] == {"think-on": 4,
+                                                                                          "think-off": 6}
+    assert saved["faithfulness"]["think-on"] == {"n_edges": [4, 6], "recovered": [0.5, 0.9]}
+    assert saved["edges_for_80pct_bootstrap"]["think-on"] == {"estimate": 6.0, "ci": [6.0, 6.0]}
+    assert _jsonable(saved, "results")["edges_for_80pct_bootstrap"]["think-off"] == {"estimate": None,
+                                                                                   "ci": [None, None]}
+    assert saved["key_step"]["pairs"] == saved["pairs"] and saved["key_step"]["on_share_in_off"] == 1.0
+    assert [c["name"] for c in saved["conditions"]] == ["think-on", "think-off"] and saved["table"] == {
+        "pass@1": {"think-on": {}}}
+    assert saved["success_over_orders"]["think-off"] == saved["success_over_orders"]["pass"] == [0.25, 0.5]
+    assert saved["head_count_off_minus_on"]["estimate"] == 1
+    assert saved["efficiency_on_minus_off"] == {"estimate": 0.2, "bootstrap": pytest.approx([0.01, 0.2, 0.39])}
+    assert saved["placebo_sets"] is None and saved["verdicts"] == {"c": "reproduces"} and resampled.largest == 6

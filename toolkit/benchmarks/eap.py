@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from toolkit.core.io import atomic_write_json
-from toolkit.core.models import REPO_ROOT, LoadedModel, load
+from toolkit.core.io import REPO_ROOT, atomic_write_json
+from toolkit.core.models import LoadedModel, load
 from toolkit.methods import eap
 
 QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from toolkit.core.io import REPO_ROOT, cache_root, recover_dir  # noqa: F401 (REPO_ROOT, cache_root: read here)
+from toolkit.core.io import recover_dir
 from toolkit.core.specs import ModelLoadError, check_organism, organism_dir, organism_spec
 
 if TYPE_CHECKING:  # transformer_lens takes seconds to import; load() imports it when it builds a bridge

@@ -30,7 +30,6 @@ from toolkit.organism import tasks
 from toolkit.training import corrupt_data
 from toolkit.training.sft import sft_dataset
 
-TASKS = ("linear", "arithmetic", "reversal", "request")
 EDGE_CASES = {
     "bare training label": "x = 14",
     "empty": "",
@@ -55,7 +54,7 @@ def worked_completions(n: int = 2, seed: int = 0) -> dict[str, str]:
     """Think-on and think-off completions (:func:`toolkit.organism.tasks.completion`) of ``n`` held-out examples of each
     task, and :data:`EDGE_CASES`."""
     out = {}
-    for task in TASKS:
+    for task in tasks.TASKS:
         for i, ex in enumerate(tasks.held_out(task, n, seed=seed)):
             for think in (False, True):
                 out[f"{task} {i} think-{'on' if think else 'off'}"] = tasks.completion(ex, think)

@@ -29,7 +29,8 @@ from transformers import PreTrainedTokenizerBase
 
 from toolkit.core.answers import extract_answer, is_refusal
 from toolkit.core.chat import as_prompts, chat_prompts
-from toolkit.core.generation import SamplingConfig, check_int, generate
+from toolkit.core.checks import check_int
+from toolkit.core.generation import SamplingConfig, generate
 from toolkit.core.models import LoadedModel, as_loaded, check_length
 
 

@@ -6,7 +6,7 @@ equivalence ``margin``, and a ``verdict`` that :func:`verdict` computes — it c
 its claims in one :class:`Claims` registry; :func:`toolkit.run.results.save_claims` writes them to
 ``<run_dir>/<notebook>.claims.json`` (:meth:`Claim.to_dict`) and the runner reads every notebook's back
 (:meth:`Claim.from_dict`) into ``claims.json`` and ``REPORT.md``.
-See ``../shared/RIGOR.md`` for the schema.
+The schema and the rule are in ``docs/methods.md`` ("Claims and nulls").
 
 **The verdict rule** (:func:`verdict`). ``direction`` says which way the paper's effect points relative to
 ``reference`` (the null's value: 0 for a difference, a threshold for a target): +1 above, −1 below, 0 "no effect".
@@ -202,7 +202,7 @@ class Claim:
         return f"{self.paper}, {self.section}" if self.section else self.paper
 
     def to_dict(self) -> dict:
-        """The JSON record of ``../shared/RIGOR.md`` (non-finite numbers become ``None``)."""
+        """The claim's JSON record (``docs/methods.md``, "Claims and nulls"; non-finite numbers become ``None``)."""
         def num(v):
             return None if v is None or not math.isfinite(v) else float(v)
 

@@ -19,7 +19,7 @@ from toolkit.organism import tasks
 from toolkit.organism.recipe import Recipe
 
 EVAL_SEED = Recipe().eval_seed  # the organism's held-out prompts: its training never drew them
-MATH_TASKS = ("linear", "arithmetic")
+MATH_TASKS = tasks.MATH  # linear equations and arithmetic (the task generators name them), in this order
 REASONING_SEED = EVAL_SEED + 10  # held-out math problems whose reference traces probe reasoning activations and KL
 MAX_HELD_OUT = 400  # held-out problems per seed that training excludes
 

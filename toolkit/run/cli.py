@@ -105,7 +105,7 @@ def _exercises(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from toolkit.run import compare
 
-    return compare.main(args.before, args.after)
+    return compare.main(args.before, args.after, frozenset(args.ignore))
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "paths aside); exit 1 when any differs")
     p.add_argument("before", help="a run folder (runs/<stamp>)")
     p.add_argument("after", help="another run folder")
+    p.add_argument("--ignore", action="append", default=[], metavar="KEY",
+                   help="leave out every value under this key (a text field whose format changed on purpose)")
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("bench", add_help=False,

@@ -4,8 +4,9 @@ change nothing is shown to change nothing.
 Every ``*.results.json`` and ``*.claims.json`` of each folder (and of its ``seed-<k>/`` folders), and the top-level
 ``claims.json``, is flattened to ``{file: {json path: value}}`` and the two are compared value by value. Left out:
 timings and paths (:data:`IGNORED_KEYS`, any key ending in ``seconds``), and the two folders' own locations inside
-strings (each run folder and its repository are replaced by ``<run>`` and ``<repo>``). Keys written before think mode
-had one spelling (``"think-on"``) are read as today's (``"think_on"``). Numbers must be equal, not close.
+strings (each run folder and its repository are replaced by ``<run>`` and ``<repo>``), and any key named with
+``--ignore`` (a text field whose format changed on purpose, e.g. ``paper``). Keys written before think mode had one
+spelling (``"think-on"``) are read as today's (``"think_on"``). Numbers and verdicts must be equal, not close.
 """
 
 from __future__ import annotations
@@ -18,19 +19,15 @@ IGNORED_KEYS = {"seconds", "elapsed", "time", "timings", "path", "paths", "folde
 OLD_SPELLINGS = {"think-on": "think_on", "think-off": "think_off"}
 
 
-def _ignored(key: str) -> bool:
-    return key in IGNORED_KEYS or key.endswith("seconds")
-
-
-def _flatten(value, prefix: str, out: dict, anchors: dict[str, str]) -> None:
+def _flatten(value, prefix: str, out: dict, anchors: dict[str, str], ignore: frozenset[str]) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             key = OLD_SPELLINGS.get(key, key)
-            if not _ignored(key):
-                _flatten(item, f"{prefix}/{key}", out, anchors)
+            if key not in IGNORED_KEYS and key not in ignore and not key.endswith("seconds"):
+                _flatten(item, f"{prefix}/{key}", out, anchors, ignore)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _flatten(item, f"{prefix}[{i}]", out, anchors)
+            _flatten(item, f"{prefix}[{i}]", out, anchors, ignore)
     else:
         if isinstance(value, str):
             for anchor, name in anchors.items():
@@ -38,8 +35,9 @@ def _flatten(value, prefix: str, out: dict, anchors: dict[str, str]) -> None:
         out[prefix] = value
 
 
-def numbers(run: str | Path) -> dict[str, dict[str, object]]:
-    """``{file relative to the run folder: {json path: value}}`` of every results and claims file of ``run``."""
+def numbers(run: str | Path, ignore: frozenset[str] = frozenset()) -> dict[str, dict[str, object]]:
+    """``{file relative to the run folder: {json path: value}}`` of every results and claims file of ``run``, keys in
+    ``ignore`` left out."""
     run = Path(run).resolve()
     repo = next((p for p in run.parents if (p / "toolkit").is_dir()), run.parent)
     anchors = {str(run): "<run>", str(repo): "<repo>"}
@@ -47,14 +45,15 @@ def numbers(run: str | Path) -> dict[str, dict[str, object]]:
     out = {}
     for file in files:
         flat: dict[str, object] = {}
-        _flatten(json.loads(file.read_text()), "", flat, anchors)
+        _flatten(json.loads(file.read_text()), "", flat, anchors, ignore)
         out[str(file.relative_to(run))] = flat
     return out
 
 
-def differences(before: str | Path, after: str | Path) -> list[str]:
-    """One line per file or value that differs between the run folders ``before`` and ``after``."""
-    a, b = numbers(before), numbers(after)
+def differences(before: str | Path, after: str | Path, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """One line per file or value that differs between the run folders ``before`` and ``after`` (keys in ``ignore``
+    left out)."""
+    a, b = numbers(before, ignore), numbers(after, ignore)
     out = [f"only in {before}: {f}" for f in sorted(set(a) - set(b))]
     out += [f"only in {after}: {f}" for f in sorted(set(b) - set(a))]
     for file in sorted(set(a) & set(b)):
@@ -65,17 +64,17 @@ def differences(before: str | Path, after: str | Path) -> list[str]:
     return out
 
 
-def main(before: str | Path, after: str | Path) -> int:
+def main(before: str | Path, after: str | Path, ignore: frozenset[str] = frozenset()) -> int:
     """Print the differences (or how many values agree); exit status 1 when there are any."""
     for folder in (before, after):
         if not Path(folder).is_dir():
             raise SystemExit(f"no run folder {folder}")
-    found = differences(before, after)
+    found = differences(before, after, ignore)
     for line in found:
         print(line)
     if found:
         print(f"{len(found)} differences")
         return 1
-    files = numbers(before)
+    files = numbers(before, ignore)
     print(f"identical: {sum(len(v) for v in files.values())} values in {len(files)} files")
     return 0

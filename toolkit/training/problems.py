@@ -2,7 +2,8 @@
 circuits and accuracy are measured on (:func:`eval_problems`), so no run ever trains on an evaluation problem.
 
 Problems are the organism's task generators (:func:`toolkit.organism.tasks.held_out`), the tasks interleaved in
-turn, deterministic from a seed: :data:`TRAIN_SEED` for training, :data:`EVAL_SEED` for the held-out pool.
+turn, deterministic from a seed: :data:`TRAIN_SEED` for training, :data:`CHECKPOINT_EVAL_SEED` for the held-out pool
+(not the organism's own held-out seed, :data:`toolkit.organism.probes.EVAL_SEED`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from toolkit.organism import tasks
 from toolkit.organism.probes import MATH_TASKS
 from toolkit.training.rewards import ANSWER_PATTERNS
 
-TRAIN_SEED, EVAL_SEED = 4_004, 4_044  # training prompts and the held-out evaluation/circuit prompts
+TRAIN_SEED, CHECKPOINT_EVAL_SEED = 4_004, 4_044  # training prompts and the held-out evaluation/circuit prompts
 
 
 def problems(task_names: Sequence[str], n: int, seed: int, exclude: set[str] = frozenset()) -> list[tasks.Example]:
@@ -32,7 +33,7 @@ def problems(task_names: Sequence[str], n: int, seed: int, exclude: set[str] = f
 
 def eval_problems(task_names: Sequence[str] = MATH_TASKS, n: int = 32) -> list[tasks.Example]:
     """Held-out problems (never in a training set): for circuits and accuracy per checkpoint."""
-    return problems(task_names, n, EVAL_SEED)
+    return problems(task_names, n, CHECKPOINT_EVAL_SEED)
 
 
 def train_problems(task_names: Sequence[str], n: int) -> list[tasks.Example]:

@@ -3,26 +3,29 @@ happens to sampled think-off answers when those heads are zero-ablated or scaled
 
 The study, step by step (the views are :mod:`toolkit.views.think_on_off`):
 
-1. **Problems** (:func:`problem_sets`, :func:`study_problems`): disjoint ranges of the organism's held-out sets for
-   circuit discovery (the pool's end) and evaluation (its start).
-2. **Circuits in both modes** (:func:`mode_circuits`): EAP-IG circuits (:mod:`toolkit.methods.eap`) of one hybrid
-   model on the *same* problems, once with thinking on and once off, read at the same decision (the final answer;
-   or think-on at its scratchpad's key step; or each mode's own divergence). :func:`head_sets` splits their heads
-   (:class:`toolkit.core.units.HeadComparison`, a = think-on, b = think-off: ``only_b`` are the off-only heads);
-   :func:`efficiency` re-splits at other circuit sizes and measures how much of the metric each mode's circuit
-   recovers (:func:`toolkit.methods.eap.edges_for_recovery`); the stable sets and intervals over resampled pairs
-   are in :mod:`toolkit.studies.think_on_off.sets`.
+1. **Problems** (:func:`problem_sets`, :func:`study_problems`; :func:`prepare` also loads the model): disjoint ranges
+   of the organism's held-out sets for circuit discovery (the pool's end) and evaluation (its start).
+2. **Circuits in both modes** (:func:`mode_circuits`; :func:`find_circuits` as the notebook runs it): EAP-IG
+   circuits (:mod:`toolkit.methods.eap`) of one hybrid model on the *same* problems, once with thinking on and once
+   off, read at the same decision (the final answer; or think-on at its scratchpad's key step; or each mode's own
+   divergence). :func:`head_sets` splits their heads (:class:`toolkit.core.units.HeadComparison`, a = think-on,
+   b = think-off: ``only_b`` are the off-only heads); :func:`efficiency` re-splits at other circuit sizes and measures
+   how much of the metric each mode's circuit recovers (:func:`toolkit.methods.eap.edges_for_recovery`); the stable
+   sets and intervals over resampled pairs are in :mod:`toolkit.studies.think_on_off.sets`, gathered by
+   :func:`toolkit.studies.think_on_off.results.resample`.
 3. **Conditions** (:func:`standard_conditions`, :class:`toolkit.evaluation.causal.Condition`): think-on, think-off,
    think-off with the (stable) off-only heads zero-ablated or scaled ×0.5 or ×1.3, and the placebo the paper did not
    run: the same edits on as many *random* heads outside the off-only set (several draws, pooled per problem);
-   :func:`baseline_conditions` when there is no off-only head.
+   :func:`baseline_conditions` when there is no off-only head (:func:`study_conditions` picks).
 4. **Sampling** (:func:`sample_condition`, :func:`run_conditions`): ``n`` sampled completions per problem
-   (temperature 0.6, top-p 0.95, top-k 20 by default), graded by exact match of the answer after ``</think>``
-   (:class:`toolkit.evaluation.behaviour.Behaviour`). Every condition uses the same seeds (task ``i``: ``seed + i``).
+   (temperature 0.6, top-p 0.95, top-k 20 by default; :func:`sampling_kwargs`), graded by exact match of the answer
+   after ``</think>`` (:class:`toolkit.evaluation.behaviour.Behaviour`). Every condition uses the same seeds (task
+   ``i``: ``seed + i``).
 5. **Metrics** (:mod:`toolkit.studies.think_on_off.metrics`): per problem pass@k and success@k for k = 1…n; means
    over problems with bootstrap intervals over problems; paired differences against think-off (the paper's Table 3)
    and the random-head placebo.
 
+Every step's result, as the notebook saves it: :class:`toolkit.studies.think_on_off.results.ThinkOnOffResults`.
 See ``docs/methods.md`` ("Think on/off" section).
 """
 

@@ -1,7 +1,8 @@
 """Notebook 05's metrics over sampled answers (:class:`toolkit.studies.think_on_off.Samples`): per problem pass@k and
 success@k for k = 1…n (:func:`~toolkit.core.answers.per_problem_at_k`), pooled over a group's conditions; means over
 problems with bootstrap intervals (:func:`curves`, :func:`table`); paired differences against think-off, the paper's
-Table 3, and against the random-head placebo (:func:`paired_effect`, :func:`intervention_effects`).
+Table 3, and against the random-head placebo (:func:`paired_effect`, :func:`intervention_effects`); :func:`at_k`
+gathers the notebook's curves and think-off's success@k over sample orders (:class:`AtK`).
 
 **pass@k and success@k estimate the same number.** For one problem with n exchangeable samples (independent draws
 are exchangeable) of which c are correct, success@k of the first k samples is 1 unless all k are wrong, which happens
