@@ -12,6 +12,7 @@ import torch
 from toolkit.core import interventions as iv
 from toolkit.core import units
 from toolkit.core.answers import per_problem_at_k
+from toolkit.core.chat import mode_label
 from toolkit.core.generation import SamplingConfig
 from toolkit.evaluation import causal
 from toolkit.evaluation.behaviour import Behaviour
@@ -178,16 +179,16 @@ def test_standard_conditions_have_same_size_random_controls_outside_off_only():
     by_group = {}
     for c in conds:
         by_group.setdefault(c.group, []).append(c)
-    assert list(by_group) == ["think-on", "think-off", "think-off + ablation", "think-off + scale-down",
-                              "think-off + scale-up", "think-off + ablation, random heads",
-                              "think-off + scale-down, random heads", "think-off + scale-up, random heads"]
-    assert by_group["think-off + scale-up"][0].factor == 1.3
-    assert [c.name for c in th.baseline_conditions()] == ["think-on", "think-off"]
-    assert by_group["think-on"][0].thinking and not by_group["think-on"][0].heads
-    assert by_group["think-off + ablation"][0].heads == tuple(sorted(off_only))
-    assert by_group["think-off + ablation"][0].factor == 0.0 and by_group["think-off + scale-down"][0].factor == 0.5
-    random_ablate = by_group["think-off + ablation, random heads"]
-    random_scale = by_group["think-off + scale-down, random heads"]
+    assert list(by_group) == ["think_on", "think_off", "think_off + ablation", "think_off + scale-down",
+                              "think_off + scale-up", "think_off + ablation, random heads",
+                              "think_off + scale-down, random heads", "think_off + scale-up, random heads"]
+    assert by_group["think_off + scale-up"][0].factor == 1.3
+    assert [c.name for c in th.baseline_conditions()] == ["think_on", "think_off"]
+    assert by_group["think_on"][0].thinking and not by_group["think_on"][0].heads
+    assert by_group["think_off + ablation"][0].heads == tuple(sorted(off_only))
+    assert by_group["think_off + ablation"][0].factor == 0.0 and by_group["think_off + scale-down"][0].factor == 0.5
+    random_ablate = by_group["think_off + ablation, random heads"]
+    random_scale = by_group["think_off + scale-down, random heads"]
     assert len(random_ablate) == 3
     draws = [c.heads for c in random_ablate]
     assert [c.heads for c in random_scale] == draws  # the same draws for both interventions
@@ -196,7 +197,7 @@ def test_standard_conditions_have_same_size_random_controls_outside_off_only():
         assert len(d) == len(set(d)) == 3 and not set(d) & set(off_only)
     assert all(not c.thinking for c in conds[1:])
     assert draws == [c.heads for c in th.standard_conditions(off_only, 4, 4, n_random=3, seed=7)
-                     if c.group == "think-off + ablation, random heads"]
+                     if c.group == "think_off + ablation, random heads"]
     with pytest.raises(ValueError, match="no off-only heads"):
         th.standard_conditions([], 4, 4)
     with pytest.raises(iv.SiteError, match="only 1 are left"):
@@ -212,7 +213,9 @@ def test_condition_validation():
         th.condition("x", False, ((0, 1),), float("nan"))
     c = th.condition("x", False, [(1, 0), (0, 2), (1, 0)], 0.5)
     assert c.heads == ((0, 2), (1, 0)) and c.group == "x" and c.intervention == "scale ×0.5, 2 heads"
-    assert th.mode_of(th.condition("y", True)) == "think-on"
+    assert th.mode_of(th.condition("y", True)) == "think_on"
+    assert mode_label(th.mode_of(th.condition("y", True))) == "think-on"  # the label figures and tables show
+    assert mode_label("think_off + ablation, random heads") == "think-off + ablation, random heads"
     assert th.condition_dict(c) == {"name": "x", "group": "x", "thinking": False, "factor": 0.5,
                                     "heads": [[0, 2], [1, 0]]}
 
@@ -253,8 +256,8 @@ def test_per_problem_pass_and_success_at_k_match_enumeration():
 def fake_results(seed=0, n_problems=30, n=4):
     """Hand-made graded samples: think-on mostly right, think-off rarely, two random draws pooled."""
     rng = np.random.default_rng(seed)
-    rates = {"think-on": 0.9, "think-off": 0.3, "ablate": 0.1, "rand #1": 0.3, "rand #2": 0.5}
-    conds = [th.condition("think-on", True), th.condition("think-off", False),
+    rates = {"think_on": 0.9, "think_off": 0.3, "ablate": 0.1, "rand #1": 0.3, "rand #2": 0.5}
+    conds = [th.condition("think_on", True), th.condition("think_off", False),
              th.condition("ablate", False, ((0, 1),), 0.0),
              th.condition("rand #1", False, ((2, 0),), 0.0, group="rand"),
              th.condition("rand #2", False, ((3, 3),), 0.0, group="rand")]
@@ -270,7 +273,7 @@ def fake_results(seed=0, n_problems=30, n=4):
 def test_curves_pool_groups_and_bracket_the_estimate():
     res = fake_results()
     cur = tm.curves(res, metric="pass", n_boot=300)
-    assert list(cur) == ["think-on", "think-off", "ablate", "rand"]
+    assert list(cur) == ["think_on", "think_off", "ablate", "rand"]
     pooled = (per_problem_at_k(res["rand #1"].correct["related_math"])
               + per_problem_at_k(res["rand #2"].correct["related_math"])) / 2
     c = cur["rand"]["related_math"]
@@ -280,15 +283,15 @@ def test_curves_pool_groups_and_bracket_the_estimate():
         for t in group.values():
             assert all(lo <= e <= hi for lo, e, hi in zip(t["low"], t["estimate"], t["high"]))
     # a slow reference for one interval: resample problems by hand with the same generator and seed
-    m = per_problem_at_k(res["think-off"].correct["unrelated_math"])[:, 1]
+    m = per_problem_at_k(res["think_off"].correct["unrelated_math"])[:, 1]
     idx = np.random.default_rng(0).integers(0, len(m), size=(300, len(m)))
     boots = np.sort([m[i].mean() for i in idx])
-    t = cur["think-off"]["unrelated_math"]
+    t = cur["think_off"]["unrelated_math"]
     assert t["low"][1] == pytest.approx(np.quantile(boots, 0.025))
     assert t["high"][1] == pytest.approx(np.quantile(boots, 0.975))
     succ = tm.curves(res, metric="success", n_boot=200)
-    assert succ["think-on"]["related_math"]["estimate"][0] == pytest.approx(
-        res["think-on"].correct["related_math"][:, 0].mean())
+    assert succ["think_on"]["related_math"]["estimate"][0] == pytest.approx(
+        res["think_on"].correct["related_math"][:, 0].mean())
     with pytest.raises(KeyError, match="no condition in group"):
         tm.group_matrix(res, "nope", "related_math")
 
@@ -296,17 +299,17 @@ def test_curves_pool_groups_and_bracket_the_estimate():
 def test_table_rows_cells_and_paired_deltas():
     res = fake_results()
     tab = tm.table(res, metric="pass", k=2, n_boot=300)
-    assert list(tab) == ["think-on", "think-off", "ablate", "rand"]
-    assert tab["think-off"]["related_math"]["delta"] is None
-    for group in ("think-on", "ablate", "rand"):
+    assert list(tab) == ["think_on", "think_off", "ablate", "rand"]
+    assert tab["think_off"]["related_math"]["delta"] is None
+    for group in ("think_on", "ablate", "rand"):
         for task in ("related_math", "unrelated_math"):
             a = tm.group_matrix(res, group, task)[:, 1]
-            b = tm.group_matrix(res, "think-off", task)[:, 1]
+            b = tm.group_matrix(res, "think_off", task)[:, 1]
             cell = tab[group][task]
             assert cell["estimate"] == pytest.approx(a.mean())
             assert cell["delta"]["estimate"] == pytest.approx(a.mean() - b.mean())
             assert cell["low"] <= cell["estimate"] <= cell["high"]
-    assert tab["think-on"]["related_math"]["delta"]["low"] > 0
+    assert tab["think_on"]["related_math"]["delta"]["low"] > 0
     assert tab["ablate"]["related_math"]["delta"]["high"] < 0
     md = tv.table_markdown(tab, "pass@2 (%)")
     assert md.count("\n") == 5 and "| rand |" in md and "Δ" in md
@@ -375,13 +378,13 @@ def test_mode_circuits_split_the_two_modes_heads_like_eap_compare_heads(organism
     examples = th.problem_sets(40, start=160, task_types=["related_math"])["related_math"]
     mc = th.mode_circuits(organism, examples, top_n=30, steps=2, max_new_tokens_think=40, max_new_tokens_off=24,
                           positions="divergence")
-    on, off = mc.circuits["think-on"], mc.circuits["think-off"]
+    on, off = mc.circuits["think_on"], mc.circuits["think_off"]
     cmp = units.compare_heads(on, off)
     assert mc.sets.a == on.heads and mc.sets.b == off.heads
     assert (mc.sets.shared, mc.sets.only_a, mc.sets.only_b) == (cmp.shared, cmp.only_a, cmp.only_b)
-    assert mc.importance["think-off"].shape == (4, 4)
-    assert all(r["response_prefix"].startswith("<think>") for r in mc.pairs["think-on"].records)
-    assert all(r["response_prefix"].startswith("The answer is") for r in mc.pairs["think-off"].records)  # sentence
+    assert mc.importance["think_off"].shape == (4, 4)
+    assert all(r["response_prefix"].startswith("<think>") for r in mc.pairs["think_on"].records)
+    assert all(r["response_prefix"].startswith("The answer is") for r in mc.pairs["think_off"].records)  # sentence
     rows = mc.sweep([4, 30])
     assert rows[1]["on_circuit"] == len(on.heads) and rows[1]["off_edges"] == off.n_edges
     assert rows[0]["on_edges"] <= 4

@@ -64,9 +64,9 @@ def test_edges_for_a_recovery_level_with_bootstrap_intervals():
     assert ts.edges_for_level(on, np.arange(4)) == 5
     assert ts.edges_for_level(off, np.arange(4)) == math.inf  # mean at 20 edges: 0.6625
     assert ts.edges_for_level(off, np.array([0, 1])) == 20
-    got = ts.edges_bootstrap({"think-on": on, "think-off": off}, 0.8, n_boot=200, seed=1)
-    assert np.all(got["think-on"][1] == 5) and set(got["think-off"][1]) <= {20.0, math.inf}
-    lo, hi = ts.interval(got["think-off"][1])
+    got = ts.edges_bootstrap({"think_on": on, "think_off": off}, 0.8, n_boot=200, seed=1)
+    assert np.all(got["think_on"][1] == 5) and set(got["think_off"][1]) <= {20.0, math.inf}
+    lo, hi = ts.interval(got["think_off"][1])
     assert lo == 20 and hi == math.inf
     est, draws = tc.edges_difference(got, largest=20)
     assert est == 21 - 5 and set(draws) <= {15.0, 16.0}
@@ -98,12 +98,12 @@ def fake_results(rates, n_problems=20, n=4, seed=0):
 
 
 def test_claims_without_an_off_only_set_are_unmeasured_never_scored_on_nan():
-    results = fake_results({th.condition("think-on", True): 0.9, th.condition("think-off", False): 0.3})
+    results = fake_results({th.condition("think_on", True): 0.9, th.condition("think_off", False): 0.3})
     on = boot(inclusion({(0, 0): 1.0}), [(0, 0)])
     off = boot(inclusion({(0, 0): 1.0, (1, 1): 0.6}), [(0, 0), (1, 1)])
     stable = ts.StableComparison(on, off)
     assert not stable.off_only
-    edges = {"think-on": (5.0, np.full(50, 5.0)), "think-off": (math.inf, np.full(50, math.inf))}
+    edges = {"think_on": (5.0, np.full(50, 5.0)), "think_off": (math.inf, np.full(50, math.inf))}
     claims = tc.register_claims(results, tm.group_matrix, stable=stable, edges=edges, largest=20,
                                 efficiency=(0.3, np.linspace(0.1, 0.5, 50)), enumeration=None, placebos=None,
                                 n_boot=100)
@@ -123,7 +123,7 @@ def test_claims_without_an_off_only_set_are_unmeasured_never_scored_on_nan():
 
 def test_sampled_placebo_sets_exclude_the_target_and_score_every_set(tiny):
     target = [(1, 2)]
-    conds = [th.condition("think-off", False), th.condition("think-off + ablation", False, target, 0.0)]
+    conds = [th.condition("think_off", False), th.condition("think_off + ablation", False, target, 0.0)]
     kwargs = dict(n_samples=2, max_new_tokens_off=6)
     results = th.run_conditions(tiny, conds, {"related_math": PROBLEMS}, show_progress=False, seed=3, **kwargs)
     got = ts.sampled_placebos(tiny, target, {"ablation": 0.0}, PROBLEMS, results, task="related_math", n_sets=10,
@@ -161,23 +161,23 @@ def test_notebook_05_saves_every_step_under_its_keys():
 
     on = boot(inclusion({(0, 0): 1.0}), [(0, 0)])
     off = boot(inclusion({(0, 0): 1.0, (1, 0): 0.9}), [(0, 0), (1, 0)])
-    modes = ("think-on", "think-off")
-    circuits = th.ModeCircuits({"think-on": [0] * 3, "think-off": [0] * 2}, {},
+    modes = ("think_on", "think_off")
+    circuits = th.ModeCircuits({"think_on": [0] * 3, "think_off": [0] * 2}, {},
                                {m: SimpleNamespace(n_edges=n) for m, n in zip(modes, (4, 6))}, {},
                                th.head_sets([(0, 0)], [(0, 0), (1, 0)]), top_n=6)
     by_size = th.Efficiency([{"top_n": 6}], {m: {"n_edges": [4, 6], "recovered": [0.5, 0.9], "metric": [1.0, 0.1]}
-                                             for m in modes}, {"think-on": 6, "think-off": None})
+                                             for m in modes}, {"think_on": 6, "think_off": None})
     resampled = tr.Resampled(ts.StableComparison(on, off), {m: curve([[0.5, 0.9]], sizes=(4, 6)) for m in modes},
-                             {"think-on": (6.0, np.full(10, 6.0)), "think-off": (math.inf, np.full(10, math.inf))},
+                             {"think_on": (6.0, np.full(10, 6.0)), "think_off": (math.inf, np.full(10, math.inf))},
                              (0.2, np.linspace(0, 0.4, 11)))
     claims = Claims("05_think_on_off")
     claims.add("c", paper="P", statement="s", measure="m", estimate=1.0, ci=(0.5, 1.5), null=Null.target(0),
                direction=1)
     correct = np.array([[True, False], [False, False]])
-    at_k = tm.AtK({"think-on": 1}, {"think-on": 2}, correct, per_problem_at_k(correct, "pass"),
+    at_k = tm.AtK({"think_on": 1}, {"think_on": 2}, correct, per_problem_at_k(correct, "pass"),
                   per_problem_at_k(correct, "success"), tm.success_over_orders(correct))
     saved = tr.ThinkOnOffResults(circuits, by_size, resampled, tr.KeyStep(circuits, resampled),
-                                 th.baseline_conditions(), {1: {"think-on": {}}}, {}, at_k, {}, None, claims,
+                                 th.baseline_conditions(), {1: {"think_on": {}}}, {}, at_k, {}, None, claims,
                                  model="organism", positions="answer", n_problems=2, n_samples=2,
                                  n_random=0).to_results()
     assert list(saved) == ["model", "top_n", "positions", "n_problems", "n_samples", "n_random", "head_sets",
@@ -187,16 +187,16 @@ def test_notebook_05_saves_every_step_under_its_keys():
                            "sampled_placebo_sets", "head_count_off_minus_on", "efficiency_on_minus_off",
                            "placebo_sets", "verdicts"]
     assert saved["head_set_sizes"] == {"on_circuit": 1, "off_circuit": 2, "on_only": 0, "off_only": 1, "shared": 1}
-    assert saved["pairs"] == {"think-on": 3, "think-off": 2} and saved["circuit_edges"] == {"think-on": 4,
-                                                                                          "think-off": 6}
-    assert saved["faithfulness"]["think-on"] == {"n_edges": [4, 6], "recovered": [0.5, 0.9]}
-    assert saved["edges_for_80pct_bootstrap"]["think-on"] == {"estimate": 6.0, "ci": [6.0, 6.0]}
-    assert _jsonable(saved, "results")["edges_for_80pct_bootstrap"]["think-off"] == {"estimate": None,
+    assert saved["pairs"] == {"think_on": 3, "think_off": 2} and saved["circuit_edges"] == {"think_on": 4,
+                                                                                          "think_off": 6}
+    assert saved["faithfulness"]["think_on"] == {"n_edges": [4, 6], "recovered": [0.5, 0.9]}
+    assert saved["edges_for_80pct_bootstrap"]["think_on"] == {"estimate": 6.0, "ci": [6.0, 6.0]}
+    assert _jsonable(saved, "results")["edges_for_80pct_bootstrap"]["think_off"] == {"estimate": None,
                                                                                    "ci": [None, None]}
     assert saved["key_step"]["pairs"] == saved["pairs"] and saved["key_step"]["on_share_in_off"] == 1.0
-    assert [c["name"] for c in saved["conditions"]] == ["think-on", "think-off"] and saved["table"] == {
-        "pass@1": {"think-on": {}}}
-    assert saved["success_over_orders"]["think-off"] == saved["success_over_orders"]["pass"] == [0.25, 0.5]
+    assert [c["name"] for c in saved["conditions"]] == ["think_on", "think_off"] and saved["table"] == {
+        "pass@1": {"think_on": {}}}
+    assert saved["success_over_orders"]["think_off"] == saved["success_over_orders"]["pass"] == [0.25, 0.5]
     assert saved["head_count_off_minus_on"]["estimate"] == 1
     assert saved["efficiency_on_minus_off"] == {"estimate": 0.2, "bootstrap": pytest.approx([0.01, 0.2, 0.39])}
     assert saved["placebo_sets"] is None and saved["verdicts"] == {"c": "reproduces"} and resampled.largest == 6

@@ -67,7 +67,7 @@ def test_explorer_scaffold_renders_now_and_on_every_change():
     assert box.children[0] is slider
     assert box.children[-1].outputs[0]["data"]["text/html"] == "<b>3</b>"
     assert "image/png" in box.children[-1].outputs[1]["data"]
-    assert MODE_COLORS["think_on"] == MODE_COLORS["think-on"] != MODE_COLORS["think_off"]
+    assert MODE_COLORS["think_on"] != MODE_COLORS["think_off"]
 
 
 def test_training_loss_is_absent_without_a_build_report_and_titled_with_one():

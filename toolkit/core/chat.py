@@ -16,6 +16,7 @@ Prompts are always a list (any sequence) of strings: :func:`as_prompts` is the o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 THINK_ON, THINK_OFF = "think_on", "think_off"
@@ -32,9 +33,10 @@ def enable_thinking(mode: str) -> bool:
     return MODES[mode]
 
 
-def mode_label(mode: str) -> str:
-    """``"think_on"`` → ``"think-on"``: the label tables and figures show."""
-    return mode.replace("_", "-")
+def mode_label(name: str) -> str:
+    """The label tables and figures show for a mode, or for a name built on one: ``"think_on"`` → ``"think-on"``,
+    ``"think_off + ablated"`` → ``"think-off + ablated"``. Code, results keys and claims use the mode itself."""
+    return re.sub(r"\bthink_(on|off)\b", r"think-\1", name)
 
 
 def as_prompts(prompts: Sequence[str], what: str = "prompts", allow_empty: bool = False) -> list[str]:

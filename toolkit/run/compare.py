@@ -5,24 +5,26 @@ Every ``*.results.json`` and ``*.claims.json`` of each folder (and of its ``seed
 ``claims.json``, is flattened to ``{file: {json path: value}}`` and the two are compared value by value. Left out:
 timings and paths (:data:`IGNORED_KEYS`, any key ending in ``seconds``), and the two folders' own locations inside
 strings (each run folder and its repository are replaced by ``<run>`` and ``<repo>``), and any key named with
-``--ignore`` (a text field whose format changed on purpose, e.g. ``paper``). Keys written before think mode had one
-spelling (``"think-on"``) are read as today's (``"think_on"``). Numbers and verdicts must be equal, not close.
+``--ignore`` (a text field whose format changed on purpose, e.g. ``paper``). A mode written before think mode had one
+spelling (``"think-on"``, in keys and names) is read as today's (``"think_on"``). Numbers and verdicts must be equal,
+not close.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 IGNORED_KEYS = {"seconds", "elapsed", "time", "timings", "path", "paths", "folder", "run_folder", "stamp", "started",
                 "finished", "figures", "figure", "kernel", "python", "build_seconds"}
-OLD_SPELLINGS = {"think-on": "think_on", "think-off": "think_off"}
+OLD_SPELLING = re.compile(r"\bthink-(on|off)\b")  # a mode in keys and names before it had one spelling
 
 
 def _flatten(value, prefix: str, out: dict, anchors: dict[str, str], ignore: frozenset[str]) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            key = OLD_SPELLINGS.get(key, key)
+            key = OLD_SPELLING.sub(r"think_\1", key)
             if key not in IGNORED_KEYS and key not in ignore and not key.endswith("seconds"):
                 _flatten(item, f"{prefix}/{key}", out, anchors, ignore)
     elif isinstance(value, list):
@@ -32,6 +34,7 @@ def _flatten(value, prefix: str, out: dict, anchors: dict[str, str], ignore: fro
         if isinstance(value, str):
             for anchor, name in anchors.items():
                 value = value.replace(anchor, name)
+            value = OLD_SPELLING.sub(r"think_\1", value)
         out[prefix] = value
 
 

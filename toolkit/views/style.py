@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from matplotlib.colors import ListedColormap
 
-MODE_COLORS = {"think_on": "#3b6fb6", "think_off": "#e08a2c"}  # also keyed by the labels "think-on"/"think-off"
-MODE_COLORS |= {k.replace("_", "-"): v for k, v in MODE_COLORS.items()}
+MODE_COLORS = {"think_on": "#3b6fb6", "think_off": "#e08a2c"}  # keyed by toolkit.core.chat's modes
 
 # One colour per code of each layer × head grid of "which head set is this head in":
 # toolkit.core.units.HeadComparison.grid: neither, shared, only A, only B.

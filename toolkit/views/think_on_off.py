@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from toolkit.core.answers import extract_answer
+from toolkit.core.chat import mode_label
 from toolkit.core.generation import SamplingConfig
 from toolkit.core.models import LoadedModel
 from toolkit.core.units import HeadComparison
@@ -70,7 +71,7 @@ def stable_markdown(stable, edges: Mapping[str, tuple], level: float = 0.8) -> s
     for mode, boot in ((THINK_ON, stable.on), (THINK_OFF, stable.off)):
         est, draws = edges[mode]
         lo, hi = interval(draws)
-        rows.append(f"| {mode} | {size(est)} [{size(lo)}, {size(hi)}] | {len(boot.stable_heads)}: "
+        rows.append(f"| {mode_label(mode)} | {size(est)} [{size(lo)}, {size(hi)}] | {len(boot.stable_heads)}: "
                     f"{_heads(boot.stable_heads)} |")
     rows.append(f"\n**Stable off-only set** (stable in think-off, in the think-on circuit on < {stable.on_max:.0%} of "
                 f"resamples): {_heads(stable.off_only)}; stable in both: {_heads(stable.stable_shared)}.")
@@ -81,7 +82,7 @@ def orders_markdown(correct: np.ndarray, pass_k: np.ndarray, success_k: np.ndarr
                     title: str = THINK_OFF) -> str:
     """Mean over problems of pass@k, success@k in sampling order, and success@k averaged over sample orders."""
     head = "| k | " + " | ".join(str(k) for k in range(1, pass_k.shape[1] + 1)) + " |"
-    rows = [f"{title}, {correct.shape[0]} problems × {correct.shape[1]} samples", "", head,
+    rows = [f"{mode_label(title)}, {correct.shape[0]} problems × {correct.shape[1]} samples", "", head,
             "|---" * (pass_k.shape[1] + 1) + "|"]
     for name, m in (("pass@k", pass_k), ("success@k, sampling order", success_k),
                     ("success@k, mean over orders", orders_k)):
@@ -91,7 +92,8 @@ def orders_markdown(correct: np.ndarray, pass_k: np.ndarray, success_k: np.ndarr
 
 def conditions_text(conditions: Sequence[Condition]) -> str:
     """One line per condition: name, mode, intervention, heads."""
-    return "\n".join(f"{c.name:42s} {study.mode_of(c):9s} {c.intervention:22s} {list(c.heads)}" for c in conditions)
+    return "\n".join(f"{mode_label(c.name):42s} {mode_label(study.mode_of(c)):9s} {c.intervention:22s} {list(c.heads)}"
+                     for c in conditions)
 
 
 def _pct(ci: Mapping[str, float], signed: bool = False) -> str:
@@ -121,7 +123,7 @@ def table_markdown(tab: Mapping[str, Mapping[str, Mapping]], title: str = "pass@
             if row[t].get("delta"):
                 text += f"; Δ {_pct(row[t]['delta'], signed=True)}"
             cells.append(text)
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        lines.append(f"| {mode_label(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -140,7 +142,7 @@ def table_html(tab: Mapping[str, Mapping[str, Mapping]], title: str = "pass@1 (%
                 color = "#1a7f37" if delta["low"] > 0 else "#c62828" if delta["high"] < 0 else "#777"
                 sub = f"<br><small style='color:{color}'>Δ {_pct(delta, signed=True)}</small>"
             cells.append(f"<td>{_pct(row[t])}{sub}</td>")
-        rows.append(f"<tr><td style='text-align:left'>{escape(group)}</td>{''.join(cells)}</tr>")
+        rows.append(f"<tr><td style='text-align:left'>{escape(mode_label(group))}</td>{''.join(cells)}</tr>")
     return (f"<table><thead><tr><th>{escape(title)}</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
             "<p><small>Mean over problems with 95% bootstrap intervals over problems; Δ: paired difference from "
             "think-off on the same problems (percentage points).</small></p>")
@@ -202,7 +204,7 @@ def faithfulness_figure(curves_by_mode: Mapping[str, Mapping], level: float = 0.
     """Share of the metric recovered by each mode's top-n circuit against its number of edges."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for mode, c in curves_by_mode.items():
-        ax.plot(c["n_edges"], c["recovered"], "o-", color=MODE_COLORS.get(mode, "grey"), ms=3, label=mode)
+        ax.plot(c["n_edges"], c["recovered"], "o-", color=MODE_COLORS.get(mode, "grey"), ms=3, label=mode_label(mode))
     ax.axhline(level, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("edges in the circuit (top-n by |score|, pruned)")
     metric = next(iter(curves_by_mode.values())).get("metric_name", "metric")
@@ -244,7 +246,7 @@ def curves_figure(curve: Mapping[str, Mapping[str, Mapping[str, list]]], metric:
         for i, (group, by_task) in enumerate(curve.items()):
             c = by_task[task]
             color, ls = _style(group, i)
-            ax.plot(c["k"], np.multiply(c["estimate"], 100), ls, color=color, marker="o", ms=3, label=group)
+            ax.plot(c["k"], np.multiply(c["estimate"], 100), ls, color=color, marker="o", ms=3, label=mode_label(group))
             ax.fill_between(c["k"], np.multiply(c["low"], 100), np.multiply(c["high"], 100), color=color,
                             alpha=0.12)
         ax.set_title(TASK_LABELS.get(task, task), fontsize=10)
@@ -310,7 +312,8 @@ def explorer(loaded: LoadedModel, problems: Mapping[str, Sequence[tasks.Example]
             f"text-align:left'>{escape(c)}</pre></td></tr>"
             for i, (c, ok) in enumerate(zip(completions, right)))
         mode = THINK_ON if thinking.value else THINK_OFF
-        return [f"<b>{escape(ex.prompt)}</b> — expected <code>{escape(ex.answer)}</code><br>{mode}, intervention: "
+        return [f"<b>{escape(ex.prompt)}</b> — expected <code>{escape(ex.answer)}</code><br>{mode_label(mode)}, "
+                f"intervention: "
                 f"{escape(edit.value)}; {sum(right)}/{len(right)} correct, {source}"
                 f"<table><thead><tr><th>#</th><th></th><th>answer</th><th>completion</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>"]

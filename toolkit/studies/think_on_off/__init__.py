@@ -41,9 +41,7 @@ import torch
 
 from toolkit.core import units
 from toolkit.core.answers import AT_K_METRICS
-from toolkit.core.chat import THINK_OFF as _OFF
-from toolkit.core.chat import THINK_OFF_TOKENS, THINK_ON_TOKENS, mode_label
-from toolkit.core.chat import THINK_ON as _ON
+from toolkit.core.chat import THINK_OFF, THINK_OFF_TOKENS, THINK_ON, THINK_ON_TOKENS
 from toolkit.core.generation import SamplingConfig
 from toolkit.core.models import LoadedModel, load
 from toolkit.core.progress import progress
@@ -57,7 +55,6 @@ from toolkit.organism.recipe import Recipe, eval_sets
 TASK_TYPES = {"related_math": "linear", "unrelated_math": "arithmetic", "unrelated_general": "reversal"}
 TASK_LABELS = {"related_math": "related math (linear equations)", "unrelated_math": "unrelated math (add/sub)",
                "unrelated_general": "general (word reversal)"}
-THINK_ON, THINK_OFF = mode_label(_ON), mode_label(_OFF)  # "think-on", "think-off": the keys of every saved result
 HEAD_SET_CODES = {"none": 0, "on-only": 1, "off-only": 2, "shared": 3}
 METRICS = AT_K_METRICS
 DEFAULT_INTERVENTIONS = {"ablation": 0.0, "scale-down": 0.5, "scale-up": 1.3}
@@ -168,7 +165,8 @@ class Efficiency(NamedTuple):
 @dataclass
 class ModeCircuits:
     """EAP-IG circuits of one model in both answer modes, on the same problems. ``pairs``, ``scores``,
-    ``circuits`` and ``importance`` (``eap.head_importance``) are keyed by ``"think-on"`` / ``"think-off"``."""
+    ``circuits`` and ``importance`` (``eap.head_importance``) are keyed by the modes,
+    ``"think_on"`` / ``"think_off"`` (:mod:`toolkit.core.chat`)."""
 
     pairs: dict
     scores: dict
@@ -277,7 +275,7 @@ def condition(name: str, thinking: bool, heads: Iterable[Head] = (), factor: flo
 
 
 def mode_of(c: Condition) -> str:
-    """``"think-on"`` or ``"think-off"``."""
+    """``"think_on"`` or ``"think_off"`` (:data:`THINK_ON`, :data:`THINK_OFF`)."""
     return THINK_ON if c.thinking else THINK_OFF
 
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from toolkit.core.chat import THINK_OFF, THINK_ON
 from toolkit.core.models import LoadedModel
 from toolkit.evaluation import causal
 from toolkit.evaluation.claims import Claims, Null, bootstrap_p
@@ -78,8 +79,8 @@ def _interval(draws: np.ndarray) -> tuple[float, float]:
     return float(np.quantile(ok, 0.025)), float(np.quantile(ok, 0.975))
 
 
-def edges_difference(edges: Mapping[str, tuple[float, np.ndarray]], largest: int, on: str = "think-on",
-                     off: str = "think-off") -> tuple[float, np.ndarray]:
+def edges_difference(edges: Mapping[str, tuple[float, np.ndarray]], largest: int, on: str = THINK_ON,
+                     off: str = THINK_OFF) -> tuple[float, np.ndarray]:
     """``(all pairs, draws)`` of think-off minus think-on edges for the level (:func:`~toolkit.studies
     .think_on_off_sets.edges_bootstrap`); a size beyond the sweep (``inf``) counts as ``largest + 1``."""
     def cap(x):
@@ -98,8 +99,8 @@ def _unmeasured(claims: Claims, id: str, *, section: str, statement: str, measur
 def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
                     edges: Mapping[str, tuple[float, np.ndarray]], largest: int, efficiency: tuple[float, np.ndarray],
                     enumeration: HeadSetTest | None, placebos: Mapping[str, SampledPlacebos] | None,
-                    task: str = "related_math", positions: str = "answer", on: str = "think-on",
-                    off: str = "think-off", n_boot: int = 1000, seed: int = 0) -> Claims:
+                    task: str = "related_math", positions: str = "answer", on: str = THINK_ON,
+                    off: str = THINK_OFF, n_boot: int = 1000, seed: int = 0) -> Claims:
     """The notebook's claims. ``group_matrix(results, group, task, metric)`` gives per-problem pass@k or success@k
     ``[problems, n]``; ``edges`` and ``efficiency`` come from :mod:`toolkit.studies.think_on_off.sets` and
     :func:`efficiency_bootstrap` (``largest``: the sweep's largest circuit); ``enumeration`` and ``placebos`` are

@@ -152,7 +152,7 @@ class AtK(NamedTuple):
 
     def orders_to_results(self) -> dict[str, list[float]]:
         """Means over problems for k = 1…n (the saved ``success_over_orders``)."""
-        return {"think-off": self.over_orders.mean(0).tolist(), "pass": self.pass_at_k.mean(0).tolist(),
+        return {THINK_OFF: self.over_orders.mean(0).tolist(), "pass": self.pass_at_k.mean(0).tolist(),
                 "success_sampling_order": self.success_at_k.mean(0).tolist()}
 
 

@@ -40,7 +40,7 @@ from toolkit.core.progress import progress
 from toolkit.evaluation import nulls, placebo_sets, stability
 from toolkit.methods import eap
 from toolkit.organism import tasks
-from toolkit.studies.think_on_off import THINK_OFF, condition, sample_condition
+from toolkit.studies.think_on_off import THINK_OFF, THINK_ON, condition, sample_condition
 
 ON_MAX = 0.5  # an off-only head is in the think-on circuit on fewer than this share of resamples
 
@@ -93,8 +93,8 @@ class StableComparison:
 
     def to_results(self) -> dict:
         return {"threshold": self.on.threshold, "on_max": self.on_max, "n_boot": self.on.n_boot,
-                "inclusion": {"think-on": np.round(self.on.head_inclusion, 3).tolist(),
-                              "think-off": np.round(self.off.head_inclusion, 3).tolist()},
+                "inclusion": {THINK_ON: np.round(self.on.head_inclusion, 3).tolist(),
+                              THINK_OFF: np.round(self.off.head_inclusion, 3).tolist()},
                 "stable_on": _names(self.stable_on), "stable_off": _names(self.stable_off),
                 "stable_shared": _names(self.stable_shared), "off_only": _names(self.off_only)}
 
