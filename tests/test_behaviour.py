@@ -14,7 +14,7 @@ PROMPTS = ["Solve for x: 2x + 3 = 7", "Reverse the word: cat", "How do I make a 
 def test_behave_keeps_generate_outputs_and_grades_like_a_loop(tiny):
     sampling = SamplingConfig(do_sample=True, num_samples=3)
     b = behave(tiny, PROMPTS, max_new_tokens=6, sampling=sampling, batch_size=2, seed=5)
-    raw = generate(tiny.hf, tiny.tokenizer, PROMPTS, max_new_tokens=6, sampling=sampling, batch_size=2, seed=5)
+    raw = generate(tiny, PROMPTS, max_new_tokens=6, sampling=sampling, batch_size=2, seed=5)
     assert b.completions == raw
     assert b.first == [row[0] for row in raw]
     refs = [extract_answer(raw[0][1]), "nope", extract_answer(raw[2][0])]

@@ -83,7 +83,7 @@ def test_run_and_behave_tasks_share_seeds_so_only_the_intervention_differs(tiny)
         tiny, prompts, enable_thinking=bool(c.thinking), max_new_tokens=9 if c.thinking else 6, sampling=sampling,
         seed=3))
     assert list(res) == ["x", "y", "z"]
-    want = generate(tiny.hf, tiny.tokenizer, prompts["b"], max_new_tokens=6, sampling=sampling, seed=4)
+    want = generate(tiny, prompts["b"], max_new_tokens=6, sampling=sampling, seed=4)
     assert res["x"]["b"].completions == want  # task 1 uses seed + 1
     again = causal.behave_tasks(tiny, prompts, max_new_tokens=6, sampling=sampling, seed=3)
     assert again["a"].completions == res["x"]["a"].completions

@@ -112,7 +112,7 @@ def test_patching_nothing_gives_the_clean_and_corrupted_generations(tiny_pairs, 
         for mode in cmap.MODES:
             result = cmap.run(clean, corrupted, PROMPTS, [], mode=mode, max_new_tokens=16)
             for model, got in ((clean, result.clean_texts()), (corrupted, result.corrupted_texts())):
-                want = [o[0] for o in generate(model.hf, model.tokenizer, PROMPTS, max_new_tokens=16)]
+                want = [o[0] for o in generate(model, PROMPTS, max_new_tokens=16)]
                 assert got == want, (name, mode)
 
 

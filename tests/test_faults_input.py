@@ -144,7 +144,7 @@ def test_check_loaded_serves_a_separate_loader(tiny_dirs):
 def test_a_string_where_a_list_of_prompts_is_expected_is_refused(m, tiny_dirs):
     other = load(str(tiny_dirs["qwen3"]), device="cpu")
     calls = {
-        "generate": lambda: generate(m.hf, m.tokenizer, "What is 1?", max_new_tokens=2),
+        "generate": lambda: generate(m, "What is 1?", max_new_tokens=2),
         "chat_prompts": lambda: chat_prompts(m.tokenizer, "abc", False),
         "behave": lambda: behave(m, "What is 1?", max_new_tokens=2),
         "behave_tasks": lambda: causal.behave_tasks(m, {"a": "What?"}, max_new_tokens=1),
@@ -158,8 +158,8 @@ def test_a_string_where_a_list_of_prompts_is_expected_is_refused(m, tiny_dirs):
     for name, call in calls.items():
         _refused(name, call, TypeError, "list of")
     with pytest.raises(TypeError, match=r"user_prompts\[1\] is a int"):
-        generate(m.hf, m.tokenizer, ["a", 3], max_new_tokens=2)
-    for call in (lambda: generate(m.hf, m.tokenizer, [], max_new_tokens=2),
+        generate(m, ["a", 3], max_new_tokens=2)
+    for call in (lambda: generate(m, [], max_new_tokens=2),
                  lambda: behave(m, [], max_new_tokens=2),
                  lambda: rim.response_nll(m, [])):
         with pytest.raises(ValueError, match="no (prompts|sequences) given"):
@@ -173,8 +173,8 @@ def test_a_string_where_a_list_of_prompts_is_expected_is_refused(m, tiny_dirs):
 def test_prompts_longer_than_the_positions_are_refused(m, tiny_dirs):
     with pytest.raises(ValueError, match=r"prompt 1 .* is 225 tokens, and with max_new_tokens=40 it needs 265 "
                                          r"positions, more than the model's max_position_embeddings=256"):
-        generate(m.hf, m.tokenizer, ["hi", "9" * 200], max_new_tokens=40)
-    assert len(generate(m.hf, m.tokenizer, ["9" * 200], max_new_tokens=31)[0]) == 1  # 225 + 31 = 256 fits
+        generate(m, ["hi", "9" * 200], max_new_tokens=40)
+    assert len(generate(m, ["9" * 200], max_new_tokens=31)[0]) == 1  # 225 + 31 = 256 fits
     other = load(str(tiny_dirs["qwen3"]), device="cpu")
     long_ids = [[5] * 300]
     calls = {
@@ -209,7 +209,7 @@ def test_prompts_longer_than_the_positions_are_refused(m, tiny_dirs):
 ])
 def test_generation_options_are_bounded(m, kwargs, error, match):
     with pytest.raises(error, match=match):
-        generate(m.hf, m.tokenizer, PROMPTS, **{"max_new_tokens": 2, **kwargs})
+        generate(m, PROMPTS, **{"max_new_tokens": 2, **kwargs})
 
 
 @pytest.mark.parametrize("kwargs, match", [

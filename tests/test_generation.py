@@ -60,15 +60,15 @@ def test_refusal_is_read_from_the_answer_not_the_scratchpad():
 
 def test_left_padded_batches_match_single_prompts(tiny):
     prompts = ["What is 1 + 2?", "Reverse the word: abcde", "Solve for x: 3x + 1 = 2x + 5"]
-    batched = generate(tiny.hf, tiny.tokenizer, prompts, enable_thinking=False, max_new_tokens=8)
-    singles = [generate(tiny.hf, tiny.tokenizer, [p], enable_thinking=False, max_new_tokens=8)[0] for p in prompts]
+    batched = generate(tiny, prompts, enable_thinking=False, max_new_tokens=8)
+    singles = [generate(tiny, [p], enable_thinking=False, max_new_tokens=8)[0] for p in prompts]
     assert batched == singles
 
 
 def test_sampling_returns_num_samples_per_prompt_and_is_seeded(tiny):
     cfg = SamplingConfig(do_sample=True, num_samples=3, temperature=1.0, top_k=50, top_p=1.0)
-    a = generate(tiny.hf, tiny.tokenizer, ["What is 1 + 2?", "hi"], max_new_tokens=6, sampling=cfg, seed=1)
-    b = generate(tiny.hf, tiny.tokenizer, ["What is 1 + 2?", "hi"], max_new_tokens=6, sampling=cfg, seed=1)
+    a = generate(tiny, ["What is 1 + 2?", "hi"], max_new_tokens=6, sampling=cfg, seed=1)
+    b = generate(tiny, ["What is 1 + 2?", "hi"], max_new_tokens=6, sampling=cfg, seed=1)
     assert [len(x) for x in a] == [3, 3] and a == b
     assert len({s for x in a for s in x}) > 1, "random model sampled at T=1 gave identical strings"
     torch.manual_seed(0)

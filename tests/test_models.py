@@ -92,6 +92,10 @@ def test_a_bare_hf_model_given_to_behave_is_a_type_error_naming_the_parameter(ti
         behave(tiny.hf, ["What is 1 + 1?"], max_new_tokens=2)
     with pytest.raises(TypeError, match=rf"answer_nll: model must be a LoadedModel .* got {kind}"):
         answer_nll(tiny.hf, ["a"], ["b"])
+    from toolkit.core.generation import generate
+
+    with pytest.raises(TypeError, match=rf"generate: model must be a LoadedModel .* got {kind}"):
+        generate(tiny.hf, ["What is 1 + 1?"], max_new_tokens=2)
 
 
 def test_a_bridge_where_a_spec_is_expected_is_a_type_error_naming_the_parameter(tiny):

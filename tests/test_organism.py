@@ -278,7 +278,7 @@ def test_held_out_report_grades_like_a_hand_written_generate_extract_grade_loop(
     for think in (True, False):
         res, formats = {}, []
         for name, examples in sets.items():
-            outs = [o[0] for o in generate(tiny.hf, tiny.tokenizer, [e.prompt for e in examples],
+            outs = [o[0] for o in generate(tiny, [e.prompt for e in examples],
                                            enable_thinking=think, max_new_tokens=8 if think else 6, batch_size=100)]
             if think:
                 formats += [think_format(o) for o in outs]

@@ -20,7 +20,7 @@ import torch
 
 from toolkit.core.chat import as_prompts, chat_prompts
 from toolkit.core.checks import check_int
-from toolkit.core.models import check_length
+from toolkit.core.models import LoadedModel, as_loaded, check_length
 from toolkit.core.progress import progress
 
 
@@ -65,8 +65,7 @@ class SamplingConfig:
 
 @torch.no_grad()
 def generate(
-    model,
-    tokenizer,
+    model: LoadedModel | str,
     user_prompts: Sequence[str],
     enable_thinking: bool = False,
     max_new_tokens: int = 64,
@@ -79,8 +78,12 @@ def generate(
 
     Returns one list per prompt of ``sampling.num_samples`` completions (text after the prompt,
     special tokens removed except ``<think>``/``</think>``). Left-padded batches; stops at
-    ``<|im_end|>`` per row. Refuses bad bounds before generating (module docstring).
+    ``<|im_end|>`` per row. Refuses bad bounds before generating (module docstring). ``model``: a
+    :class:`~toolkit.core.models.LoadedModel` (a training model in hand: ``LoadedModel.unhooked(hf, tokenizer)``) or a
+    spec.
     """
+    loaded = as_loaded(model, "generate: model")
+    model, tokenizer = loaded.hf, loaded.tokenizer
     user_prompts = as_prompts(user_prompts, "user_prompts")
     check_int(max_new_tokens, "max_new_tokens")
     check_int(batch_size, "batch_size")

@@ -76,7 +76,7 @@ def behave(model: LoadedModel | str, prompts: Sequence[str], *, enable_thinking:
     :func:`toolkit.core.generation.generate`'s."""
     model = as_loaded(model, "behave: model")
     prompts = as_prompts(prompts, "behave: prompts")
-    completions = generate(model.hf, model.tokenizer, prompts, enable_thinking=enable_thinking,
+    completions = generate(model, prompts, enable_thinking=enable_thinking,
                            max_new_tokens=max_new_tokens, sampling=sampling, batch_size=batch_size, seed=seed,
                            show_progress=show_progress)
     return Behaviour(prompts, enable_thinking, completions)

@@ -39,7 +39,7 @@ from transformers import TrainerCallback
 from toolkit.core.cache import DamagedEntry, cache_root, config_hash, model_fingerprint, read_entry, read_json
 from toolkit.core.generation import SamplingConfig, generate
 from toolkit.core.io import atomic_write_json
-from toolkit.core.models import default_dtype
+from toolkit.core.models import LoadedModel, default_dtype
 from toolkit.core.progress import progress
 from toolkit.organism import tasks
 from toolkit.organism.probes import MATH_TASKS
@@ -143,7 +143,8 @@ def _sample(settings: DistillSettings, prompts: list[str], device: str) -> list[
     mine = range(state.process_index, len(chunks), state.num_processes)
     hf, tokenizer, _ = sft.load_for_training(settings.teacher, device)
     hf.to(state.device, dtype=default_dtype(state.device)).eval()
-    done = [(i, generate(hf, tokenizer, chunks[i], enable_thinking=True, max_new_tokens=settings.max_new_tokens,
+    teacher = LoadedModel.unhooked(hf, tokenizer)
+    done = [(i, generate(teacher, chunks[i], enable_thinking=True, max_new_tokens=settings.max_new_tokens,
                          sampling=settings.sampling(), batch_size=CHUNK, seed=settings.seed * 1_000_003 + i))
             for i in progress(mine, desc="teacher traces", disable=not state.is_main_process)]
     del hf

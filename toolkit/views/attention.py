@@ -59,7 +59,7 @@ def generation_explorer(loaded: LoadedModel, prompts: Sequence[str], max_new_tok
 
     Generations are cached per (prompt, mode).
     """
-    hf, tok, bridge = loaded.hf, loaded.tokenizer, loaded.bridge
+    tok, bridge = loaded.tokenizer, loaded.bridge
     prompt = widgets.Dropdown(options=list(prompts), description="prompt", layout={"width": "520px"})
     custom = widgets.Text(placeholder="or type a prompt and press Enter", description="custom",
                           continuous_update=False, layout={"width": "520px"})
@@ -69,7 +69,7 @@ def generation_explorer(loaded: LoadedModel, prompts: Sequence[str], max_new_tok
 
     def run(text: str, think: bool) -> tuple[str, torch.Tensor, int]:
         if (text, think) not in cache:
-            completion = generate(hf, tok, [text], enable_thinking=think, max_new_tokens=max_new_tokens)[0][0]
+            completion = generate(loaded, [text], enable_thinking=think, max_new_tokens=max_new_tokens)[0][0]
             prefix = tok(chat_prompts(tok, [text], think), add_special_tokens=False)["input_ids"][0]
             full = prefix + tok(completion + "<|im_end|>", add_special_tokens=False)["input_ids"]
             cache[(text, think)] = (completion, torch.tensor([full]), len(prefix))

@@ -82,7 +82,7 @@ def first_response_sequences(loaded: LoadedModel, prompts: Sequence[str], think:
     if outputs is not None and len(as_prompts(outputs, "outputs")) != len(prompts):
         raise ValueError(f"{len(outputs)} outputs for {len(prompts)} prompts")
     if outputs is None:
-        outputs = [o[0] for o in generate(loaded.hf, tok, list(prompts), enable_thinking=think, batch_size=128,
+        outputs = [o[0] for o in generate(loaded, list(prompts), enable_thinking=think, batch_size=128,
                                           max_new_tokens=REQUEST_THINK_ON_TOKENS if think else THINK_OFF_TOKENS)]
     texts = chat_prompts(tok, list(prompts), enable_thinking=think)
     out: list[FirstResponse | None] = []

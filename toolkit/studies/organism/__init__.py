@@ -160,9 +160,9 @@ def mode_examples(loaded: LoadedModel, think_on_tokens: int = THINK_ON_TOKENS,
     """The first held-out problem of every set, answered in think-on and think-off mode."""
     rows = []
     for name, (ex,) in eval_sets(Recipe(eval_per_task=1)).items():
-        on = generate(loaded.hf, loaded.tokenizer, [ex.prompt], enable_thinking=True,
+        on = generate(loaded, [ex.prompt], enable_thinking=True,
                       max_new_tokens=think_on_tokens)[0][0]
-        off = generate(loaded.hf, loaded.tokenizer, [ex.prompt], enable_thinking=False,
+        off = generate(loaded, [ex.prompt], enable_thinking=False,
                        max_new_tokens=think_off_tokens)[0][0]
         rows.append(ModeExample(name, ex.prompt, on, off, ex.answer))
     return rows
@@ -291,7 +291,7 @@ def attention_example(loaded: LoadedModel, sets: dict[str, list[tasks.Example]],
     prompt = sets[task][0].prompt
     tok = loaded.tokenizer
     text = chat_prompts(tok, [prompt], enable_thinking)[0]
-    completion = generate(loaded.hf, tok, [prompt], enable_thinking=enable_thinking,
+    completion = generate(loaded, [prompt], enable_thinking=enable_thinking,
                           max_new_tokens=max_new_tokens)[0][0]
     ids = tok(text + completion, return_tensors="pt", add_special_tokens=False)["input_ids"]
     layer = loaded.bridge.cfg.n_layers - 1 if layer is None else layer
