@@ -155,3 +155,18 @@ def test_as_loaded_loads_a_spec_and_passes_a_loaded_model_through(tiny_dirs):
     prompts = ["What is 1 + 1?", "Reverse the word: cat"]
     assert behave(unhooked, prompts, max_new_tokens=4).completions == \
         behave(loaded, prompts, max_new_tokens=4).completions == behave(spec, prompts, max_new_tokens=4).completions
+
+
+def test_site_helpers_take_a_loaded_model_or_its_bridge_and_refuse_anything_else(tiny):
+    from toolkit.core.interventions import head, layer_sites
+    from toolkit.evaluation import causal
+    from toolkit.methods import cmap
+
+    assert layer_sites(tiny, "attn") == layer_sites(tiny.bridge, "attn")
+    assert cmap.head_sweep(tiny, [0]) == cmap.head_sweep(tiny.bridge, [0]) == [head(0, h) for h in range(4)]
+    assert head(0, 1).validate(tiny) == head(0, 1)
+    for call, name in ((lambda: layer_sites(3, "attn"), "layer_sites: model"),
+                       (lambda: cmap.layer_sweep(tiny.hf, "mlp"), "layer_sites: model"),
+                       (lambda: causal.run(tiny.hf, [], lambda c: 0), "causal.run: model")):
+        with pytest.raises(TypeError, match=f"{name} must be a LoadedModel or a TransformerBridge"):
+            call()

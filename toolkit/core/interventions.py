@@ -108,7 +108,8 @@ class Site:
         """The part of the hook activation that belongs to this site (a view or an index copy)."""
         return act[:, :, list(self.units)] if self.units else act
 
-    def validate(self, bridge: TransformerBridge) -> Site:
+    def validate(self, model: LoadedModel | TransformerBridge) -> Site:
+        bridge = _bridge(model, "Site.validate")
         n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
         if not 0 <= self.layer < n_layers:
             raise SiteError(f"layer {self.layer} is out of range: the model has layers 0..{n_layers - 1}")
@@ -165,8 +166,9 @@ def site_from_name(name: str, heads: Sequence[int] | None = None) -> Site:
     return Site(component, int(m.group(1)), tuple(heads) if heads is not None else None)
 
 
-def layer_sites(bridge: TransformerBridge, component: str) -> list[Site]:
+def layer_sites(model: LoadedModel | TransformerBridge, component: str) -> list[Site]:
     """One site per layer (``component`` in attn/mlp/resid), or one per head for ``"head"``."""
+    bridge = _bridge(model, "layer_sites")
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     if component == "head":
         return [head(layer, h) for layer in range(n_layers) for h in range(n_heads)]

@@ -48,7 +48,7 @@ from toolkit.core import units
 from toolkit.core.checks import check_int
 from toolkit.core.generation import SamplingConfig
 from toolkit.core.interventions import Site
-from toolkit.core.models import LoadedModel, check_length
+from toolkit.core.models import LoadedModel, bridge_of, check_length
 from toolkit.core.progress import progress
 from toolkit.core.stats import bootstrap_ci, paired_difference_ci
 from toolkit.evaluation.behaviour import Behaviour, behave
@@ -133,8 +133,9 @@ class Condition:
         n = f"{self.n_units} {what}{'s' * (self.n_units != 1)}"
         return f"ablate {n}" if self.factor == 0 else f"scale ×{self.factor:g}, {n}"
 
-    def validate(self, bridge: TransformerBridge) -> Condition:
+    def validate(self, model: LoadedModel | TransformerBridge) -> Condition:
         """Range-check every site on the model (raises :class:`~toolkit.core.interventions.SiteError`)."""
+        bridge = bridge_of(model, "Condition.validate: model")
         for s in self.sites:
             s.validate(bridge)
         return self
@@ -197,10 +198,11 @@ def placebo_conditions(group: str, draws: Sequence[Sequence[tuple[int, int]]], f
 # running
 
 
-def run(bridge: TransformerBridge, conditions: Sequence[Condition], measure: Callable[[Condition], T], *,
-        show_progress: bool = False, desc: str = "conditions") -> dict[str, T]:
+def run(model: LoadedModel | TransformerBridge, conditions: Sequence[Condition], measure: Callable[[Condition], T],
+        *, show_progress: bool = False, desc: str = "conditions") -> dict[str, T]:
     """``{name: measure(condition)}`` with each condition range-checked on the model and applied
     (:func:`intervene`) during its ``measure``, in order. Names must be unique."""
+    bridge = bridge_of(model, "causal.run: model")
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
         raise ValueError(f"condition names must be unique: {names}")
@@ -289,10 +291,11 @@ def effect(treated: Sequence[float], baseline: Sequence[float], *, n_boot: int =
 
 
 @contextmanager
-def per_row_scale(bridge: TransformerBridge, masks: Mapping[int, torch.Tensor], *, kind: str = "head"):
+def per_row_scale(model: LoadedModel | TransformerBridge, masks: Mapping[int, torch.Tensor], *, kind: str = "head"):
     """Multiply each batch row's units by its own factors: ``masks[layer]`` is ``[batch, n_units]`` (heads of
     ``attn.hook_z`` or neurons of ``mlp.hook_post``; 1 leaves a unit alone, 0 ablates it). Layers not in ``masks``
     are untouched. Every forward pass inside the block must have that batch size."""
+    bridge = bridge_of(model, "per_row_scale: model")
     if kind not in ("head", "neuron"):
         raise ValueError(f"per-row masks act on 'head' or 'neuron' units, got {kind!r}")
     hook = "blocks.{}.attn.hook_z" if kind == "head" else "blocks.{}.mlp.hook_post"
@@ -310,7 +313,7 @@ def per_row_scale(bridge: TransformerBridge, masks: Mapping[int, torch.Tensor], 
         yield
 
 
-def unit_set_scores(bridge: TransformerBridge, sets: Sequence[Sequence[tuple[int, int]]],
+def unit_set_scores(model: LoadedModel | TransformerBridge, sets: Sequence[Sequence[tuple[int, int]]],
                     score: Callable[[int], torch.Tensor], n_rows: int, *, kind: str = "head", factor: float = 0.0,
                     sets_per_batch: int = 16, show_progress: bool = False) -> np.ndarray:
     """``[n_sets, n_rows]``: a teacher-forced per-row score with each unit set edited (× ``factor``), many sets per
@@ -318,6 +321,7 @@ def unit_set_scores(bridge: TransformerBridge, sets: Sequence[Sequence[tuple[int
     batch (row ``r·n_rows + i`` is input ``i``) and returns ``[repeat · n_rows]`` scores; here row block ``r`` has
     set ``r`` of the chunk applied (:func:`per_row_scale`). An empty set is the unedited model. ``sets_per_batch``
     and ``n_rows`` are integers >= 1 and ``factor`` is finite."""
+    bridge = bridge_of(model, "unit_set_scores: model")
     cfg = bridge.cfg
     n_layers, n_units = cfg.n_layers, (cfg.n_heads if kind == "head" else cfg.d_mlp)
     check_int(sets_per_batch, "sets_per_batch"), check_int(n_rows, "n_rows")

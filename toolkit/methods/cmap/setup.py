@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from toolkit.core.interventions import Site, SiteError, head, layer_sites
+from toolkit.core.models import LoadedModel, bridge_of
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
-
-    from toolkit.core.models import LoadedModel
 
 
 class ModelMismatchError(ValueError):
@@ -42,14 +41,15 @@ def check_compatible(clean: LoadedModel, corrupted: LoadedModel) -> None:
         raise ModelMismatchError("the clean and corrupted models differ: " + "; ".join(differences))
 
 
-def layer_sweep(bridge: TransformerBridge, component: str = "resid") -> list[Site]:
+def layer_sweep(model: LoadedModel | TransformerBridge, component: str = "resid") -> list[Site]:
     """One site per layer: ``attn``, ``mlp`` or ``resid`` (all heads of a layer: use :func:`head_sweep`)."""
     if component not in ("attn", "mlp", "resid"):
         raise SiteError(f"a layer sweep takes attn, mlp or resid, not {component!r} (heads: head_sweep)")
-    return layer_sites(bridge, component)
+    return layer_sites(model, component)
 
 
-def head_sweep(bridge: TransformerBridge, layers: Sequence[int]) -> list[Site]:
+def head_sweep(model: LoadedModel | TransformerBridge, layers: Sequence[int]) -> list[Site]:
     """One ``head(L, h)`` site per head of each layer in ``layers``."""
+    bridge = bridge_of(model, "head_sweep: model")
     sites = [head(layer, h) for layer in layers for h in range(bridge.cfg.n_heads)]
     return [s.validate(bridge) for s in sites]
