@@ -325,27 +325,3 @@ def scale_emergent_heads(loaded: LoadedModel, dyn: Dynamics, eval_examples: Mapp
     return head_scaling(loaded, heads, [e for ex in eval_examples.values() for e in ex], factors=factors,
                         enable_thinking=enable_thinking, max_new_tokens=max_new_tokens, samples=samples,
                         control_seed=control_seed)
-
-
-# ---- 5. results -----------------------------------------------------------------------------------------------------
-
-def to_results(model: str, runs: Mapping[str, TrainingRun], analysis: Analysis, corr: Mapping[str, dict],
-               comparison: RunComparison, scaling: Mapping[str, HeadScaling | None]) -> dict:
-    """The numbers notebook 04 saves (``save_results("04_grpo_dynamics", ...)``)."""
-    return {
-        "model": model,
-        "steps_per_s": {label: None if run.reused else round(run.steps_per_second, 3) for label, run in runs.items()},
-        "snapshot_seconds": analysis.snapshot_seconds,
-        "checkpoints": {label: checkpoint_records(run) for label, run in runs.items()},
-        "dynamics": {label: d.summary() for label, d in analysis.dyns.items()},
-        "accuracy": {label: {t: {str(s): a for s, a in acc.items()} for t, acc in by.items()}
-                     for label, by in analysis.accuracy.items()},
-        "most_frequent_answer_share": analysis.most_frequent_share,
-        "correlation": dict(corr),
-        "final_emergent": {f"{a} vs {b}": {"n_a": c.to_dict()["n_a"], "n_b": c.to_dict()["n_b"],
-                                           "shared": len(c.to_dict()["shared"]), "jaccard": c.to_dict()["jaccard"]}
-                           for (a, b), c in comparison.final.items()},
-        "ever_emergent": {label: len(s) for label, s in comparison.ever.items()},
-        "pairs_per_snapshot": analysis.pairs_per_snapshot,
-        "head_scaling": {label: None if s is None else s.to_results() for label, s in scaling.items()},
-    }

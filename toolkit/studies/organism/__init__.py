@@ -168,6 +168,24 @@ def mode_examples(loaded: LoadedModel, think_on_tokens: int = THINK_ON_TOKENS,
     return rows
 
 
+@dataclass(frozen=True)
+class OrganismResults:
+    """What notebook 00 saves (``save_results("00_model_organism", OrganismResults(...).to_results())``): the model,
+    its size, the held-out reports and the think gap, and the build time when the subject is the shipped organism."""
+
+    model: str
+    subject: Subject
+    held_out: HeldOut
+    n_eval: int
+
+    def to_results(self) -> dict:
+        results = {"model": self.model, "parameters": self.subject.parameters, "n_eval": self.n_eval,
+                   "accuracy": self.held_out.reports, "linear_think_gap": self.held_out.linear_think_gap}
+        if self.subject.build_report:
+            results["build_seconds"] = self.subject.build_report["build_seconds"]
+        return results
+
+
 @dataclass
 class HeldOut:
     """Held-out reports of the studied model (and, optionally, ``organism-base``) on the same problems."""
