@@ -3,8 +3,8 @@ change nothing is shown to change nothing.
 
 Every ``*.results.json`` and ``*.claims.json`` of each folder (and of its ``seed-<k>/`` folders), and the top-level
 ``claims.json``, is flattened to ``{file: {json path: value}}`` and the two are compared value by value. Left out:
-timings and paths (:data:`IGNORED_KEYS`, any key ending in ``seconds``), and the two folders' own locations inside
-strings (each run folder and its repository are replaced by ``<run>`` and ``<repo>``), and any key named with
+timings and paths (:data:`IGNORED_KEYS`, any key ending in ``seconds`` or ``per_s``), and the two folders' own locations
+inside strings (each run folder and its repository are replaced by ``<run>`` and ``<repo>``), and any key named with
 ``--ignore`` (a text field whose format changed on purpose, e.g. ``paper``). A mode written before think mode had one
 spelling (``"think-on"``, in keys and names) is read as today's (``"think_on"``). Numbers and verdicts must be equal,
 not close.
@@ -25,7 +25,7 @@ def _flatten(value, prefix: str, out: dict, anchors: dict[str, str], ignore: fro
     if isinstance(value, dict):
         for key, item in value.items():
             key = OLD_SPELLING.sub(r"think_\1", key)
-            if key not in IGNORED_KEYS and key not in ignore and not key.endswith("seconds"):
+            if key not in IGNORED_KEYS and key not in ignore and not key.endswith(("seconds", "per_s")):
                 _flatten(item, f"{prefix}/{key}", out, anchors, ignore)
     elif isinstance(value, list):
         for i, item in enumerate(value):
