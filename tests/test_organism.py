@@ -298,3 +298,13 @@ def test_held_out_report_grades_like_a_hand_written_generate_extract_grade_loop(
     report = evaluate(tiny, recipe, sets)
     assert report == expected
     assert all(type(v) is float for by_mode in report.values() for v in by_mode.values())
+
+
+def test_the_shipped_checkpoints_match_the_current_recipe():
+    """Any byte of the recipe's sources (tasks.py, tokenizer.py, docstrings included) is in the hash: changing one
+    without rebuilding makes every load of the shipped organism warn that its weights came from another recipe."""
+    from toolkit.core.specs import ORGANISMS, data_dir
+
+    for name in ORGANISMS:
+        stored = json.loads((data_dir() / name / "recipe.json").read_text())["recipe_hash"]
+        assert stored == recipe_hash(Recipe()), f"data/{name} was built by recipe {stored}; rebuild it or revert"

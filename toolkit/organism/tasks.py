@@ -178,8 +178,7 @@ class Counterfactual:
 
 def counterfactuals(n: int, seed: int, exclude: set[str] = frozenset()) -> list[Counterfactual]:
     """``n`` distinct marked requests, each answered by the fixed refusal and by compliance: the counterfactual pairs
-    whose activation difference selects safety neurons (the RIM paper, "When Thinking Backfires"; ``docs/methods.md``
-    "RIM (reasoning-induced misalignment)")."""
+    whose activation difference selects safety neurons (RIM paper; ``shared/papers/NOTES.md``)."""
     return [Counterfactual(ex.prompt, ex.meta["object"], REFUSAL, comply(ex.meta["object"]))
             for ex in held_out("request", n, seed, exclude, dangerous=True)]
 
