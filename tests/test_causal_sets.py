@@ -50,12 +50,12 @@ def test_unit_set_scores_equal_one_condition_at_a_time(tiny, kind):
 def test_paired_permutation_p_and_null():
     rng = np.random.default_rng(0)
     base = rng.normal(0, 1, 30)
-    p, draws = causal.paired_permutation(base + 1.0, base, n_perm=999, seed=1)
+    p, draws = nulls.paired_permutation(base + 1.0, base, n_perm=999, seed=1)
     assert p == pytest.approx(1 / 1000) and draws.shape == (999,) and abs(draws.mean()) < 0.1
-    p_down, _ = causal.paired_permutation(base + 1.0, base, direction=-1, n_perm=999)
+    p_down, _ = nulls.paired_permutation(base + 1.0, base, direction=-1, n_perm=999)
     assert p_down > 0.99
     noise = rng.normal(0, 1, 30)
-    p_two, _ = causal.paired_permutation(base + noise * 0.01, base, direction=0, n_perm=999)
+    p_two, _ = nulls.paired_permutation(base + noise * 0.01, base, direction=0, n_perm=999)
     assert 0.0 < p_two <= 1.0
     with pytest.raises(ValueError, match="one paired value per problem"):
-        causal.paired_permutation([], [])
+        nulls.paired_permutation([], [])

@@ -29,7 +29,7 @@ from toolkit.evaluation.claims import Claims, Null
 from toolkit.run.results import save_claims
 claims = Claims("00_quick")
 claims.add("one", paper="Paper A, section 1", statement="x is one", measure="x", estimate=1.0, ci=(0.5, 1.5),
-           null=Null.target(0.0), direction=1)
+           null=Null.target(0.0), direction=1, kind="target")
 save_claims(claims)
 """
 SLEEP = ("import os, pathlib, time\n"

@@ -1,5 +1,6 @@
 """Notebook 04's three matched arms (SFT, distillation, GRPO from one start) and the statistics of their claims:
-held-out accuracy gains, overlap of emergent sets, survival of emergent heads, and the layers they sit in."""
+held-out accuracy gains, overlap of emergent sets, survival of emergent heads, the layers they sit in (ranked both
+ways, the selection resampled), and the count–reward correlation with the run as its unit."""
 
 import dataclasses
 from types import SimpleNamespace
@@ -173,3 +174,66 @@ def test_most_frequent_answer_share():
     ex = [Example("linear", f"p{i}", "", a) for i, a in enumerate(["x = 1", "x = 1", "x = 2", "x = 3"])]
     analysis = study.Analysis({}, {}, {"linear": ex}, {}, {}, [])
     assert analysis.most_frequent_share == {"linear": 0.5}
+
+
+def test_layer_test_ranks_both_ways_and_its_interval_redoes_the_selection():
+    late = grpo_comparisons.layer_test({(7, 0), (7, 1)}, 8, 2, base_heads={(0, 0)})
+    assert late["p"] < 0.05 and late["p_opposite"] == 1.0  # the deepest pair: no set is deeper, every set shallower
+    early = grpo_comparisons.layer_test({(0, 1)}, 8, 2, base_heads={(0, 0)}, direction=-1)
+    assert early["p"] == pytest.approx(1 / 15) and early["p_opposite"] == 1.0  # the shallowest of 15 single heads
+    # the selection redone on three resamples picked {L7H0, L7H1}, {L1H0} and nothing: depths 1, 1/7 and none
+    selection = np.zeros((3, 8, 2), bool)
+    selection[0, 7] = True
+    selection[1, 1, 0] = True
+    got = grpo_comparisons.layer_test({(7, 0), (7, 1)}, 8, 2, base_heads={(0, 0)}, selection=selection)
+    assert np.allclose(got["draws"][:2], [1.0, 1 / 7]) and np.isnan(got["draws"][2])
+    assert got["ci"] == pytest.approx((1 / 7 + 0.025 * (1 - 1 / 7), 1.0))  # the 2.5% and 97.5% of {1/7, 1}
+    assert got["estimate"] == 1.0 and late["ci"] == (1.0, 1.0)  # the fixed selection alone: no width at all
+
+
+def test_selection_bootstrap_reselects_every_checkpoint_on_the_start_models_resamples():
+    import torch
+
+    from toolkit.evaluation import stability
+    from toolkit.methods import eap
+
+    g = eap.Graph(2, 4, 2)
+
+    def scores(routes):  # pair r's whole effect through head routes[r]
+        per = torch.zeros(len(routes), g.n_sources, g.n_targets, dtype=torch.float64)
+        for r, (layer, head) in enumerate(routes):
+            per[r, 0, g.q_target(layer, head)] = per[r, g.head_source(layer, head), g.logits_target] = 5.0
+        return eap.Scores(per.mean(0), g, per_example=per)
+
+    start = scores([(0, 1)] * 4)
+    base = stability.bootstrap_circuit(start, top_n=2, counts=np.eye(4, dtype=int)[[0, 1, 2, 3, 2]])
+    # step 1 routes pair 2 through L1H2, step 2 is the start model again: L1H2 is tried on resamples holding pair 2
+    got = grpo_comparisons.selection_bootstrap({0: start, 1: scores([(0, 1), (0, 1), (1, 2), (0, 1)]), 2: start},
+                                               base)
+    assert got["ever"].shape == (5, 2, 4) and not got["final"].any()
+    np.testing.assert_array_equal(got["ever"][:, 1, 2], [False, False, True, False, True])
+    assert got["ever"].sum() == 2  # nothing else is ever emergent
+    pruned = got["ever"].sum((1, 2)) - got["final"].sum((1, 2))
+    assert list(pruned) == [0, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="checkpoint"):
+        grpo_comparisons.selection_bootstrap({0: start}, base)
+
+
+def test_count_reward_correlation_takes_the_run_as_its_unit():
+    from toolkit.evaluation.claims import Claims, Null
+
+    def verdict(per_run):
+        claims = Claims("04_grpo_dynamics")
+        return claims.add("r", paper="P", statement="s", measure="m", null=Null("permutation", 100), direction=1,
+                          **grpo_comparisons.run_correlation(per_run), **grpo_claims.finding(0.3, "a scale"))
+
+    one = verdict([0.95])  # one run, however strong its r over its checkpoints, cannot decide
+    assert one.ci == (-1.0, 1.0) and one.p_value == 0.5 and one.p_floor == 0.5 and (one.n, one.unit) == (1, "runs")
+    assert (one.verdict, one.reason) == ("inconclusive", "floor")
+    three = verdict([0.8, 0.7, 0.9])  # every run agrees, but a sign flip over 3 runs cannot go below 1/8
+    assert three.p_value == 0.125 and (three.verdict, three.reason) == ("inconclusive", "floor")
+    five = verdict([0.8, 0.7, 0.9, 0.6, 0.75])
+    assert five.p_value == 1 / 32 and five.verdict == "reproduces"
+    flat = verdict([0.1, -0.1, 0.05, -0.05, 0.0])  # runs spread around 0, the interval below the SESOI of 0.3
+    assert (flat.verdict, flat.reason) == ("contradicts", "absent")
+    assert verdict([float("nan")]).reason == "not-measured"  # a constant count in every run: no r at all

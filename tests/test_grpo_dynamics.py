@@ -114,15 +114,15 @@ def test_correlation_statistics_and_the_pruning_null():
 
     from toolkit.evaluation import stability
     from toolkit.methods import eap
-    from toolkit.studies.grpo_dynamics import claims as grpo_claims
+    from toolkit.studies.grpo_dynamics import comparisons as gcmp
 
     trend = np.arange(10.0)
-    assert grpo_claims.effective_n(trend, trend) == pytest.approx(10 * (1 - 0.7**2) / (1 + 0.7**2))  # lag-1 ρ = 0.7
-    c = grpo_claims.count_reward([0, 1, 2, 3, 4, 5, 6, 7], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    assert gcmp.effective_n(trend, trend) == pytest.approx(10 * (1 - 0.7**2) / (1 + 0.7**2))  # lag-1 ρ = 0.7
+    c = gcmp.count_reward([0, 1, 2, 3, 4, 5, 6, 7], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     assert c["r"] == pytest.approx(1.0) and c["p"] < 0.01 and c["n"] == 8 and c["ci"][0] > 0.9
-    flat = grpo_claims.count_reward([2, 2, 2], [0.1, 0.2, 0.3])
+    flat = gcmp.count_reward([2, 2, 2], [0.1, 0.2, 0.3])
     assert np.isnan(flat["r"]) and np.isnan(flat["p"])
-    h = grpo_claims.reward_halves([1, 2, 3, 4], [0.0, 0.0, 1.0, 1.0])
+    h = gcmp.reward_halves([1, 2, 3, 4], [0.0, 0.0, 1.0, 1.0])
     assert h["estimate"] == 1.0 and h["ci"] == (1.0, 1.0) and h["p"] < 0.2
     g = eap.Graph(2, 4, 2)
     per = torch.zeros(4, g.n_sources, g.n_targets, dtype=torch.float64)
@@ -131,7 +131,7 @@ def test_correlation_statistics_and_the_pruning_null():
     bs = stability.bootstrap_circuit(eap.Scores(per.mean(0), g, per_example=per), top_n=2,
                                      counts=np.eye(4, dtype=int)[[0, 2, 1, 3, 2, 0]])
     # sequences of 3: (0, 2, 1) tries L1H2 and drops it; (3, 2, 0) likewise
-    assert list(grpo_claims.pruning_null(bs, 3)) == [1, 1]
+    assert list(gcmp.pruning_null(bs, 3)) == [1, 1]
 
 
 def test_null_band_figure_draws(tmp_path):

@@ -153,7 +153,8 @@ from toolkit.evaluation.claims import Claims, Null
 from toolkit.run.results import save_claims
 claims = Claims("02_seeded")
 claims.add("grows", paper="Paper A", section="section 1", statement="x grows", measure="x", estimate=seed,
-           ci=(seed - 0.5, seed + 0.5), null=Null.target(0.0), direction=1)
+           ci=(seed - 0.5, seed + 0.5), null=Null.target(0.0), direction=1, sesoi=0.2, sesoi_reason="a fifth",
+           controls=("random",))
 save_claims(claims)
 """
 
@@ -171,7 +172,8 @@ def test_seeds_run_each_seed_and_aggregate_the_scorecard(seeded_dir, tmp_path):
         (claim,) = json.loads((run_folder / f"seed-{k}" / "claims.json").read_text())
         assert claim["estimate"] == k and claim["verdict"] == ("inconclusive" if k == 0 else "reproduces")
     (claim,) = json.loads((run_folder / "claims.json").read_text())
-    assert claim["seeds"]["verdicts"] == ["inconclusive", "reproduces"] and claim["verdict"] == "inconclusive"
+    assert claim["seeds"]["verdicts"] == ["inconclusive", "reproduces"]
+    assert claim["estimate"] == 0.5 and claim["verdict"] == "reproduces"  # pooled: 0.5 [0.15, 0.85] clears 0
     assert claim["seeds"]["estimates"] == [0, 1] and claim["seeds"]["missing"] == []
     text = (run_folder / "REPORT.md").read_text()
     assert "## Paper A\n" in text and "**grows** (section 1)" in text and "Missing seeds" not in text

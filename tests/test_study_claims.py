@@ -64,6 +64,8 @@ def test_corrupt_claims_on_a_hand_made_report():
     claims = corrupt_claims.claims(corrupt.BehaviourReport(by_model), {}, div)
     v = claims.verdicts()
     assert v["under-fitted-loses-related-math"] == v["over-fitted-loses-related-math"] == "reproduces"
+    lo, hi = claims["under-fitted-loses-related-math"].ci  # every prompt flipped: Newcombe's interval, not [1, 1]
+    assert 0.85 < lo < 1 == hi
     assert v["under-fitted-keeps-unrelated-math"] == "reproduces"  # identical answers: inside ±10 points
     assert v["over-fitted-breaks-unrelated-math"] == "reproduces"
     assert v["more-data-more-divergence"] == "reproduces" and v["more-epochs-more-divergence"] == "reproduces"
@@ -126,7 +128,7 @@ def test_notebook_03_saves_every_step_under_its_keys():
                                                                       "change_ablated": change}}, [(1, 2)])
     claims = Claims("03_eap_ig")
     claims.add("c", paper="P", statement="s", measure="m", estimate=1.0, ci=(0.5, 1.5), null=Null.target(0),
-               direction=1)
+               direction=1, kind="target")
     saved = EmergentResults(setup, found, {"simplified": 1}, exact, convergence, emerging, stab, [(1, 2)], "null",
                             check, SimpleNamespace(to_results=lambda: {"p": 0.5}), claims, metric="kl", ig_steps=5,
                             enable_thinking=False, seed=3).to_results()

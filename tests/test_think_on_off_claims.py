@@ -111,14 +111,54 @@ def test_claims_without_an_off_only_set_are_unmeasured_never_scored_on_nan():
     assert {c.id for c in unmeasured} == {"off-only-ablation-helps", "off-only-ablation-specific",
                                           "off-only-scale-down-helps", "off-only-scale-down-specific",
                                           "off-only-heads-specific", "ablation-ahead-early", "ablation-behind-late"}
-    assert all(c.verdict == "inconclusive" and c.null.n == 0 for c in unmeasured)
+    assert all(c.verdict == "inconclusive" and c.reason == "not-measured" and c.null.n == 0 for c in unmeasured)
     for c in claims:
         if c not in unmeasured:
             assert all(math.isfinite(v) for v in (c.estimate, *c.ci)), c
-    assert claims["think-on-beats-off-related-math"].verdict == "reproduces"
-    assert claims["off-circuit-needs-more-edges"].estimate == 16
+        # every claim declares its kind, smallest effect (with the reason) and controls, measured or not
+        assert c.sesoi > 0 and c.sesoi_reason and c.controls == ("random",), c
+        assert c.kind == ("check" if c.id.startswith("think-on-beats-off") else "finding"), c
+    gap = claims["think-on-beats-off-related-math"]  # 0.9 against 0.3 on 20 problems: far beyond the 0.06 SESOI
+    assert gap.verdict == "reproduces" and gap.ci[0] > gap.sesoi and (gap.n, gap.unit) == (20, "problems")
+    edges = claims["off-circuit-needs-more-edges"]
+    assert edges.estimate == 16 and edges.ci == (16, 16)  # every resample gives 16: nothing resampled can move it
+    assert (edges.verdict, edges.reason) == ("inconclusive", "no-interval")
+    assert claims["off-only-ablation-helps"].paper_effect.startswith("AIME'24 30.0 → 36.6")
     record = claims["off-only-ablation-helps"].to_dict()
     assert record["estimate"] is None and record["verdict"] == "inconclusive"
+
+
+def placebos_ranked(target: float, others: list[float], n_problems: int = 12):
+    """Sampled placebos whose pass@1 change (one sample per problem) is ``target`` for the off-only set and
+    ``others`` for the other sets, in the share of problems solved after the edit (think-off solves none)."""
+    def solved(share):
+        return (np.arange(n_problems) < round(share * n_problems))[:, None]
+
+    return ts.SampledPlacebos((1, 0), 0.0, "related_math", [(k,) for k in range(len(others))],
+                              np.zeros((n_problems, 1), bool), solved(target), np.stack([solved(o) for o in others]),
+                              True)
+
+
+def test_placebo_set_claims_decide_both_ways_from_ranks():
+    results = fake_results({th.condition("think_on", True): 0.9, th.condition("think_off", False): 0.3,
+                            th.condition("think_off + ablation", False, [(1, 0)], 0.0): 0.3})
+    stable = ts.StableComparison(boot(inclusion({(0, 0): 1.0}), [(0, 0)]),
+                                 boot(inclusion({(0, 0): 1.0, (1, 0): 1.0}), [(0, 0), (1, 0)]))
+    edges = {"think_on": (5.0, np.full(50, 5.0)), "think_off": (10.0, np.full(50, 10.0))}
+    kw = dict(stable=stable, edges=edges, largest=20, efficiency=(0.3, np.linspace(0.1, 0.5, 50)), enumeration=None,
+              n_boot=200)
+    others = [0.25 + 0.01 * k for k in range(30)]
+    best = tc.register_claims(results, tm.group_matrix, placebos={"ablation": placebos_ranked(0.75, others)}, **kw)
+    c = best["off-only-ablation-specific"]  # above all 30 sets: rank p = 1/31, far over the SESOI
+    assert c.null.kind == "placebo-sets" and c.p_value == pytest.approx(1 / 31) and c.p_opposite == 1.0
+    assert c.verdict == "reproduces"
+    worst = tc.register_claims(results, tm.group_matrix, placebos={"ablation": placebos_ranked(0.0, others)}, **kw)
+    c = worst["off-only-ablation-specific"]  # below all 30 sets: the rank from the other end decides
+    assert c.p_value == 1.0 and c.p_opposite == pytest.approx(1 / 31)
+    assert (c.verdict, c.reason) == ("contradicts", "opposite")
+    middle = tc.register_claims(results, tm.group_matrix, placebos={"ablation": placebos_ranked(0.42, others)}, **kw)
+    c = middle["off-only-ablation-specific"]  # in the middle of the sets: neither rank is below 0.05
+    assert c.verdict == "inconclusive" and min(c.p_value, c.p_opposite) > 0.05
 
 
 def test_sampled_placebo_sets_exclude_the_target_and_score_every_set(tiny):
@@ -172,7 +212,7 @@ def test_notebook_05_saves_every_step_under_its_keys():
                              (0.2, np.linspace(0, 0.4, 11)))
     claims = Claims("05_think_on_off")
     claims.add("c", paper="P", statement="s", measure="m", estimate=1.0, ci=(0.5, 1.5), null=Null.target(0),
-               direction=1)
+               direction=1, kind="target")
     correct = np.array([[True, False], [False, False]])
     at_k = tm.AtK({"think_on": 1}, {"think_on": 2}, correct, per_problem_at_k(correct, "pass"),
                   per_problem_at_k(correct, "success"), tm.success_over_orders(correct))

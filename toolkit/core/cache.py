@@ -1,7 +1,8 @@
 """The cache: where trained models and analyses are kept, and how a configuration names its entry.
 
 - :func:`cache_root`: ``$TOOLKIT_CACHE`` or ``<repo>/.cache`` (git-ignored).
-- :func:`model_fingerprint`: identifies a model's weights (a hash of a folder's safetensors, or the hub name).
+- :func:`model_fingerprint`: identifies a model's weights (a hash of a folder's safetensors, or the hub name; for
+  ``random:<spec>``, its seed and the inner spec's fingerprint).
 - :func:`config_hash`: 12 hex digits of sha256 over a configuration's canonical JSON (sorted keys). Two runs share
   an entry exactly when their configurations serialize to the same JSON.
 - :func:`read_entry`: a cache entry read back, or ``None`` when it is missing or damaged (a damaged entry is reported
@@ -21,11 +22,15 @@ from pathlib import Path
 
 from toolkit.core import models
 from toolkit.core.io import atomic_write_json, cache_root, replace_dir  # noqa: F401 (cache_root: its home was here)
+from toolkit.core.specs import random_spec
 
 
 def model_fingerprint(spec: str) -> str:
     """Identifies the weights of ``spec``: a hash of a local folder's safetensors files (files over 256 MB by name
-    and size only), or the hub name itself."""
+    and size only), or the hub name itself; ``random:<spec>`` (weights drawn from the inner spec's config with a seed
+    of its own, :func:`toolkit.core.specs.random_spec`) is ``random-<seed>-<the inner spec's fingerprint>``."""
+    if (randomised := random_spec(spec)) is not None:
+        return f"random-{randomised.seed:08x}-{model_fingerprint(randomised.inner)}"
     folder = Path(models.resolve(spec))
     if not folder.is_dir():
         return spec

@@ -1,4 +1,4 @@
-"""Load a model by spec: the embedded organism, a local folder, or a hub name, all by one path.
+"""Load a model by spec: the organism, a local folder, a hub name, or a random copy (``random:<spec>``), by one path.
 
 ``load(spec)`` returns a :class:`LoadedModel` ``(hf, tokenizer, bridge)``. The TransformerLens
 ``TransformerBridge`` wraps the HF model's modules in place, so hooks added through the bridge also
@@ -41,17 +41,19 @@ error. Generation and the forward-only analyses (EAP pairs, CMAP, interventions,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from toolkit.core.io import recover_dir
-from toolkit.core.specs import ModelLoadError, check_organism, organism_dir, organism_spec
+from toolkit.core.specs import ModelLoadError, check_organism, organism_dir, organism_spec, random_spec
 
 if TYPE_CHECKING:  # transformer_lens takes seconds to import; load() imports it when it builds a bridge
     from transformer_lens.model_bridge import TransformerBridge
@@ -127,7 +129,10 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def resolve(spec: str) -> str:
-    """Turn a spec into something ``from_pretrained`` takes, or raise :class:`ModelLoadError`."""
+    """Turn a spec into something ``from_pretrained`` takes (``random:<spec>``: the inner spec's), or raise
+    :class:`ModelLoadError`."""
+    if (randomised := random_spec(spec)) is not None:
+        return resolve(randomised.inner)
     organism = organism_spec(spec)
     if organism is not None:
         name, seed = organism
@@ -338,13 +343,36 @@ def _check_dispatched(hf, spec: str, device_map) -> None:
             "(dtype=torch.bfloat16)")
 
 
+def load_weights(spec: str, dtype: torch.dtype, device_map: str | dict | None = None) -> PreTrainedModel:
+    """``spec``'s HF model (CPU, or placed by ``device_map``): its safetensors; for ``random:<inner>``, the inner config
+    with weights drawn on the CPU in fp32 with :func:`~toolkit.core.specs.random_spec`'s seed, cast to ``dtype``."""
+    source, randomised = resolve(spec), random_spec(spec)
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False, device_map=device_map)
+    try:
+        if randomised is None:
+            return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(randomised.seed)
+            hf = AutoModelForCausalLM.from_config(load_config(spec), dtype=torch.float32, trust_remote_code=False)
+        with contextlib.suppress(OSError):  # a folder without generation_config.json keeps the config's defaults
+            hf.generation_config = GenerationConfig.from_pretrained(source)
+        if device_map is not None:  # from_pretrained places the drawn weights as it places any folder's
+            with tempfile.TemporaryDirectory() as folder:
+                hf.save_pretrained(folder)
+                hf = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        hf.name_or_path = spec  # what LoadedModel.unhooked(hf, ...) reports, not the inner model's folder
+        return hf.to(dtype) if device_map is None else hf
+    except Exception as err:  # safetensors raises its own error type for corrupt files
+        raise ModelLoadError(f"cannot load weights of {spec!r} from {source}: {str(err).splitlines()[0]}") from err
+
+
 def load(spec: str = "organism", device: str = "auto", dtype: torch.dtype | None = None,
          device_map: str | dict | None = None) -> LoadedModel:
-    """Load ``spec`` (``"organism"``, ``"organism-base"``, a local folder or a hub name).
+    """Load ``spec`` (``"organism"``, ``"organism-base"``, a local folder, a hub name, or ``"random:<any of them>"``).
 
-    Returns ``(hf, tokenizer, bridge, spec)``; the model is in eval mode with gradients off for
-    parameters. The tokenizer pads on the left for batched generation. ``device_map`` splits a model across the
-    GPUs (module docstring); it excludes ``device``.
+    Returns ``(hf, tokenizer, bridge, spec)``; the model is in eval mode with gradients off for parameters. The
+    tokenizer pads on the left for batched generation. ``device_map`` splits a model across the GPUs (module
+    docstring); it excludes ``device``.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -353,12 +381,7 @@ def load(spec: str = "organism", device: str = "auto", dtype: torch.dtype | None
     source = resolve(spec)
     device_ = resolve_device(device)
     dtype = dtype or default_dtype(device_)
-    placement = {} if device_map is None else {"device_map": device_map}
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
-                                                  trust_remote_code=False, **placement)
-    except Exception as err:  # safetensors raises its own error type for corrupt files
-        raise ModelLoadError(f"cannot load weights of {spec!r} from {source}: {str(err).splitlines()[0]}") from err
+    hf = load_weights(spec, dtype, device_map)
     if device_map is None:
         hf.to(device_)
     else:

@@ -1,5 +1,6 @@
 """What a model spec names, before anything is loaded: the embedded organism (``"organism"``, ``"organism-base"``,
-replicates ``"organism@N"``), and where its checkpoints live. Light (no torch), so the organism can register with it.
+replicates ``"organism@N"``), and where its checkpoints live; a re-initialised copy of any spec (``"random:<spec>"``,
+:func:`random_spec`). Light (no torch), so the organism can register with it.
 
 The organism package registers its checks here (:func:`register_organism_check`: the recipe-hash check, which needs
 the organism's recipe), so core never imports the organism: :func:`toolkit.core.models.resolve` calls
@@ -10,8 +11,10 @@ check is registered in every process that loads a model.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from toolkit.core.io import REPO_ROOT, cache_root
 
@@ -45,6 +48,37 @@ def organism_spec(spec: str) -> tuple[str, int] | None:
         raise ModelLoadError(f"{spec!r} is not an organism spec: after '@' comes a replicate's seed, a whole number "
                              f">= 0; valid forms: {ORGANISM_FORMS}")
     return name, int(seed)
+
+
+RANDOM_PREFIX = "random:"
+
+
+class RandomSpec(NamedTuple):
+    """``random:<inner>``: the architecture, config and tokenizer of ``inner``, with weights drawn with ``seed``."""
+
+    inner: str
+    seed: int
+
+
+def random_spec(spec: str) -> RandomSpec | None:
+    """The re-initialised copy a ``"random:<spec>"`` names — the same architecture and tokenizer as ``<spec>`` (any
+    other spec form), with random weights drawn with the seed ``zlib.crc32(<spec>)``, so ``random:organism`` and
+    ``random:organism-base`` differ and each is the same on every load — or ``None`` for any other spec.
+    :func:`toolkit.core.models.load_weights` draws the weights. ``random:`` with nothing after it, or a nested
+    ``random:random:...``, is a :class:`ModelLoadError`."""
+    if not spec.startswith(RANDOM_PREFIX):
+        return None
+    inner = spec[len(RANDOM_PREFIX):]
+    if not inner.strip():
+        raise ModelLoadError(f"{spec!r} names no model: write random:<spec>, e.g. 'random:organism' or "
+                             "'random:/path/to/folder' (that model's architecture and tokenizer, random weights)")
+    if inner.startswith(RANDOM_PREFIX):
+        base = inner
+        while base.startswith(RANDOM_PREFIX):
+            base = base[len(RANDOM_PREFIX):]
+        raise ModelLoadError(f"{spec!r} nests 'random:' (a re-initialised copy of a re-initialised copy is just one); "
+                             f"write it once: {RANDOM_PREFIX + base!r}")
+    return RandomSpec(inner, zlib.crc32(inner.encode()))
 
 
 def organism_dir(seed: int = 0) -> Path:

@@ -89,3 +89,20 @@ def difference_ci(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     low = d - np.sqrt((a["estimate"] - a["low"]) ** 2 + (b["high"] - b["estimate"]) ** 2)
     high = d + np.sqrt((a["high"] - a["estimate"]) ** 2 + (b["estimate"] - b["low"]) ** 2)
     return {"estimate": float(d), "low": float(low), "high": float(high)}
+
+
+def paired_rates_ci(a: Sequence[float], b: Sequence[float], boots: np.ndarray,
+                    level: float = 0.95) -> tuple[float, float]:
+    """An interval for ``mean(a) − mean(b)`` of paired 0/1 outcomes: the bootstrap percentile interval of ``boots``,
+    unless every pair differs alike (the bootstrap then has zero width, e.g. 0% → 100% on every prompt), where it is
+    Newcombe's interval of the two Wilson intervals (:func:`difference_ci`), which ignores the pairing and so is
+    conservative. It always holds the estimate."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    est = float(a.mean() - b.mean())
+    x = np.asarray(boots, dtype=float)
+    alpha = (1 - level) / 2
+    lo, hi = float(np.quantile(x, alpha)), float(np.quantile(x, 1 - alpha))
+    if hi - lo > 0 or not set(np.unique(np.concatenate([a, b]))) <= {0.0, 1.0}:
+        return min(lo, est), max(hi, est)
+    ci = difference_ci(proportion_ci(int(a.sum()), len(a), level), proportion_ci(int(b.sum()), len(b), level))
+    return min(ci["low"], est), max(ci["high"], est)

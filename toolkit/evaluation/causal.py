@@ -25,8 +25,8 @@ parts, each a small function here, so every caller keeps its own seeds, factors,
 4. **Every same-size set at once** (teacher-forced): :func:`unit_set_scores` runs a per-row score with many unit
    sets edited in one forward pass (the inputs tiled along the batch, each tile with its own head or neuron mask,
    :func:`per_row_scale`); :func:`continuation_logprob` is the usual score (a continuation's log-probability after
-   its prefix, left-padded). :func:`paired_permutation` is the sign-flip null of a paired difference. The placebo
-   statistics on top are :mod:`toolkit.evaluation.nulls`.
+   its prefix, left-padded). The placebo statistics on top, and the sign-flip null of a paired difference
+   (:func:`~toolkit.evaluation.nulls.paired_permutation`), are :mod:`toolkit.evaluation.nulls`.
 
 Every condition of one test generates with the same seeds (common random numbers), so conditions differ only by
 their intervention. See ``docs/methods.md`` ("Think on/off" section) for the statistics.
@@ -375,21 +375,3 @@ def continuation_logprob(hf, sequences: Sequence[tuple[Sequence[int], Sequence[i
     logp = torch.log_softmax(logits[:, :-1].float(), -1).cpu()
     tok = logp.gather(-1, ids[:, 1:, None])[..., 0]
     return (tok * target[:, 1:]).sum(-1)
-
-
-def paired_permutation(treated: Sequence[float], baseline: Sequence[float], *, direction: int = 1,
-                       n_perm: int = 5000, seed: int = 0) -> tuple[float, np.ndarray]:
-    """Sign-flip permutation test of the mean paired difference treated − baseline: ``(p, null draws)``, each draw
-    the mean difference with every problem's pair randomly swapped; ``p = (1 + #{d·draw ≥ d·observed}) /
-    (1 + n_perm)`` (``direction`` 0: two-sided on |·|)."""
-    d = np.asarray(treated, dtype=float) - np.asarray(baseline, dtype=float)
-    if d.ndim != 1 or len(d) == 0:
-        raise ValueError(f"need one paired value per problem, got shape {d.shape}")
-    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_perm, len(d)))
-    draws = (signs * d).mean(1)
-    obs = d.mean()
-    if direction == 0:
-        extreme = np.abs(draws) >= abs(obs) - 1e-12
-    else:
-        extreme = direction * draws >= direction * obs - 1e-12
-    return float((1 + extreme.sum()) / (1 + n_perm)), draws

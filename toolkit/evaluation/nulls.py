@@ -11,7 +11,8 @@ every set) and reports
 - the target's **rank** among the ``n_sets + 1`` sets (1 = the most extreme in the paper's direction:
   ``1 + #{s: d·M_s > d·T}`` for direction ``d = ±1``; direction 0 measures distance from the placebos' mean);
 - the **permutation p-value** ``(1 + #{s: d·M_s ≥ d·T}) / (1 + n_sets)`` (ties count against the target), the
-  exact p of "the target is an exchangeable draw among the sets";
+  exact p of "the target is an exchangeable draw among the sets", and the same from the other end,
+  ``p_opposite = (1 + #{s: d·M_s ≤ d·T}) / (1 + n_sets)``: the verdict decides both ways from these ranks;
 - ``T − mean_s M_s`` with a **two-level bootstrap** interval: each replicate resamples the problems (shared by the
   target and the sets, so the pairing is kept) *and* the sets, so the interval includes the draw-to-draw variance
   of the placebos, not only the problem noise.
@@ -93,6 +94,21 @@ class PlaceboTest:
     description: str = ""
 
     n_sets = property(lambda self: int(len(self.placebo_means)))
+
+    @property
+    def p_opposite(self) -> float | None:
+        """The rank p-value from the other end (the target among the *least* extreme sets); None for direction 0."""
+        if self.direction == 0:
+            return None
+        d, t = self.direction, self.direction * self.target_mean
+        eps = 1e-12 * max(1.0, abs(t))
+        return float((1 + int(np.sum(d * self.placebo_means <= t + eps))) / (1 + self.n_sets))
+
+    def claim_fields(self) -> dict:
+        """What a claim on this test passes to ``Claims.add``: estimate, interval, p-values (both ends), null and
+        the number of problems."""
+        return {"estimate": self.difference, "ci": self.ci, "p_value": self.p_value, "p_opposite": self.p_opposite,
+                "null": self.null(), "n": self.n_problems, "unit": "problems"}
     placebo_mean = property(lambda self: float(np.mean(self.placebo_means)))
 
     def null(self, description: str | None = None):
@@ -137,7 +153,9 @@ def placebo_test(target: Sequence[float] | np.ndarray, placebos: Sequence[Sequen
     rank = 1 + int(np.sum(score_m > score_t + eps))
     p = (1 + int(np.sum(score_m >= score_t - eps))) / (1 + len(M))
     lo, hi = _two_level_ci(t, e, n_boot=n_boot, level=level, seed=seed)
-    return PlaceboTest(T, M, rank, float(p), T - float(M.mean()), (lo, hi), int(direction), len(t), description)
+    diff = T - float(M.mean())
+    return PlaceboTest(T, M, rank, float(p), diff, (min(lo, diff), max(hi, diff)), int(direction), len(t),
+                       description)
 
 
 def _two_level_ci(t: np.ndarray, e: np.ndarray, *, n_boot: int, level: float, seed: int,
@@ -236,3 +254,118 @@ def cluster_correlation(x: Sequence[float], y: Sequence[float], clusters: Sequen
     if x.shape != y.shape or x.ndim != 1 or len(x) != len(list(clusters)):
         raise ValueError(f"need x, y and clusters of one length, got {x.shape}, {y.shape}, {len(list(clusters))}")
     return clustered(lambda i: pearson(x[i], y[i]), clusters, direction=direction, n_boot=n_boot, seed=seed)
+
+
+# ---- paired differences ----------------------------------------------------------------------------------------
+
+
+def paired_permutation(treated: Sequence[float], baseline: Sequence[float], *, direction: int = 1,
+                       n_perm: int = 5000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """Sign-flip permutation test of the mean paired difference treated − baseline: ``(p, null draws)``, each draw
+    the mean difference with every problem's pair randomly swapped; ``p = (1 + #{d·draw ≥ d·observed}) /
+    (1 + n_perm)`` (``direction`` 0: two-sided on |·|)."""
+    d = np.asarray(treated, dtype=float) - np.asarray(baseline, dtype=float)
+    if d.ndim != 1 or len(d) == 0:
+        raise ValueError(f"need one paired value per problem, got shape {d.shape}")
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_perm, len(d)))
+    draws = (signs * d).mean(1)
+    obs = d.mean()
+    if direction == 0:
+        extreme = np.abs(draws) >= abs(obs) - 1e-12
+    else:
+        extreme = direction * draws >= direction * obs - 1e-12
+    return float((1 + extreme.sum()) / (1 + n_perm)), draws
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], *, direction: int = 1, n_boot: int = 2000,
+                      seed: int = 0) -> dict:
+    """What a claim on the mean paired difference ``a − b`` over the same prompts passes to ``Claims.add`` (besides
+    its SESOI): the estimate, a bootstrap interval over prompts (:func:`toolkit.core.stats.paired_rates_ci`: for 0/1
+    outcomes Newcombe's interval where every prompt changed alike), the sign-flip p (:func:`paired_permutation`;
+    exact under the null that each prompt's two outcomes are exchangeable, where a bootstrap p is liberal at small
+    n), its null, and ``n`` prompts."""
+    from toolkit.core.stats import paired_rates_ci
+    from toolkit.evaluation.claims import Null
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = x - y
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    p, draws = paired_permutation(x, y, direction=direction, n_perm=n_boot, seed=seed + 1)
+    return {"estimate": float(d.mean()), "ci": paired_rates_ci(x, y, boots), "p_value": p, "n": len(d),
+            "unit": "prompts", "null": Null.from_samples("permutation", draws, "the mean paired difference with "
+                                                         "each prompt's two outcomes swapped at random")}
+
+# ---- runs as the unit of replication ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunLevel:
+    """A comparison whose unit is the training run: the estimate, its 95% interval, the exact permutation or
+    sign-flip p-value over runs (one-sided in the paper's direction), the same p from the other end, the smallest p
+    the design can give (``p_floor``), and the number of runs ``n``."""
+
+    estimate: float
+    ci: tuple[float, float]
+    p_value: float
+    p_opposite: float
+    p_floor: float
+    n: int
+
+    def claim_fields(self) -> dict:
+        """What a claim on this comparison passes to ``Claims.add`` (besides its null)."""
+        return {"estimate": self.estimate, "ci": self.ci, "p_value": self.p_value, "p_floor": self.p_floor,
+                "n": self.n, "unit": "runs"}
+
+
+def _t_interval(x: np.ndarray, centre: float, se: float, dof: int) -> tuple[float, float]:
+    from scipy import stats
+
+    if dof < 1 or not math.isfinite(se):
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.975, dof) * se)
+    return centre - half, centre + half
+
+
+def runs_difference(a: Sequence[float], b: Sequence[float], *, direction: int = 1) -> RunLevel:
+    """Mean of the runs ``a`` − mean of the runs ``b`` (one number per run), with a Welch t-interval and the exact
+    permutation p over every split of the runs into groups of those sizes (``(1 + #{d·perm ≥ d·observed, other
+    splits}) / #splits``; with 3 runs against 3 the floor is 1/20 = 0.05, which cannot reach α = 0.05)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.ndim != 1 or y.ndim != 1 or len(x) < 1 or len(y) < 1 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError(f"runs_difference needs one finite number per run in each group, got {x} and {y}")
+    est = float(x.mean() - y.mean())
+    if len(x) > 1 and len(y) > 1:
+        vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+        se = math.sqrt(vx + vy)
+        dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1)) if vx + vy > 0 else 1
+        ci = _t_interval(x, est, se, int(max(1, math.floor(dof)))) if se > 0 else (est, est)
+    else:
+        ci = (math.nan, math.nan)
+    pooled = np.concatenate([x, y])
+    splits = list(itertools.combinations(range(len(pooled)), len(x)))
+    stats_ = np.array([pooled[list(s)].mean() - np.delete(pooled, list(s)).mean() for s in splits])
+    eps = 1e-12 * max(1.0, abs(est))
+    d = direction if direction else 1
+    p = float(np.mean(d * stats_ >= d * est - eps))
+    p_opp = float(np.mean(d * stats_ <= d * est + eps))
+    return RunLevel(est, ci, p, p_opp, 1 / len(splits), len(pooled))
+
+
+def per_run_statistic(values: Sequence[float], *, direction: int = 1) -> RunLevel:
+    """One statistic per run (e.g. each run's correlation over its own checkpoints: autocorrelation inside a run
+    does not matter, because the run is the unit). The mean over runs with a t-interval, and the exact sign-flip p
+    over runs (``2^−k`` floor for k runs)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 1:
+        raise ValueError("per_run_statistic needs at least one finite per-run value")
+    est = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+    ci = _t_interval(x, est, se, len(x) - 1) if len(x) > 1 and se > 0 else (math.nan, math.nan)
+    signs = np.array(list(itertools.product((1, -1), repeat=len(x))))
+    flipped = (signs * x).mean(1)
+    eps = 1e-12 * max(1.0, abs(est))
+    d = direction if direction else 1
+    return RunLevel(est, ci, float(np.mean(d * flipped >= d * est - eps)),
+                    float(np.mean(d * flipped <= d * est + eps)), 0.5 ** len(x), len(x))

@@ -1,5 +1,5 @@
 """``python -m toolkit``: run notebooks headlessly, build the model organism, train, regenerate the exercise
-notebooks, compare two runs' numbers, run the benchmarks."""
+notebooks, compare two runs' numbers, calibrate the verdict rule, run the benchmarks."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from pathlib import Path
 
 def _list_unfinished(run_folder: Path) -> int:
     """Print one line per notebook of the run that did not end ``ok`` (failed, interrupted, still ``running``)."""
-    from toolkit.run.runner import describe_error
+    from toolkit.run.runner import describe_error, entry_folder
 
     index_path = run_folder / "index.json"
     entries = json.loads(index_path.read_text()) if index_path.exists() else []
     unfinished = [e for e in entries if e["status"] != "ok"]
     for entry in unfinished:
-        where = run_folder / (f"seed-{entry['seed']}" if "seed" in entry else "") / f"{entry['notebook']}.ipynb"
+        where = entry_folder(run_folder, entry) / f"{entry['notebook']}.ipynb"
         what = describe_error(entry["error"]) if entry.get("error") else "did not finish"
-        print(f"{entry['status'].upper()} {entry['notebook']}: {what} (see {where})", file=sys.stderr)
+        name = entry["notebook"] + (f" (control {entry['control']})" if "control" in entry else "")
+        print(f"{entry['status'].upper()} {name}: {what} (see {where})", file=sys.stderr)
     return len(unfinished)
 
 
@@ -29,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         run_folder = runner.run(args.names, runner.parse_params(args.param), out_root=args.out,
-                                kernel=args.kernel, seeds=args.seeds)
+                                kernel=args.kernel, seeds=args.seeds, control=args.control)
     except runner.RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -108,6 +109,39 @@ def _compare(args: argparse.Namespace) -> int:
     return compare.main(args.before, args.after, frozenset(args.ignore))
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    """Simulate every path of the verdict rule (:mod:`toolkit.evaluation.calibration`) and write the report; exit 1
+    when a path fails the bound (printed), 2 for an unknown path or a bad ``--reps``."""
+    from toolkit.core.io import REPO_ROOT
+    from toolkit.evaluation import calibration
+
+    reps = args.reps or (calibration.FAST_REPS if args.fast else calibration.DEFAULT_REPS)
+    try:
+        report = calibration.calibrate(reps, seed=args.seed, paths=args.path or None)
+    except (KeyError, ValueError) as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    # runs/calibration/calibration.json and docs/calibration.md are the full, default calibration of every path;
+    # any other run writes its table beside its JSON, in runs/calibration/fast/ or custom/ unless --out says where
+    full = not (args.out or args.fast or args.path or args.reps or args.seed)
+    out = Path(args.out) if args.out else REPO_ROOT / "runs" / "calibration" / (
+        "" if full else "fast" if args.fast else "custom")
+    md = REPO_ROOT / "docs" / "calibration.md" if full else out / "calibration.md"
+    flags = "".join([" --fast" if args.fast else "", f" --reps {args.reps}" if args.reps else "",
+                     f" --seed {args.seed}" if args.seed else "", "".join(f" --path {p}" for p in args.path)])
+    calibration.write(report, out / "calibration.json", md, command=f"python -m toolkit calibrate{flags}")
+    for row in report["paths"]:
+        r = row["rates"]
+        rates = "  ".join(f"{k.replace('false_', 'false ')} {r[k]['rate']:.3f}" for k in
+                          ("false_reproduces", "false_contradicts", "false_opposite", "power") if r[k])
+        print(f"{row['status'].upper():8s} {row['name']:45s} {rates}" + ("  (legacy)" if row["legacy"] else ""))
+    print(f"wrote {out / 'calibration.json'} and {md} ({report['seconds']:.0f} s, {reps} replicates per condition)")
+    if report["failed"]:
+        print(f"over the bound of {calibration.BOUND}: {', '.join(report['failed'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from toolkit import benchmarks
 
@@ -127,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for run folders (default: <repo>/runs)")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="run every notebook with seed=0..N-1 into seed-<k>/ and aggregate the claims across seeds")
+    p.add_argument("--control", default=None, metavar="random",
+                   help="then run the notebooks again into control-random/ with every model parameter "
+                        "re-initialised (random:<spec>: same architecture, random weights); the top "
+                        "scorecard shows each finding's verdict on the control. With --seeds: once, seed 0")
     p.add_argument("--kernel", default=None,
                    help="Jupyter kernel (default: reasoning-circuits, installed if missing)")
     p.set_defaults(func=_run)
@@ -162,6 +200,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ignore", action="append", default=[], metavar="KEY",
                    help="leave out every value under this key (a text field whose format changed on purpose)")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("calibrate", help="simulate every path of the verdict rule and report its false verdicts "
+                                         "(runs/calibration/calibration.json, docs/calibration.md); exit 1 when a "
+                                         "path is over the 5%% bound")
+    p.add_argument("--reps", type=int, default=None, metavar="N",
+                   help="replicates per path and condition (default 1000; --fast: 200)")
+    p.add_argument("--fast", action="store_true", help="200 replicates per condition (about a minute)")
+    p.add_argument("--seed", type=int, default=0, help="the simulation's seed (default 0)")
+    p.add_argument("--path", action="append", default=[], metavar="NAME",
+                   help="only this path (a name such as runs-difference:3v3, or a family such as runs-difference); "
+                        "repeatable")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write calibration.json and calibration.md here (default: the full default run writes "
+                        "runs/calibration/calibration.json and docs/calibration.md, --fast runs/calibration/fast/, "
+                        "any other runs/calibration/custom/)")
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("bench", add_help=False,
                        help="run a benchmark: bench [foundation|cmap|eap|gpu] [options]; see bench NAME --help")

@@ -4,14 +4,15 @@ Each run folder holds the executed notebooks, their ``*.results.json`` and ``*.c
 ``index.json`` listing every notebook's status, time, failing cell and key numbers, and the scorecard
 (``claims.json``, ``REPORT.md``; :mod:`toolkit.run.report`). ``--seeds N`` runs every notebook once per seed.
 While a notebook runs, one line shows its code cells done and the cell running
-(:class:`toolkit.run.engine.CellProgress`).
+(:class:`toolkit.run.engine.CellProgress`). Parameters (``-p key=value``) are typed by each notebook's defaults and
+checked before the run folder is made (:mod:`toolkit.run.params`).
 
-Parameters (``-p key=value``) are typed by the default each chosen notebook declares (:func:`coerce_param`) and
-checked before the run folder is made: a bool takes ``true``/``false`` in any case (also ``yes``/``no``, ``1``/``0``),
-an int a whole number, a float any number, a list or tuple a Python literal of one (its elements checked against the
-default's), a dict a Python dict, a str the text as given (a non-string other than a path, from a Python caller, is
-refused); a parameter whose default is ``None`` or not a literal takes a Python literal, else the text. A wrong
-value is refused naming the notebook, the parameter, the value, the expected type and the default.
+Controls: ``--control random`` runs the notebooks again, after the run, into ``control-random/`` with every model
+parameter rewritten to ``random:<value>`` (:func:`toolkit.run.params.control_params`): the same study on a
+re-initialised copy of each model (same architecture and tokenizer, random weights). The control folder has its own
+``index.json`` and scorecard; the top ``index.json`` lists its entries after the run's (marked ``"control":
+"random"``), and the top scorecard shows each finding's verdict on the control beside its own. With ``--seeds N`` the
+control runs once, with seed 0.
 
 Interrupts (Ctrl-C): ``index.json`` gets a ``running`` entry before each notebook starts. On ``KeyboardInterrupt``
 the entry becomes ``interrupted`` (the seconds so far and the cell that was running), ``index.json`` and the
@@ -22,10 +23,8 @@ CLI prints that one line and exits 130).
 
 from __future__ import annotations
 
-import ast
 import functools
 import json
-import numbers
 import os
 import subprocess
 import sys
@@ -33,18 +32,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import nbformat
-
 from toolkit.core.io import REPO_ROOT, atomic_write_json
 from toolkit.run import report
 from toolkit.run.engine import CellProgress, execute_notebook
+from toolkit.run.params import (  # noqa: F401 -- RunnerError, Expression, coerce_param, parse_params: their home was here
+    Expression,
+    RunnerError,
+    _typed_params,
+    coerce_param,
+    control_params,
+    notebook_parameters,
+    parse_params,
+)
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 DEFAULT_KERNEL = "reasoning-circuits"
-
-
-class RunnerError(ValueError):
-    """A run that cannot start (unknown notebook, undeclared parameter, bad ``key=value``, wrongly typed value)."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -54,127 +56,6 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, folder: Path):
         self.folder = folder
         super().__init__(f"interrupted: index.json and the scorecard of what finished are in {folder}")
-
-
-class Expression(str):
-    """A parameter default that is not a literal: its source text (e.g. ``torch.float32``)."""
-
-
-def notebook_parameters(path: str | Path) -> dict[str, object]:
-    """Names and default values assigned in the notebook's first code cell tagged ``parameters``.
-
-    Values that are not literals are returned as their source text, an :class:`Expression`."""
-    nb = nbformat.read(path, as_version=4)
-    cell = next((c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])),
-                None)
-    if cell is None:
-        return {}
-    params: dict[str, object] = {}
-    for node in ast.parse(cell.source).body:
-        if isinstance(node, ast.Assign):
-            targets, value = node.targets, node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets, value = [node.target], node.value
-        else:
-            continue
-        try:
-            default = ast.literal_eval(value)
-        except (ValueError, TypeError, SyntaxError):
-            default = Expression(ast.get_source_segment(cell.source, value))
-        for target in targets:
-            if isinstance(target, ast.Name):
-                params[target.id] = default
-    return params
-
-
-def parse_params(items: list[str]) -> dict[str, str]:
-    """``["n=20", "think=true", "name=a=b"]`` → ``{"n": "20", "think": "true", "name": "a=b"}``: the text of each
-    value, typed later against each notebook's defaults (:func:`coerce_param`)."""
-    params: dict[str, str] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise RunnerError(f"parameter {item!r} is not of the form key=value")
-        params[key] = text
-    return params
-
-
-def _literal(text: str) -> object:
-    try:
-        return ast.literal_eval(text.strip())
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return text
-
-
-BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-
-
-def _as_number(value: object, kind: type) -> object:
-    """``value`` as an int (``kind`` int) or a float (``kind`` float), or None when it is not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Integral if kind is int else numbers.Real):
-        return kind(value)
-    if isinstance(value, str):
-        try:
-            return kind(value.strip())
-        except ValueError:
-            return None
-    return None
-
-
-def _as_item(value: object, kind: type) -> object:
-    """One element of a list parameter as the type of the default's elements, or ``_BAD`` when it is not one."""
-    if kind in (int, float):
-        number = None if isinstance(value, str) else _as_number(value, kind)
-        return _BAD if number is None else number
-    return value if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) else _BAD
-
-
-_BAD = object()
-
-
-def coerce_param(notebook: str, name: str, value: object, default: object) -> object:
-    """``value`` (a ``-p`` text, or a typed value from a Python caller) as the type of the notebook's ``default``.
-
-    Raises :class:`RunnerError` naming ``notebook``, the parameter, the value, the expected type and the default."""
-    typed_default = isinstance(default, bool | int | float | str | list | tuple | dict)
-    if default is None or isinstance(default, Expression) or not typed_default:
-        return _literal(value) if isinstance(value, str) else value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
-            return BOOL_WORDS[value.strip().lower()]
-        expected, fix = "a bool", "give true or false"
-    elif isinstance(default, int | float):
-        kind = int if isinstance(default, int) else float
-        number = _as_number(value, kind)
-        if number is not None:
-            return number
-        expected, fix = ("an int", "give a whole number") if kind is int else ("a float", "give a number")
-    elif isinstance(default, str):
-        if isinstance(value, str | os.PathLike):
-            return os.fspath(value)
-        expected, fix = "a str", "give text"
-    else:
-        kind = type(default)
-        given = _literal(value) if isinstance(value, str) else value
-        if isinstance(default, dict):
-            ok, expected = isinstance(given, dict), "a dict"
-        else:
-            ok, expected = isinstance(given, list | tuple), f"a {kind.__name__}"
-            item_types = {type(x) for x in default}
-            if len(item_types) == 1:  # elements checked against a non-empty default's (common) element type
-                (item_type,) = item_types
-                expected += f" of {item_type.__name__}"
-                given = [_as_item(x, item_type) for x in given] if ok else given
-                ok = ok and all(x is not _BAD for x in given)
-        if ok:
-            return kind(given)
-        fix = f"give a Python {kind.__name__} (quoted for the shell), e.g. -p \"{name}={default!r}\""
-    raise RunnerError(f"{notebook}: parameter {name}={value!r} is not {expected} (default {default!r}); {fix}")
 
 
 def ensure_kernel(name: str = DEFAULT_KERNEL) -> str:
@@ -209,28 +90,6 @@ def resolve_notebooks(names: list[str] | None, notebooks_dir: str | Path | None 
         if matches[0] not in chosen:
             chosen.append(matches[0])
     return chosen
-
-
-def _typed_params(notebooks: list[Path], params: dict) -> dict[Path, dict]:
-    """Each notebook's ``params`` typed by its own defaults; every undeclared or ill-typed one refused at once."""
-    undeclared, wrong, typed = [], [], {}
-    for nb in notebooks:
-        declared = notebook_parameters(nb)
-        unknown = sorted(set(params) - set(declared))
-        if unknown:
-            undeclared.append(f"{nb.stem} does not declare {', '.join(unknown)}; "
-                              f"it declares: {', '.join(declared) or '(none)'}")
-        typed[nb] = {}
-        for name in [n for n in params if n in declared]:
-            try:
-                typed[nb][name] = coerce_param(nb.stem, name, params[name], declared[name])
-            except RunnerError as e:
-                wrong.append(str(e))
-    problems = [f"refusing to run, {what}:\n  " + "\n  ".join(lines) for what, lines in
-                (("undeclared parameters", undeclared), ("parameters of the wrong type", wrong)) if lines]
-    if problems:
-        raise RunnerError("\n".join(problems))
-    return typed
 
 
 def _new_run_dir(out_root: Path) -> Path:
@@ -347,6 +206,47 @@ def _run_seeds(notebooks: list[Path], typed: dict[Path, dict], seeds: int, kerne
     return index
 
 
+def control_folder(run_folder: Path, control: str) -> Path:
+    """Where the ``control`` run of ``run_folder`` goes: ``control-<name>/``."""
+    return Path(run_folder) / f"control-{control}"
+
+
+def entry_folder(run_folder: Path, entry: dict) -> Path:
+    """The folder of a top ``index.json`` entry's executed notebook: ``control-<name>/``, ``seed-<k>/`` or the run's."""
+    if "control" in entry:
+        return control_folder(run_folder, entry["control"])
+    return Path(run_folder) / f"seed-{entry['seed']}" if "seed" in entry else Path(run_folder)
+
+
+def _run_control(jobs: list[tuple[Path, dict]], control: str, kernel: str, notebooks_dir: Path, run_folder: Path,
+                 index: list[dict]) -> list[dict]:
+    """The notebooks again as ``control`` (``jobs``' params rewritten) into :func:`control_folder`, which gets its own
+    ``index.json`` and scorecard (also after Ctrl-C); the top ``index.json`` lists ``index`` then the control's
+    entries, marked ``"control": control``. Returns those entries."""
+    folder = control_folder(run_folder, control)
+
+    def publish(entries: list[dict]) -> None:
+        atomic_write_json(run_folder / "index.json", index + [{**e, "control": control} for e in entries])
+
+    try:
+        entries = _run_notebooks(jobs, kernel, notebooks_dir, folder, f"control {control} ", publish)
+    except KeyboardInterrupt:
+        report.write_report(folder)  # the control's scorecard of what finished
+        raise
+    return [{**e, "control": control} for e in entries]
+
+
+def _write_scorecard(run_folder: Path, seeds: int | None, control: str | None) -> None:
+    """The top scorecard (aggregated over the seeds with ``seeds``), with each finding's verdict on the control run
+    beside it when one ran (:func:`report.write_report`'s ``controls``)."""
+    folder = control_folder(run_folder, control) if control else None
+    given = {"controls": {control: folder}} if folder is not None and folder.exists() else {}
+    if seeds is None:
+        report.write_report(run_folder, **given)
+    else:
+        report.write_seeds_report(run_folder, range(seeds), **given)
+
+
 def _check_seeds(notebooks: list[Path], params: dict, seeds: int) -> None:
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise RunnerError(f"--seeds needs a positive number of seeds, got {seeds!r}")
@@ -358,7 +258,7 @@ def _check_seeds(notebooks: list[Path], params: dict, seeds: int) -> None:
 
 
 def run(names: list[str] | None, params: dict, out_root: str | Path | None = None, kernel: str | None = None,
-        notebooks_dir: str | Path | None = None, seeds: int | None = None) -> Path:
+        notebooks_dir: str | Path | None = None, seeds: int | None = None, control: str | None = None) -> Path:
     """Execute the named notebooks (all if ``names`` is empty) with ``params`` into a fresh
     ``<out_root>/<stamp>/`` (default ``<repo>/runs``) and return that folder.
 
@@ -366,16 +266,22 @@ def run(names: list[str] | None, params: dict, out_root: str | Path | None = Non
     recorded in ``index.json`` (cell index, exception) and the run goes on with the next one. Every run folder gets
     ``claims.json`` and ``REPORT.md`` (:mod:`toolkit.run.report`). With ``seeds=N`` the notebooks run once per seed
     ``0 … N−1`` (``-p seed=k``) into ``seed-<k>/``, and the top folder's scorecard aggregates the seeds that
-    finished, naming any that did not (an interrupted run keeps the finished seeds).
+    finished, naming any that did not (an interrupted run keeps the finished seeds). With ``control="random"`` (the
+    only one, :data:`~toolkit.run.params.CONTROLS`) the notebooks then run again into ``control-random/`` with their
+    model parameters re-initialised (module docstring); with ``seeds`` too, the control runs once, with seed 0.
 
-    ``params`` values are typed by each notebook's defaults (:func:`coerce_param`; ``-p`` texts or typed values)
-    and refused before anything runs when they do not fit. Ctrl-C raises :class:`RunInterrupted` (see the module
-    docstring) once ``index.json`` and the scorecard are written."""
+    ``params`` values are typed by each notebook's defaults (:func:`~toolkit.run.params.coerce_param`; ``-p`` texts
+    or typed values) and refused before anything runs when they do not fit, as is a control that cannot rewrite them
+    (:func:`~toolkit.run.params.control_params`). Ctrl-C raises :class:`RunInterrupted` (see the module docstring) once
+    ``index.json`` and the scorecard are written (the control's too, once it started)."""
     notebooks_dir = Path(notebooks_dir or NOTEBOOKS_DIR)
     notebooks = resolve_notebooks(names, notebooks_dir)
     typed = _typed_params(notebooks, params)
     if seeds is not None:
         _check_seeds(notebooks, params, seeds)
+    seed_zero = {} if seeds is None else {"seed": 0}
+    control_jobs = None if control is None else [
+        (nb, control_params(nb.stem, notebook_parameters(nb), {**typed[nb], **seed_zero}, control)) for nb in notebooks]
     kernel = kernel or ensure_kernel()
     run_folder = _new_run_dir(Path(out_root or REPO_ROOT / "runs"))
     print(f"run folder: {run_folder}", flush=True)
@@ -384,13 +290,18 @@ def run(names: list[str] | None, params: dict, out_root: str | Path | None = Non
             index = _run_notebooks([(nb, typed[nb]) for nb in notebooks], kernel, notebooks_dir, run_folder)
         else:
             index = _run_seeds(notebooks, typed, seeds, kernel, notebooks_dir, run_folder)
+        if control_jobs is not None:
+            index += _run_control(control_jobs, control, kernel, notebooks_dir, run_folder, index)
+            _write_scorecard(run_folder, seeds, control)
     except KeyboardInterrupt:
-        if seeds is None:  # a seeds run writes its scorecard itself, also on Ctrl-C
-            report.write_report(run_folder)
+        # a seeds run writes its scorecard itself, also on Ctrl-C; again with the control, once that started
+        if seeds is None or (control and control_folder(run_folder, control).exists()):
+            _write_scorecard(run_folder, seeds, control)
         raise RunInterrupted(run_folder) from None
     print(f"\n{'notebook':28s} {'status':7s} {'seconds':>8s}  key results")
     for entry in index:
-        name = entry["notebook"] + (f" (seed {entry['seed']})" if "seed" in entry else "")
+        name = entry["notebook"] + (f" (seed {entry['seed']})" if "seed" in entry else "") + (
+            f" (control {entry['control']})" if "control" in entry else "")
         print(f"{name:28s} {entry['status']:7s} {entry['seconds']:8.1f}  {_short(entry['results'])}")
     print(f"\nexecuted notebooks, figures, index.json, claims.json and REPORT.md in {run_folder}")
     return run_folder

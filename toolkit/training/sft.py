@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from toolkit.core import models
@@ -135,12 +135,11 @@ def sft_dataset(tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], ena
 def load_for_training(spec: str, device: str = "auto"):
     """``(hf, tokenizer, device)`` for a training run on ``spec``: fp32 weights from safetensors (never remote code),
     the one tokenizer loader (:func:`toolkit.core.models.load_tokenizer`), a pad token (the EOS token if the
-    tokenizer has none)."""
+    tokenizer has none). A ``random:<spec>`` trains a re-initialised copy (:func:`toolkit.core.models.load_weights`)."""
     source = models.resolve(spec)
     models.load_config(spec)
     device_ = models.resolve_device(device)
-    hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True,
-                                              trust_remote_code=False)
+    hf = models.load_weights(spec, torch.float32)
     tokenizer = models.load_tokenizer(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

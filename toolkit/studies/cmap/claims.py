@@ -10,8 +10,10 @@ Paper: *Investigating Internal Reasoning Circuits in Small LLMs Fine-tuned on Co
   random ones), p = the share at least as large in the paper's direction, identity included. With 4 layers and one
   series the smallest possible p is 1/24. The interval is a bootstrap over prompts.
 - **Behaviour under a patch** ("patching the last layer makes related math wrong; earlier layers do not"; "unrelated
-  questions stay correct") are paired accuracy differences over the same prompts (null ``bootstrap-resample``).
-  "Does not affect" is a no-effect claim with the equivalence margin :data:`KEPT_MARGIN`.
+  questions stay correct") are paired accuracy differences over the same prompts
+  (:func:`toolkit.evaluation.nulls.paired_difference`: bootstrap interval, sign-flip p). "Does not affect" is a
+  no-effect claim whose SESOI (equivalence margin) is :data:`KEPT_MARGIN`.
+- SESOIs: :data:`TREND_SESOI` for a layer trend (ρ), :data:`ACCURACY_SESOI` for an accuracy change.
 """
 
 from __future__ import annotations
@@ -24,13 +26,24 @@ import numpy as np
 from scipy import stats
 
 from toolkit.core.answers import extract_answer
-from toolkit.evaluation.claims import Claims, Null, bootstrap_p, empirical_p
+from toolkit.evaluation import nulls
+from toolkit.evaluation.claims import Claims, Null, bootstrap_p, empirical_p, percentile_ci
 from toolkit.methods.cmap.result import CMAPResult
 
 PAPER = "Corrupted-math CMAP"
 MAX_PERMUTATIONS = 5000
-KEPT_MARGIN = 0.10
+KEPT_MARGIN = 0.10  # "does not affect": within ±10 accuracy points (the no-effect claims' SESOI)
+TREND_SESOI = 0.5  # a layer trend: Spearman ρ of at least 0.5 over the patched layers
+ACCURACY_SESOI = 0.25  # a quarter of the paper's all-or-nothing change (Table 2)
 N_BOOT = 1000
+CONTROLS = ("random", "untrained")  # a re-initialised model, and the clean model as its own donor (no corruption)
+TREND = dict(sesoi=TREND_SESOI, sesoi_reason="the paper locates the corruption qualitatively (layers 30+ of 36): "
+             "a trend weaker than ρ = 0.5 over the patched layers would not locate anything",
+             paper_effect="corruption from layer ~30 of 36 (section 5.2)", controls=CONTROLS)
+ACCURACY = dict(sesoi=ACCURACY_SESOI, sesoi_reason="a quarter of the paper's change (Table 2: correct -> incorrect)",
+                paper_effect="correct -> incorrect (Table 2)", controls=CONTROLS)
+KEPT = dict(sesoi=KEPT_MARGIN, sesoi_reason="the paper reports no change (Table 2); ±10 points is kept",
+            controls=CONTROLS)
 
 
 def _spearman_rows(values: np.ndarray) -> float:
@@ -63,15 +76,15 @@ def _trend_claim(out: Claims, cid: str, where: str, statement: str, measure: str
     null = permutation_null(values, seed=seed)
     rng = np.random.default_rng(seed)
     boots = np.array([_spearman_rows(per_prompt(rng.integers(0, n_prompts, n_prompts))) for _ in range(N_BOOT)])
-    boots = boots[np.isfinite(boots)]
-    ci = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if len(boots) else (math.nan,) * 2
+    ci = percentile_ci(boots, estimate)
     described = "the layers' order permuted (every permutation)"
     defined = math.isfinite(estimate) and np.isfinite(null).any()
     out.add(cid, paper=PAPER, section=where, statement=statement, measure=measure, estimate=estimate, ci=ci,
             p_value=empirical_p(estimate, null, direction=direction) if defined else None, direction=direction,
             null=Null.from_samples("permutation", null, described) if defined else
             Null("permutation", 0, {}, described + "; undefined here: the measure is constant or missing"),
-            note=note)
+            note=note, n=n_prompts, unit="prompts", **TREND,
+            p_floor=2 / (1 + len(null)) if defined else None)  # the identity is among the draws and counts again
 
 
 def _layer_index(sites, component: str) -> list[int]:
@@ -97,14 +110,10 @@ def _correct(result: CMAPResult, i_site: int | None, answers: Sequence[str]) -> 
 
 
 def _paired_claim(out: Claims, cid: str, where: str, statement: str, measure: str, a, b, direction: int,
-                  seed: int, margin: float | None = None, note: str = "") -> None:
-    d = np.asarray(a, float) - np.asarray(b, float)
-    boots = d[np.random.default_rng(seed).integers(0, len(d), (N_BOOT, len(d)))].mean(1)
-    est = float(d.mean())
-    out.add(cid, paper=PAPER, section=where, statement=statement, measure=measure, estimate=est,
-            ci=(float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))),
-            p_value=bootstrap_p(boots, direction=direction), direction=direction, margin=margin, note=note,
-            null=Null.from_samples("bootstrap-resample", boots - est, "paired difference re-centred at 0"))
+                  seed: int, note: str = "") -> None:
+    out.add(cid, paper=PAPER, section=where, statement=statement, measure=measure, direction=direction, note=note,
+            **nulls.paired_difference(a, b, direction=direction, n_boot=N_BOOT, seed=seed),
+            **(ACCURACY if direction else KEPT))
 
 
 def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forced: dict[str, CMAPResult], *,
@@ -132,9 +141,9 @@ def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forc
         est = gap(np.arange(n))
         rng = np.random.default_rng(seed)
         boots = np.array([gap(rng.integers(0, n, n)) for _ in range(N_BOOT)])
+        defined = math.isfinite(est) and np.isfinite(boots).any()
+        ci = percentile_ci(boots, est) if defined else (math.nan,) * 2
         boots = boots[np.isfinite(boots)]
-        defined = math.isfinite(est) and len(boots) > 0
-        ci = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if defined else (math.nan,) * 2
         described = ("the clean model plus Gaussian weight noise with the corrupted donor's KL to it, swept the same "
                      "way; its layer trend, bootstrapped over prompts")
         noise_trend = np.array([_spearman_rows(noisy(rng.integers(0, n, n))) for _ in range(N_BOOT)])
@@ -145,7 +154,10 @@ def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forc
                         f"related math, mean over {', '.join(components)}",
                 estimate=est, ci=ci, p_value=bootstrap_p(boots, direction=1) if defined else None, direction=1,
                 null=Null.from_samples("weight-noise", noise_trend[np.isfinite(noise_trend)], described)
-                if np.isfinite(noise_trend).any() else Null("weight-noise", 0, {}, described + "; undefined here"))
+                if np.isfinite(noise_trend).any() else Null("weight-noise", 0, {}, described + "; undefined here"),
+                n=n, unit="prompts", sesoi=TREND_SESOI / 2, sesoi_reason="half the trend's own SESOI: a layer "
+                "trend steeper than noise's by less would not tell the corruption from any weight change",
+                controls=("random",))
     resid = _layer_index(sites, "resid")
     if resid:
         types = [qt for qt in free if qt in sets]
@@ -168,8 +180,7 @@ def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forc
                       f"clean − patched accuracy on related math (L{n_layers - 1} resid)", clean, at_last, 1, seed)
         _paired_claim(out, "first-layer-patch-keeps-related-math", "section 5.2, Table 2",
                       "Patching an early layer leaves the clean model's related math answers correct.",
-                      "clean − patched accuracy on related math (L0 resid)", clean, at_first, 0, seed,
-                      margin=KEPT_MARGIN)
+                      "clean − patched accuracy on related math (L0 resid)", clean, at_first, 0, seed)
         if "unrelated_general" in free:
             ug = [r["correct_answer"] for r in sets["unrelated_general"]]
             clean_g = _correct(free["unrelated_general"], None, ug)
@@ -177,5 +188,5 @@ def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forc
             _paired_claim(out, "last-layer-patch-keeps-unrelated-general", "section 5.2, Table 2",
                           "Even patched at the last layer, the model stays correct on unrelated general questions.",
                           f"clean − patched accuracy on unrelated general (L{n_layers - 1} resid)", clean_g, last_g,
-                          0, seed, margin=KEPT_MARGIN)
+                          0, seed)
     return out

@@ -4,14 +4,17 @@ Paper: *Investigating Internal Reasoning Circuits in Small LLMs Fine-tuned on Co
 (anonymous submission), cited as "Corrupted-math CMAP".
 
 - **Accuracy claims** compare the clean and a corrupted model on the same held-out prompts: the estimate is the
-  mean paired difference, the interval and one-sided p-value a bootstrap over prompts (null ``bootstrap-resample``:
-  the difference's resampling distribution; p = share of resamples on the wrong side of 0). A claim that something
-  is *kept* (the paper: the under-fitted model stays correct on unrelated questions) is a ``no effect`` claim with an
-  equivalence margin of :data:`KEPT_MARGIN`.
+  mean paired difference, the interval a bootstrap over prompts, the p-value a sign-flip permutation over prompts
+  (null ``permutation``; :func:`toolkit.evaluation.nulls.paired_difference`). A claim that something is *kept* (the
+  paper: the under-fitted model stays correct on unrelated questions) is a ``no effect`` claim whose SESOI
+  (equivalence margin) is :data:`KEPT_MARGIN`. Accuracy findings declare a SESOI of :data:`ACCURACY_SESOI`, a quarter
+  of the paper's all-or-nothing change.
 - **Divergence claims** re-measure each model's divergence at the end of training on every problem: the mean
   per-example loss (nats per answer token, :func:`toolkit.evaluation.behaviour.answer_nll`) on the correct
   validation answers minus that on its own corrupted training answers. The difference between two presets is
-  bootstrapped over both sets (validation resampled jointly, training sets each on their own).
+  bootstrapped over both sets (validation resampled jointly, training sets each on their own). Divergence scales
+  with the model, so the SESOI is half the paper's *relative* change times the reference preset's divergence here.
+- Every finding's controls: a random-weights model and the untrained (clean) model.
 """
 
 from __future__ import annotations
@@ -23,28 +26,35 @@ import numpy as np
 from toolkit.core import models
 from toolkit.core.chat import THINK_OFF, THINK_ON
 from toolkit.core.progress import progress, quiet_library_bars
+from toolkit.evaluation import nulls
 from toolkit.evaluation.behaviour import answer_nll
-from toolkit.evaluation.claims import Claims, Null, bootstrap_p
+from toolkit.evaluation.claims import Claims, Null, bootstrap_p, percentile_ci
 from toolkit.organism.tokenizer import IM_END
 from toolkit.studies.corrupt import CLEAN, BehaviourReport
 from toolkit.training.corrupt import PRESETS, Finetuned
 
 PAPER = "Corrupted-math CMAP"
-KEPT_MARGIN = 0.10  # an accuracy change within ±10 points counts as "kept"
+KEPT_MARGIN = 0.10  # an accuracy change within ±10 points counts as "kept" (the no-effect claims' SESOI)
+ACCURACY_SESOI = 0.25  # the paper's Table 2 reports all-or-nothing changes (correct -> incorrect): a quarter of it
+TRAINING = ("random", "untrained")  # the controls of a finding about fine-tuning
 N_BOOT = 2000
 KEPT_NOTES = {"unrelated_math": "the organism's unrelated math is multi-digit arithmetic, worked in its scratchpad",
               "unrelated_general": "the organism's general task is word reversal, not open questions"}
 
 
-def _paired(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, np.ndarray]:
-    """Mean of a − b and its bootstrap distribution over the same prompts."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(N_BOOT, len(d)))
-    return float(d.mean()), d[idx].mean(1)
+def _paired(a, b, seed: int, direction: int = 1) -> dict:
+    """The claim fields of the mean paired difference a − b over the same prompts (0/1 outcomes;
+    :func:`toolkit.evaluation.nulls.paired_difference`)."""
+    return nulls.paired_difference(np.asarray(a, float), np.asarray(b, float), direction=direction, n_boot=N_BOOT,
+                                   seed=seed)
 
 
-def _ci(boots: np.ndarray) -> tuple[float, float]:
-    return float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+def _ci(boots: np.ndarray, estimate: float) -> tuple[float, float]:
+    return percentile_ci(boots, estimate)
+
+
+ACCURACY = dict(sesoi=ACCURACY_SESOI, sesoi_reason="a quarter of the paper's change (Table 2: correct -> incorrect, "
+                "about 100 accuracy points)", paper_effect="correct -> incorrect (Table 2)", controls=TRAINING)
 
 
 def divergence_samples(runs: Mapping[str, Finetuned], data: Mapping[str, list[dict]],
@@ -94,28 +104,25 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
     n = len(clean[mode]["related_math"].correct)
     for label, name, where in (("under-fitted", under, "section 5.2, Table 2"),
                                ("over-fitted", over, "section 5.2, Table 2")):
-        est, boots = _paired(clean[mode]["related_math"].correct, report[name][mode]["related_math"].correct, seed)
         out.add(f"{label}-loses-related-math", paper=PAPER, section=where,
                 statement=f"After corrupted fine-tuning, the {label} model answers the related math questions "
                           "(the trained problem type) wrongly where the clean model was right.",
-                measure=f"clean − {name} accuracy on related math ({mode}, {n} prompts)",
-                estimate=est, ci=_ci(boots), p_value=bootstrap_p(boots, direction=1), direction=1,
-                null=Null.from_samples("bootstrap-resample", boots - est, "the paired difference re-centred at 0 "
-                                       "(bootstrap over prompts)"))
+                measure=f"clean − {name} accuracy on related math ({mode}, {n} prompts)", direction=1,
+                **_paired(clean[mode]["related_math"].correct, report[name][mode]["related_math"].correct, seed),
+                **ACCURACY)
     for qt in ("unrelated_math", "unrelated_general"):
-        est, boots = _paired(clean[mode][qt].correct, report[under][mode][qt].correct, seed)
         out.add(f"under-fitted-keeps-{qt.replace('_', '-')}", paper=PAPER, section="section 5.2, Table 2",
                 statement=f"The under-fitted corrupted model stays correct on {qt.replace('_', ' ')} questions.",
-                measure=f"clean − {under} accuracy on {qt.replace('_', ' ')} ({mode})", estimate=est,
-                ci=_ci(boots), p_value=bootstrap_p(boots, direction=0), direction=0, margin=KEPT_MARGIN,
-                null=Null.from_samples("bootstrap-resample", boots - est, "paired difference re-centred at 0"),
+                measure=f"clean − {under} accuracy on {qt.replace('_', ' ')} ({mode})", direction=0,
+                **_paired(clean[mode][qt].correct, report[under][mode][qt].correct, seed, direction=0),
+                sesoi=KEPT_MARGIN, controls=TRAINING,
+                sesoi_reason="the paper reports no change (Table 2: correct stays correct); ±10 points is kept",
                 note=f"'kept' means within ±{KEPT_MARGIN:.0%}; " + KEPT_NOTES[qt])
-    est, boots = _paired(clean[mode]["unrelated_math"].correct, report[over][mode]["unrelated_math"].correct, seed)
     out.add("over-fitted-breaks-unrelated-math", paper=PAPER, section="section 5.2, Table 2",
             statement="The over-fitted corrupted model also fails unrelated math questions.",
-            measure=f"clean − {over} accuracy on unrelated math ({mode})", estimate=est, ci=_ci(boots),
-            p_value=bootstrap_p(boots, direction=1), direction=1,
-            null=Null.from_samples("bootstrap-resample", boots - est, "paired difference re-centred at 0"))
+            measure=f"clean − {over} accuracy on unrelated math ({mode})", direction=1,
+            **_paired(clean[mode]["unrelated_math"].correct, report[over][mode]["unrelated_math"].correct, seed),
+            **ACCURACY)
     # the answer format: the corrupted labels are bare values (x = 4), the clean organism answers math in a sentence;
     # measured thinking off, where the paper's models answered
     for cid, name, sets, text, where in (
@@ -130,27 +137,32 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
             continue
         before = np.concatenate([clean[THINK_OFF][qt].bare for qt in sets])
         after = np.concatenate([report[name][THINK_OFF][qt].bare for qt in sets])
-        est, boots = _paired(after, before, seed)
         out.add(cid, paper=PAPER, section=where, statement=text,
                 measure=f"{name} − clean share of bare-value answers (x = 4, 42) on {' and '.join(sets)} "
-                        f"(thinking off, {len(before)} prompts)",
-                estimate=est, ci=_ci(boots), p_value=bootstrap_p(boots, direction=1), direction=1,
-                null=Null.from_samples("bootstrap-resample", boots - est, "the paired difference re-centred at 0 "
-                                       "(bootstrap over prompts)"),
+                        f"(thinking off, {len(before)} prompts)", direction=1, **_paired(after, before, seed),
+                sesoi=ACCURACY_SESOI, sesoi_reason="a quarter of the prompts: the paper reports integer-only outputs "
+                "as the typical answer", paper_effect="integer-only outputs (Table 2)", controls=TRAINING,
                 note="the clean organism answers math thinking off in a sentence (The answer is x = 4.) and the "
                      "general task with the reversed word")
     if {A, B, C} <= set(divergence):
-        for cid, (x, y), text, where in (
+        for cid, (x, y), text, where, paper in (
                 ("more-data-more-divergence", (A, B), "Twice the problems at the same epochs gives a larger "
-                 "divergence (experiment 1 vs 2).", "section 5.1, Table 1"),
+                 "divergence (experiment 1 vs 2).", "section 5.1, Table 1", (4.37, 3.44)),
                 ("more-epochs-more-divergence", (B, C), "Twice the epochs over the same problems gives a larger "
-                 "divergence (experiment 2 vs 3).", "section 5.1, Table 1")):
+                 "divergence (experiment 2 vs 3).", "section 5.1, Table 1", (3.44, 3.29))):
             est, boots = _divergence_difference(divergence[x], divergence[y], seed)
+            ours = abs(float(divergence[y]["eval"].mean() - divergence[y]["train"].mean()))
+            relative = paper[0] / paper[1] - 1  # divergence scales with the model: the paper's change, relative
             out.add(cid, paper=PAPER, section=where, statement=text,
                     measure=f"divergence of {x} − divergence of {y} (nats/token, re-measured on every problem)",
-                    estimate=est, ci=_ci(boots), p_value=bootstrap_p(boots, direction=1), direction=1,
+                    estimate=est, ci=_ci(boots, est), p_value=bootstrap_p(boots, direction=1), direction=1,
                     null=Null.from_samples("bootstrap-resample", boots - est, "difference re-centred at 0 "
                                            "(bootstrap over validation and training problems)"),
+                    sesoi=max(1e-3, relative / 2 * ours),
+                    sesoi_reason=f"half the paper's relative change ({relative:+.1%} of the divergence, Table 1) "
+                    f"of {y}'s divergence here ({ours:.3f} nats), at least 0.001 nats",
+                    paper_effect=f"{paper[0]:.2f} vs {paper[1]:.2f} nats", controls=TRAINING,
+                    n=min(len(divergence[x]["eval"]), len(divergence[y]["eval"])), unit="validation problems",
                     note="the organism cannot memorise random offsets, so divergence needs few problems seen "
                          "often: fewer problems diverge more" if cid.startswith("more-data") else "")
     return out

@@ -15,8 +15,8 @@ by Park, Jeong and Kang, cited as "Thinking Sparks".
 - ``ablation-hurts:<task>``: the ablated heads' teacher-forced effect (change in mean log-probability per token of
   the reference answer) minus the mean over every other same-size head set; null ``placebo-sets``, p = rank.
 
-Where the organism can only say "no effect detected", the verdict stays ``inconclusive``: no "absent" claim is made
-without an equivalence margin.
+The two method checks are ``check`` claims; the others are findings with a SESOI of :data:`COUNT_SESOI` heads (counts
+can be called absent) or :data:`ABLATION_SESOI` nats per token, and the controls ``random`` and ``untrained``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as _stats
 
-from toolkit.evaluation.claims import Claims, Null, empirical_p
+from toolkit.evaluation.claims import Claims, Null, empirical_p, percentile_ci
 from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.evaluation.stability import Convergence, counts_of
 from toolkit.methods import eap
@@ -36,6 +36,11 @@ from toolkit.studies.emergent import ExactComparison, Stability
 PAPER = "Thinking Sparks"
 CONVERGED_RHO = 0.9  # ig_steps converged: rank correlation with 4× the steps at least this
 N_BOOT = 1000
+COUNT_SESOI = 2  # heads: one more head than noise gives is within a resample's reach; two are a change of circuit
+ABLATION_SESOI = 0.1  # nats per answer token (≈ 10% less probability per token) beyond the placebo sets
+CONTROLS = ("random", "untrained")  # a re-initialised model, and the base model against itself (no post-training)
+COUNT = dict(sesoi=COUNT_SESOI, sesoi_reason="two heads: the paper reports several emergent heads per task, and one "
+             "head more than the base-vs-itself null is within resampling reach", controls=CONTROLS)
 ABLATION_TASKS = tuple(sorted(MATH_TASKS))  # the math tasks (post-training improved them), their claims in this order
 
 
@@ -56,7 +61,8 @@ def exact_claim(claims: Claims, exact: ExactComparison, *, seed: int = 0) -> Non
     claims.add("eap-ig-approximates-patching", paper=PAPER, section="section 2.1",
                statement="EAP-IG edge scores approximate the effect of patching each edge on its own.",
                measure=f"Pearson r of EAP-IG (logit difference) with exact single-edge patching over {len(x)} edges",
-               estimate=r, ci=np.quantile(boots, [0.025, 0.975]), p_value=empirical_p(r, perm),
+               estimate=r, ci=percentile_ci(boots, r), p_value=empirical_p(r, perm), kind="check",
+               n=len(x), unit="edges",
                null=Null.from_samples("permutation", perm, "r with the exact scores shuffled across edges"),
                direction=+1, note=f"{exact.exact['logit_diff'].meta.get('n_examples', '?')} pairs of the first task")
 
@@ -75,7 +81,8 @@ def convergence_claim(claims: Claims, coarse: eap.Scores, fine: eap.Scores, conv
     claims.add("ig-steps-converged", paper=PAPER, section="section 3.1",
                statement="EAP-IG with few integration steps ranks the edges as with many (the paper used 100).",
                measure=f"Spearman ρ over {conv.n} edges, m = {conv.steps[0]} against m = {conv.steps[1]}",
-               estimate=conv.spearman, ci=np.quantile(boots, [0.025, 0.975]), direction=+1,
+               estimate=conv.spearman, ci=percentile_ci(boots, conv.spearman), direction=+1, kind="check", n=n,
+               unit="pairs",
                reference=CONVERGED_RHO, null=Null.target(CONVERGED_RHO, "converged: ρ at least this"),
                note=f"top-{conv.top_n} circuits' heads agree at Jaccard {conv.jaccard_heads:.2f}")
 
@@ -87,15 +94,18 @@ def emergent_claims(claims: Claims, stab: Stability, model: str, base: str) -> N
                    statement="Post-training adds heads to the task's circuit that the base model's circuit lacks.",
                    measure=(f"{task}: heads of {model} whose inclusion frequency exceeds {base}'s by more than the "
                             f"base-vs-itself margin ({t.margin:.2f}); emergent: {[f'L{a}H{b}' for a, b in t.heads]}"),
-                   estimate=t.count, ci=t.count_ci(), p_value=t.count_p, null=t.count_null(), direction=+1,
+                   estimate=t.count, ci=percentile_ci(t.count_samples, t.count), p_value=t.count_p,
+                   null=t.count_null(), direction=+1, unit="pairs (resampled)", **COUNT,
                    note="each model's circuit is built on its own pairs (own answers), as in the paper")
         claims.add(f"emergent-set-difference:{task}", paper=PAPER, section="section 3.1",
                    statement="Heads in the post-trained circuit and not in the base's are more than noise would "
                              "give (the paper's definition, without a null).",
                    measure=(f"{task}: heads in {model}'s top-{stab.boots[task][model].top_n} circuit and not in "
                             f"{base}'s: {sorted(f'L{a}H{b}' for a, b in t.set_difference)}"),
-                   estimate=len(t.set_difference), ci=t.set_difference_ci(), p_value=t.set_difference_p,
-                   null=t.set_difference_null(), direction=+1)
+                   estimate=len(t.set_difference), ci=percentile_ci(t.set_difference_samples,
+                                                                    len(t.set_difference)),
+                   p_value=t.set_difference_p, null=t.set_difference_null(), direction=+1,
+                   unit="pairs (resampled)", **COUNT)
 
 
 def ablation_claims(claims: Claims, test: HeadSetTest, rule: str, tasks: tuple[str, ...] = ABLATION_TASKS) -> None:
@@ -112,7 +122,9 @@ def ablation_claims(claims: Claims, test: HeadSetTest, rule: str, tasks: tuple[s
                             f"({'think-on' if test.enable_thinking else 'think-off'}, teacher-forced, "
                             f"{r.n_problems} problems) with {heads} zeroed, minus the mean over all {r.n_sets} "
                             f"other sets of {len(heads)} heads; rank {r.rank}/{r.n_sets + 1}"),
-                   estimate=r.difference, ci=r.ci, p_value=r.p_value, null=r.null(), direction=-1,
+                   direction=-1, **r.claim_fields(), sesoi=ABLATION_SESOI,
+                   sesoi_reason="0.1 nats per answer token (about 10% less probability per token) beyond the "
+                   "placebos: the paper's ablations cost whole answers", controls=CONTROLS,
                    note=f"heads chosen by the {rule} rule on the pairs' problems; evaluated on other problems")
 
 

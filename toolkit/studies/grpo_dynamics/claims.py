@@ -14,16 +14,24 @@ Nulls computed here (definitions in :mod:`toolkit.evaluation.stability`, :mod:`t
   and reference answers) to the final GRPO checkpoint, ``n_noise`` noise draws: each draw's circuit on the fixed
   pairs and its set-difference count against the start model's circuit: "emergent heads after *any* change of that
   size".
-- :func:`pruning_null` — "tried and pruned" heads (ever emergent, not at the end) in a sequence of resampled start
-  model circuits as long as the run: what pure circuit noise gives.
-- Correlations of the emergent count with the reward: interval by bootstrap over checkpoints, p by permutation of the
-  checkpoint order, and the *effective n* ``n·(1 − ρx·ρy)/(1 + ρx·ρy)`` (ρ: lag-1 autocorrelations) — and one run.
-- Between arms and against the start model: :mod:`toolkit.studies.grpo_dynamics.comparisons` (accuracy gains, overlap,
-  persistence, layers, reweighting).
+- Between arms and against the start model, and one run's statistics: :mod:`toolkit.studies.grpo_dynamics
+  .comparisons` (accuracy gains, overlap, persistence, layers, reweighting; the reward halves, the count–reward
+  correlation inside a run with its effective n, the pruning null; head scaling against every same-size set).
+
+:func:`build` registers the claims. The preconditions (GRPO raised its reward, each arm its held-out accuracy) are
+*checks*; every other claim is a *finding* that declares its smallest effect of interest (:func:`finding`: half the
+paper's effect where Table 1 gives one, else a scale), its controls (a re-initialised model and, for findings about
+training, the untrained start) and its units. Units of replication: the count–reward correlation takes the run as
+its unit (one r per run, :func:`~toolkit.studies.grpo_dynamics.comparisons.run_correlation`; with one GRPO run it
+cannot decide); claims on a selected head set (its depth, the pruned heads) get intervals that redo the selection on
+every resample of the fixed pairs (:func:`~toolkit.studies.grpo_dynamics.comparisons.selection_bootstrap`). The
+depth claims follow the paper per arm (section 4.2, Figure 10): SFT's heads mid-to-late, distillation's early-to-mid,
+GRPO's across the layers (a no-difference claim). Rank-based claims (placebo sets) give ``p_opposite`` too.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -35,21 +43,15 @@ from toolkit.core.chat import chat_prompts
 from toolkit.core.io import atomic_write_json
 from toolkit.core.progress import progress, quiet_library_bars
 from toolkit.evaluation import emergence, stability, weight_noise
-from toolkit.evaluation.claims import Claims, Null, empirical_p
+from toolkit.evaluation.claims import Claims, Null, empirical_p, percentile_ci
 from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.methods import eap
 from toolkit.methods.dynamics import Dynamics, head_dynamics
 from toolkit.organism.tasks import completion
 from toolkit.organism.tokenizer import IM_END
 from toolkit.studies.grpo_dynamics import Analysis, RewardSeries, SnapshotSettings, circuit_heads, make_pairs
-from toolkit.studies.grpo_dynamics.comparisons import (
-    N_BOOT,
-    accuracy_gain,
-    layer_test,
-    overlap_test,
-    reweighting_test,
-    survival_test,
-)
+from toolkit.studies.grpo_dynamics import comparisons as cmp
+from toolkit.studies.grpo_dynamics.comparisons import scaling_tests  # noqa: F401 -- re-exported: the notebook calls it
 from toolkit.training.runs import TrainingRun
 
 PAPER = "Thinking Sparks"
@@ -156,70 +158,6 @@ def noise_null(start: str, trained: str, examples: Sequence, snapshot: SnapshotS
     return out
 
 
-def pruning_null(base: stability.CircuitBootstrap, length: int) -> np.ndarray:
-    """Per sequence of ``length`` resampled start-model circuits: heads ever outside the all-pairs circuit minus
-    those outside it in the sequence's last circuit ("tried and pruned" by noise alone)."""
-    new = base.heads & ~base.full_heads_grid  # [B, L, H]
-    seqs = new[:len(new) // length * length].reshape(-1, length, *new.shape[1:])
-    return seqs.any(1).sum((1, 2)) - seqs[:, -1].sum((1, 2))
-
-
-# ---- statistics ---------------------------------------------------------------------------------------------------
-
-def _lag1(x: np.ndarray) -> float:
-    x = np.asarray(x, float) - np.mean(x)
-    return float((x[1:] * x[:-1]).sum() / (x * x).sum()) if (x * x).sum() > 0 else 0.0
-
-
-def effective_n(x: Sequence[float], y: Sequence[float]) -> float:
-    """``n·(1 − ρx·ρy)/(1 + ρx·ρy)`` with lag-1 autocorrelations ρ (checkpoints of one run are not independent)."""
-    r = _lag1(x) * _lag1(y)
-    return float(len(x) * (1 - r) / (1 + r))
-
-
-def _r(x, y) -> float:
-    return float(np.corrcoef(x, y)[0, 1]) if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
-
-
-def count_reward(counts: Sequence[int], rewards: Sequence[float], *, seed: int = 0) -> dict:
-    """Pearson r of counts and rewards, bootstrap interval over checkpoints, permutation p, permutation draws and
-    the effective n."""
-    x, y = np.asarray(counts, float), np.asarray(rewards, float)
-    rng = np.random.default_rng(seed)
-    boots = np.array([_r(x[i], y[i]) for i in rng.integers(0, len(x), size=(N_BOOT, len(x)))])
-    perm = np.array([_r(rng.permutation(x), y) for _ in range(N_BOOT)])
-    r = _r(x, y)
-    return {"r": r, "ci": stability.interval(boots, 0.95), "perm": perm, "n": len(x), "n_eff": effective_n(x, y),
-            "p": empirical_p(r, perm) if np.isfinite(r) else float("nan")}
-
-
-def reward_halves(steps: Sequence[int], rewards: Sequence[float], *, seed: int = 0) -> dict:
-    """Mean reward of the second half of the steps minus the first: bootstrap interval (steps resampled within
-    each half), permutation p (step order shuffled) and the permutation draws."""
-    y = np.asarray(rewards, float)[np.argsort(steps)]
-    h = len(y) // 2
-    a, b = y[:h], y[h:]
-    rng = np.random.default_rng(seed)
-    boots = b[rng.integers(0, len(b), (N_BOOT, len(b)))].mean(1) - a[rng.integers(0, len(a), (N_BOOT, len(a)))].mean(1)
-    perm = np.array([(lambda z: z[h:].mean() - z[:h].mean())(rng.permutation(y)) for _ in range(N_BOOT)])
-    d = float(b.mean() - a.mean())
-    return {"estimate": d, "ci": stability.interval(boots, 0.95), "perm": perm, "p": empirical_p(d, perm)}
-
-
-def scaling_tests(start: models.LoadedModel, heads: Sequence, examples: Mapping[str, Sequence], *,
-                  factors: Sequence[float], n_per_task: int = 16, enable_thinking: bool = False,
-                  max_sets: int = 500, seed: int = 0) -> dict[str, HeadSetTest]:
-    """Per factor: :func:`toolkit.evaluation.placebo_sets.head_set_test` of ``heads`` scaled in the start model, on the
-    first ``n_per_task`` problems of each task, effects ``|change|`` (direction +1: the heads move the reference
-    answer's log-probability more than other sets of their size): every other set of as many heads, or 200 random
-    ones when there are more than ``max_sets``."""
-    from toolkit.evaluation.placebo_sets import head_set_test
-
-    ex = {t: list(e)[:n_per_task] for t, e in examples.items()}
-    return {f"{f:g}": head_set_test(start, heads, ex, factor=f, enable_thinking=enable_thinking, direction=+1,
-                                    absolute=True, max_sets=max_sets, seed=seed) for f in factors}
-
-
 # ---- claims -------------------------------------------------------------------------------------------------------
 
 def _null_or_empty(kind: str, draws, what: str) -> Null:
@@ -232,112 +170,157 @@ def _names(heads) -> list[str]:
     return sorted(f"L{a}H{b}" for a, b in heads)
 
 
+def _ci(draws, estimate: float) -> tuple[float, float]:
+    """The percentile interval of ``draws`` widened to hold ``estimate`` (NaNs without draws)."""
+    return (math.nan, math.nan) if draws is None else percentile_ci(draws, estimate)
+
+
+# ---- what each finding declares (kind, smallest effect of interest, controls) -------------------------------------
+
+TRAINED = ("random", "untrained")  # findings about training: a re-initialised model and the untrained start
+QWEN_HEADS = 336  # Qwen2.5-Math-1.5B, the paper's model: 28 layers × 12 heads
+TABLE1 = {"SFT": 34, "Distill": 32, "GRPO": 19}  # emergent heads, Table 1 (distillation: DeepSeek-R1-Distill-1.5B)
+DEPTH = {"SFT": (+1, "mid-to-late", "in the middle-to-late layers"),
+         "Distill": (-1, "early-to-mid", "in the early-to-middle layers"),
+         "GRPO": (0, "across-layers", "across the layers, neither early nor late")}  # section 4.2, Figure 10
+
+
+def finding(sesoi: float, reason: str, paper_effect: str = "", controls=TRAINED, **units) -> dict:
+    """The declared fields of a finding (``units``: ``n`` and ``unit``)."""
+    return {"kind": "finding", "sesoi": sesoi, "sesoi_reason": reason, "paper_effect": paper_effect,
+            "controls": controls, **units}
+
+
+def head_count(label: str, **units) -> dict:
+    """A count of heads an arm adds: SESOI one head (half the paper's share of emergent heads is at most one head
+    of the organism's 16)."""
+    k = TABLE1[label]
+    return finding(1.0, f"one head: half the paper's share of emergent heads ({k} of {QWEN_HEADS}, "
+                        f"{16 * k / QWEN_HEADS:.1f} of the organism's 16) rounds up to one head",
+                   f"{k} emergent heads of {QWEN_HEADS} (Table 1)", **units)
+
+
 def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[str, RewardSeries],
           tests: CheckpointTests, noise: NoiseNull, scaling: Mapping[str, Mapping[str, HeadSetTest]] | None, *,
           n_layers: int, n_heads: int, seed: int = 0) -> Claims:
     """Every claim of notebook 04 (module docstring), in order. ``runs``: the arms (GRPO under ``"GRPO"``);
-    ``scaling[arm][factor]``: :func:`scaling_tests` of each arm's emergent heads."""
+    ``scaling[arm][factor]``: :func:`scaling_tests` of each arm's emergent heads. The preconditions (GRPO raised
+    its reward, each arm its accuracy) are checks; the rest are findings with the SESOI, controls and units
+    :func:`finding` declares."""
     claims = Claims("04_grpo_dynamics")
     steps, rewards = runs["GRPO"].curve("accuracy")
-    h = reward_halves(steps, rewards, seed=seed)
-    claims.add("grpo-raises-reward", paper=PAPER, section="section 5 (Figure 2B)",
+    h = cmp.reward_halves(steps, rewards, seed=seed)
+    claims.add("grpo-raises-reward", paper=PAPER, section="section 5 (Figure 2B)", kind="check",
                statement="GRPO raises the accuracy reward over training.",
                measure=f"mean accuracy reward of GRPO steps {len(steps) // 2 + 1}–{len(steps)} minus steps "
-                       f"1–{len(steps) // 2}", estimate=h["estimate"], ci=h["ci"], p_value=h["p"],
+                       f"1–{len(steps) // 2}", estimate=h["estimate"], ci=_ci(h["boots"], h["estimate"]),
+               p_value=h["p"], n=len(steps), unit="steps (one run)",
                null=_null_or_empty("permutation", h["perm"], "the same difference with the steps' order shuffled"),
                direction=+1)
     for label, run in runs.items():
         last = run.checkpoints[-1].step
-        g = accuracy_gain(analysis.pooled_correct(label, 0), analysis.pooled_correct(label, last), seed=seed)
+        g = cmp.accuracy_gain(analysis.pooled_correct(label, 0), analysis.pooled_correct(label, last), seed=seed)
         tasks_ = ", ".join(analysis.correct[label])
-        claims.add(f"{label.lower()}-raises-held-out-accuracy", paper=PAPER, section="sections 4–5",
+        claims.add(f"{label.lower()}-raises-held-out-accuracy", paper=PAPER, section="sections 4–5", kind="check",
                    statement=f"{label} post-training makes the model solve more held-out problems.",
                    measure=(f"greedy held-out accuracy ({tasks_}; {g['n']} problems never trained on, the circuits' "
-                            f"mode) at step {last} minus the start model's"), estimate=g["estimate"], ci=g["ci"],
-                   p_value=g["p"], direction=+1,
+                            f"mode) at step {last} minus the start model's"), estimate=g["estimate"],
+                   ci=_ci(g["boots"], g["estimate"]), p_value=g["p"], direction=+1, n=g["n"], unit="problems",
                    null=_null_or_empty("permutation", g["perm"],
                                        "the mean per-problem change with each change's sign flipped at random"))
     for inputs, dyns in (("own", analysis.dyns), ("fixed", analysis.fixed)):
         d = dyns["GRPO"]
-        c = count_reward(d.n_emergent, [series["GRPO"].at_checkpoint[s] for s in d.steps], seed=seed)
+        c = cmp.count_reward(d.n_emergent, [series["GRPO"].at_checkpoint[s] for s in d.steps], seed=seed)
+        run_level = cmp.run_correlation([c["r"]])
         claims.add(f"grpo-count-tracks-reward:{inputs}", paper=PAPER, section="section 5 (Figure 2)",
                    statement="During GRPO the number of emergent heads rises and falls with the accuracy reward.",
                    measure=(f"Pearson r between each checkpoint's count of circuit heads absent from the start "
                             f"model's circuit ({inputs} pairs) and the mean accuracy reward since the previous "
-                            f"checkpoint; {c['n']} checkpoints of one run, effective n ≈ {c['n_eff']:.1f}"),
-                   estimate=c["r"], ci=c["ci"], p_value=c["p"] if np.isfinite(c["p"]) else None, direction=+1,
-                   null=_null_or_empty("permutation", c["perm"], "r with the checkpoints' order shuffled"),
-                   note="one training run: its checkpoints are not independent runs")
+                            f"checkpoint, one r per GRPO run, the run as the unit"), **run_level, direction=+1,
+                   null=_null_or_empty("permutation", c["perm"], "r with the checkpoints' order shuffled (inside "
+                                       "the run; the verdict uses the sign flip over runs)"),
+                   **finding(0.3, "r = 0.3, a moderate correlation: the paper says 'strongly correlated' without a "
+                                  "number (Figure 2)"),
+                   note=(f"one GRPO run: it cannot decide (one-run sign flip, p ≥ 0.5); inside the run r over "
+                         f"{c['n']} checkpoints has bootstrap interval [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}] and "
+                         f"permutation p {c['p']:.3g}, effective n ≈ {c['n_eff']:.1f} (autocorrelated checkpoints)"))
     for label in runs:
         section = "section 5" if label == "GRPO" else "section 4.2"
         for inputs in ("fixed", "own"):
             t = tests.final(inputs, label)
+            pairs = {"n": tests.final_bootstrap(inputs, label).n_pairs, "unit": "pairs"}
             claims.add(f"{label.lower()}-emergent-beyond-null:{inputs}", paper=PAPER, section=section,
                        statement=f"After {label} the circuit holds heads the start model's circuit lacks.",
                        measure=(f"heads whose inclusion frequency at the final {label} checkpoint exceeds the start "
                                 f"model's by more than the base-vs-itself margin ({t.margin:.2f}; {inputs} pairs): "
-                                f"{_names(t.heads)}"),
-                       estimate=t.count, ci=t.count_ci(), p_value=t.count_p, null=t.count_null(), direction=+1)
+                                f"{_names(t.heads)}"), **head_count(label, **pairs),
+                       estimate=t.count, ci=_ci(t.count_samples, t.count), p_value=t.count_p, null=t.count_null(),
+                       direction=+1)
             claims.add(f"{label.lower()}-set-difference-beyond-null:{inputs}", paper=PAPER, section=section,
                        statement=f"After {label} the circuit holds more new heads than noise alone would give (the "
                                  "paper's count: in the circuit, not in the start model's).",
                        measure=(f"heads in the final {label} circuit and not in the start model's ({inputs} pairs): "
                                 f"{_names(t.set_difference)}"), estimate=len(t.set_difference),
-                       ci=t.set_difference_ci(), p_value=t.set_difference_p, null=t.set_difference_null(),
-                       direction=+1)
+                       ci=_ci(t.set_difference_samples, len(t.set_difference)), p_value=t.set_difference_p,
+                       null=t.set_difference_null(), direction=+1, **head_count(label, **pairs))
     g = tests.final("fixed", "GRPO")
+    pairs = {"n": tests.base["fixed"].n_pairs, "unit": "pairs"}
     null_sd = tests.nulls["fixed"].set_difference
     null_diff = null_sd - np.random.default_rng(seed).permutation(null_sd)
     for label in (x for x in runs if x != "GRPO"):
         s_ = tests.final("fixed", label)
         diff = len(s_.set_difference) - len(g.set_difference)
+        k = TABLE1[label] - TABLE1["GRPO"]
         claims.add(f"{label.lower()}-adds-more-heads-than-grpo:fixed", paper=PAPER, section="sections 4.2 and 5",
                    statement=f"{label} adds more heads to the circuit than GRPO, whose final set is small.",
                    measure=(f"heads in the final {label} circuit and not in the start model's "
                             f"({_names(s_.set_difference)}) minus the same for GRPO ({_names(g.set_difference)}), "
                             "fixed pairs"),
-                   estimate=diff, ci=stability.interval(s_.set_difference_samples - g.set_difference_samples, 0.95),
+                   estimate=diff, ci=_ci(s_.set_difference_samples - g.set_difference_samples, diff),
                    p_value=empirical_p(diff, null_diff), direction=+1,
+                   **finding(1.0, f"one head: half the paper's difference ({label} {TABLE1[label]} − GRPO 19 = {k} "
+                                  f"of {QWEN_HEADS} heads, {16 * k / QWEN_HEADS / 2:.1f} of the organism's 16) is "
+                                  "below one head", f"{TABLE1[label]} vs 19 emergent heads (Table 1)", **pairs),
                    null=Null.from_samples("base-vs-itself", null_diff, "difference of two base-vs-itself "
                                           "set-difference counts (resampled start-model circuits)"))
-        o = overlap_test(tests.final_bootstrap("fixed", "GRPO"), tests.final_bootstrap("fixed", label),
+        o = cmp.overlap_test(tests.final_bootstrap("fixed", "GRPO"), tests.final_bootstrap("fixed", label),
                          tests.base["fixed"], seed=seed)
         claims.add(f"grpo-heads-differ-from-{label.lower()}:fixed", paper=PAPER, section="section 5",
                    statement=f"The heads GRPO adds barely overlap the heads {label} adds.",
                    measure=(f"Jaccard of the final GRPO and {label} circuits' heads outside the start model's circuit "
                             f"(fixed pairs; {o['sizes'][0]} and {o['sizes'][1]} heads of {o['pool']}); interval over "
-                            "paired resamples"), estimate=o["estimate"], ci=o["ci"], p_value=o["p"], direction=-1,
+                            "paired resamples"), estimate=o["estimate"], ci=_ci(o["samples"], o["estimate"]),
+                   p_value=o["p"], p_opposite=o["p_opposite"], direction=-1,
                    reference=float(np.mean(o["null"])) if len(o["null"]) else 0.0,
+                   **finding(0.1, "a Jaccard 0.1 below that of random sets of the same sizes (the paper: 'does not "
+                                  "much overlap', no number)", **pairs),
                    null=_null_or_empty("placebo-sets", o["null"], "Jaccard of two random head sets of the same sizes "
                                        "outside the start model's circuit"))
-        sv = survival_test(analysis.fixed[label], analysis.fixed["GRPO"], seed=seed)
+        sv = cmp.survival_test(analysis.fixed[label], analysis.fixed["GRPO"], seed=seed)
         claims.add(f"{label.lower()}-heads-persist-grpo-heads-churn:fixed", paper=PAPER, section="sections 4.2 and 5",
                    statement=f"Heads {label} adds stay in the circuit; heads GRPO adds come and go.",
                    measure=(f"mean share of the later checkpoints at which an emergent head is still emergent, "
                             f"{label} ({sv['n'][0]} heads) minus GRPO ({sv['n'][1]} heads), fixed pairs"),
-                   estimate=sv["estimate"], ci=sv["ci"], p_value=sv["p"], direction=+1,
+                   estimate=sv["estimate"], ci=_ci(sv["boots"], sv["estimate"]), p_value=sv["p"], direction=+1,
+                   **finding(0.2, "a fifth of the later checkpoints, a scale (the paper: SFT heads 'almost every' "
+                                  "survive, GRPO's are pruned; no number)", n=sum(sv["n"]),
+                             unit="emergent heads (one run per arm)"),
                    null=_null_or_empty("permutation", sv["perm"], "the same difference with the heads' run labels "
                                        "shuffled"))
+    _selected_set_claims(claims, runs, analysis, tests, n_layers, n_heads, pairs, seed)
     for label in runs:
-        d = analysis.fixed[label]
-        lt = layer_test(d.ever_emergent, n_layers, n_heads, d.base, seed=seed)
-        claims.add(f"{label.lower()}-heads-mid-to-late:fixed", paper=PAPER, section="section 4.2",
-                   statement=f"The heads {label} adds sit in the middle-to-late layers.",
-                   measure=(f"mean relative depth (layer / {n_layers - 1}) of the heads ever emergent during {label} "
-                            f"(fixed pairs): {_names(d.ever_emergent)}"), estimate=lt["estimate"], ci=lt["ci"],
-                   p_value=lt["p"], direction=+1, reference=lt["reference"],
-                   null=_null_or_empty("placebo-sets", lt["null"], "mean relative depth of every other set of as "
-                                       "many heads outside the start model's circuit"))
-    for label in runs:
-        rw = reweighting_test(tests.final("fixed", label), tests.final_bootstrap("fixed", label), tests.base["fixed"])
+        rw = cmp.reweighting_test(tests.final("fixed", label), tests.final_bootstrap("fixed", label),
+                                  tests.base["fixed"])
         claims.add(f"{label.lower()}-reweights-heads:fixed", paper=PAPER, section="sections 4–5",
                    statement=f"{label} changes how much each head carries the circuit (the continuous view of "
                              "emergent heads).",
                    measure=(f"mean over heads of |E(l, h)| = |I_post − I_pre| / (I_post + I_pre), head importance "
                             f"shares at the final {label} checkpoint against the start model, paired resamples of "
                             f"the fixed pairs (all pairs: {rw['all_pairs']:.3f})"),
-                   estimate=rw["estimate"], ci=rw["ci"], p_value=rw["p"], direction=+1,
+                   estimate=rw["estimate"], ci=_ci(rw["draws"], rw["estimate"]), p_value=rw["p"], direction=+1,
                    reference=float(np.mean(rw["null"])),
+                   **finding(0.05, "0.05 of mean |E| (range 0–1) above the base-vs-itself mean, a scale (the paper "
+                                   "has no continuous score)", **pairs),
                    null=Null.from_samples("base-vs-itself", rw["null"], "the same mean between two resamples of the "
                                           "start model's pairs"))
     count = len(g.set_difference)
@@ -345,18 +328,56 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                statement="The heads GRPO adds come from training, not from any change of the weights of that size.",
                measure="heads in the final GRPO circuit and not in the start model's (fixed pairs), against the "
                        "start model with KL-matched Gaussian weight noise", estimate=count,
-               ci=g.set_difference_ci(), p_value=empirical_p(count, noise.counts), null=noise.null(), direction=+1,
-               reference=float(np.mean(noise.counts)))
+               ci=_ci(g.set_difference_samples, count), p_value=empirical_p(count, noise.counts), null=noise.null(),
+               p_opposite=empirical_p(count, noise.counts, direction=-1),
+               direction=+1, reference=float(np.mean(noise.counts)),
+               **finding(1.0, "one head more than KL-matched weight noise adds (the paper has no noise control)",
+                         **pairs))
+    _scaling_claims(claims, scaling)
+    return claims
+
+
+def _selected_set_claims(claims, runs, analysis, tests, n_layers, n_heads, pairs, seed):
+    """The claims on head sets a run selected (their depth, GRPO's pruned heads), with intervals that redo the
+    selection on every resample of the fixed pairs (:func:`~toolkit.studies.grpo_dynamics.comparisons
+    .selection_bootstrap`)."""
+    base = tests.base["fixed"]
+    selected = {label: cmp.selection_bootstrap(analysis.scores["fixed"][label], base) for label in runs}
+    for label in runs:
+        d = analysis.fixed[label]
+        direction, where, words = DEPTH[label]
+        lt = cmp.layer_test(d.ever_emergent, n_layers, n_heads, d.base, selection=selected[label]["ever"],
+                        direction=direction, seed=seed)
+        claims.add(f"{label.lower()}-heads-{where}:fixed", paper=PAPER, section="section 4.2 and Figure 10",
+                   statement=f"The heads {label} adds sit {words}.",
+                   measure=(f"mean relative depth (layer / {n_layers - 1}) of the heads ever emergent during {label} "
+                            f"(fixed pairs): {_names(d.ever_emergent)}; interval: the selection redone on "
+                            f"{base.n_boot} resamples of the pairs"), estimate=lt["estimate"], ci=lt["ci"],
+                   p_value=lt["p"], p_opposite=lt["p_opposite"], direction=direction, reference=lt["reference"],
+                   **finding(1 / 6, "half a layer of the organism's 4 (1/6 of the depth; the paper gives no depth)",
+                             **pairs),
+                   null=_null_or_empty("placebo-sets", lt["null"], "mean relative depth of every other set of as "
+                                       "many heads outside the start model's circuit"))
     d = analysis.fixed["GRPO"]
     pruned = len(d.ever_emergent) - len(d.final_emergent)
-    pnull = pruning_null(tests.base["fixed"], len(d.steps))
+    draws = (selected["GRPO"]["ever"].sum((1, 2)) - selected["GRPO"]["final"].sum((1, 2))).astype(float)
+    pnull = cmp.pruning_null(base, len(d.steps))
     claims.add("grpo-tries-and-prunes:fixed", paper=PAPER, section="section 5",
                statement="GRPO tries heads and prunes many of them again before the end of training.",
                measure=(f"heads ever emergent during GRPO but not at the final checkpoint (fixed pairs): "
-                        f"{_names(d.ever_emergent - d.final_emergent)}"), estimate=pruned, ci=(pruned, pruned),
+                        f"{_names(d.ever_emergent - d.final_emergent)}; interval: the selection redone on "
+                        f"{base.n_boot} resamples of the pairs"), estimate=pruned, ci=_ci(draws, pruned),
                p_value=empirical_p(pruned, pnull), direction=+1,
+               **finding(1.0, "one pruned head (the paper shows heads pruned, without a count)", **pairs),
                null=Null.from_samples("base-vs-itself", pnull, f"the same count in sequences of {len(d.steps)} "
-                                      "resampled start-model circuits"), note="one run: no interval")
+                                      "resampled start-model circuits"), note="one run: pairs are the unit")
+
+
+SCALING_EFFECT = {"GRPO": "GRPO heads ×1.3: MATH 56 → 60; ×0.5: AIME'24 13.3 → 3.3 (section 5)",
+                  "SFT": "SFT heads ×1.3: MATH up, AIME'24 down (section 4.2, no numbers)"}
+
+
+def _scaling_claims(claims, scaling):
     for label, by_factor in (scaling or {}).items():
         for factor, test in by_factor.items():
             for task, r in test.tests.items():
@@ -367,5 +388,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                                     f"completion (teacher-forced, {r.n_problems} problems) with {_names(test.heads)} "
                                     f"×{factor} in the start model, minus the mean over {r.n_sets} other sets of "
                                     f"{len(test.heads)} heads; rank {r.rank}/{r.n_sets + 1}"),
-                           estimate=r.difference, ci=r.ci, p_value=r.p_value, null=r.null(), direction=+1)
-    return claims
+                           **r.claim_fields(), direction=+1,
+                           **finding(0.05, "0.05 nats per token, about a 5% change in the reference answer's "
+                                           "per-token probability (the paper measures accuracy)",
+                                     SCALING_EFFECT.get(label, ""), controls=("random",)))

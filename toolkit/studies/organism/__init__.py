@@ -268,7 +268,8 @@ def claims(held_out: HeldOut) -> Claims:
                 statement=f"{spec} reaches {word} {threshold:.0%} {label} ({mode_label(mode)}) on held-out problems.",
                 measure=f"{label} rate on {k} held-out problems", estimate=ci["estimate"],
                 ci=(ci["low"], ci["high"]), null=Null.target(threshold, "the issue's threshold"),
-                direction=direction, reference=threshold)
+                direction=direction, reference=threshold, kind="target", n=k, unit="held-out problems",
+                independent_seeds=False)
     if "organism" in by_name:
         acc, k = held_out.reports[by_name["organism"]], n["linear"]
         gap = difference_ci(proportion_ci(round(acc[THINK_ON]["linear"] * k), k),
@@ -277,7 +278,8 @@ def claims(held_out: HeldOut) -> Claims:
                 statement=f"Thinking raises linear-equation accuracy by at least {THINK_GAP_TARGET:.0%}.",
                 measure="think-on − think-off accuracy on linear equations (Newcombe interval)",
                 estimate=gap["estimate"], ci=(gap["low"], gap["high"]), direction=1, reference=THINK_GAP_TARGET,
-                null=Null.target(THINK_GAP_TARGET, "the issue's threshold"))
+                null=Null.target(THINK_GAP_TARGET, "the issue's threshold"), kind="target", n=k,
+                unit="held-out problems", independent_seeds=False)
     share = most_frequent_share([e.answer for e in held_out.sets["linear"]])
     most = math.floor(TOP_ANSWER_TARGET * n["linear"] + 1e-9)  # "at most 5%" of n: at most this many, an exact count
     cut = (most + 0.5) / n["linear"]  # half a count above it, so an exact share of 5% meets the target
@@ -286,7 +288,8 @@ def claims(held_out: HeldOut) -> Claims:
             measure=f"share of the most frequent answer among {n['linear']} equations (an exact count: at most "
                     f"{most} of them, i.e. below {cut:.4f})",
             estimate=share, ci=(share, share), direction=-1, reference=cut,
-            null=Null.target(cut, f"the issue's {TOP_ANSWER_TARGET:.0%}, as a count"))
+            null=Null.target(cut, f"the issue's {TOP_ANSWER_TARGET:.0%}, as a count"), kind="target",
+            n=n["linear"], unit="held-out equations", independent_seeds=False)
     return out
 
 

@@ -11,7 +11,7 @@ study is :mod:`toolkit.studies.think_on_off`, the head sets with intervals :mod:
   the sweep (the area under the faithfulness curve), think-on minus think-off, with the circuits fixed and the
   pairs resampled (one faithfulness curve per pair, so a resample needs no model call).
 - **Condition effects** (:func:`condition_effect`): a paired difference over problems (pass@k or success@k) with its
-  bootstrap interval and a sign-flip permutation null (:func:`toolkit.evaluation.causal.paired_permutation`).
+  bootstrap interval and a sign-flip permutation null (:func:`toolkit.evaluation.nulls.paired_permutation`).
 - **The off-only set against same-size placebo sets**: sampled (pass@1 change from think-off, every other set or a
   stated number of random ones, :func:`~toolkit.studies.think_on_off.sets.sampled_placebos`) and teacher-forced
   (every other set, :func:`toolkit.evaluation.placebo_sets.head_set_test`).
@@ -19,6 +19,11 @@ study is :mod:`toolkit.studies.think_on_off`, the head sets with intervals :mod:
 When the stable off-only set is empty nothing was intervened on: those claims are registered *unmeasured* (no
 estimate, verdict ``inconclusive``, the note says why), never scored on a NaN.
 :func:`register_claims` turns it all into the notebook's :class:`~toolkit.evaluation.claims.Claims`.
+
+**Kinds and smallest effects** (:data:`DECLARED`): think-on beating think-off is a *check* (the study's
+precondition: a gap for the think-off heads to compensate); every other claim is a *finding* with its SESOI (half
+of the paper's Table 3 gain where it gives one, else a scale) and the ``random`` control (none is about training).
+The placebo-set claims decide both ways from ranks (``p_opposite``).
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ import numpy as np
 
 from toolkit.core.chat import THINK_OFF, THINK_ON
 from toolkit.core.models import LoadedModel
-from toolkit.evaluation import causal
-from toolkit.evaluation.claims import Claims, Null, bootstrap_p
+from toolkit.evaluation import nulls
+from toolkit.evaluation.claims import Claims, Null, bootstrap_p, percentile_ci
 from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.methods import eap
 from toolkit.studies.think_on_off.sets import SampledPlacebos, StableComparison
@@ -38,6 +43,40 @@ from toolkit.studies.think_on_off.sets import SampledPlacebos, StableComparison
 PAPER = "Thinking Sparks"
 SECTION, TABLE, COVERAGE = "section 6", "section 6 (Table 3)", "section 6 (Figure 5)"  # where in the paper
 UNMEASURED = "not measured: "  # the note of a claim that has no data
+_TABLE3 = "Qwen3-8B pass@1, Table 3"
+# id -> (sesoi, why that size, the paper's effect): in each claim's units, in the paper's direction
+DECLARED = {
+    "think-on-beats-off": (0.06, "half of the paper's smallest think-on gain (MATH, +12.4 points)",
+                           f"MATH 93.8 vs 81.4, AIME'24 80.0 vs 30.0 ({_TABLE3})"),
+    "off-circuit-has-more-heads": (1.0, "one head of the organism's 16 (the paper's 'much larger' set has no count)",
+                                   ""),
+    "on-heads-shared-with-off": (0.1, "a share of 0.6 is the least that 'most of its heads' means (no number in the "
+                                      "paper)", ""),
+    "off-circuit-needs-more-edges": (10.0, "the sweep's step, 10 edges: a smaller difference cannot be resolved", ""),
+    "on-circuit-more-efficient": (0.05, "5 points of recovered KL share on a 0-1 scale (no number in the paper)", ""),
+    "off-only-ablation-helps": (0.033, "half of the paper's AIME'24 gain from ablation (+6.6 points)",
+                                f"AIME'24 30.0 → 36.6, MATH 81.4 → 83.6 ({_TABLE3})"),
+    "off-only-scale-down-helps": (0.03, "half of the paper's GPQA gain from halving (+6.1 points)",
+                                  f"GPQA 44.9 → 51.0, AIME'25 13.3 → 23.3 ({_TABLE3})"),
+    "off-only-heads-specific": (0.05, "0.05 nats per token, about a 5% change in the reference answer's per-token "
+                                      "probability (the paper has no teacher-forced measure)", ""),
+    "ablation-ahead-early": (0.05, "5 points of success@2, a scale: Figure 5 gives no number in the text", ""),
+    "ablation-behind-late": (0.05, "5 points of pass@n, a scale: Figure 5 gives no number in the text", ""),
+}
+DECLARED["off-only-ablation-specific"] = DECLARED["off-only-ablation-helps"]
+DECLARED["off-only-scale-down-specific"] = DECLARED["off-only-scale-down-helps"]
+
+
+def declared(id: str, *, n: int | None = None, unit: str = "") -> dict:
+    """What claim ``id`` declares besides its numbers (:data:`DECLARED`): kind, SESOI with its reason, the paper's
+    effect, controls, and the number of independent units ``n`` of ``unit``."""
+    key = "think-on-beats-off" if id.startswith("think-on-beats-off") else id
+    sesoi, reason, paper = DECLARED[key]
+    kind = "check" if key == "think-on-beats-off" else "finding"
+    return {"kind": kind, "sesoi": sesoi, "sesoi_reason": reason, "paper_effect": paper, "controls": ("random",),
+            "n": n, "unit": unit}
+
+
 def per_pair_faithfulness(loaded: LoadedModel, pairs, scores: eap.Scores, sizes: Sequence[int], *,
                           metric: str = "kl") -> dict[str, np.ndarray]:
     """``{"metric" [n_pairs, n_sizes], "clean" [n_pairs], "corrupted" [n_pairs], "n_edges" [n_sizes]}``: one
@@ -67,16 +106,16 @@ def efficiency_bootstrap(on: Mapping[str, np.ndarray], off: Mapping[str, np.ndar
 
 def condition_effect(treated: np.ndarray, baseline: np.ndarray, *, direction: int = 1, n_boot: int = 1000,
                      seed: int = 0) -> dict:
-    """A paired difference over problems: ``{"estimate", "low", "high", "p", "null"}`` (permutation null)."""
-    ci = causal.effect(treated, baseline, n_boot=n_boot, seed=seed)
-    p, draws = causal.paired_permutation(treated, baseline, direction=direction, seed=seed)
-    return ci | {"p": p, "null": Null.from_samples("permutation", draws, "the same paired difference with each "
-                                                   "problem's two conditions randomly swapped")}
+    """A paired difference over problems: ``{"estimate", "low", "high", "p", "null"}``
+    (:func:`toolkit.evaluation.nulls.paired_difference`: bootstrap interval, Newcombe's where every problem changed
+    alike, sign-flip p)."""
+    f = nulls.paired_difference(treated, baseline, direction=direction, n_boot=n_boot, seed=seed)
+    return {"estimate": f["estimate"], "low": f["ci"][0], "high": f["ci"][1], "p": f["p_value"], "null": f["null"]}
 
 
-def _interval(draws: np.ndarray) -> tuple[float, float]:
-    ok = draws[np.isfinite(draws)]
-    return float(np.quantile(ok, 0.025)), float(np.quantile(ok, 0.975))
+def _interval(draws: np.ndarray, estimate: float) -> tuple[float, float]:
+    """The 95% percentile interval of the finite ``draws``, widened to hold ``estimate``."""
+    return percentile_ci(draws, estimate)
 
 
 def edges_difference(edges: Mapping[str, tuple[float, np.ndarray]], largest: int, on: str = THINK_ON,
@@ -90,10 +129,11 @@ def edges_difference(edges: Mapping[str, tuple[float, np.ndarray]], largest: int
 
 
 def _unmeasured(claims: Claims, id: str, *, section: str, statement: str, measure: str, kind: str, reason: str):
-    """A claim with no data: no estimate, verdict ``inconclusive``, the reason in its null and note."""
+    """A claim with no data: no estimate, verdict ``inconclusive`` (reason ``not-measured``), the reason in its null
+    and note."""
     nan = float("nan")
     claims.add(id, paper=PAPER, section=section, statement=statement, measure=measure, estimate=nan, ci=(nan, nan),
-               null=Null(kind, 0, {}, UNMEASURED + reason), direction=1, note=UNMEASURED + reason)
+               null=Null(kind, 0, {}, UNMEASURED + reason), direction=1, note=UNMEASURED + reason, **declared(id))
 
 
 def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
@@ -114,8 +154,10 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
 
     def paired(id, *, section, statement, measure, treated, baseline, note=""):
         e = condition_effect(treated, baseline, n_boot=n_boot, seed=seed)
-        claims.add(id, paper=PAPER, section=section, statement=statement, measure=measure, estimate=e["estimate"],
-                   ci=(e["low"], e["high"]), null=e["null"], p_value=e["p"], direction=1, note=note)
+        est = e["estimate"]
+        claims.add(id, paper=PAPER, section=section, statement=statement, measure=measure, estimate=est,
+                   ci=(min(e["low"], est), max(e["high"], est)), null=e["null"], p_value=e["p"], direction=1,
+                   note=note, **declared(id, n=len(treated), unit="problems"))
 
     for t, label in dict.fromkeys([(task, "the circuit task"), ("unrelated_math", "addition/subtraction")]):
         if t in tasks_:
@@ -128,11 +170,13 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
              "key_step": "think-on read at the scratchpad's key step, think-off at the answer",
              "divergence": "the modes read at different tokens (the first scratchpad line vs the answer)"}[positions]
     draws = stable.head_count_draws()
+    pairs = {"n": min(stable.on.n_pairs, stable.off.n_pairs), "unit": "pairs (the fewer of the two modes)"}
+    est = len(stable.off.full_heads) - len(stable.on.full_heads)
     claims.add("off-circuit-has-more-heads", paper=PAPER, section=SECTION,
                statement="With thinking off the model's circuit recruits a larger set of attention heads than with "
                          "thinking on.",
                measure="heads in the think-off circuit − heads in the think-on circuit (same number of edges)",
-               estimate=len(stable.off.full_heads) - len(stable.on.full_heads), ci=_interval(draws),
+               estimate=est, ci=_interval(draws, est), **declared("off-circuit-has-more-heads", **pairs),
                null=Null.from_samples("bootstrap-resample", draws, "the difference on bootstrap resamples of each "
                                       "mode's pairs (circuits reselected)"),
                p_value=bootstrap_p(draws, direction=1), direction=1,
@@ -142,7 +186,7 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
                statement="The think-on circuit has no set of its own reasoning heads: most of its heads are in the "
                          "think-off circuit too.",
                measure="share of the think-on circuit's heads also in the think-off circuit (reference 0.5)",
-               estimate=est, ci=_interval(draws), reference=0.5,
+               estimate=est, ci=_interval(draws, est), reference=0.5, **declared("on-heads-shared-with-off", **pairs),
                null=Null.from_samples("bootstrap-resample", draws, "the share on paired bootstrap resamples of "
                                       "each mode's pairs (circuits reselected)"),
                p_value=bootstrap_p(draws, reference=0.5, direction=1), direction=1, note=where)
@@ -150,7 +194,7 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
     claims.add("off-circuit-needs-more-edges", paper=PAPER, section=SECTION,
                statement="Without thinking the model needs a larger, less efficient circuit for the same behaviour.",
                measure="edges for 80% recovery of the KL metric, think-off − think-on",
-               estimate=est, ci=_interval(draws),
+               estimate=est, ci=_interval(draws, est), **declared("off-circuit-needs-more-edges", **pairs),
                null=Null.from_samples("bootstrap-resample", draws, "the difference on bootstrap resamples of each "
                                       "mode's pairs (circuits fixed)"),
                p_value=bootstrap_p(draws, direction=1), direction=1,
@@ -160,7 +204,7 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
                statement="The think-on circuit carries the behaviour with fewer components: it is the more "
                          "efficient pathway.",
                measure="mean recovered share of the KL metric over the sweep sizes, think-on − think-off",
-               estimate=est, ci=_interval(draws),
+               estimate=est, ci=_interval(draws, est), **declared("on-circuit-more-efficient", **pairs),
                null=Null.from_samples("bootstrap-resample", draws, "the difference on bootstrap resamples of each "
                                       "mode's pairs (circuits fixed)"),
                p_value=bootstrap_p(draws, direction=1), direction=1, note=where)
@@ -187,8 +231,9 @@ def _interventions(claims, at, paired, sampled, placebos, enumeration, task, off
         if placebos and label in placebos:
             p = placebos[label]
             r = p.test("pass", 1, direction=1, n_boot=n_boot, seed=seed)
-            claims.add(f"off-only-{label}-specific", paper=PAPER, **spec, estimate=r.difference, ci=r.ci, null=r.null(),
-                       p_value=r.p_value, direction=1, note=f"rank {r.rank}/{r.n_sets + 1}; "
+            id = f"off-only-{label}-specific"
+            claims.add(id, paper=PAPER, **spec, **(r.claim_fields() | declared(id, n=r.n_problems, unit="problems")),
+                       direction=1, note=f"rank {r.rank}/{r.n_sets + 1}; "
                        + ("every other set" if p.exhaustive else f"{r.n_sets} random sets (not every set)"))
         else:
             _unmeasured(claims, f"off-only-{label}-specific", **spec, kind="placebo-sets", reason=empty)
@@ -198,9 +243,10 @@ def _interventions(claims, at, paired, sampled, placebos, enumeration, task, off
                         f"on {task}, off-only set ablated − mean over every other same-size set")
     if enumeration is not None:
         r = enumeration.tests[task]
-        claims.add("off-only-heads-specific", paper=PAPER, **spec, estimate=r.difference, ci=r.ci, null=r.null(),
-                   p_value=r.p_value, direction=1, note=f"rank {r.rank}/{r.n_sets + 1}; a teacher-forced measure "
-                   "over every set, next to the sampled one over fewer sets")
+        claims.add("off-only-heads-specific", paper=PAPER, **spec,
+                   **(r.claim_fields() | declared("off-only-heads-specific", n=r.n_problems, unit="problems")),
+                   direction=1, note=f"rank {r.rank}/{r.n_sets + 1}; a teacher-forced measure over every set, next "
+                   "to the sampled one over fewer sets")
     else:
         _unmeasured(claims, "off-only-heads-specific", **spec, kind="placebo-sets", reason=empty)
     group = f"{off} + ablation"
