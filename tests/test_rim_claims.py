@@ -152,3 +152,16 @@ def test_two_runs_cannot_contradict_through_a_narrow_cluster_bootstrap():
     many = nulls.ClusteredCorrelation(0.5, (0.4, 0.6), 0.01, np.linspace(0.4, 0.6, 200), 24, 12)
     assert rc._over_runs(many)["ci"][0] == pytest.approx(0.5 - 2.201 * np.linspace(0.4, 0.6, 200).std(ddof=1),
                                                          abs=1e-3)  # t(0.975, 11)
+
+
+def test_ras_predicts_forgetting_is_an_artifact_when_noise_alone_reproduces_it(monkeypatch):
+    """Its weight-noise control is the same claim on the KL-matched noisy models: noise that forgets nothing leaves
+    the finding standing; noisy models on the fine-tuned models' own curve make it an artifact."""
+    study, noise = fake_study()
+    claims = register(study, noise, monkeypatch=monkeypatch)
+    c = claims["ras-predicts-forgetting"]
+    assert c.control_verdicts["weight-noise"] != "reproduces" and c.verdict != "artifact", c
+    copied = [{**z, "forgetting": r["forgetting"], "ras_safety": r["ras_safety"]} for z, r in zip(noise, study.tuned)]
+    c = register(study, copied, monkeypatch=monkeypatch)["ras-predicts-forgetting"]
+    assert c.control_verdicts == {"weight-noise": "reproduces"}
+    assert (c.verdict, c.reason) == ("artifact", "weight-noise"), c
