@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from toolkit.evaluation import verdicts
-from toolkit.evaluation.claims import Claim, ClaimError, Claims, Null, bootstrap_p, empirical_p, percentile_ci
+from toolkit.evaluation.claims import (Claim, ClaimError, Claims, Null, bootstrap_p, count_ci, empirical_p,
+                                       percentile_ci)
 from toolkit.run import report
 
 FINDING = dict(sesoi=0.1, sesoi_reason="half the paper's effect", controls=("random",))
@@ -127,6 +128,8 @@ def test_empirical_bootstrap_and_percentile():
     s = Null.from_samples("placebo-sets", [1, 2, 3, float("nan")]).summary
     assert s["mean"] == 2 and s["q025"] < s["q975"]
     assert percentile_ci([1.0, 1.0, 2.0], 0.0) == pytest.approx((0.0, 1.95))  # widened to hold the estimate
+    assert count_ci([0, 0, 0], 0) == (0.0, 0.5)  # a count 0 in every resample: not zero width, can be absent
+    assert verdicts.decide(0, count_ci([0, 0, 0], 0), direction=1, sesoi=2) == ("contradicts", "absent")
     assert all(math.isnan(v) for v in percentile_ci([float("nan")], 1.0))
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from toolkit.evaluation import nulls, verdicts
-from toolkit.evaluation.claims import Claim, Claims, Null, empirical_p, percentile_ci
+from toolkit.evaluation.claims import Claim, Claims, Null, count_ci, empirical_p, percentile_ci
 
 N_BOOT = 400  # bootstrap draws of one simulated claim (the studies use 1000-2000; 400 keeps the percentiles honest)
 N_BOOT_SETS = 200  # placebo_test's two-level bootstrap
@@ -141,7 +141,7 @@ def count(rng, effect, spec):
     est = float((x.mean(0) > margin).sum())
     boots = ((_weights(rng, n, N_BOOT) @ x) > margin).sum(1)
     null = rng.binomial(m, pi0, size=p["null_draws"]).astype(float)
-    return _claim(spec, estimate=est, ci=percentile_ci(boots, est), p_value=empirical_p(est, null),
+    return _claim(spec, estimate=est, ci=count_ci(boots, est), p_value=empirical_p(est, null),
                   reference=float(null.mean()), n=n, unit="pairs",
                   null=Null.from_samples("base-vs-itself", null, "emergent units between two base resamples"))
 
@@ -299,6 +299,9 @@ PATHS: dict[str, Spec] = {s.name: s for s in (
     _spec("count", "144-units", count, "base-vs-itself", 64, "pairs", 2.0,
           "144 units, 64 pairs, null units pass the margin with probability 0.02; 100 null draws",
           units=144, pairs=64, pi0=0.02, null_draws=100),
+    _spec("count", "16-heads", count, "base-vs-itself", 40, "pairs", 2.0,
+          "16 heads (the organism), 40 pairs, null heads pass the margin with probability 0.005; 100 null draws",
+          units=16, pairs=40, pi0=0.005, null_draws=100),
     _spec("rank-among-sets", "8-choose-2", placebo, "placebo-sets", 40, "problems", 3.0,
           "per-unit effects lognormal(0, 1), per-problem noise sd 1, 40 problems, 27 placebo sets",
           units=8, size=2, problems=40, effects="lognormal", problem_sd=1.0),

@@ -129,6 +129,16 @@ def percentile_ci(draws: Sequence[float] | np.ndarray, estimate: float, level: f
     return lo, hi
 
 
+def count_ci(draws: Sequence[float] | np.ndarray, estimate: float, level: float = 0.95) -> tuple[float, float]:
+    """:func:`percentile_ci` of an integer-valued statistic (a count of heads), widened by half a unit on each side
+    (a continuity correction, clipped at 0): a count that is 0 in every resample gets ``[0, 0.5]``, an interval that
+    can show a count absent, where the bare percentile interval ``[0, 0]`` has zero width and decides nothing."""
+    lo, hi = percentile_ci(draws, estimate, level)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return lo, hi
+    return max(0.0, lo - 0.5), hi + 0.5
+
+
 def _num(v) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 

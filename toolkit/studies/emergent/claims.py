@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as _stats
 
-from toolkit.evaluation.claims import Claims, Null, empirical_p, percentile_ci
+from toolkit.evaluation.claims import Claims, Null, count_ci, empirical_p, percentile_ci
 from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.evaluation.stability import Convergence, counts_of
 from toolkit.methods import eap
@@ -94,7 +94,7 @@ def emergent_claims(claims: Claims, stab: Stability, model: str, base: str) -> N
                    statement="Post-training adds heads to the task's circuit that the base model's circuit lacks.",
                    measure=(f"{task}: heads of {model} whose inclusion frequency exceeds {base}'s by more than the "
                             f"base-vs-itself margin ({t.margin:.2f}); emergent: {[f'L{a}H{b}' for a, b in t.heads]}"),
-                   estimate=t.count, ci=percentile_ci(t.count_samples, t.count), p_value=t.count_p,
+                   estimate=t.count, ci=count_ci(t.count_samples, t.count), p_value=t.count_p,
                    null=t.count_null(), direction=+1, unit="pairs (resampled)", **COUNT,
                    note="each model's circuit is built on its own pairs (own answers), as in the paper")
         claims.add(f"emergent-set-difference:{task}", paper=PAPER, section="section 3.1",
@@ -102,8 +102,7 @@ def emergent_claims(claims: Claims, stab: Stability, model: str, base: str) -> N
                              "give (the paper's definition, without a null).",
                    measure=(f"{task}: heads in {model}'s top-{stab.boots[task][model].top_n} circuit and not in "
                             f"{base}'s: {sorted(f'L{a}H{b}' for a, b in t.set_difference)}"),
-                   estimate=len(t.set_difference), ci=percentile_ci(t.set_difference_samples,
-                                                                    len(t.set_difference)),
+                   estimate=len(t.set_difference), ci=count_ci(t.set_difference_samples, len(t.set_difference)),
                    p_value=t.set_difference_p, null=t.set_difference_null(), direction=+1,
                    unit="pairs (resampled)", **COUNT)
 
