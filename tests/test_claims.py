@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from toolkit.evaluation import verdicts
-from toolkit.evaluation.claims import (Claim, ClaimError, Claims, Null, bootstrap_p, count_ci, empirical_p,
-                                       percentile_ci)
+from toolkit.evaluation.claims import Claim, ClaimError, Claims, Null, bootstrap_p, count_ci, empirical_p, percentile_ci
 from toolkit.run import report
 
 FINDING = dict(sesoi=0.1, sesoi_reason="half the paper's effect", controls=("random",))
