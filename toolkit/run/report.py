@@ -259,11 +259,11 @@ def headline(claims: Sequence[Claim]) -> str:
 
 RULE_TEXT = ("Verdicts are computed from the numbers (toolkit.evaluation.verdicts; docs/methods.md, \"Claims and "
              "nulls\"): a finding *reproduces* when it is significant against its null in the paper's direction "
-             "(Holm-adjusted within its paper's family) and not shown to be smaller than its smallest effect of "
-             "interest (SESOI); it *contradicts* when its interval lies wholly below the SESOI (*absent*) or on the "
-             "other side (*opposite*), or, for a placebo-set claim, when its rank from the other end is significant; "
-             "else it is *inconclusive*, with the reason. A finding that reproduces on one of its controls is an "
-             "*artifact*. The calibration of every path of this rule is in docs/calibration.md.")
+             "(Holm-adjusted within its paper's family) with an estimate of at least half its smallest effect of "
+             "interest (SESOI); it *contradicts* when its interval lies wholly below that boundary (*absent*) or on "
+             "the other side of the null (*opposite*), or, for a placebo-set claim, when its rank from the other end "
+             "is significant; else it is *inconclusive*, with the reason. A finding that reproduces on one of its "
+             "controls is an *artifact*. The calibration of every path of this rule is in docs/calibration.md.")
 
 
 def render(claims: Sequence[Claim] | Sequence[SeededClaim], folder: Path, *, figures_prefix: str = ".",
