@@ -209,7 +209,7 @@ def test_seeds_are_pooled_into_one_analysis(tmp_path):
     a = agg["a"]  # three inconclusive seeds pool into a decided verdict: the seeds gain power together
     assert a.seeds.verdicts == ["inconclusive"] * 3 + [None] and a.seeds.missing == [3]
     assert a.claim.estimate == pytest.approx(0.2) and a.claim.ci[1] - a.claim.ci[0] == pytest.approx(0.5 / math.sqrt(3))
-    assert a.claim.p_value == pytest.approx(verdicts.stouffer([0.08] * 3)) and a.verdict == "reproduces"
+    assert a.claim.p_value == pytest.approx(verdicts.fisher([0.08] * 3)) and a.verdict == "reproduces"
     dep = agg["dep"].claim  # overlapping seeds: no narrowing, twice the mean p
     assert dep.ci == pytest.approx((-0.05, 0.45)) and dep.p_value == pytest.approx(0.16)
     mixed = agg["mixed"].claim

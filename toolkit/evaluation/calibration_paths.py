@@ -109,7 +109,7 @@ def paired(rng, effect, spec):
 
 def seeds_pooled(rng, effect, spec):
     """The same paired-difference claim on several seeds, pooled by :func:`verdicts.pool` into one claim as the
-    scorecard pools them: independent seeds (fixed-effect mean, Stouffer's p), or seeds on the same prompts, whose
+    scorecard pools them: independent seeds (fixed-effect mean, Fisher's p), or seeds on the same prompts, whose
     prompts have their own effects (``independent=False``: no narrowing, twice the mean p)."""
     p = spec.params
     # shared prompts: each prompt has its own effect (effect ± spread, mean effect), the same for every seed

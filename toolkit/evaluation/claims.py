@@ -331,10 +331,11 @@ class Claim:
 class Claims:
     """The claims of one notebook, by id, in registration order."""
 
-    def __init__(self, notebook: str):
+    def __init__(self, notebook: str, *, independent_seeds: bool = True):
         if not notebook or not isinstance(notebook, str):
             raise ClaimError("Claims needs the notebook's name, e.g. Claims('04_grpo_dynamics')")
         self.notebook = notebook
+        self.independent_seeds = independent_seeds  # the notebook's seeds replicate independently (Claim)
         self._claims: dict[str, Claim] = {}
 
     def add(self, id: str, *, paper: str, statement: str, measure: str, estimate: float, ci: Sequence[float],
@@ -355,6 +356,7 @@ class Claims:
                              + (" (an equivalence margin is the claim's sesoi)" if bad == ["margin"] else
                                 " (it is computed)"))
         try:
+            declared.setdefault("independent_seeds", self.independent_seeds)
             claim = Claim(self.notebook, id, paper, statement, measure, estimate, ci, null, direction, reference,
                           None if p_value is None else float(p_value), sesoi, alpha, note, section, kind, **declared)
         except TypeError as e:

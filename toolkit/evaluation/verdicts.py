@@ -139,20 +139,22 @@ def holm(p_values: Sequence[float | None]) -> tuple[list[float | None], list[int
     return adjusted, factors
 
 
-def stouffer(p_values: Sequence[float]) -> float:
-    """One-sided p-values of independent replications combined by Stouffer's z (equal weights)."""
+def fisher(p_values: Sequence[float]) -> float:
+    """One-sided p-values of independent replications combined by Fisher's method (``−2 Σ ln p`` against χ² with
+    2k degrees of freedom). Chosen over Stouffer's z because the studies' p-values are often discrete: a seed whose
+    count is 0 has p = 1, which Fisher's method reads as no evidence and Stouffer's as infinite evidence against."""
     p = np.clip(np.asarray(p_values, dtype=float), 1e-300, 1.0)
-    z = stats.norm.isf(p).sum() / math.sqrt(len(p))
-    return float(stats.norm.sf(z))
+    return float(stats.chi2.sf(-2 * np.log(p).sum(), 2 * len(p)))
 
 
 def pool(estimates: Sequence[float], cis: Sequence[Sequence[float]], p_values: Sequence[float | None], *,
          independent: bool = True) -> tuple[float, tuple[float, float], float | None]:
     """One pre-declared analysis over replications (seeds, runs): an estimate, its 95% interval and a p-value.
 
-    Independent replications: the fixed-effect (inverse-variance) mean, its interval, and the Stouffer combination
-    of the one-sided p-values. Standard errors come from each interval (:func:`se_from_ci`); where one is zero or
-    missing the replications are weighted equally and the interval is the t-interval across them.
+    Independent replications: the fixed-effect (inverse-variance) mean, its interval, and Fisher's combination
+    (:func:`fisher`) of the one-sided p-values. Standard errors come from each interval (:func:`se_from_ci`);
+    where one is zero or missing the replications are weighted equally and the interval is the t-interval across
+    them.
     Dependent ones (seeds that draw overlapping prompts from one pool): the mean estimate, the mean of the interval
     ends (no narrowing) and twice the mean p-value (valid under any dependence). The p is ``None`` when one is
     missing."""
@@ -176,7 +178,7 @@ def pool(estimates: Sequence[float], cis: Sequence[Sequence[float]], p_values: S
             else math.nan
         if half == 0:
             half = math.nan  # identical seeds give no interval (they are not replications)
-    return mean, (mean - half, mean + half), None if ps is None else stouffer(ps)
+    return mean, (mean - half, mean + half), None if ps is None else fisher(ps)
 
 
 def artifact_of(control_verdicts: Mapping[str, str]) -> str | None:

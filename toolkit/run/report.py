@@ -4,7 +4,7 @@ Each notebook writes ``<run_dir>/<notebook>.claims.json`` (:func:`toolkit.run.re
 :func:`write_report` gathers them and
 
 1. with ``--seeds N`` (every seed in its own folder ``seed-<k>/``) pools the seeds into one pre-declared analysis per
-   claim (:func:`aggregate`, :func:`toolkit.evaluation.verdicts.pool`: fixed-effect mean and Stouffer's p over
+   claim (:func:`aggregate`, :func:`toolkit.evaluation.verdicts.pool`: fixed-effect mean and Fisher's p over
    independent seeds; no narrowing where a notebook's seeds are not independent), keeping every seed's estimate and
    verdict for the table; seeds that did not finish are listed as missing;
 2. adjusts each paper's findings as one family (:func:`adjust`, Holm);
@@ -275,7 +275,7 @@ def render(claims: Sequence[Claim] | Sequence[SeededClaim], folder: Path, *, fig
     if seeded and not missing:
         missing = sorted({s for _, seeds in rows if seeds for s in seeds.missing})
     if seeded:
-        lines += ["Seeds are pooled into one analysis per claim (fixed-effect mean and Stouffer's p over independent "
+        lines += ["Seeds are pooled into one analysis per claim (fixed-effect mean and Fisher's p over independent "
                   "seeds; the mean interval and twice the mean p where a notebook's seeds overlap); the last "
                   "column gives each seed's own verdict and estimate.", ""]
     if missing:

@@ -250,7 +250,7 @@ def _sample_size(measure: str, mode: str, n: dict[str, int]) -> int:
 def claims(held_out: HeldOut) -> Claims:
     """Notebook 00's claims: the organism's targets (null ``target``), each rate with its Wilson interval; a target
     is met (``reproduces``) only when the whole interval is on the right side of the threshold."""
-    out = Claims("00_model_organism")
+    out = Claims("00_model_organism", independent_seeds=False)  # a seed picks n_eval of the same 200 problems
     n = {name: len(exs) for name, exs in held_out.sets.items()}
     by_name = {checkpoint_name(spec): spec for spec in held_out.reports}  # a replicate meets its checkpoint's targets
     for name, mode, measure, threshold, direction in TARGETS:
@@ -268,8 +268,7 @@ def claims(held_out: HeldOut) -> Claims:
                 statement=f"{spec} reaches {word} {threshold:.0%} {label} ({mode_label(mode)}) on held-out problems.",
                 measure=f"{label} rate on {k} held-out problems", estimate=ci["estimate"],
                 ci=(ci["low"], ci["high"]), null=Null.target(threshold, "the issue's threshold"),
-                direction=direction, reference=threshold, kind="target", n=k, unit="held-out problems",
-                independent_seeds=False)
+                direction=direction, reference=threshold, kind="target", n=k, unit="held-out problems")
     if "organism" in by_name:
         acc, k = held_out.reports[by_name["organism"]], n["linear"]
         gap = difference_ci(proportion_ci(round(acc[THINK_ON]["linear"] * k), k),
@@ -279,7 +278,7 @@ def claims(held_out: HeldOut) -> Claims:
                 measure="think-on − think-off accuracy on linear equations (Newcombe interval)",
                 estimate=gap["estimate"], ci=(gap["low"], gap["high"]), direction=1, reference=THINK_GAP_TARGET,
                 null=Null.target(THINK_GAP_TARGET, "the issue's threshold"), kind="target", n=k,
-                unit="held-out problems", independent_seeds=False)
+                unit="held-out problems")
     share = most_frequent_share([e.answer for e in held_out.sets["linear"]])
     most = math.floor(TOP_ANSWER_TARGET * n["linear"] + 1e-9)  # "at most 5%" of n: at most this many, an exact count
     cut = (most + 0.5) / n["linear"]  # half a count above it, so an exact share of 5% meets the target
@@ -289,7 +288,7 @@ def claims(held_out: HeldOut) -> Claims:
                     f"{most} of them, i.e. below {cut:.4f})",
             estimate=share, ci=(share, share), direction=-1, reference=cut,
             null=Null.target(cut, f"the issue's {TOP_ANSWER_TARGET:.0%}, as a count"), kind="target",
-            n=n["linear"], unit="held-out equations", independent_seeds=False)
+            n=n["linear"], unit="held-out equations")
     return out
 
 

@@ -145,7 +145,7 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
     ``[problems, n]``; ``edges`` and ``efficiency`` come from :mod:`toolkit.studies.think_on_off.sets` and
     :func:`efficiency_bootstrap` (``largest``: the sweep's largest circuit); ``enumeration`` and ``placebos`` are
     ``None`` when the stable off-only set is empty (those claims are then unmeasured)."""
-    claims = Claims("05_think_on_off")
+    claims = Claims("05_think_on_off", independent_seeds=False)  # seeds draw overlapping problems from one pool
     sampled = {s.condition.group for s in results.values()}
     tasks_ = next(iter(results.values())).correct
 
