@@ -286,15 +286,15 @@ def _spec(family, design, simulate, null, n, unit, sesoi, noise, direction=1, le
 
 _PAIRED = "per-prompt 0/1 paired differences, discordant with probability {q}"
 PATHS: dict[str, Spec] = {s.name: s for s in (
-    _spec("paired-difference", "binary-40", paired, "bootstrap-resample", 40, "prompts", 0.10,
+    _spec("paired-difference", "binary-40", paired, "permutation", 40, "prompts", 0.10,
           _PAIRED.format(q=0.3), kind="binary", prompts=40, discordant=0.3),
-    _spec("paired-difference", "binary-120", paired, "bootstrap-resample", 120, "prompts", 0.10,
+    _spec("paired-difference", "binary-120", paired, "permutation", 120, "prompts", 0.10,
           _PAIRED.format(q=0.3), kind="binary", prompts=120, discordant=0.3),
-    _spec("paired-difference", "normal-60", paired, "bootstrap-resample", 60, "prompts", 0.10,
+    _spec("paired-difference", "normal-60", paired, "permutation", 60, "prompts", 0.10,
           "per-prompt differences ~ N(effect, 0.35)", kind="normal", prompts=60, sd=0.35),
-    _spec("no-effect", "binary-40", paired, "bootstrap-resample", 40, "prompts", 0.10, _PAIRED.format(q=0.2),
+    _spec("no-effect", "binary-40", paired, "permutation", 40, "prompts", 0.10, _PAIRED.format(q=0.2),
           direction=0, kind="binary", prompts=40, discordant=0.2),
-    _spec("no-effect", "binary-120", paired, "bootstrap-resample", 120, "prompts", 0.10, _PAIRED.format(q=0.2),
+    _spec("no-effect", "binary-120", paired, "permutation", 120, "prompts", 0.10, _PAIRED.format(q=0.2),
           direction=0, kind="binary", prompts=120, discordant=0.2),
     _spec("count", "144-units", count, "base-vs-itself", 64, "pairs", 2.0,
           "144 units, 64 pairs, null units pass the margin with probability 0.02; 100 null draws",
@@ -330,10 +330,10 @@ PATHS: dict[str, Spec] = {s.name: s for s in (
           "one value per run, run-to-run sd 1, 3 runs against 3", a=3, b=3),
     _spec("runs-difference", "6v6", runs_difference, "permutation", 12, "runs", 1.0,
           "one value per run, run-to-run sd 1, 6 runs against 6", a=6, b=6),
-    _spec("seeds-pooled", "3x60", seeds_pooled, "bootstrap-resample", 180, "prompts", 0.10,
+    _spec("seeds-pooled", "3x60", seeds_pooled, "permutation", 180, "prompts", 0.10,
           "3 independent seeds of a 60-prompt paired difference (0/1, discordant 0.3), fixed-effect pooled",
           seeds=3, kind="binary", prompts=60, discordant=0.3, shared=False, spread=0.0),
-    _spec("seeds-pooled", "3x60-shared", seeds_pooled, "bootstrap-resample", 60, "prompts", 0.10,
+    _spec("seeds-pooled", "3x60-shared", seeds_pooled, "permutation", 60, "prompts", 0.10,
           "3 seeds on the same 60 prompts, each prompt's effect ± 0.15 around the mean (0/1, discordant 0.3), "
           "pooled as dependent seeds", seeds=3, kind="binary", prompts=60, discordant=0.3, shared=True, spread=0.15),
     _spec("correlation-over-checkpoints", "5x10", correlation, "permutation", 50, "checkpoints", 0.4,
