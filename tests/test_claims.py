@@ -3,6 +3,7 @@ JSON round trip of a claim, and the scorecard read from those records (families 
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -219,3 +220,17 @@ def test_seeds_are_pooled_into_one_analysis(tmp_path):
                                "estimates": [0.2, 0.2, 0.2, None], "missing": [3]}
     text = report.render(agg.values(), tmp_path)
     assert "Missing seeds" in text and "inconclusive (0.2) inconclusive (0.2) inconclusive (0.2) missing" in text
+
+
+def test_pooled_seeds_keep_an_in_study_control():
+    """A control that reproduced on at least half the seeds makes the pooled finding an artifact."""
+    def seed(verdict):
+        return _seed_claim("a", 0.2, 0.25, 0.01) if verdict is None else replace(
+            _seed_claim("a", 0.2, 0.25, 0.01), controls=("random", "weight-noise"),
+            control_verdicts={"weight-noise": verdict})
+    two_of_three = report.aggregate({0: [seed("reproduces")], 1: [seed("reproduces")], 2: [seed("inconclusive")]},
+                                    [0, 1, 2])[0].claim
+    assert (two_of_three.verdict, two_of_three.reason) == ("artifact", "weight-noise")
+    one_of_three = report.aggregate({0: [seed("reproduces")], 1: [seed("inconclusive")], 2: [seed("inconclusive")]},
+                                    [0, 1, 2])[0].claim
+    assert one_of_three.verdict == "reproduces" and one_of_three.control_verdicts == {"weight-noise": "inconclusive"}

@@ -85,9 +85,10 @@ class SeededClaim:
 
 def pooled(claims: Sequence[Claim]) -> Claim:
     """One claim from the same claim on several seeds (:func:`toolkit.evaluation.verdicts.pool`): the first seed's
-    record with the pooled estimate, interval and p-values (both ends), ``n`` summed over independent seeds, and
-    ``seeds_disagree`` when seeds decided opposite ways. One seed, or a seed without a finite estimate: that
-    seed's claim (the latter as not measured)."""
+    record with the pooled estimate, interval and p-values (both ends), ``n`` summed over independent seeds,
+    ``seeds_disagree`` when seeds decided opposite ways, and each in-study control's verdict (e.g. notebook 06's
+    weight-noise control) *reproduces* where it reproduced on at least half the seeds that ran it. One seed: that
+    seed's claim."""
     first = claims[0]
     if len(claims) == 1:
         return first
@@ -104,8 +105,12 @@ def pooled(claims: Sequence[Claim]) -> Claim:
                           independent=independent)[2]
     n = sum(c.n for c in claims) if independent and all(c.n for c in claims) else first.n
     decided = {c.verdict for c in claims}
+    controls = {}
+    for name in dict.fromkeys(k for c in claims for k in c.control_verdicts):
+        ran = [c.control_verdicts[name] for c in claims if name in c.control_verdicts]
+        controls[name] = "reproduces" if 2 * ran.count("reproduces") >= len(ran) else "inconclusive"
     return replace(first, estimate=est, ci=ci, p_value=p, p_opposite=opposite, p_floor=floor, n=n,
-                   p_adjusted=None, holm_factor=1, control_verdicts={},
+                   p_adjusted=None, holm_factor=1, control_verdicts=controls,
                    seeds_disagree={"reproduces", "contradicts"} <= decided)
 
 
@@ -166,7 +171,8 @@ def with_controls(claims: Sequence[Claim | SeededClaim], controls: Mapping[str, 
         claim = _claim(c)
         seen = {name: v[(claim.notebook, claim.id)] for name, v in by_control.items()
                 if name in claim.controls and (claim.notebook, claim.id) in v}
-        out.append(_with_claim(c, replace(claim, control_verdicts=seen)) if seen else c)
+        merged = {**claim.control_verdicts, **seen}
+        out.append(_with_claim(c, replace(claim, control_verdicts=merged)) if seen else c)
     return out
 
 
