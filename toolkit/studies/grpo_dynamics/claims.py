@@ -191,12 +191,17 @@ def finding(sesoi: float, reason: str, paper_effect: str = "", controls=TRAINED,
             "controls": controls, **units}
 
 
-def head_count(label: str, **units) -> dict:
-    """A count of heads an arm adds: SESOI one head (half the paper's share of emergent heads is at most one head
-    of the organism's 16)."""
+def head_sesoi(share: float, total: int, what: str) -> tuple[float, str]:
+    """Half the paper's ``share`` of the heads, scaled to this model's ``total`` heads, at least one head."""
+    size = max(1.0, float(np.ceil(share / 2 * total)))
+    return size, (f"half the paper's {what} ({share:.1%} of its heads) of this model's {total} heads, at least one "
+                  f"head: {size:g}")
+
+
+def head_count(label: str, total: int, **units) -> dict:
+    """A count of heads an arm adds: SESOI half the paper's share of emergent heads (:func:`head_sesoi`)."""
     k = TABLE1[label]
-    return finding(1.0, f"one head: half the paper's share of emergent heads ({k} of {QWEN_HEADS}, "
-                        f"{16 * k / QWEN_HEADS:.1f} of the organism's 16) rounds up to one head",
+    return finding(*head_sesoi(k / QWEN_HEADS, total, "share of emergent heads"),
                    f"{k} emergent heads of {QWEN_HEADS} (Table 1)", **units)
 
 
@@ -253,7 +258,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                        statement=f"After {label} the circuit holds heads the start model's circuit lacks.",
                        measure=(f"heads whose inclusion frequency at the final {label} checkpoint exceeds the start "
                                 f"model's by more than the base-vs-itself margin ({t.margin:.2f}; {inputs} pairs): "
-                                f"{_names(t.heads)}"), **head_count(label, **pairs),
+                                f"{_names(t.heads)}"), **head_count(label, n_layers * n_heads, **pairs),
                        estimate=t.count, ci=_ci(t.count_samples, t.count), p_value=t.count_p, null=t.count_null(),
                        direction=+1)
             claims.add(f"{label.lower()}-set-difference-beyond-null:{inputs}", paper=PAPER, section=section,
@@ -262,7 +267,7 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                        measure=(f"heads in the final {label} circuit and not in the start model's ({inputs} pairs): "
                                 f"{_names(t.set_difference)}"), estimate=len(t.set_difference),
                        ci=_ci(t.set_difference_samples, len(t.set_difference)), p_value=t.set_difference_p,
-                       null=t.set_difference_null(), direction=+1, **head_count(label, **pairs))
+                       null=t.set_difference_null(), direction=+1, **head_count(label, n_layers * n_heads, **pairs))
     g = tests.final("fixed", "GRPO")
     pairs = {"n": tests.base["fixed"].n_pairs, "unit": "pairs"}
     null_sd = tests.nulls["fixed"].set_difference
@@ -278,9 +283,8 @@ def build(runs: Mapping[str, TrainingRun], analysis: Analysis, series: Mapping[s
                             "fixed pairs"),
                    estimate=diff, ci=_ci(s_.set_difference_samples - g.set_difference_samples, diff),
                    p_value=empirical_p(diff, null_diff), direction=+1,
-                   **finding(1.0, f"one head: half the paper's difference ({label} {TABLE1[label]} − GRPO 19 = {k} "
-                                  f"of {QWEN_HEADS} heads, {16 * k / QWEN_HEADS / 2:.1f} of the organism's 16) is "
-                                  "below one head", f"{TABLE1[label]} vs 19 emergent heads (Table 1)", **pairs),
+                   **finding(*head_sesoi(k / QWEN_HEADS, n_layers * n_heads, f"difference ({label} − GRPO)"),
+                             f"{TABLE1[label]} vs 19 emergent heads (Table 1)", **pairs),
                    null=Null.from_samples("base-vs-itself", null_diff, "difference of two base-vs-itself "
                                           "set-difference counts (resampled start-model circuits)"))
         o = cmp.overlap_test(tests.final_bootstrap("fixed", "GRPO"), tests.final_bootstrap("fixed", label),

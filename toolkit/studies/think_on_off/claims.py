@@ -48,8 +48,8 @@ _TABLE3 = "Qwen3-8B pass@1, Table 3"
 DECLARED = {
     "think-on-beats-off": (0.06, "half of the paper's smallest think-on gain (MATH, +12.4 points)",
                            f"MATH 93.8 vs 81.4, AIME'24 80.0 vs 30.0 ({_TABLE3})"),
-    "off-circuit-has-more-heads": (1.0, "one head of the organism's 16 (the paper's 'much larger' set has no count)",
-                                   ""),
+    "off-circuit-has-more-heads": (1.0, "one head, the smallest difference a count can show (the paper's 'much "
+                                        "larger' set has no count)", ""),
     "on-heads-shared-with-off": (0.1, "a share of 0.6 is the least that 'most of its heads' means (no number in the "
                                       "paper)", ""),
     "off-circuit-needs-more-edges": (10.0, "the sweep's step, 10 edges: a smaller difference cannot be resolved", ""),
