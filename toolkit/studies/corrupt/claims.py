@@ -49,10 +49,6 @@ def _paired(a, b, seed: int, direction: int = 1) -> dict:
                                    seed=seed)
 
 
-def _ci(boots: np.ndarray, estimate: float) -> tuple[float, float]:
-    return percentile_ci(boots, estimate)
-
-
 ACCURACY = dict(sesoi=ACCURACY_SESOI, sesoi_reason="a quarter of the paper's change (Table 2: correct -> incorrect, "
                 "about 100 accuracy points)", paper_effect="correct -> incorrect (Table 2)", controls=TRAINING)
 
@@ -155,7 +151,7 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
             relative = paper[0] / paper[1] - 1  # divergence scales with the model: the paper's change, relative
             out.add(cid, paper=PAPER, section=where, statement=text,
                     measure=f"divergence of {x} − divergence of {y} (nats/token, re-measured on every problem)",
-                    estimate=est, ci=_ci(boots, est), p_value=bootstrap_p(boots, direction=1), direction=1,
+                    estimate=est, ci=percentile_ci(boots, est), p_value=bootstrap_p(boots, direction=1), direction=1,
                     null=Null.from_samples("bootstrap-resample", boots - est, "difference re-centred at 0 "
                                            "(bootstrap over validation and training problems)"),
                     sesoi=max(1e-3, relative / 2 * ours),
