@@ -25,3 +25,14 @@ def tiny(request, tiny_dirs):
     from toolkit.core.models import load
 
     return load(str(tiny_dirs[request.param]))
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any attempt to load weights fails the test: refusals must come before loading."""
+    from toolkit.core import models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the refusal")
+
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", refuse)

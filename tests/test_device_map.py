@@ -16,15 +16,6 @@ GIB = 2**30
 
 
 @pytest.fixture
-def no_loading(monkeypatch):
-    """Any attempt to load weights fails the test: refusals must come first."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("weights were loaded before the device_map was checked")
-
-    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", refuse)
-
-
-@pytest.fixture
 def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

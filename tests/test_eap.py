@@ -4,6 +4,8 @@ The reference (:mod:`toolkit.reference.eap`) is written from the HF weights alon
 float64 forward of Qwen2/Qwen3 in which every target has its own copy of its input, rows run one by one.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -219,3 +221,31 @@ def test_benchmark_compare_runs_on_a_tiny_model(tiny_dirs):
     res = bench.compare(loaded, plain, _pairs(), steps=2, repeats=1, warmup=False)
     assert res["ratio"] > 0 and set(res["seconds"]) == {"eap_ig", "plain_fwd_bwd", "plain_fwd_bwd_frozen"}
     assert all(p.requires_grad is False for p in loaded.hf.parameters())  # attribute() restored the frozen state
+
+
+# --------------------------------------------------------------- faults: pairs that cannot attribute anything
+def test_identical_pairs_are_refused_not_scored_to_a_silent_nan():
+    p = _pairs()
+    with pytest.raises(eap.EAPError, match=r"every one of the 3 pairs has identical clean and corrupted inputs.*"
+                                           r"build corrupted inputs that differ"):
+        eap.Pairs(p.clean_ids, p.clean_ids.clone(), p.lengths, p.positions, p.clean_label, p.corrupted_label)
+    mixed = p.corrupted_ids.clone()
+    mixed[1] = p.clean_ids[1]
+    with pytest.warns(UserWarning, match=r"1 of 3 pairs have identical clean and corrupted inputs \(rows \[1\]\)"):
+        eap.Pairs(p.clean_ids, mixed, p.lengths, p.positions, p.clean_label, p.corrupted_label)
+
+
+def test_all_zero_or_nan_scores_are_refused_by_select_and_an_undefined_recovery_warns(tiny64):
+    scores = eap.attribute(tiny64, _pairs(), method="eap", metric="kl")
+    zero = eap.Scores(torch.zeros_like(scores.values), scores.graph, valid=scores.valid)
+    with pytest.raises(eap.EAPError, match="every edge scores exactly 0: the clean and corrupted runs do not differ"):
+        eap.select(zero, top_n=5)
+    nan = scores.values.clone()
+    nan[tuple(scores.valid.nonzero()[0].tolist())] = float("nan")
+    with pytest.raises(eap.EAPError, match="1 edge scores are NaN"):
+        eap.select(eap.Scores(nan, scores.graph, valid=scores.valid), top_n=5)
+    p = _pairs()  # logit_diff with equal labels reads 0 on both runs: nothing to recover
+    same_label = eap.Pairs(p.clean_ids, p.corrupted_ids, p.lengths, p.positions, p.clean_label, p.clean_label)
+    with pytest.warns(UserWarning, match=r"the clean and corrupted inputs give the same metric .* undefined \(NaN\)"):
+        result = eap.faithfulness(tiny64, same_label, eap.select(scores, top_n=5), metric="logit_diff")
+    assert math.isnan(result["recovered"])

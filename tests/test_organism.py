@@ -301,8 +301,9 @@ def test_held_out_report_grades_like_a_hand_written_generate_extract_grade_loop(
 
 
 def test_the_shipped_checkpoints_match_the_current_recipe():
-    """Any byte of the recipe's sources (tasks.py, tokenizer.py, docstrings included) is in the hash: changing one
-    without rebuilding makes every load of the shipped organism warn that its weights came from another recipe."""
+    """Any byte of the recipe's sources (tasks.py, tokenizer.py, docstrings included) and the text of the build's
+    training code (comment lines aside) is in the hash: changing one without rebuilding makes every load of the shipped
+    organism warn that its weights came from another recipe."""
     from toolkit.core.specs import ORGANISMS, data_dir
 
     for name in ORGANISMS:

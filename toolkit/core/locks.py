@@ -32,7 +32,7 @@ class FileLock:
 
     def _holder(self) -> str:
         try:
-            text = self.path.read_text().strip()
+            text = self.path.read_text(errors="replace").strip()
         except OSError:
             return ""
         return text

@@ -11,6 +11,9 @@ Policy: bf16 on GPU, fp32 on CPU (fp16 overflows in Qwen3); safetensors only; ne
 
 Checks at load (each failure is a :class:`ModelLoadError` naming the folder and the fix):
 
+- a config that does not load is diagnosed from its ``config.json`` (:func:`load_config`): custom code (``auto_map``,
+  never run), a ``model_type`` this transformers does not know, a file that does not parse; offline mode is named only
+  for a hub name that is not in the local cache;
 - a local folder needs ``config.json``, ``*.safetensors`` weights and tokenizer files: ``tokenizer.json``, or
   ``tokenizer_config.json`` with the vocabulary files its ``tokenizer_class`` needs (``vocab.json`` and
   ``merges.txt`` for Qwen's); without them transformers builds a one-token stand-in that encodes everything to ``[]``;
@@ -19,20 +22,8 @@ Checks at load (each failure is a :class:`ModelLoadError` naming the folder and 
   :func:`toolkit.core.chat.chat_prompts`) that renders the probe; every id of the probe and of its chat prompt is
   below the model's vocabulary size; every parameter is finite (the first NaN/inf tensor is named).
 
-Models larger than one GPU: ``load(spec, device_map="auto")`` (or ``"balanced"``, ``"balanced_low_0"``,
-``"sequential"``, or a dict ``{module name: GPU index}``) passes ``device_map`` to ``from_pretrained``, which splits
-the layers across the visible GPUs (accelerate's dispatch hooks move activations between them); the model is not
-moved afterwards, and the TransformerBridge wraps the dispatched model as it is (transformer_lens 4.x takes the
-placement from ``hf.hf_device_map``: ``cfg.device`` is the embedding's GPU, ``cfg.n_devices`` the number of GPUs).
-The bridge's own ``device_map``/``n_devices``/``max_memory`` options apply only when it loads the model itself, which
-the toolkit never lets it do (it loads the weights first, to check them), so they are not used. Inputs go to the
-embedding's device (``next(hf.parameters()).device``, what every caller already uses). Refused before anything is
-loaded (:func:`check_device_map`): ``device_map`` on a machine without CUDA; ``device_map`` with an explicit
-``device``; an unknown strategy; a dict entry that is not a GPU of this machine (CPU/disk offload: the bridge refuses
-a model split between GPUs and CPU/disk). Refused after loading: ``"auto"`` offloading modules to CPU/disk because
-the GPUs are too small. On one GPU a map is the same as ``device="cuda"``.
-:func:`toolkit.methods.eap.memory.check_memory` budgets each GPU for the layers it holds. Tested on CPU with CUDA
-faked (``tests/test_device_map.py``); not yet run on two GPUs.
+Where the model goes (``device``, or ``device_map`` for a model larger than one GPU) is checked before anything is
+loaded: :mod:`toolkit.core.placement`.
 
 Positions: :func:`max_positions` is the model's ``max_position_embeddings``; :func:`check_length` refuses a
 sequence (plus the tokens still to generate) longer than that, since positions past it give garbage without an
@@ -53,6 +44,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from toolkit.core.io import recover_dir
+from toolkit.core.placement import DEVICE_MAP_STRATEGIES as DEVICE_MAP_STRATEGIES  # re-exported
+from toolkit.core.placement import check_device_map, check_dispatched, resolve_device, whole_on_cpu
 from toolkit.core.specs import ModelLoadError, check_organism, organism_dir, organism_spec, random_spec
 
 if TYPE_CHECKING:  # transformer_lens takes seconds to import; load() imports it when it builds a bridge
@@ -60,8 +53,8 @@ if TYPE_CHECKING:  # transformer_lens takes seconds to import; load() imports it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SUPPORTED_ARCHITECTURES = ("qwen2", "qwen3")
+FAMILIES = "Qwen2, Qwen2.5 or Qwen3"  # the model families of SUPPORTED_ARCHITECTURES (Qwen2.5 is model_type qwen2)
 PROBE = "Solve 2x + 3 = 7."  # the string a loaded tokenizer must encode (check_loaded)
-DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # from_pretrained's device_map names
 
 
 class LoadedModel(NamedTuple):
@@ -118,12 +111,6 @@ def bridge_of(model: LoadedModel | TransformerBridge, param: str) -> Transformer
                     "toolkit.load(spec) and pass what it returns")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -168,7 +155,7 @@ def _check_tokenizer_files(path: Path) -> None:
                              f"with its vocabulary files; found: {sorted(p.name for p in path.iterdir())}); {fix}")
     try:
         declared = json.loads(config_file.read_text()).get("tokenizer_class")
-    except (json.JSONDecodeError, AttributeError) as err:
+    except (ValueError, AttributeError) as err:  # ValueError: not JSON, or not UTF-8
         raise ModelLoadError(f"{config_file} is not a JSON object ({err}); {fix}") from err
     needed = ["vocab.json", "merges.txt"]  # Qwen2Tokenizer's, the class Qwen2/Qwen3 folders declare
     try:
@@ -185,23 +172,72 @@ def _check_tokenizer_files(path: Path) -> None:
                              f"tokenizer.json nor {', '.join(missing)}; {fix}")
 
 
+def _hub_config(name: str) -> tuple[bool, Path | None]:
+    """Whether ``name`` is a hub repo id, and its ``config.json`` in the local Hugging Face cache (``None``: not
+    there)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id (huggingface_hub raises its own validation error)
+        return False, None
+    return True, Path(hit) if isinstance(hit, str) else None
+
+
+def _config_error(spec: str, source: str, err: Exception) -> ModelLoadError:
+    """Why the config of ``spec`` (resolved to ``source``) does not load, read from its ``config.json``: custom code
+    (``auto_map``), a model_type transformers does not know, a file that does not parse; else ``err``, said to be
+    offline only for a hub name that is not in the local cache while ``HF_HUB_OFFLINE=1``."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    local = Path(source).is_dir()
+    hub, file = (False, Path(source) / "config.json") if local else _hub_config(source)
+    where = f"model folder {source}" if local else f"model {spec!r} (cached at {file})"
+    fields = None
+    if file is not None:
+        try:
+            fields = json.loads(file.read_text())
+        except (OSError, ValueError) as bad:
+            return ModelLoadError(f"the config.json of {where} does not parse ({bad}); restore it from the model's "
+                                  "source")
+    if isinstance(fields, dict):
+        model_type = fields.get("model_type")
+        known = isinstance(model_type, str) and model_type in CONFIG_MAPPING
+        auto_map = fields.get("auto_map")
+        if auto_map and not known:
+            names = ", ".join(map(str, auto_map)) if isinstance(auto_map, dict) else repr(auto_map)
+            return ModelLoadError(
+                f"the config.json of {where} asks for custom (remote) code (auto_map: {names}; model_type "
+                f"{model_type!r}), which the toolkit never runs (trust_remote_code is never enabled); use a "
+                f"{FAMILIES} checkpoint in transformers' own format (model_type "
+                f"{' or '.join(SUPPORTED_ARCHITECTURES)}, no auto_map: what save_pretrained writes)")
+        if not known:
+            what = "no model_type" if model_type is None else f"model_type {model_type!r}, which transformers " \
+                f"{transformers.__version__} does not know"
+            return ModelLoadError(
+                f"the config.json of {where} has {what}; the toolkit loads {FAMILIES} checkpoints (model_type "
+                f"{' or '.join(SUPPORTED_ARCHITECTURES)}): use one of those, or correct model_type in {file}")
+    offline = hub and file is None and os.environ.get("HF_HUB_OFFLINE") == "1"
+    return ModelLoadError(
+        f"cannot load model {spec!r}"
+        + (" while offline (HF_HUB_OFFLINE=1), and it is not in the local Hugging Face cache" if offline else "")
+        + f": {str(err).splitlines()[0] if str(err) else type(err).__name__}\nUse model='organism' (the embedded "
+        "model organism), a local folder with config.json and safetensors weights, or a hub name on a machine that "
+        "can download it")
+
+
 def load_config(spec: str):
-    """The HF config of ``spec``, with clear errors for offline/unknown names, unsupported models and local folders
-    without tokenizer files."""
+    """The HF config of ``spec``, with clear errors for custom code, unknown model types, hub names missing offline,
+    unsupported models and local folders without tokenizer files."""
     source = resolve(spec)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise ModelLoadError(
-            f"cannot load model {spec!r}"
-            + (" while offline (HF_HUB_OFFLINE=1)" if offline else "")
-            + f": {str(err).splitlines()[0]}\nUse model='organism' (the embedded model organism), a local "
-            f"folder with config.json and safetensors weights, or a hub name on a machine that can download it"
-        ) from err
+        raise _config_error(spec, source, err) from err
     if config.model_type not in SUPPORTED_ARCHITECTURES:
-        raise ModelLoadError(
-            f"model {spec!r} has architecture {config.model_type!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        raise ModelLoadError(f"model {spec!r} has architecture {config.model_type!r}; supported: "
+                             f"{', '.join(SUPPORTED_ARCHITECTURES)} ({FAMILIES} checkpoints)")
     if Path(source).is_dir():
         _check_tokenizer_files(Path(source))
     return config
@@ -283,66 +319,6 @@ def check_length(model, n_tokens: int, what: str, max_new_tokens: int = 0, error
                 "past it give garbage); shorten it")
 
 
-def _gpu_index(target) -> int | None:
-    """The CUDA index a device_map value names (``1``, ``"cuda:1"``, ``torch.device("cuda", 1)``; ``"cuda"`` is 0),
-    or ``None`` for anything else (``"cpu"``, ``"disk"``, ``"meta"``, ...)."""
-    if isinstance(target, bool):
-        return None
-    if isinstance(target, int):
-        return target
-    try:
-        device = torch.device(target)
-    except (RuntimeError, TypeError):
-        return None
-    return (device.index or 0) if device.type == "cuda" else None
-
-
-def check_device_map(device_map, device: str = "auto") -> None:
-    """Refuse a ``device_map`` that :func:`load` cannot run, before anything is loaded (module docstring), with a
-    :class:`ModelLoadError` naming the option and what to do instead. ``None`` passes."""
-    if device_map is None:
-        return
-    if device != "auto":
-        raise ModelLoadError(f"device_map={device_map!r} and device={device!r} both say where the model goes: "
-                             "device_map splits it across GPUs, device puts it whole on one device; pass one of "
-                             "them (leave device='auto' with device_map)")
-    if not torch.cuda.is_available():
-        raise ModelLoadError(f"device_map={device_map!r} splits a model across CUDA GPUs, but this machine has none "
-                             f"(torch {torch.__version__}: torch.cuda.is_available() is False); drop device_map to "
-                             "load the model whole on the CPU, or run on a machine with GPUs")
-    if isinstance(device_map, str):
-        if device_map not in DEVICE_MAP_STRATEGIES:
-            raise ModelLoadError(f"device_map={device_map!r} is not a placement strategy; use one of "
-                                 f"{', '.join(DEVICE_MAP_STRATEGIES)}, or a dict {{module name: GPU index}}")
-        return
-    if not isinstance(device_map, dict) or not device_map:
-        raise ModelLoadError(f"device_map must be a strategy ({', '.join(DEVICE_MAP_STRATEGIES)}) or a non-empty dict "
-                             f"{{module name: GPU index}}, got {device_map!r} ({type(device_map).__name__})")
-    n_gpus = torch.cuda.device_count()
-    for module, target in device_map.items():
-        index = _gpu_index(target)
-        if index is None or not 0 <= index < n_gpus:
-            raise ModelLoadError(
-                f"device_map[{module!r}] = {target!r} is not a GPU of this machine (it has {n_gpus}: 0..{n_gpus - 1}); "
-                "map every module to a GPU index (the TransformerBridge refuses a model split between GPUs and "
-                "CPU/disk offload), or drop device_map to load on one device")
-
-
-def _check_dispatched(hf, spec: str, device_map) -> None:
-    """Refuse a model that ``device_map`` left partly on CPU/disk (the GPUs were too small for it)."""
-    placed = getattr(hf, "hf_device_map", None) or {}
-    offloaded = [name for name, target in placed.items() if _gpu_index(target) is None]
-    if offloaded:
-        free = "; ".join(f"cuda:{i} {torch.cuda.mem_get_info(i)[0] / 2**30:.1f} GiB free"
-                         for i in range(torch.cuda.device_count()))
-        names = ", ".join(offloaded[:3]) + (", ..." if len(offloaded) > 3 else "")
-        raise ModelLoadError(
-            f"device_map={device_map!r} put {len(offloaded)} module{'s' * (len(offloaded) != 1)} of {spec!r} on "
-            f"CPU/disk ({names}): it does not fit on the GPUs ({free}), and the TransformerBridge cannot run a model "
-            "split between GPUs and CPU/disk; free GPU memory, use more or larger GPUs, or load in a smaller dtype "
-            "(dtype=torch.bfloat16)")
-
-
 def load_weights(spec: str, dtype: torch.dtype, device_map: str | dict | None = None) -> PreTrainedModel:
     """``spec``'s HF model (CPU, or placed by ``device_map``): its safetensors; for ``random:<inner>``, the inner config
     with weights drawn on the CPU in fp32 with :func:`~toolkit.core.specs.random_spec`'s seed, cast to ``dtype``."""
@@ -371,21 +347,23 @@ def load(spec: str = "organism", device: str = "auto", dtype: torch.dtype | None
     """Load ``spec`` (``"organism"``, ``"organism-base"``, a local folder, a hub name, or ``"random:<any of them>"``).
 
     Returns ``(hf, tokenizer, bridge, spec)``; the model is in eval mode with gradients off for parameters. The
-    tokenizer pads on the left for batched generation. ``device_map`` splits a model across the GPUs (module
-    docstring); it excludes ``device``.
+    tokenizer pads on the left for batched generation. ``device_map`` splits a model across the GPUs
+    (:mod:`toolkit.core.placement`); it excludes ``device``, and ``{"": "cpu"}`` is ``device="cpu"``.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
     check_device_map(device_map, device)
+    if whole_on_cpu(device_map):  # {"": "cpu"}: the whole model on the CPU
+        device_map, device = None, "cpu"
+    device_ = resolve_device(device)
     load_config(spec)
     source = resolve(spec)
-    device_ = resolve_device(device)
     dtype = dtype or default_dtype(device_)
     hf = load_weights(spec, dtype, device_map)
     if device_map is None:
         hf.to(device_)
     else:
-        _check_dispatched(hf, spec, device_map)
+        check_dispatched(hf, spec, device_map)
     tokenizer = load_tokenizer(source)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

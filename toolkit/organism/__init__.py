@@ -24,18 +24,23 @@ from pathlib import Path
 
 from toolkit.core.specs import register_organism_check
 
+_WARNED: set[tuple[str, str | None, str]] = set()  # (folder, stored hash, current hash) already reported
+
 
 def check_recipe(path: Path, seed: int = 0) -> None:
-    """Warn when the organism folder ``path`` (build ``seed``) was built by another recipe than the current code's."""
+    """Warn when the organism folder ``path`` (build ``seed``) was built by another recipe than the current code's:
+    once per folder and pair of hashes in a process, however many times a load resolves the folder."""
     from toolkit.organism.recipe import Recipe, recipe_hash
 
     meta_file = path / "recipe.json"
     stored = json.loads(meta_file.read_text()).get("recipe_hash") if meta_file.exists() else None
-    if stored != recipe_hash(Recipe(seed=seed)):
+    current = recipe_hash(Recipe(seed=seed))
+    if stored != current and (key := (str(path.resolve()), stored, current)) not in _WARNED:
+        _WARNED.add(key)
         warnings.warn(
-            f"{path.name}: the shipped weights were built by recipe {stored}, but the current recipe is "
-            f"{recipe_hash(Recipe(seed=seed))}; rebuild with `python -m toolkit build-organism"
-            f"{f' --seed {seed}' if seed else ''}` to match the code",
+            f"{path.name}: the shipped weights were built by recipe {stored}, but the current recipe is {current} "
+            f"(its knobs, task and tokenizer sources, and the build's training code); rebuild with "
+            f"`python -m toolkit build-organism{f' --seed {seed}' if seed else ''}` to match the code",
             stacklevel=4)
 
 

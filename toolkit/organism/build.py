@@ -150,18 +150,32 @@ def save_state(folder: Path, model: PreTrainedModel, opt: torch.optim.Optimizer,
 
 
 def load_state(folder: Path, model: PreTrainedModel, opt: torch.optim.Optimizer, sched,
-               rng: random.Random) -> tuple[int, list, dict, tuple[str, ...]]:
+               rng: random.Random) -> tuple[int, list, dict, tuple[str, ...]] | None:
     """Restore what :func:`save_state` wrote into ``model``, ``opt``, ``sched`` and ``rng`` (and the torch RNG);
-    returns ``(step, history, done, brief)``. A damaged state says which file and what to do."""
-    from safetensors.torch import load_file, load_model
+    returns ``(step, history, done, brief)``. A damaged state (a file that does not open, or lacks its keys) is
+    reported, removed and ``None`` returned, so the stage trains again from its start, like the other caches: every
+    file is read and checked before anything is restored, so a damaged one leaves the model as it was."""
+    from safetensors.torch import load_file
 
     try:
         meta = json.loads((folder / STATE_JSON).read_text())
-        load_model(model, str(folder / MODEL_FILE))
+        missing = [k for k in ("step", "history", "done", "param_groups", "scheduler", "sampler_rng") if k not in meta]
+        if missing:
+            raise KeyError(f"{STATE_JSON} lacks {missing}")
+        weights = load_file(str(folder / MODEL_FILE))
         tensors = load_file(str(folder / OPTIM_FILE))
+        if "torch_rng" not in tensors:
+            raise KeyError(f"{OPTIM_FILE} lacks the torch RNG state")
+        own = model.state_dict()
+        if (len(weights) < len(dict(model.named_parameters()))
+                or any(k not in own or own[k].shape != v.shape for k, v in weights.items())):
+            raise KeyError(f"{MODEL_FILE} does not hold this model's weights")
     except Exception as err:
-        raise RuntimeError(f"the build checkpoint {folder} is damaged ({type(err).__name__}: {str(err)[:200]}); "
-                           f"delete that folder to restart this stage") from err
+        warnings.warn(f"the build checkpoint {folder} is damaged ({type(err).__name__}: {str(err)[:200]}); removed it, "
+                      f"so this stage trains again from its start", stacklevel=2)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    model.load_state_dict(weights, strict=False)  # tied weights are saved once and shared
     torch.set_rng_state(tensors.pop("torch_rng"))
     state: dict[int, dict] = {}
     for key, value in tensors.items():
@@ -190,8 +204,9 @@ def train_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reci
     sampler = Sampler(recipe, tokenizer, think_fraction, exclude, seed, mix, brief)
     ckpt_dir = recover_dir(work_dir / name)
     start, history, done = 0, [], {"seconds": 0.0, "tokens": 0}  # done: totals over earlier sessions
-    if (ckpt_dir / STATE_JSON).exists():
-        start, history, done, sampler.brief = load_state(ckpt_dir, model, opt, sched, sampler.rng)
+    resumed = load_state(ckpt_dir, model, opt, sched, sampler.rng) if ckpt_dir.exists() else None
+    if resumed is not None:
+        start, history, done, sampler.brief = resumed
         print(f"[{name}] resuming from step {start}")
 
     def save(step: int) -> None:

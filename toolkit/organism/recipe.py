@@ -1,12 +1,13 @@
 """The organism's recipe: every knob of the build, the held-out evaluation sets, and the recipe hash stored beside the
-shipped weights (sha256 over the recipe and the sources that define the data and tokenizer, so that loading can warn
-when the weights no longer match the code)."""
+shipped weights (sha256 over the recipe, the sources that define the data and tokenizer, and the build's training code,
+so that loading can warn when the weights no longer match the code)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from toolkit.organism import tasks
 
 @dataclass
 class Recipe:
-    """Every knob of the organism build. Its hash (with the task and tokenizer sources) is stored
+    """Every knob of the organism build. Its hash (with the task and tokenizer sources and the training code) is stored
     beside the weights, so loading can warn when the shipped weights no longer match the recipe."""
 
     seed: int = 0
@@ -80,11 +81,35 @@ QUICK = dict(base_steps=12, steps=12, base_check_every=4, base_check_until=8, ba
              batch_size=16, warmup_steps=4, checkpoint_every=10, eval_per_task=8, max_new_tokens_think=120)
 
 
+BUILD_FILE = Path(__file__).parent / "build.py"
+TRAINING_CODE = ("Sampler", "pack", "train_stage", "BaseSnapshot", "_build")
+"""The definitions of ``build.py`` that decide what the build trains (data, optimizer, loop, snapshot, stages); saving,
+resuming and locking are left out, so a change there does not ask for a rebuild."""
+
+
+def training_source(names: tuple[str, ...] = TRAINING_CODE) -> str:
+    """The text of ``build.py``'s top-level definitions ``names``, without comment-only lines or trailing spaces
+    (read as text, not imported: ``build`` imports this module)."""
+    lines = BUILD_FILE.read_text().splitlines()
+    blocks, current = {}, None
+    for line in lines:
+        if line and not line[0].isspace() and not line.startswith((")", "#")):
+            match = re.match(r"(?:def|class)\s+(\w+)", line)
+            current = match.group(1) if match else None
+        if current in names and line.strip() and not line.lstrip().startswith("#"):
+            blocks.setdefault(current, []).append(line.rstrip())
+    if missing := [name for name in names if name not in blocks]:
+        raise RuntimeError(f"build.py no longer defines {missing}; update recipe.TRAINING_CODE")
+    return "\n".join("\n".join(blocks[name]) for name in names)
+
+
 def recipe_hash(recipe: Recipe) -> str:
-    """sha256 over the recipe and the sources that define the data and tokenizer."""
+    """sha256 over the recipe, the sources that define the data and tokenizer, and the build's training code
+    (:func:`training_source`: optimizer settings, clipping and the loop are part of the recipe)."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode())
     for module in ("tasks.py", "tokenizer.py"):
         h.update((Path(__file__).parent / module).read_bytes())
+    h.update(training_source().encode())
     return h.hexdigest()[:16]
 
 

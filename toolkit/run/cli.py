@@ -24,8 +24,21 @@ def _list_unfinished(run_folder: Path) -> int:
     return len(unfinished)
 
 
+def _unwritable(folder: Path, what: str) -> bool:
+    """Print ``error: …`` naming ``folder`` and the fix, and return True, when it cannot be made a folder to write
+    into (:func:`toolkit.core.io.folder_problem`; created if missing): checked before any work starts."""
+    from toolkit.core.io import folder_problem
+
+    problem = folder_problem(folder)
+    if problem:
+        print(f"error: cannot write {what} into {folder}: {problem}; give --out a folder you can write to",
+              file=sys.stderr)
+    return problem is not None
+
+
 def _run(args: argparse.Namespace) -> int:
-    """Exit 0 when every notebook ran, 1 when one failed, 2 when the run was refused, 130 on Ctrl-C."""
+    """Exit 0 when every notebook ran, 1 when one failed, 2 when the run was refused (before any kernel starts: an
+    unknown notebook, a bad parameter or model spec, an ``--out`` that cannot be written), 130 on Ctrl-C."""
     from toolkit.run import runner
 
     try:
@@ -46,7 +59,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _build_organism(args: argparse.Namespace) -> int:
     """Build the organism (seed 0: the shipped build, into data/) or a replicate (``--seed N``: into the cache, loaded
-    as ``organism@N``); exit 2 for a negative seed."""
+    as ``organism@N``); exit 2 for a negative seed, an output folder that cannot be written, or a build of the same
+    folder already running (its lock is held)."""
+    from toolkit.core.locks import LockError
     from toolkit.core.specs import organism_dir
     from toolkit.organism.recipe import QUICK, Recipe
     from toolkit.studies.organism import build_organism, format_report
@@ -58,8 +73,15 @@ def _build_organism(args: argparse.Namespace) -> int:
     if args.if_missing and all((out / name / "config.json").exists() for name in ("organism", "organism-base")):
         print(f"organism checkpoints found in {out}; not rebuilding")
         return 0
+    if _unwritable(out, "the organism"):
+        return 2
     recipe = Recipe(**QUICK, seed=args.seed) if args.quick else Recipe(seed=args.seed)
-    print(format_report(build_organism(out, recipe)))
+    try:
+        report = build_organism(out, recipe)
+    except LockError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
     return 0
 
 
@@ -84,19 +106,30 @@ def _train(args: argparse.Namespace) -> int:
 
 def _exercises(args: argparse.Namespace) -> int:
     """Regenerate the exercise and solution notebooks from their masters; with ``--check`` write nothing and exit 1
-    when one is missing or out of date."""
+    when one is missing or out of date. Either way exit 1 when notebooks remain whose master is gone (each missing
+    master is named with its notebooks: restore it or delete them), 2 when a master cannot be read or split."""
     from toolkit.core.io import REPO_ROOT
-    from toolkit.run.exercises import MasterError, generate
+    from toolkit.run import exercises
 
+    def shown(path: Path) -> Path:
+        return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+    root = exercises.EXERCISES_DIR
     try:
-        stale = generate(check=args.check)
-    except MasterError as e:
+        stale = exercises.generate(root, check=args.check)
+    except exercises.MasterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in stale:
-        print(f"{'out of date' if args.check else 'wrote'}: {path.relative_to(REPO_ROOT)}")
+        print(f"{'out of date' if args.check else 'wrote'}: {shown(path)}")
+    orphaned = exercises.orphans(root)
+    for master, notebooks in orphaned.items():
+        print(f"orphaned: {', '.join(str(shown(p)) for p in notebooks)} (their master {shown(master)} is missing)")
+    if orphaned:
+        print("restore each missing master (e.g. from git), or delete its notebooks", file=sys.stderr)
     if args.check and stale:
         print("run `python -m toolkit exercises` to regenerate them", file=sys.stderr)
+    if orphaned or (args.check and stale):
         return 1
     if not stale:
         print("exercise notebooks are up to date")
@@ -104,28 +137,36 @@ def _exercises(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    """Exit 0 when the two runs' numbers agree, 1 when they differ, 2 when a folder is missing."""
     from toolkit.run import compare
 
+    for folder in (args.before, args.after):
+        if not Path(folder).is_dir():
+            print(f"error: no run folder {folder}; give two run folders (runs/<stamp>)", file=sys.stderr)
+            return 2
     return compare.main(args.before, args.after, frozenset(args.ignore))
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     """Simulate every path of the verdict rule (:mod:`toolkit.evaluation.calibration`) and write the report; exit 1
-    when a path fails the bound (printed), 2 for an unknown path or a bad ``--reps``."""
+    when a path fails the bound (printed), 2 for an unknown path, a bad ``--reps`` or an ``--out`` that cannot be
+    written (checked before the simulation)."""
     from toolkit.core.io import REPO_ROOT
     from toolkit.evaluation import calibration
 
     reps = args.reps or (calibration.FAST_REPS if args.fast else calibration.DEFAULT_REPS)
-    try:
-        report = calibration.calibrate(reps, seed=args.seed, paths=args.path or None)
-    except (KeyError, ValueError) as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return 2
     # runs/calibration/calibration.json and docs/calibration.md are the full, default calibration of every path;
     # any other run writes its table beside its JSON, in runs/calibration/fast/ or custom/ unless --out says where
     full = not (args.out or args.fast or args.path or args.reps or args.seed)
     out = Path(args.out) if args.out else REPO_ROOT / "runs" / "calibration" / (
         "" if full else "fast" if args.fast else "custom")
+    if _unwritable(out, "the calibration report"):
+        return 2
+    try:
+        report = calibration.calibrate(reps, seed=args.seed, paths=args.path or None)
+    except (KeyError, ValueError) as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
     md = REPO_ROOT / "docs" / "calibration.md" if full else out / "calibration.md"
     flags = "".join([" --fast" if args.fast else "", f" --reps {args.reps}" if args.reps else "",
                      f" --seed {args.seed}" if args.seed else "", "".join(f" --path {p}" for p in args.path)])
@@ -143,8 +184,17 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    """The benchmark's exit status; 2 when its ``--out`` file cannot be written (checked before it runs)."""
     from toolkit import benchmarks
 
+    given = argparse.ArgumentParser(prog="python -m toolkit bench", add_help=False)
+    given.add_argument("--out")
+    out = given.parse_known_args(args.bench_args)[0].out
+    if out is not None and Path(out).is_dir():
+        print(f"error: --out {out} is a folder; give the path of the results file (.json)", file=sys.stderr)
+        return 2
+    if out is not None and _unwritable(Path(out).parent, "the benchmark results"):
+        return 2
     return benchmarks.main(args.bench_args)
 
 
@@ -190,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("exercises", help="regenerate notebooks/exercises/ (exercises and solutions) from the masters "
                                          "in notebooks/exercises/masters/")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a notebook is out of date")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if a notebook is out of date (or its master is missing)")
     p.set_defaults(func=_exercises)
 
     p = sub.add_parser("compare", help="compare every number of two run folders' results and claims (timings and "

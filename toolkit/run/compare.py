@@ -12,9 +12,11 @@ not close.
 
 from __future__ import annotations
 
-import json
 import re
+import sys
 from pathlib import Path
+
+from toolkit.core.io import FileFormatError, read_json
 
 IGNORED_KEYS = {"seconds", "elapsed", "time", "timings", "path", "paths", "folder", "run_folder", "stamp", "started",
                 "finished", "figures", "figure", "kernel", "python", "build_seconds"}
@@ -40,7 +42,7 @@ def _flatten(value, prefix: str, out: dict, anchors: dict[str, str], ignore: fro
 
 def numbers(run: str | Path, ignore: frozenset[str] = frozenset()) -> dict[str, dict[str, object]]:
     """``{file relative to the run folder: {json path: value}}`` of every results and claims file of ``run``, keys in
-    ``ignore`` left out."""
+    ``ignore`` left out; :class:`~toolkit.core.io.FileFormatError` names a file that is not UTF-8 or not JSON."""
     run = Path(run).resolve()
     repo = next((p for p in run.parents if (p / "toolkit").is_dir()), run.parent)
     anchors = {str(run): "<run>", str(repo): "<repo>"}
@@ -48,7 +50,7 @@ def numbers(run: str | Path, ignore: frozenset[str] = frozenset()) -> dict[str, 
     out = {}
     for file in files:
         flat: dict[str, object] = {}
-        _flatten(json.loads(file.read_text()), "", flat, anchors, ignore)
+        _flatten(read_json(file, what="run file"), "", flat, anchors, ignore)
         out[str(file.relative_to(run))] = flat
     return out
 
@@ -68,11 +70,16 @@ def differences(before: str | Path, after: str | Path, ignore: frozenset[str] = 
 
 
 def main(before: str | Path, after: str | Path, ignore: frozenset[str] = frozenset()) -> int:
-    """Print the differences (or how many values agree); exit status 1 when there are any."""
+    """Print the differences (or how many values agree); exit status 1 when there are any, 2 (``error: …`` on
+    stderr) when a results or claims file is not UTF-8 or not JSON."""
     for folder in (before, after):
         if not Path(folder).is_dir():
             raise SystemExit(f"no run folder {folder}")
-    found = differences(before, after, ignore)
+    try:
+        found = differences(before, after, ignore)
+    except FileFormatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for line in found:
         print(line)
     if found:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import nbformat
 
-from toolkit.core.io import REPO_ROOT, atomic_write_text
+from toolkit.core.io import REPO_ROOT, FileFormatError, atomic_write_text, read_text
 
 EXERCISES_DIR = REPO_ROOT / "notebooks" / "exercises"
 KERNEL = {"display_name": "reasoning-circuits", "language": "python", "name": "reasoning-circuits"}
@@ -31,13 +31,21 @@ _MARKER = re.compile(r"^(\s*)# (BEGIN|END) (SOLUTION|EXERCISE)\s*$")
 
 
 class MasterError(ValueError):
-    """A master that cannot be split: an unclosed or nested block, an END without BEGIN (names file and line)."""
+    """A master that cannot be read or split: not UTF-8, an unclosed or nested block, an END without BEGIN (names file
+    and line)."""
+
+
+def _lines(text: str) -> list[str]:
+    """``text`` split into lines as Python splits source: at ``\\n``, ``\\r\\n`` or ``\\r`` only (:meth:`str.splitlines`
+    would also split at U+2028, U+0085 and the other Unicode line breaks, which Python keeps inside a line, in a string
+    literal say)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def parse(text: str, source: str = "<master>") -> list[tuple[str, str]]:
     """``[(cell type, source)]`` of a master (markers kept; blank lines around each cell trimmed)."""
     cells: list[tuple[str, list[str]]] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         m = _CELL.match(line)
         if m:
             cells.append(("markdown" if m.group(1) else "code", []))
@@ -58,7 +66,7 @@ def render(code: str, solution: bool, source: str = "<master>") -> str:
     """One code cell's source in the solution (``solution=True``) or the exercise version."""
     out: list[str] = []
     block: str | None = None
-    for number, line in enumerate(code.splitlines(), 1):
+    for number, line in enumerate(_lines(code), 1):
         m = _MARKER.match(line)
         if m:
             indent, edge, kind = m.groups()
@@ -104,7 +112,10 @@ def targets(master: Path, root: Path = EXERCISES_DIR) -> dict[str, Path]:
 
 def rendered(master: Path, root: Path = EXERCISES_DIR) -> dict[Path, str]:
     """``{notebook path: its JSON text}`` for both notebooks of ``master``."""
-    text = master.read_text()
+    try:
+        text = read_text(master, what="exercise master")
+    except FileFormatError as err:
+        raise MasterError(str(err)) from None
     return {path: nbformat.writes(build(text, kind == "solution", str(master))) + "\n"
             for kind, path in targets(master, root).items()}
 
@@ -120,9 +131,21 @@ def generate(root: Path = EXERCISES_DIR, check: bool = False) -> list[Path]:
     stale = []
     for master in masters(root):
         for path, text in rendered(master, root).items():
-            if not path.exists() or path.read_text() != text:
+            if not path.exists() or path.read_text(encoding="utf-8", errors="replace") != text:
                 stale.append(path)
                 if not check:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     atomic_write_text(path, text)
     return stale
+
+
+def orphans(root: Path = EXERCISES_DIR) -> dict[Path, list[Path]]:
+    """``{missing master: its notebooks}``: exercise and solution notebooks left behind after their master was deleted
+    (:func:`generate` cannot bring them up to date; restore the master or delete them)."""
+    found: dict[Path, list[Path]] = {}
+    for folder in (root, root / "solutions"):
+        for notebook in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+            master = root / "masters" / notebook.with_suffix(".py").name
+            if not master.exists():
+                found.setdefault(master, []).append(notebook)
+    return dict(sorted(found.items()))

@@ -6,7 +6,9 @@ checked before the run folder is made: a bool takes ``true``/``false`` in any ca
 an int a whole number, a float any number, a list or tuple a Python literal of one (its elements checked against the
 default's), a dict a Python dict, a str the text as given (a non-string other than a path, from a Python caller, is
 refused); a parameter whose default is ``None`` or not a literal takes a Python literal, else the text. A wrong
-value is refused naming the notebook, the parameter, the value, the expected type and the default.
+value is refused naming the notebook, the parameter, the value, the expected type and the default. A model
+parameter (:data:`MODEL_PARAMS`) given with ``-p`` is checked as a model spec from its text alone, before any kernel
+starts (:func:`model_spec_problem`: ``organism@x``, ``random:``, a missing folder), naming the accepted forms.
 
 Controls (``--control random``, :func:`control_params`): the same study on a re-initialised copy of every model it
 studies. The parameters that name one are :data:`MODEL_PARAMS`; each becomes ``random:<value>`` (its ``-p`` value,
@@ -18,11 +20,12 @@ from __future__ import annotations
 import ast
 import numbers
 import os
+import re
 from pathlib import Path
 
 import nbformat
 
-from toolkit.core.specs import RANDOM_PREFIX
+from toolkit.core.specs import RANDOM_PREFIX, ModelLoadError, organism_spec, random_spec
 
 
 class RunnerError(ValueError):
@@ -151,9 +154,39 @@ def coerce_param(notebook: str, name: str, value: object, default: object) -> ob
     raise RunnerError(f"{notebook}: parameter {name}={value!r} is not {expected} (default {default!r}); {fix}")
 
 
+MODEL_FORMS = ("'organism', 'organism-base', 'organism@N' or 'organism-base@N' (N: a replicate's seed, a whole "
+               "number), 'random:<spec>' (that model re-initialised), a model folder ('/abs/path', './relative' to "
+               "the notebooks, '~/...'), or a hub name such as 'Qwen/Qwen3-0.6B'")
+_HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def model_spec_problem(spec: str, cwd: Path) -> str | None:
+    """Why ``spec`` names no model, from its text alone (nothing loaded, no network), or ``None``: a malformed
+    organism or ``random:`` spec (:mod:`toolkit.core.specs`), a folder path (``/``, ``.``, ``~``; relative to ``cwd``,
+    the kernel's working folder) that does not exist, or a name that is neither a folder in ``cwd`` nor a hub name."""
+    if not spec.strip():
+        return "an empty spec names no model"
+    try:
+        randomised = random_spec(spec)
+        inner = randomised.inner if randomised else spec
+        if organism_spec(inner) is not None:
+            return None
+    except ModelLoadError as err:
+        return str(err)
+    path = Path(inner).expanduser()
+    path = path if path.is_absolute() else cwd / path
+    if inner.startswith((".", "/", "~")):  # a folder, as toolkit.core.models.resolve reads it
+        old = path.with_name(path.name + ".old")  # a folder swap a kill interrupted: resolve finishes it
+        return None if path.is_dir() or old.is_dir() else f"the model folder {path} does not exist"
+    if path.exists() or _HUB_NAME.fullmatch(inner):
+        return None
+    return f"{inner!r} is not an organism spec, an existing folder or a hub name (owner/name)"
+
+
 def _typed_params(notebooks: list[Path], params: dict) -> dict[Path, dict]:
-    """Each notebook's ``params`` typed by its own defaults; every undeclared or ill-typed one refused at once."""
-    undeclared, wrong, typed = [], [], {}
+    """Each notebook's ``params`` typed by its own defaults; every undeclared or ill-typed one, and every model
+    parameter (:data:`MODEL_PARAMS`) that names no model (:func:`model_spec_problem`), refused at once."""
+    undeclared, wrong, typed, specs = [], [], {}, {}
     for nb in notebooks:
         declared = notebook_parameters(nb)
         unknown = sorted(set(params) - set(declared))
@@ -166,8 +199,16 @@ def _typed_params(notebooks: list[Path], params: dict) -> dict[Path, dict]:
                 typed[nb][name] = coerce_param(nb.stem, name, params[name], declared[name])
             except RunnerError as e:
                 wrong.append(str(e))
+                continue
+            value = typed[nb][name]
+            if name in MODEL_PARAMS and isinstance(value, str) and (name, value) not in specs:
+                problem = model_spec_problem(value, nb.parent)
+                specs[name, value] = problem and f"{name}={value!r}: {problem}"
+    bad_specs = [line for line in specs.values() if line]
+    bad_specs += [f"(a model spec is one of: {MODEL_FORMS})"] if bad_specs else []
     problems = [f"refusing to run, {what}:\n  " + "\n  ".join(lines) for what, lines in
-                (("undeclared parameters", undeclared), ("parameters of the wrong type", wrong)) if lines]
+                (("undeclared parameters", undeclared), ("parameters of the wrong type", wrong),
+                 ("model parameters that name no model", bad_specs)) if lines]
     if problems:
         raise RunnerError("\n".join(problems))
     return typed

@@ -19,13 +19,12 @@ seeds is a :class:`SeededClaim` (the pooled :class:`~toolkit.evaluation.claims.C
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from toolkit.core.io import atomic_write_json, atomic_write_text
+from toolkit.core.io import atomic_write_json, atomic_write_text, read_json
 from toolkit.evaluation import verdicts as rule
 from toolkit.evaluation.claims import Claim, Null
 
@@ -34,8 +33,8 @@ CLAIMS_SUFFIX = ".claims.json"
 
 def read_claims(path: Path) -> list[Claim]:
     """The claims of one ``*.claims.json`` file (a list of :meth:`~toolkit.evaluation.claims.Claim.to_dict`
-    records)."""
-    return [Claim.from_dict(record) for record in json.loads(Path(path).read_text())]
+    records); :class:`~toolkit.core.io.FileFormatError` names a file that is not UTF-8 or not JSON."""
+    return [Claim.from_dict(record) for record in read_json(path, what="claims file")]
 
 
 def collect(folder: Path) -> list[Claim]:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toolkit.core.io import REPO_ROOT, atomic_write_json
+from toolkit.core.io import REPO_ROOT, atomic_write_json, publish_mode
 
 if TYPE_CHECKING:
     from toolkit.evaluation.claims import Claims
@@ -90,12 +90,14 @@ def save_claims(claims: Claims) -> Path:
 
 
 def save_figure(fig, name: str) -> Path:
-    """Save a matplotlib figure to ``<run_dir>/figures/<name>.png`` (dpi 120, tight) atomically."""
+    """Save a matplotlib figure to ``<run_dir>/figures/<name>.png`` (dpi 120, tight) atomically, with the umask's
+    mode."""
     path = run_dir() / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        publish_mode(tmp)  # savefig rewrites the file in place, keeping this mode: the umask's, not mkstemp's 0600
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
         os.replace(tmp, path)
     except BaseException:

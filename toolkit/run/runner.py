@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from toolkit.core.io import REPO_ROOT, atomic_write_json
+from toolkit.core.io import REPO_ROOT, atomic_write_json, folder_problem
 from toolkit.run import report
 from toolkit.run.engine import CellProgress, execute_notebook
 from toolkit.run.params import (  # noqa: F401 -- RunnerError, Expression, coerce_param, parse_params: their home was here
@@ -92,9 +92,20 @@ def resolve_notebooks(names: list[str] | None, notebooks_dir: str | Path | None 
     return chosen
 
 
+def check_out_root(out_root: str | Path | None) -> Path:
+    """The folder for run folders (default ``<repo>/runs``), created now, before any kernel starts; a
+    :class:`RunnerError` naming it and the fix when it is a file, lies under one, or cannot be created or written."""
+    path = Path(out_root or REPO_ROOT / "runs")
+    problem = folder_problem(path)
+    if problem:
+        raise RunnerError(f"cannot write run folders under {path}: {problem}; give --out a folder you can write to "
+                          "(created if missing)")
+    return path
+
+
 def _new_run_dir(out_root: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_root.mkdir(parents=True, exist_ok=True)
+    out_root = check_out_root(out_root)
     for i in range(1, 1000):
         path = out_root / (stamp if i == 1 else f"{stamp}-{i}")
         try:
@@ -102,6 +113,9 @@ def _new_run_dir(out_root: Path) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as err:
+            raise RunnerError(f"cannot create a run folder under {out_root}: {err.strerror or err}; give --out a "
+                              "folder you can write to") from None
     raise RunnerError(f"could not create a fresh run folder under {out_root}")
 
 
@@ -271,9 +285,11 @@ def run(names: list[str] | None, params: dict, out_root: str | Path | None = Non
     model parameters re-initialised (module docstring); with ``seeds`` too, the control runs once, with seed 0.
 
     ``params`` values are typed by each notebook's defaults (:func:`~toolkit.run.params.coerce_param`; ``-p`` texts
-    or typed values) and refused before anything runs when they do not fit, as is a control that cannot rewrite them
-    (:func:`~toolkit.run.params.control_params`). Ctrl-C raises :class:`RunInterrupted` (see the module docstring) once
-    ``index.json`` and the scorecard are written (the control's too, once it started)."""
+    or typed values) and refused before anything runs when they do not fit, as are model specs that name no model
+    (:func:`~toolkit.run.params.model_spec_problem`), a control that cannot rewrite them
+    (:func:`~toolkit.run.params.control_params`) and an ``out_root`` that cannot be written (:func:`check_out_root`).
+    Ctrl-C raises :class:`RunInterrupted` (see the module docstring) once ``index.json`` and the scorecard are written
+    (the control's too, once it started)."""
     notebooks_dir = Path(notebooks_dir or NOTEBOOKS_DIR)
     notebooks = resolve_notebooks(names, notebooks_dir)
     typed = _typed_params(notebooks, params)
@@ -282,8 +298,9 @@ def run(names: list[str] | None, params: dict, out_root: str | Path | None = Non
     seed_zero = {} if seeds is None else {"seed": 0}
     control_jobs = None if control is None else [
         (nb, control_params(nb.stem, notebook_parameters(nb), {**typed[nb], **seed_zero}, control)) for nb in notebooks]
+    out_root = check_out_root(out_root)  # before a kernel is installed or started
     kernel = kernel or ensure_kernel()
-    run_folder = _new_run_dir(Path(out_root or REPO_ROOT / "runs"))
+    run_folder = _new_run_dir(out_root)
     print(f"run folder: {run_folder}", flush=True)
     try:
         if seeds is None:

@@ -41,7 +41,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core.io import REPO_ROOT, atomic_write_json, atomic_write_text
+from toolkit.core.io import REPO_ROOT, FileFormatError, atomic_write_json, atomic_write_text, read_jsonl
 from toolkit.organism import tasks
 from toolkit.organism.recipe import Recipe, eval_sets
 
@@ -162,14 +162,12 @@ def load_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise DataFileError(f"{path}: no such dataset file")
+    try:  # lines end at "\n" only: U+2028 or U+0085 inside a string is text; bytes that are not UTF-8 are named
+        lines = read_jsonl(path, what="")  # messages start "<path>, line N:", as below
+    except FileFormatError as err:
+        raise DataFileError(str(err)) from None
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFileError(f"{path}, line {number}: not valid JSON ({err.msg})") from None
+    for number, record in lines:
         if not isinstance(record, dict):
             raise DataFileError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
         for field, kind in SCHEMA.items():

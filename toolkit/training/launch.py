@@ -13,8 +13,8 @@ launcher, unchanged::
 are the settings' field names; fields left out keep their defaults. Lists become tuples; an integer is accepted for
 a float field (written as a float, so ``1`` and ``1.0`` give the same cache key) and so is a number written as text
 (PyYAML reads ``1e-3``, without a dot, as a string). Refused, naming the file and what to do: a missing file, a file
-that does not parse (with its line), a value that is not a mapping, an unknown field (with the valid ones), a value
-of the wrong type; the settings' own checks then refuse values out of range
+that is not UTF-8 or does not parse (with its line), a value that is not a mapping, an unknown field (with the valid
+ones), a value of the wrong type; the settings' own checks then refuse values out of range
 (:func:`toolkit.training.runs.check_settings`).
 
 **Processes** (accelerate's :class:`~accelerate.PartialState`, :func:`process_state`). The settings give the
@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from toolkit.core.io import FileFormatError, read_text
 from toolkit.core.models import resolve_device
 
 
@@ -185,7 +186,10 @@ def read_config(path: str | Path) -> dict:
     if suffix not in (".json", ".yaml", ".yml"):
         raise ConfigError(f"config file {path}: unknown format {suffix or '(no suffix)'!r}; name it .json, .yaml or "
                           ".yml")
-    text = path.read_text()
+    try:
+        text = read_text(path, what="config file")
+    except FileFormatError as err:
+        raise ConfigError(f"{err} and run again") from None
     if suffix == ".json":
         try:
             data = json.loads(text)

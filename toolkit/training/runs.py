@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 
 from toolkit.core import cache
 from toolkit.core.cache import cache_root, config_hash, model_fingerprint
-from toolkit.core.io import atomic_write_json
+from toolkit.core.io import atomic_write_json, publish_tree
 from toolkit.core.progress import quiet_library_bars
 from toolkit.training import launch
 from toolkit.training.callbacks import CHECKPOINT_METRICS, LOG_KEYS, CheckpointLog, ProgressCallback, checkpoint_records
@@ -224,8 +224,10 @@ def _train(settings, kind: str, path: Path, device: str, callbacks: Sequence[Tra
 
 
 def _finish(path: Path, log: list[dict], meta: dict) -> None:
-    """Write the checkpoint log and ``run.json`` (the run counts as finished from here), then strip resume state."""
+    """Write the checkpoint log and ``run.json`` (the run counts as finished from here), then strip resume state
+    and give the folder the umask's modes (:func:`~toolkit.core.io.publish_tree`)."""
     atomic_write_json(path / "checkpoints.json", log)
     atomic_write_json(path / "run.json", meta)
     for ckpt in path.glob("checkpoint-*"):
         strip_resume_state(ckpt)
+    publish_tree(path)  # the checkpoints' safetensors weights are written 0600; give them the umask's mode

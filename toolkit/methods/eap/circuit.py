@@ -100,6 +100,13 @@ def select(scores: Scores, *, top_n: int | None = None, threshold: float | None 
         check_int(top_n, "top_n", minimum=0, error=EAPError)
     if threshold is not None and math.isnan(threshold):
         raise EAPError("threshold is NaN; pass a number (every edge scoring at least it is kept)")
+    valid_values = scores.values[scores.valid]
+    if bool(valid_values.isnan().any()):
+        raise EAPError(f"{int(valid_values.isnan().sum())} edge scores are NaN; the attribution failed (a NaN in the "
+                       "model's activations or metric): nothing can be selected from them")
+    if valid_values.numel() and not bool(valid_values.ne(0).any()):
+        raise EAPError("every edge scores exactly 0: the clean and corrupted runs do not differ at any edge (identical "
+                       "inputs, or a metric that does not read them), so there is no circuit to select")
     chosen = torch.zeros_like(scores.valid)
     if method == "top":
         if top_n is not None:

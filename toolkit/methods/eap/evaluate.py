@@ -16,6 +16,7 @@ The tests check both against the explicit float64 reference (:mod:`toolkit.refer
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -222,8 +223,14 @@ def _metric_values(loaded: LoadedModel, pairs: Pairs, circuits: Sequence[Circuit
 
 
 def _recovered(value: float, clean: float, corrupted: float) -> float:
+    """``(value − corrupted) / (clean − corrupted)``; NaN, with a warning saying why, when the two are equal."""
     span = clean - corrupted
-    return (value - corrupted) / span if abs(span) > 1e-12 else float("nan")
+    if abs(span) > 1e-12:
+        return (value - corrupted) / span
+    warnings.warn(f"the clean and corrupted inputs give the same metric ({clean:.3g}): the pairs do not change the "
+                  "model's output, so the share a circuit recovers is undefined (NaN); use pairs whose answers differ",
+                  stacklevel=3)
+    return float("nan")
 
 
 def faithfulness(loaded: LoadedModel | str, pairs: Pairs, circuit: Circuit, *, metric: str = "kl",

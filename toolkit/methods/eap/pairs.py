@@ -64,6 +64,15 @@ class Pairs:
                 raise EAPError(f"Pairs.{name} has {len(getattr(self, name))} entries for {n} rows")
         if bool((self.positions >= self.lengths).any()) or bool((self.positions < 0).any()):
             raise EAPError("a metric position lies outside its row")
+        same = (self.clean_ids == self.corrupted_ids).all(dim=1)
+        if bool(same.all()):
+            raise EAPError(f"every one of the {n} pairs has identical clean and corrupted inputs: patching would "
+                           "change nothing, every edge would score 0 and faithfulness would be undefined; build "
+                           "corrupted inputs that differ from the clean ones (eap.make_pairs does)")
+        if bool(same.any()):
+            rows = same.nonzero().flatten().tolist()
+            warnings.warn(f"{len(rows)} of {n} pairs have identical clean and corrupted inputs (rows {rows[:10]}"
+                          f"{' …' if len(rows) > 10 else ''}): they add nothing to the scores; drop them", stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.clean_ids)

@@ -4,11 +4,10 @@ for, saved to and loaded from JSON."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
-from toolkit.core.io import atomic_write_text
+from toolkit.core.io import FileFormatError, atomic_write_text, read_json
 from toolkit.methods.eap.graph import EAPError, Graph
 
 
@@ -69,8 +68,8 @@ class Scores:
     @classmethod
     def load(cls, path) -> Scores:
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            data = read_json(path, "scores file")
+        except (OSError, FileFormatError) as err:
             raise EAPError(f"cannot read scores from {path}: {err}") from err
         if data.get("format") != "toolkit.eap.Scores/1":
             raise EAPError(f"{path} is not a saved Scores file (format {data.get('format')!r})")
