@@ -1,21 +1,36 @@
 # The two commands of the README: `make run` (set up, build the organism if missing, run every notebook
-# headlessly) and `make test`. Everything lives in .venv; torch is installed first, pinned to the CPU build.
+# headlessly) and `make test`. Everything lives in .venv, installed from requirements.lock (torch: the CPU build).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+COMPAT := .venv-compat
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test test-browser bench lab organism lint
+.PHONY: setup run test test-compat test-browser bench lab organism lint
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e '.[dev]'
 	$(BIN)/python -c "from toolkit.run.runner import ensure_kernel; ensure_kernel()"
 	touch $@
+
+# The unit tests at the lowest supported versions (requirements-compat.lock: torch 2.11, transformers 5.17, every
+# other direct dependency at its lower bound), in a second venv kept between runs; `.ci/lock` rewrites both locks.
+$(COMPAT)/.installed: pyproject.toml requirements-compat.lock
+	rm -rf $(COMPAT)
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install -q --upgrade pip
+	$(COMPAT)/bin/pip install -q -r requirements-compat.lock
+	$(COMPAT)/bin/pip install -q --no-deps -e '.[dev]'
+	touch $@
+
+test-compat: $(COMPAT)/.installed
+	@start=$$(date +%s); OMP_NUM_THREADS=1 $(COMPAT)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not browser"; \
+	status=$$?; echo "test-compat: $$(( $$(date +%s) - start )) s at the lowest supported versions"; exit $$status
 
 run: setup
 	$(BIN)/python -m toolkit build-organism --if-missing

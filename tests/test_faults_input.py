@@ -78,11 +78,13 @@ def test_malformed_tokenizer_file_names_the_folder(tiny_dirs, tmp_path):
 
 
 def test_tokenizer_that_encodes_the_probe_to_nothing_is_refused(tiny_dirs, tmp_path):
-    from tokenizers import Regex, Tokenizer, normalizers
+    from tokenizers import Tokenizer, normalizers
 
     folder = _copy(tiny_dirs, tmp_path)
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tok.normalizer = normalizers.Replace(Regex(r"[\s\S]"), "")  # every character is removed before encoding
+    # every character of the probe is removed before encoding (one plain Replace per character: tokenizers 0.23.1
+    # refuses a regex replaced by nothing)
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(c, "") for c in sorted(set("Solve 2x + 3 = 7."))])
     tok.save(str(folder / "tokenizer.json"))
     with pytest.raises(ModelLoadError, match=f"probe 'Solve 2x \\+ 3 = 7.' to no tokens.*into {folder}"):
         load(str(folder))

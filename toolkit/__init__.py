@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import importlib
 
-import toolkit.organism  # noqa: F401 -- registers the organism's recipe check with core (toolkit.core.specs)
+from toolkit.core.versions import check_versions
+
+check_versions()  # before any dependency is imported: one clear line for an unsupported version
+
+import toolkit.organism  # noqa: E402, F401 -- registers the organism's recipe check with core (toolkit.core.specs)
 
 _EXPORTS = {
     # loading a model

@@ -200,7 +200,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), dispatch to a subcommand and return its exit code."""
-    parser = argparse.ArgumentParser(prog="python -m toolkit", description=__doc__)
+    # the console command (`toolkit`, from [project.scripts]) or the module (`python -m toolkit`)
+    prog = "toolkit" if Path(sys.argv[0]).name == "toolkit" else "python -m toolkit"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="execute notebooks with papermill into runs/<stamp>/")

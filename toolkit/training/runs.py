@@ -34,7 +34,7 @@ from toolkit.core import cache
 from toolkit.core.cache import cache_root, config_hash, model_fingerprint
 from toolkit.core.io import atomic_write_json, publish_tree
 from toolkit.core.progress import quiet_library_bars
-from toolkit.training import launch
+from toolkit.training import compat, launch  # noqa: F401 -- compat: cpu:N restores (transformers 5.17 resumes)
 from toolkit.training.callbacks import CHECKPOINT_METRICS, LOG_KEYS, CheckpointLog, ProgressCallback, checkpoint_records
 from toolkit.training.checkpoints import resume_train, run_lock, strip_resume_state, weights_problem
 

@@ -35,6 +35,7 @@ from toolkit.core.chat import chat_prompts
 from toolkit.organism.build import NonFiniteLossError
 from toolkit.organism.tokenizer import IM_END
 from toolkit.training.checkpoints import last_good_checkpoint
+from toolkit.training.compat import no_activation_checkpointing
 from toolkit.training.runs import check_settings
 
 
@@ -164,7 +165,7 @@ def make_trainer(spec: str, preset: Preset, train: list[dict], validation: list[
         eval_strategy="steps", eval_steps=settings.eval_fraction, eval_on_start=True,
         save_strategy="steps", save_steps=settings.save_every,
         logging_steps=1, logging_nan_inf_filter=False, disable_tqdm=True,
-        completion_only_loss=True, eos_token=IM_END, activation_checkpointing=False,
+        completion_only_loss=True, eos_token=IM_END, **no_activation_checkpointing(SFTConfig),
         seed=settings.seed, use_cpu=device_.type == "cpu", bf16=device_.type == "cuda",
         report_to="none",
     )

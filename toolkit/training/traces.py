@@ -21,6 +21,7 @@ from toolkit.organism import tasks
 from toolkit.organism.probes import MATH_TASKS
 from toolkit.organism.tokenizer import IM_END
 from toolkit.training import launch, sft
+from toolkit.training.compat import no_activation_checkpointing
 from toolkit.training.problems import train_problems
 from toolkit.training.runs import check_settings, register_kind
 
@@ -43,7 +44,7 @@ def make_sft_trainer(settings, output_dir: Path, device: str = "auto", callbacks
     records = settings.sft_records(device) if records is None else records
     hf, tokenizer, _ = sft.load_for_training(settings.model, device)
     args = SFTConfig(**launch.trainer_args(settings, output_dir, device), optim="adamw_torch", max_grad_norm=1.0,
-                     completion_only_loss=True, eos_token=IM_END, activation_checkpointing=False)
+                     completion_only_loss=True, eos_token=IM_END, **no_activation_checkpointing(SFTConfig))
     trainer = SFTTrainer(model=hf, args=args, processing_class=tokenizer,
                          train_dataset=sft.sft_dataset(tokenizer, records, enable_thinking=True),
                          callbacks=list(callbacks))
