@@ -70,13 +70,3 @@ def test_the_hf_hooks_are_removed_on_exit_even_after_an_error(tiny, ids):
     with torch.no_grad():
         assert torch.equal(tiny.hf(ids).logits, plain)
 
-
-def test_ablate_and_scale_take_the_backend_in_the_one_vocabulary(tiny, ids):
-    from toolkit.core import interventions as iv
-
-    with torch.no_grad(), iv.ablate(tiny, iv.head(1, 2), backend="hf"):
-        hf_ablated = tiny.hf(ids).logits
-    assert (hf_ablated - head_logits(tiny, ids, [head(1, 2)], 0.0, backend="bridge")).abs().max() <= 1e-6
-    with pytest.raises(ValueError, match="nnsight edits run inside a trace"), iv.scale(tiny, iv.head(0, 0), 0.5,
-                                                                                        backend="nnsight"):
-        pass

@@ -4,7 +4,8 @@ TransformerBridge, the plain HF modules, or nnsight.
 A head's contribution to the residual stream is ``z_h @ W_O[h]``: its slice ``[h·d_head, (h+1)·d_head)`` of the
 *input* of the attention's output projection ``o_proj``. So:
 
-- ``backend="bridge"`` (:func:`toolkit.core.interventions.scale`): edits ``blocks.L.attn.hook_z[:, :, h]``;
+- ``backend="bridge"`` (:func:`toolkit.core.interventions.scale` / ``ablate``, the hook vocabulary's own):
+  edits ``blocks.L.attn.hook_z[:, :, h]``;
 - ``backend="hf"`` (:func:`hf_scaled`): a forward pre-hook on ``model.layers[L].self_attn.o_proj`` edits that slice
   of its input; works wherever the HF module runs (``generate``, TRL, a serving engine that keeps the module);
 - ``backend="nnsight"`` (:func:`nnsight_scale`): the same edit of ``o_proj.input`` inside an nnsight trace. nnsight

@@ -217,25 +217,15 @@ def _edit_fn(site: Site, edit: Callable[[torch.Tensor, int], torch.Tensor]):
     return hook_fn
 
 
-def scale(model: LoadedModel | TransformerBridge, sites: Site | Sequence[Site], factor: float,
-          backend: str = "bridge") -> AbstractContextManager[None]:
-    """Multiply the sites' activations by ``factor`` (a finite number) on every forward pass inside the block.
-    ``backend="hf"`` edits head sites in the plain HF modules instead (``o_proj``'s input; see
-    :mod:`toolkit.core.head_backends`, which also has the nnsight edit), for code that runs the HF model itself."""
-    if backend == "hf":
-        from toolkit.core.head_backends import hf_scaled
-
-        return hf_scaled(model, sites, factor)
-    if backend != "bridge":
-        raise ValueError(f"scale/ablate run through backend 'bridge' or 'hf', got {backend!r}; nnsight edits run "
-                         "inside a trace: toolkit.core.head_backends.nnsight_scale")
+def scale(model: LoadedModel | TransformerBridge, sites: Site | Sequence[Site],
+          factor: float) -> AbstractContextManager[None]:
+    """Multiply the sites' activations by ``factor`` (a finite number) on every forward pass inside the block."""
     return _scaled(_bridge(model, "scale"), sites, factor)
 
 
-def ablate(model: LoadedModel | TransformerBridge, sites: Site | Sequence[Site],
-           backend: str = "bridge") -> AbstractContextManager[None]:
-    """Zero-ablate the sites (context manager); ``backend`` as in :func:`scale`."""
-    return scale(model, sites, 0.0, backend) if backend != "bridge" else _scaled(_bridge(model, "ablate"), sites, 0.0)
+def ablate(model: LoadedModel | TransformerBridge, sites: Site | Sequence[Site]) -> AbstractContextManager[None]:
+    """Zero-ablate the sites (context manager)."""
+    return _scaled(_bridge(model, "ablate"), sites, 0.0)
 
 
 @contextmanager
