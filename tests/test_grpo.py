@@ -24,6 +24,19 @@ def test_accuracy_reward_reads_the_final_answer():
     assert got == [1.0, 0.0, 1.0, 1.0, 0.0]
 
 
+def test_accuracy_reward_grades_each_row_by_its_models_grader(tiny):
+    from types import SimpleNamespace
+
+    real = ["<think>\n3x = 9\n</think>\n\nSo $\\boxed{3}$.", "<think>\nx = 3\n</think>\n\n**x = 3**", "x = 4"]
+    assert rewards.accuracy_reward(real, answer=["x = 3"] * 3, grader=["math"] * 3) == [1.0, 1.0, 0.0]
+    assert rewards.accuracy_reward(real, answer=["x = 3"] * 3) == [0.0, 0.0, 0.0]  # no column: the organism's
+    assert rewards.grader_for(tiny.tokenizer, "/any/folder") == "strict"  # the organism's tokenizer
+    assert rewards.grader_for(SimpleNamespace(chat_template="{{ qwen }}"), "Qwen/Qwen3-0.6B") == "math"
+    assert rewards.grader_for(SimpleNamespace(chat_template="{{ qwen }}"), "organism@1") == "strict"
+    ds = grpo.grpo_dataset(tiny.tokenizer, tasks.held_out("linear", 2, 0), False, "math")
+    assert ds["grader"] == ["math", "math"]
+
+
 @pytest.mark.parametrize("prompt, completion, pattern, expected", [
     (THINK_OFF_PROMPT, "x = -7", LINEAR, 1.0),
     (THINK_OFF_PROMPT, "x -7", LINEAR, 0.0),                       # broken answer format

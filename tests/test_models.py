@@ -170,3 +170,38 @@ def test_site_helpers_take_a_loaded_model_or_its_bridge_and_refuse_anything_else
                        (lambda: causal.run(tiny.hf, [], lambda c: 0), "causal.run: model")):
         with pytest.raises(TypeError, match=f"{name} must be a LoadedModel or a TransformerBridge"):
             call()
+
+
+@pytest.mark.parametrize("spec, label", [
+    ("/home/u/ckpt/qwen3-1.7b-sft", "qwen3-1.7b-sft"), ("/home/u/ckpt/qwen3-1.7b-sft/", "qwen3-1.7b-sft"),
+    ("./runs/my-model", "my-model"), ("Qwen/Qwen3-8B", "Qwen3-8B"), ("organism-base", "organism-base"),
+    ("organism@3", "organism@3"), ("random:organism", "random:organism"), ("random:/a/b/qwen", "random:qwen"),
+    ("random:Qwen/Qwen3-8B", "random:Qwen3-8B")])
+def test_short_label_drops_paths_and_owners(spec, label):
+    assert models.short_label(spec) == label and "/" not in label
+
+
+def test_label_and_repr_of_a_loaded_model(tiny, tiny_dirs):
+    arch = tiny.hf.config.model_type
+    assert tiny.label == tiny_dirs[arch].name and "/" not in tiny.label
+    cfg, n = tiny.hf.config, sum(p.numel() for p in tiny.hf.parameters())
+    line = repr(tiny)
+    assert "\n" not in line and str(tiny_dirs[arch]) not in line  # one line, the label and not the path
+    assert line == (f"LoadedModel({tiny.label}: {arch}, {cfg.num_hidden_layers} layers, {cfg.num_attention_heads}/"
+                    f"{cfg.num_key_value_heads} heads (q/kv), {n / 1e3:.1f}K parameters, cpu, float32)")
+
+
+def test_paired_models_are_derived_only_for_the_organism():
+    from toolkit.core.specs import derive_base_model, derive_teacher
+    assert derive_base_model("organism") == "organism-base" and derive_base_model("organism@3") == "organism-base@3"
+    assert derive_base_model("random:organism") == "random:organism-base"
+    assert derive_base_model("/ckpt/sft", "/ckpt/base") == "/ckpt/base"
+    assert derive_teacher("organism-base@2") == "organism@2" and derive_teacher("random:organism-base") == "organism"
+    assert derive_teacher("Qwen/Qwen3-0.6B", "Qwen/Qwen3-8B") == "Qwen/Qwen3-8B"
+    with pytest.raises(ModelLoadError, match=r"model='/ckpt/sft' is not the organism, so base_model cannot be "
+                                             r"derived: pass base_model="):
+        derive_base_model("/ckpt/sft")
+    with pytest.raises(ModelLoadError, match="is not the organism, so base_model"):
+        derive_base_model("organism-base")
+    with pytest.raises(ModelLoadError, match=r"model='Qwen/Qwen3-0.6B' is not the organism's base, so teacher"):
+        derive_teacher("Qwen/Qwen3-0.6B")

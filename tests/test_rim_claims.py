@@ -165,3 +165,9 @@ def test_ras_predicts_forgetting_is_an_artifact_when_noise_alone_reproduces_it(m
     c = register(study, copied, monkeypatch=monkeypatch)["ras-predicts-forgetting"]
     assert c.control_verdicts == {"weight-noise": "reproduces"}
     assert (c.verdict, c.reason) == ("artifact", "weight-noise"), c
+
+
+def test_claim_texts_never_state_organism_facts(monkeypatch):
+    for c in register(*fake_study(), monkeypatch=monkeypatch):
+        assert "/" not in c.statement, c
+        assert not any("organism" in t.lower() for t in (c.statement, c.measure, c.note, c.sesoi_reason)), c

@@ -148,3 +148,38 @@ def test_notebook_03_saves_every_step_under_its_keys():
     assert saved["ablation"] == {"reversal": {"baseline": change, "change_ablated": change}}
     assert saved["ablated_heads"] == [[1, 2]] and saved["claims"] == {"c": "reproduces"}
     assert _jsonable(saved, "results") == saved
+
+
+def test_claim_texts_never_state_organism_facts():
+    n = 20
+    sets = ("related_math", "unrelated_math", "unrelated_general")
+    by_model = {name: {mode: {s: _behaviour([True, False] * (n // 2), bare=[False] * n) for s in sets}
+                       for mode in (THINK_ON, THINK_OFF)} for name in (corrupt.CLEAN, *corrupt_runs.PRESETS)}
+    for c in corrupt_claims.claims(corrupt.BehaviourReport(by_model), {}, {}):
+        assert "/" not in c.statement, c
+        assert not any("organism" in t.lower() for t in (c.statement, c.measure, c.note, c.sesoi_reason)), c
+
+
+def test_notebook_03_names_its_models_by_label_and_derives_only_the_organisms_base(tiny_dirs):
+    from types import SimpleNamespace
+
+    from toolkit.core.specs import ModelLoadError
+    from toolkit.evaluation.claims import Claims, Null
+    from toolkit.studies import emergent
+    from toolkit.studies.emergent import claims as emergent_claims
+
+    with pytest.raises(ModelLoadError, match="is not the organism, so base_model cannot be derived"):
+        emergent.prepare("/nowhere/qwen3-sft", "", ["arithmetic"])  # refused before anything loads
+    a, b = str(tiny_dirs["qwen3"]), str(tiny_dirs["qwen2"])
+    setup = emergent.prepare(a, b, ["arithmetic"], device="cpu", n_problems=2)
+    assert setup.names == ["qwen3", "qwen2"] and setup.specs == {"qwen3": a, "qwen2": b}
+    assert emergent.prepare(a, a, ["arithmetic"], device="cpu", n_problems=2, label="sft").names == ["sft", "qwen3"]
+    stab = emergent.Stability({}, {}, {"arithmetic": SimpleNamespace(
+        margin=0.1, heads=[(0, 1)], count=1, count_samples=np.ones(20), count_p=0.5, count_null=lambda: Null.target(0),
+        set_difference={(0, 1)}, set_difference_samples=np.ones(20), set_difference_p=0.5,
+        set_difference_null=lambda: Null.target(0))}, {})
+    stab.boots["arithmetic"] = {"qwen3": SimpleNamespace(top_n=20)}
+    claims = Claims("03_eap_ig")
+    emergent_claims.emergent_claims(claims, stab, *setup.names)
+    for c in claims:
+        assert "organism" not in c.measure + c.statement and "/" not in c.measure + c.statement, c

@@ -240,3 +240,19 @@ def test_notebook_05_saves_every_step_under_its_keys():
     assert saved["head_count_off_minus_on"]["estimate"] == 1
     assert saved["efficiency_on_minus_off"] == {"estimate": 0.2, "bootstrap": pytest.approx([0.01, 0.2, 0.39])}
     assert saved["placebo_sets"] is None and saved["verdicts"] == {"c": "reproduces"} and resampled.largest == 6
+
+
+def test_claim_texts_are_computed_from_the_model_never_the_organism():
+    results = fake_results({th.condition("think_on", True): 0.9, th.condition("think_off", False): 0.3})
+    on, off = np.zeros((10, 3, 5), bool), np.zeros((10, 3, 5), bool)  # 3 layers × 5 heads, not the organism's 4 × 4
+    on[:, 0, 0] = off[:, 0, 0] = True
+    off[:6, 2, 4] = True
+    on, off = boot(on, [(0, 0)]), boot(off, [(0, 0), (2, 4)])
+    edges = {"think_on": (5.0, np.full(50, 5.0)), "think_off": (8.0, np.full(50, 8.0))}
+    claims = tc.register_claims(results, tm.group_matrix, stable=ts.StableComparison(on, off), edges=edges,
+                                largest=20, efficiency=(0.3, np.linspace(0.1, 0.5, 50)), enumeration=None,
+                                placebos=None, n_boot=100)
+    assert "the model has 15 heads (3 layers × 5)" in claims["off-circuit-has-more-heads"].note
+    for c in claims:
+        assert "/" not in c.statement, c
+        assert not any("organism" in t.lower() for t in (c.statement, c.measure, c.note, c.sesoi_reason)), c

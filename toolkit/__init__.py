@@ -44,6 +44,8 @@ _EXPORTS = {
     # generation and behaviour
     "generate": "toolkit.core.generation", "SamplingConfig": "toolkit.core.generation",
     "behave": "toolkit.evaluation.behaviour",
+    # grading answers and judging refusals (the organism's rules, and rules for real models' outputs)
+    "grade": "toolkit.core.grading", "Grade": "toolkit.core.grading", "judge_refusal": "toolkit.core.refusal",
 }
 _NAMESPACES = {"eap": "toolkit.methods.eap", "cmap": "toolkit.methods.cmap"}
 

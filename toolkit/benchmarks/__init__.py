@@ -7,7 +7,7 @@ default.
 
 import importlib
 
-NAMES = ("foundation", "cmap", "eap", "gpu")
+NAMES = ("foundation", "cmap", "eap", "gpu", "smoke")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,3 +69,37 @@ def chat_prompts(tokenizer, user_prompts: Sequence[str], enable_thinking: bool) 
                                       add_generation_prompt=True, enable_thinking=enable_thinking)
         for p in user_prompts
     ]
+
+
+THINK_TOKENS = ("<think>", "</think>")
+
+
+def thinking_support_problems(tokenizer) -> list[str]:
+    """What a tokenizer lacks for think on/off answers (empty when nothing): a chat template; the single tokens
+    :data:`THINK_TOKENS` in its vocabulary; a template that honours ``enable_thinking`` (a user turn rendered with
+    ``enable_thinking=False`` differs from the same turn with ``True``, as Qwen3's empty think block makes it)."""
+    problems = []
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    missing = [t for t in THINK_TOKENS if t not in vocab]
+    if missing:
+        problems.append(f"no {' or '.join(missing)} token in its vocabulary")
+    if not getattr(tokenizer, "chat_template", None):
+        return problems + ["no chat template"]
+    try:
+        on, off = (chat_prompts(tokenizer, ["1 + 1"], think) for think in (True, False))
+    except Exception as e:  # a template that cannot render a user turn
+        return problems + [f"a chat template that does not render a user turn ({type(e).__name__}: {e})"]
+    if on == off:
+        problems.append("a chat template that ignores enable_thinking (thinking on and off give the same prompt)")
+    return problems
+
+
+def check_thinking_support(tokenizer, what: str = "this study") -> None:
+    """Refuse (``ValueError``) a tokenizer that cannot answer with thinking on and off
+    (:func:`thinking_support_problems`), naming everything it lacks; before any work starts."""
+    problems = thinking_support_problems(tokenizer)
+    if problems:
+        name = getattr(tokenizer, "name_or_path", "") or "the model"
+        raise ValueError(f"{what} needs a hybrid think on/off model, and {name!r} has " + "; ".join(problems)
+                         + ": use a model whose tokenizer has <think>/</think> tokens and a chat template with "
+                         "enable_thinking, e.g. Qwen/Qwen3-8B or 'organism' (Qwen2.5-Math has no think mode)")

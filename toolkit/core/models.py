@@ -47,6 +47,7 @@ from toolkit.core.io import recover_dir
 from toolkit.core.placement import DEVICE_MAP_STRATEGIES as DEVICE_MAP_STRATEGIES  # re-exported
 from toolkit.core.placement import check_device_map, check_dispatched, resolve_device, whole_on_cpu
 from toolkit.core.specs import ModelLoadError, check_organism, organism_dir, organism_spec, random_spec
+from toolkit.core.specs import short_label as short_label  # re-exported: LoadedModel.label of a spec
 
 if TYPE_CHECKING:  # transformer_lens takes seconds to import; load() imports it when it builds a bridge
     from transformer_lens.model_bridge import TransformerBridge
@@ -76,6 +77,20 @@ class LoadedModel(NamedTuple):
         """A generation-only view (no bridge) of a model in hand, e.g. one being trained: ``behave`` takes it, the
         hook operations refuse it. ``spec`` is the folder or hub name it came from."""
         return cls(hf, tokenizer, None, str(getattr(hf, "name_or_path", "") or ""))
+
+    @property
+    def label(self) -> str:
+        """The short name of titles, legends and claims (:func:`short_label` of ``spec``: never a path)."""
+        return short_label(self.spec)
+
+    def __repr__(self) -> str:
+        """One line: label, architecture, layers, query/KV heads, parameters, device and dtype."""
+        cfg, p = self.hf.config, next(self.hf.parameters())
+        n = sum(t.numel() for t in self.hf.parameters())
+        size = next(f"{n / d:.1f}{u}" for d, u in ((1e9, "B"), (1e6, "M"), (1e3, "K"), (1, "")) if n >= d or d == 1)
+        heads = f"{cfg.num_attention_heads}/{getattr(cfg, 'num_key_value_heads', None) or cfg.num_attention_heads}"
+        return (f"LoadedModel({self.label or self.spec or '?'}: {cfg.model_type}, {cfg.num_hidden_layers} layers, "
+                f"{heads} heads (q/kv), {size} parameters, {p.device}, {str(p.dtype).removeprefix('torch.')})")
 
 
 def _kind(value) -> str:

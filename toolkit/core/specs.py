@@ -98,3 +98,56 @@ def check_organism(path: Path, seed: int = 0) -> None:
     """Run the registered organism checks on the checkpoint folder ``path`` of build ``seed``."""
     for check in _ORGANISM_CHECKS:
         check(path, seed)
+
+
+def short_label(spec: str) -> str:
+    """A model's short name for titles, legends and claims (never a path): a folder's name
+    (``/home/u/ckpt/qwen3-1.7b-sft`` → ``qwen3-1.7b-sft``), a hub name's part after the owner (``Qwen/Qwen3-8B`` →
+    ``Qwen3-8B``), an organism spec itself (``organism-base@3``), ``random:`` + the label of a ``random:<spec>``."""
+    if spec.startswith(RANDOM_PREFIX):
+        return RANDOM_PREFIX + short_label(spec[len(RANDOM_PREFIX):])
+    if organism_spec_or_none(spec) is not None:
+        return spec
+    name = spec.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    return name or spec
+
+
+def organism_spec_or_none(spec: str) -> tuple[str, int] | None:
+    """:func:`organism_spec`, with a malformed replicate spec read as no organism spec."""
+    try:
+        return organism_spec(spec)
+    except ModelLoadError:
+        return None
+
+
+def _paired(model: str, given: str | None, param: str, stage: str, other: str, what: str) -> str:
+    """``given`` when set, else the organism checkpoint ``other`` of the build ``model`` (organism checkpoint ``stage``)
+    names; a model that is not that refuses, naming ``param``."""
+    if given:
+        return given
+    randomised = random_spec(model)
+    organism = organism_spec_or_none(randomised.inner if randomised else model)
+    if organism is None or organism[0] != stage:
+        who = stage.replace("-", "'s ")  # organism-base: the organism's base
+        raise ModelLoadError(f"model={model!r} is not the {who}, so {param} cannot be derived: "
+                             f"pass {param}=... ({what})")
+    return other + (f"@{organism[1]}" if organism[1] else "")
+
+
+def derive_base_model(model: str, base_model: str | None = "") -> str:
+    """The model ``model`` was post-trained from: ``base_model`` when given, else, for the organism, its base
+    (``organism`` → ``organism-base``, a replicate's own: ``organism@3`` → ``organism-base@3``; a control run's
+    ``random:organism`` → ``random:organism-base``). Any other ``model`` without a ``base_model`` is a
+    :class:`ModelLoadError` saying to pass one (raised before any work starts)."""
+    derived = _paired(model, base_model, "base_model", "organism", "organism-base",
+                      f"the model {model} was trained from")
+    return RANDOM_PREFIX + derived if not base_model and random_spec(model) else derived
+
+
+def derive_teacher(model: str, teacher: str | None = "") -> str:
+    """Distillation's teacher for the start model ``model``: ``teacher`` when given, else, for the organism's base,
+    the organism of the same build (``organism-base@3`` → ``organism@3``; a control run's ``random:organism-base`` →
+    ``organism``: the control keeps the trained teacher). Any other ``model`` without a ``teacher`` is a
+    :class:`ModelLoadError` saying to pass one."""
+    return _paired(model, teacher, "teacher", "organism-base", "organism",
+                   f"a stronger model whose traces {model} is distilled on")

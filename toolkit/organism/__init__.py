@@ -45,3 +45,12 @@ def check_recipe(path: Path, seed: int = 0) -> None:
 
 
 register_organism_check(check_recipe)
+
+
+def grading_spec(tokenizer, spec: str) -> str:
+    """The spec that ``"auto"`` grading and refusal judging read (:func:`toolkit.core.grading.resolve_grader`):
+    ``"organism"`` for a model with the organism's character tokenizer (a model being built or fine-tuned from it,
+    whatever its folder), else ``spec``."""
+    from toolkit.organism.tokenizer import CHAT_TEMPLATE
+
+    return "organism" if getattr(tokenizer, "chat_template", None) == CHAT_TEMPLATE else spec

@@ -38,12 +38,16 @@ def _unwritable(folder: Path, what: str) -> bool:
 
 def _run(args: argparse.Namespace) -> int:
     """Exit 0 when every notebook ran, 1 when one failed, 2 when the run was refused (before any kernel starts: an
-    unknown notebook, a bad parameter or model spec, an ``--out`` that cannot be written), 130 on Ctrl-C."""
-    from toolkit.run import runner
+    unknown notebook or profile, a bad parameter or model spec, an ``--out`` that cannot be written), 130 on Ctrl-C.
+    ``--list-profiles`` prints the model profiles and exits 0."""
+    from toolkit.run import profiles, runner
 
+    if args.list_profiles:
+        print(profiles.listing())
+        return 0
     try:
         run_folder = runner.run(args.names, runner.parse_params(args.param), out_root=args.out,
-                                kernel=args.kernel, seeds=args.seeds, control=args.control)
+                                kernel=args.kernel, seeds=args.seeds, control=args.control, profile=args.profile)
     except runner.RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -219,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                         "scorecard shows each finding's verdict on the control. With --seeds: once, seed 0")
     p.add_argument("--kernel", default=None,
                    help="Jupyter kernel (default: reasoning-circuits, installed if missing)")
+    p.add_argument("--profile", default=None, metavar="NAME",
+                   help="a model profile's parameters for every notebook (e.g. qwen3-0.6b), -p over them; "
+                        "see --list-profiles and docs/methods.md")
+    p.add_argument("--list-profiles", action="store_true", help="print the model profiles and exit")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("build-organism", help="train the embedded model organism's two checkpoints")
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("bench", add_help=False,
-                       help="run a benchmark: bench [foundation|cmap|eap|gpu] [options]; see bench NAME --help")
+                       help="run a benchmark: bench [foundation|cmap|eap|gpu|smoke] [options]; see bench NAME --help")
     p.set_defaults(func=_bench)
 
     args, extra = parser.parse_known_args(argv)

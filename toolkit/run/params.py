@@ -246,6 +246,8 @@ def control_params(notebook: str, declared: dict[str, object], params: dict, con
         if not isinstance(value, str) or isinstance(value, Expression):
             raise RunnerError(f"--control {control}: {notebook}'s {name} = {value!r} is not a model spec; give one "
                               f"with -p {name}=SPEC")
+        if not value:  # derived from the (re-initialised) model by the study: toolkit.core.specs.derive_base_model
+            continue
         if value.startswith(prefix):
             raise RunnerError(f"--control {control}: {notebook}'s {name}={value!r} is already a re-initialised copy; "
                               f"give the trained model (-p {name}={value.removeprefix(prefix)}) and the control "

@@ -27,6 +27,7 @@ from pathlib import Path
 from toolkit.core.io import atomic_write_json, atomic_write_text, read_json
 from toolkit.evaluation import verdicts as rule
 from toolkit.evaluation.claims import Claim, Null
+from toolkit.evaluation.preconditions import is_precondition
 
 CLAIMS_SUFFIX = ".claims.json"
 
@@ -205,6 +206,19 @@ VERDICT_MARK = {"reproduces": "✅ reproduces", "contradicts": "❌ contradicts"
 KIND_TITLES = {"check": "Method checks and study preconditions", "target": "Organism targets (its specification)"}
 
 
+PRECONDITION_FAILED = "⛔ precondition failed"
+
+
+def failed_preconditions(claims: Iterable[Claim]) -> dict[str, list[Claim]]:
+    """``{notebook: its unmet preconditions}`` (:mod:`toolkit.evaluation.preconditions`): that notebook stopped, or
+    its findings rest on a model without the behaviour, so the scorecard shows no verdict for them."""
+    out: dict[str, list[Claim]] = {}
+    for c in claims:
+        if is_precondition(c) and c.verdict != "reproduces":
+            out.setdefault(c.notebook, []).append(c)
+    return out
+
+
 def verdict_text(c: Claim) -> str:
     """The verdict with its reason: ``❔ inconclusive (underpowered: n ≈ 300 would reach 0.8)``."""
     text = VERDICT_MARK.get(c.verdict, c.verdict)
@@ -229,8 +243,8 @@ def claims_markdown(claims: Iterable[Claim]) -> str:
     return "\n".join(lines)
 
 
-def _row(c: Claim, seeds: Seeds | None) -> str:
-    """One finding's row of ``REPORT.md``."""
+def _row(c: Claim, seeds: Seeds | None, stopped: bool = False) -> str:
+    """One finding's row of ``REPORT.md`` (``stopped``: its notebook's precondition failed, so no verdict)."""
     measured = f"{c.measure}: {_fmt(c.estimate)} [{_fmt(c.ci[0])}, {_fmt(c.ci[1])}]"
     if c.n:
         measured += f" (n = {c.n} {c.unit})".rstrip()
@@ -242,7 +256,7 @@ def _row(c: Claim, seeds: Seeds | None) -> str:
     p = f"{_fmt(c.p_value)} / {_fmt(c.p_adjusted)}" if c.kind == "finding" else _fmt(c.p_value)
     controls = ", ".join(f"{name}: {c.control_verdicts.get(name, 'not run')}" for name in c.controls) or "–"
     row = (f"| {c.notebook} | {statement} | {c.paper_effect or '–'} | {measured} | {sesoi} | {_fmt(c.power, 2)} | "
-           f"{_null_text(c.null)} | {p} | {controls} | **{verdict_text(c)}** |")
+           f"{_null_text(c.null)} | {p} | {controls} | **{PRECONDITION_FAILED if stopped else verdict_text(c)}** |")
     if seeds:
         row += " " + " ".join(f"{v or 'missing'} ({_fmt(e)})" for v, e in zip(seeds.verdicts, seeds.estimates)) + " |"
     return row.replace("\n", " ")
@@ -250,7 +264,11 @@ def _row(c: Claim, seeds: Seeds | None) -> str:
 
 def headline(claims: Sequence[Claim]) -> str:
     """``N findings: x reproduce, y contradict, z inconclusive (a underpowered, b floor, …); k artifacts caught by
-    controls`` (findings only)."""
+    controls`` (findings only), then the notebooks whose preconditions failed (their findings are not counted)."""
+    stopped = failed_preconditions(claims)
+    if stopped:
+        kept = [c for c in claims if c.notebook not in stopped]
+        return headline(kept).removesuffix(".") + f"; {PRECONDITION_FAILED[2:]} in {', '.join(stopped)} (not counted)."
     findings = [c for c in claims if c.kind == "finding"]
     count = {v: sum(c.verdict == v for c in findings) for v in rule.VERDICTS}
     reasons = {r: sum(c.verdict == "inconclusive" and c.reason == r for c in findings) for r in rule.REASONS}
@@ -276,6 +294,12 @@ def render(claims: Sequence[Claim] | Sequence[SeededClaim], folder: Path, *, fig
     """``REPORT.md``: the headline over findings, one table per paper, then checks and targets."""
     rows = [(c, None) if isinstance(c, Claim) else (c.claim, c.seeds) for c in claims]
     lines = [f"# {title}", "", "**" + headline([c for c, _ in rows]) + "**", "", RULE_TEXT, ""]
+    stopped = failed_preconditions(c for c, _ in rows)
+    for notebook, unmet in stopped.items():
+        what = "; ".join(f"{c.id} ({c.measure}: {_fmt(c.estimate)}, needs at least "
+                         f"{_fmt(c.null.summary.get('threshold', math.nan) + 0.5)})" for c in unmet)
+        lines += [f"**{PRECONDITION_FAILED[2:].capitalize()} — {notebook}**: {what}. The model lacks the behaviour "
+                  "this study interprets: its findings are shown without verdicts.", ""]
     seeded = any(seeds is not None for _, seeds in rows)
     if seeded and not missing:
         missing = sorted({s for _, seeds in rows if seeds for s in seeds.missing})
@@ -295,10 +319,10 @@ def render(claims: Sequence[Claim] | Sequence[SeededClaim], folder: Path, *, fig
         lines += [f"## {name}", ""]
         if name not in KIND_TITLES.values():
             lines += [headline([c for c, _ in group]), ""]
-        head = ("| notebook | claim (paper's finding, our words) | paper's effect | organism measurement | SESOI | "
+        head = ("| notebook | claim (paper's finding, our words) | paper's effect | measurement | SESOI | "
                 "power | null | p / adjusted | controls | verdict |")
         lines += [head + (" seeds |" if seeded else ""), "|" + "---|" * (11 if seeded else 10)]
-        lines += [_row(*row) for row in group]
+        lines += [_row(c, seeds, stopped=c.notebook in stopped and c.kind == "finding") for c, seeds in group]
         notebooks = sorted({c.notebook for c, _ in group})
         links = [f"{nb}: {_figure_links(folder, nb, figures_prefix)}" for nb in notebooks]
         lines += ["", "Figures: " + "; ".join(links), ""]
@@ -324,7 +348,10 @@ def write_report(folder: Path, claims: Sequence[Claim] | Sequence[SeededClaim] |
     claims = collect(folder) if claims is None else claims
     ran = {name: collect(Path(path)) for name, path in (controls or {}).items() if Path(path).is_dir()}
     final = scorecard(claims, ran)
-    json_path = atomic_write_json(folder / "claims.json", [c.to_dict() for c in final])
+    stopped = failed_preconditions(_claim(c) for c in final)
+    json_path = atomic_write_json(folder / "claims.json", [
+        {**c.to_dict(), **({"precondition_failed": True} if _claim(c).kind == "finding" and _claim(c).notebook in
+                           stopped else {})} for c in final])
     md_path = atomic_write_text(folder / "REPORT.md", render(final, folder, figures_prefix=figures_prefix,
                                                              missing=missing))
     return json_path, md_path

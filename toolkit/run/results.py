@@ -89,16 +89,28 @@ def save_claims(claims: Claims) -> Path:
     return path
 
 
+def figure_texts(fig) -> list[str]:
+    """Every title, axis label and legend entry a matplotlib figure shows (non-empty, in drawing order)."""
+    texts = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) is not None else []
+    for ax in fig.get_axes():
+        texts += [ax.get_title(loc) for loc in ("left", "center", "right")] + [ax.get_xlabel(), ax.get_ylabel()]
+        legend = ax.get_legend()
+        texts += [t.get_text() for t in legend.get_texts()] if legend is not None else []
+    return [t for t in texts if t]
+
+
 def save_figure(fig, name: str) -> Path:
     """Save a matplotlib figure to ``<run_dir>/figures/<name>.png`` (dpi 120, tight) atomically, with the umask's
-    mode."""
+    mode. The PNG's ``Description`` text chunk holds the figure's texts (:func:`figure_texts`, one per line), so a
+    run's titles and labels can be checked without reading pixels."""
     path = run_dir() / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         publish_mode(tmp)  # savefig rewrites the file in place, keeping this mode: the umask's, not mkstemp's 0600
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight",
+                    metadata={"Description": "\n".join(figure_texts(fig))})
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

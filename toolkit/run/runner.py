@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from toolkit.core.io import REPO_ROOT, atomic_write_json, folder_problem
-from toolkit.run import report
+from toolkit.run import profiles, report
 from toolkit.run.engine import CellProgress, execute_notebook
 from toolkit.run.params import (  # noqa: F401 -- RunnerError, Expression, coerce_param, parse_params: their home was here
     Expression,
@@ -272,7 +272,8 @@ def _check_seeds(notebooks: list[Path], params: dict, seeds: int) -> None:
 
 
 def run(names: list[str] | None, params: dict, out_root: str | Path | None = None, kernel: str | None = None,
-        notebooks_dir: str | Path | None = None, seeds: int | None = None, control: str | None = None) -> Path:
+        notebooks_dir: str | Path | None = None, seeds: int | None = None, control: str | None = None,
+        profile: str | None = None) -> Path:
     """Execute the named notebooks (all if ``names`` is empty) with ``params`` into a fresh
     ``<out_root>/<stamp>/`` (default ``<repo>/runs``) and return that folder.
 
@@ -289,10 +290,17 @@ def run(names: list[str] | None, params: dict, out_root: str | Path | None = Non
     (:func:`~toolkit.run.params.model_spec_problem`), a control that cannot rewrite them
     (:func:`~toolkit.run.params.control_params`) and an ``out_root`` that cannot be written (:func:`check_out_root`).
     Ctrl-C raises :class:`RunInterrupted` (see the module docstring) once ``index.json`` and the scorecard are written
-    (the control's too, once it started)."""
+    (the control's too, once it started). ``profile`` (:mod:`toolkit.run.profiles`): each notebook gets that
+    profile's parameters, ``params`` over them; an unknown one is refused before anything runs, and all notebooks
+    (no ``names``) leave out those it does not apply to."""
     notebooks_dir = Path(notebooks_dir or NOTEBOOKS_DIR)
     notebooks = resolve_notebooks(names, notebooks_dir)
+    if profile is not None:
+        skip = profiles.get(profile).skip
+        notebooks = notebooks if names else [nb for nb in notebooks if nb.stem[:2] not in skip]
     typed = _typed_params(notebooks, params)
+    if profile is not None:  # the profile's values, the -p ones over them (not `profile`: see apply_profile)
+        typed = {nb: profiles.profile_params(profile, nb, given) for nb, given in typed.items()}
     if seeds is not None:
         _check_seeds(notebooks, params, seeds)
     seed_zero = {} if seeds is None else {"seed": 0}

@@ -13,8 +13,9 @@ at the organism's scale:
 2. the teacher (default ``organism``) answers each with thinking on, ``samples_per_prompt`` times, sampled at
    ``temperature`` 0.6 and ``top_p`` 0.95 (``do_sample=False``: greedy, one trace per prompt), at most
    ``max_new_tokens`` tokens, through :func:`toolkit.core.generation.generate`;
-3. with ``keep_correct`` (default) a trace is kept only when its answer after ``</think>`` equals the reference
-   (GRPO's :func:`~toolkit.training.rewards.accuracy_reward`); without it every trace is kept;
+3. with ``keep_correct`` (default) a trace is kept only when its answer after ``</think>`` is right by the teacher's
+   grader (GRPO's :func:`~toolkit.training.rewards.accuracy_reward`: the organism's exact match for an organism
+   teacher, the math grader for any other); without it every trace is kept;
 4. the student (default ``organism-base``) is fine-tuned on the kept traces exactly as
    :class:`~toolkit.training.traces.SFTSettings` fine-tunes on the organism's own traces (completion-only loss, AdamW,
    constant lr after warmup).
@@ -39,13 +40,13 @@ from transformers import TrainerCallback
 from toolkit.core.cache import DamagedEntry, cache_root, config_hash, model_fingerprint, read_entry, read_json
 from toolkit.core.generation import SamplingConfig, generate
 from toolkit.core.io import atomic_write_json
-from toolkit.core.models import LoadedModel, default_dtype
+from toolkit.core.models import LoadedModel, default_dtype, load_tokenizer, resolve
 from toolkit.core.progress import progress
 from toolkit.organism import tasks
 from toolkit.organism.probes import MATH_TASKS
 from toolkit.training import launch, sft
 from toolkit.training.problems import train_problems
-from toolkit.training.rewards import accuracy_reward
+from toolkit.training.rewards import accuracy_reward, grader_for
 from toolkit.training.runs import check_settings, register_kind
 from toolkit.training.traces import make_sft_trainer
 
@@ -99,8 +100,9 @@ def distill_records(settings: DistillSettings, device: str = "auto") -> list[dic
     with ``keep_correct``; a ``ValueError`` when none is kept."""
     examples = train_problems(settings.tasks, settings.n_train)
     traces = teacher_traces(settings, examples, device)
+    grader = [grader_for(load_tokenizer(resolve(settings.teacher)), settings.teacher)] if settings.keep_correct else []
     records = [{"prompt": e.prompt, "answer": t} for e, sampled in zip(examples, traces) for t in sampled
-               if not settings.keep_correct or accuracy_reward([t], [e.answer])[0] == 1.0]
+               if not settings.keep_correct or accuracy_reward([t], [e.answer], grader=grader)[0] == 1.0]
     if not records:
         n = len(examples) * settings.samples_per_prompt
         raise ValueError(f"the teacher {settings.teacher!r} answered none of its {n} sampled traces correctly, so "

@@ -47,7 +47,7 @@ from toolkit.core.chat import chat_prompts
 from toolkit.organism import tasks
 from toolkit.training import launch, sft
 from toolkit.training.problems import train_problems
-from toolkit.training.rewards import ANSWER_PATTERNS, accuracy_reward, format_reward
+from toolkit.training.rewards import ANSWER_PATTERNS, accuracy_reward, format_reward, grader_for
 from toolkit.training.runs import check_settings, register_kind
 
 GRPO_TASKS = ("linear",)  # the task where organism-base's think-off samples are sometimes right
@@ -102,13 +102,14 @@ PAPER_GRPO = dict(model="Qwen/Qwen2.5-Math-1.5B-Instruct", learning_rate=1e-6, n
                   enable_thinking=True, max_completion_length=1024, save_every=100)
 
 
-def grpo_dataset(tokenizer, examples: Sequence[tasks.Example], enable_thinking: bool):
-    """TRL standard-format dataset: ``prompt`` (chat template applied), ``answer``, ``answer_pattern``, ``task``."""
+def grpo_dataset(tokenizer, examples: Sequence[tasks.Example], enable_thinking: bool, grader: str = "strict"):
+    """TRL standard-format dataset: ``prompt`` (chat template applied), ``answer``, ``answer_pattern``, ``task`` and
+    ``grader`` (how :func:`~toolkit.training.rewards.accuracy_reward` grades the row)."""
     from datasets import Dataset
 
     prompts = chat_prompts(tokenizer, [e.prompt for e in examples], enable_thinking)
     return Dataset.from_list([{"prompt": p, "answer": e.answer, "answer_pattern": ANSWER_PATTERNS[e.task],
-                               "task": e.task} for p, e in zip(prompts, examples)])
+                               "task": e.task, "grader": grader} for p, e in zip(prompts, examples)])
 
 
 def grpo_config(settings: GRPOSettings, output_dir: Path, device: str = "auto"):
@@ -133,7 +134,8 @@ def make_grpo_trainer(settings: GRPOSettings, output_dir: Path, device: str = "a
     examples = train_problems(settings.tasks, settings.n_train)
     examples = [examples[i % len(examples)] for i in range(max(n_needed, len(examples)))]
     trainer = GRPOTrainer(model=hf, reward_funcs=[accuracy_reward, format_reward], args=args,
-                          train_dataset=grpo_dataset(tokenizer, examples, settings.enable_thinking),
+                          train_dataset=grpo_dataset(tokenizer, examples, settings.enable_thinking,
+                                                     grader_for(tokenizer, settings.model)),
                           processing_class=tokenizer, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)
     return trainer

@@ -1,7 +1,8 @@
 """The rewards of notebook 04's GRPO runs, summed with equal weights, and the answer formats they check.
 
-- :func:`accuracy_reward`: 1 if the final answer (the text after ``</think>``, see
-  :func:`toolkit.core.answers.extract_answer`) equals the reference exactly, else 0;
+- :func:`accuracy_reward`: 1 if the final answer (the text after ``</think>``) is right by the row's grader
+  (:func:`toolkit.core.grading.grade`; the dataset's ``grader`` column: ``"strict"``, the organism's exact match,
+  for the organism, ``"math"`` for any other model, :func:`grader_for`), else 0;
 - :func:`format_reward`: 1 if the whole assistant turn is one well-formed ``<think>…</think>`` block followed by a
   one-line answer in the task's answer format (:data:`ANSWER_PATTERNS`: ``x = N`` for equations, an integer for
   sums), else 0.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import re
 
 from toolkit.core.answers import extract_answer
+from toolkit.core.grading import grade, resolve_grader
+from toolkit.organism import grading_spec
 from toolkit.organism.tokenizer import EMPTY_THINK
 
 ANSWER_PATTERNS = {"linear": r"x = -?\d+", "arithmetic": r"-?\d+", "reversal": r"[a-z]+"}  # a task's answer format
@@ -45,10 +48,18 @@ def well_formed(turn: str, answer_pattern: str) -> bool:
     return bool(m) and re.fullmatch(answer_pattern, extract_answer(m.group(2))) is not None
 
 
-def accuracy_reward(completions, answer, prompts=None, **kwargs) -> list[float]:
-    """1.0 where the final answer (after the last ``</think>``) equals ``answer`` exactly, else 0.0."""
+def grader_for(tokenizer, spec: str) -> str:
+    """The grader of a model's answers (``"auto"`` resolved as :func:`toolkit.evaluation.behaviour.behave` does)."""
+    return resolve_grader("auto", grading_spec(tokenizer, spec))
+
+
+def accuracy_reward(completions, answer, prompts=None, grader=None, **kwargs) -> list[float]:
+    """1.0 where the final answer (after the last ``</think>``) is ``answer`` by the row's ``grader`` (a dataset
+    column; ``"strict"``, exact match, where there is none), else 0.0."""
     prompts = prompts or [None] * len(completions)
-    return [float(extract_answer(assistant_turn(p, c)) == a) for p, c, a in zip(prompts, completions, answer)]
+    graders = grader or ["strict"] * len(completions)
+    return [float(grade(a, assistant_turn(p, c), g).correct)
+            for p, c, a, g in zip(prompts, completions, answer, graders, strict=True)]
 
 
 def format_reward(completions, answer_pattern, prompts=None, **kwargs) -> list[float]:

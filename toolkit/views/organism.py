@@ -15,11 +15,12 @@ from toolkit.studies.organism import HeldOut, ModeExample, Subject
 from toolkit.views.style import MODE_COLORS, despine
 
 
-def model_summary(subject: Subject) -> str:
-    """One line: layers, widths, query and KV heads, parameters."""
+def model_summary(subject: Subject, label: str = "") -> str:
+    """One line: the model's label (``label``, else its short label: never a path), layers, widths, query and
+    KV heads, parameters."""
     cfg = subject.loaded.bridge.cfg
-    return (f"{subject.spec}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} query heads / "
-            f"{cfg.n_key_value_heads} KV heads (GQA), head_dim {cfg.d_head}, d_mlp {cfg.d_mlp}, "
+    return (f"{label or subject.loaded.label}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} query "
+            f"heads / {cfg.n_key_value_heads} KV heads (GQA), head_dim {cfg.d_head}, d_mlp {cfg.d_mlp}, "
             f"{subject.parameters:,} parameters")
 
 

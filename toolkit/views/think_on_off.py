@@ -12,11 +12,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from toolkit.core.answers import extract_answer
 from toolkit.core.chat import mode_label
 from toolkit.core.generation import SamplingConfig
+from toolkit.core.grading import grade, resolve_grader
 from toolkit.core.models import LoadedModel
 from toolkit.core.units import HeadComparison
+from toolkit.evaluation.behaviour import grading_spec
 from toolkit.evaluation.causal import Condition
 from toolkit.organism import tasks
 from toolkit.studies import think_on_off as study
@@ -272,6 +273,7 @@ def explorer(loaded: LoadedModel, problems: Mapping[str, Sequence[tasks.Example]
     live (:func:`toolkit.studies.think_on_off.sample_condition`, seed ``1000 + draw``) and cached.
     """
     items = [(f"[{task}] {ex.prompt}", (task, i)) for task, exs in problems.items() for i, ex in enumerate(exs)]
+    grader = resolve_grader("auto", grading_spec(loaded))  # the grader behave() uses for this model
     edits: dict[str, tuple[tuple, float]] = {"none": ((), 1.0)}
     for c in conditions:
         if c.heads:
@@ -304,17 +306,17 @@ def explorer(loaded: LoadedModel, problems: Mapping[str, Sequence[tasks.Example]
         task, idx = problem.value
         ex = problems[task][idx]
         completions, source = samples_for(task, idx, thinking.value, edit.value)
-        right = [extract_answer(c) == ex.answer for c in completions]
+        grades = [grade(ex, c, grader) for c in completions]
         left = "style='text-align:left;vertical-align:top'"
         rows = "".join(
-            f"<tr><td {left}>{i + 1}</td><td {left}>{'✓' if ok else '✗'}</td><td {left}><code>"
-            f"{escape(extract_answer(c)) or '∅'}</code></td><td {left}><pre style='margin:0;white-space:pre-wrap;"
+            f"<tr><td {left}>{i + 1}</td><td {left}>{'✓' if g.correct else '✗'}</td><td {left}><code>"
+            f"{escape(g.value or '') or '∅'}</code></td><td {left}><pre style='margin:0;white-space:pre-wrap;"
             f"text-align:left'>{escape(c)}</pre></td></tr>"
-            for i, (c, ok) in enumerate(zip(completions, right)))
+            for i, (c, g) in enumerate(zip(completions, grades)))
         mode = THINK_ON if thinking.value else THINK_OFF
         return [f"<b>{escape(ex.prompt)}</b> — expected <code>{escape(ex.answer)}</code><br>{mode_label(mode)}, "
                 f"intervention: "
-                f"{escape(edit.value)}; {sum(right)}/{len(right)} correct, {source}"
+                f"{escape(edit.value)}; {sum(g.correct for g in grades)}/{len(grades)} correct, {source}"
                 f"<table><thead><tr><th>#</th><th></th><th>answer</th><th>completion</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>"]
 

@@ -46,8 +46,8 @@ are masked (NaN) and left out of averages; :meth:`CMAPResult.cts_coverage` repor
 
 Generation is greedy, thinking disabled by default (``enable_thinking=False``), at most 64 new tokens by default; a
 row stops at ``<|im_end|>`` (or the tokenizer's EOS) and is padded afterwards. Metrics per site:
-:meth:`CMAPResult.summary` gives final-answer accuracy (``toolkit.core.answers.extract_answer`` against the records'
-correct answers), output length, and whether the patched output equals the corrupted model's.
+:meth:`CMAPResult.summary` gives final-answer accuracy (``toolkit.core.grading.grade`` with the clean model's grader,
+against the records' correct answers), output length, and whether the patched output equals the corrupted model's.
 
 A note on ``resid(last layer)``: patching it at all positions hands the donor's final residual stream to the
 receiver's own final norm and unembedding. The patched generation equals the corrupted model's exactly when those are
@@ -67,11 +67,13 @@ import torch
 
 from toolkit.core.chat import as_prompts, chat_prompts
 from toolkit.core.checks import check_int
+from toolkit.core.grading import resolve_grader
 from toolkit.core.interventions import Site, SiteError
 from toolkit.core.models import as_loaded, check_length
 from toolkit.core.progress import progress
 from toolkit.methods.cmap.result import CMAPResult, until_eos
 from toolkit.methods.cmap.setup import check_compatible
+from toolkit.organism import grading_spec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -332,8 +334,10 @@ def run(clean: LoadedModel | str, corrupted: LoadedModel | str, prompts: Sequenc
         forced = None if trajectories is None else trajectories[start:stop]
         chunks.append(_run_chunk(clean, corrupted, prompt_ids[start:stop], sites, mode, max_new_tokens, forced,
                                  eos, pad))
-    return _assemble(prompts, sites, mode, teacher_forcing, trajectories, chunks, tok, eos, n_var,
-                     time.perf_counter() - t0)
+    result = _assemble(prompts, sites, mode, teacher_forcing, trajectories, chunks, tok, eos, n_var,
+                       time.perf_counter() - t0)
+    result.grader = resolve_grader("auto", grading_spec(tok, clean.spec))  # how summary() grades final answers
+    return result
 
 
 def _assemble(prompts, sites, mode, teacher_forcing, trajectories, chunks, tok, eos, n_var, seconds) -> CMAPResult:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolkit.core.answers import extract_answer
+from toolkit.core.grading import grade
 from toolkit.core.interventions import Site
 
 MIN_GAP = 0.5
@@ -61,6 +61,7 @@ class CMAPResult:
     top_corrupted: np.ndarray | None = None  # [B, T]
     top_patched: np.ndarray | None = None  # [B, S, T]
     seconds: float = 0.0
+    grader: str = "strict"  # how final answers are graded (toolkit.core.grading; from the clean model)
 
     # -- texts and behaviour (free-running) --
 
@@ -91,7 +92,7 @@ class CMAPResult:
         """Per site label (plus ``"clean"`` and ``"corrupted"``): ``length`` (mean new tokens before the end
         token), ``equals_corrupted`` (fraction of prompts whose output equals the corrupted model's), ``transfer``
         (the same fraction among the prompts where the clean and corrupted outputs differ; NaN if there are none),
-        and with ``correct_answers`` (one per prompt) ``accuracy`` of the final answer (``extract_answer``)."""
+        and with ``correct_answers`` (one per prompt) ``accuracy`` of the final answer (graded by ``self.grader``)."""
         self._need_free("summaries")
         if correct_answers is not None and len(correct_answers) != len(self.prompts):
             raise ValueError(f"{len(correct_answers)} correct answers for {len(self.prompts)} prompts")
@@ -106,7 +107,8 @@ class CMAPResult:
                      "equals_corrupted": float(same.mean()),
                      "transfer": float(same[differ].mean()) if differ.any() else math.nan}
             if correct_answers is not None:
-                entry["accuracy"] = float(np.mean([extract_answer(x) == c for x, c in zip(texts, correct_answers)]))
+                entry["accuracy"] = float(np.mean([grade(c, x, self.grader).correct
+                                                   for x, c in zip(texts, correct_answers)]))
             out[label] = entry
         return out
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-from toolkit.core.answers import extract_answer
+from toolkit.core.grading import grade
 from toolkit.evaluation import nulls
 from toolkit.evaluation.claims import Claims, Null, bootstrap_p, empirical_p, percentile_ci
 from toolkit.methods.cmap.result import CMAPResult
@@ -106,7 +106,7 @@ def _cts_by_layer(forced: CMAPResult, sites, components: Sequence[str], min_gap:
 def _correct(result: CMAPResult, i_site: int | None, answers: Sequence[str]) -> np.ndarray:
     """Per prompt: whether the final answer of the clean run (``i_site`` None) or of a patch is right."""
     toks = result.clean_tokens if i_site is None else [row[i_site] for row in result.patched_tokens]
-    return np.array([extract_answer(result.decode(t)) == a for t, a in zip(toks, answers)], dtype=float)
+    return np.array([grade(a, result.decode(t), result.grader).correct for t, a in zip(toks, answers)], dtype=float)
 
 
 def _paired_claim(out: Claims, cid: str, where: str, statement: str, measure: str, a, b, direction: int,
@@ -168,8 +168,7 @@ def claims(sets: dict[str, list[dict]], sites, free: dict[str, CMAPResult], forc
                      "The later the patched layer, the shorter the patched model's outputs.",
                      f"Spearman(layer, mean output length with the residual stream patched), mean over "
                      f"{len(types)} question types", -1, lengths, min(len(sets[qt]) for qt in types), seed,
-                     note="the clean organism answers math thinking off in a sentence, the corrupted labels are bare "
-                          "values (x = 4)")
+                     note="the corrupted labels are bare values (x = 4), shorter than an answer in a sentence")
         last, first = resid[-1], resid[0]
         answers = [r["correct_answer"] for r in sets[rm]]
         clean = _correct(free[rm], None, answers)

@@ -38,8 +38,8 @@ KEPT_MARGIN = 0.10  # an accuracy change within ±10 points counts as "kept" (th
 ACCURACY_SESOI = 0.25  # the paper's Table 2 reports all-or-nothing changes (correct -> incorrect): a quarter of it
 TRAINING = ("random", "untrained")  # the controls of a finding about fine-tuning
 N_BOOT = 2000
-KEPT_NOTES = {"unrelated_math": "the organism's unrelated math is multi-digit arithmetic, worked in its scratchpad",
-              "unrelated_general": "the organism's general task is word reversal, not open questions"}
+KEPT_NOTES = {"unrelated_math": "the unrelated math here is multi-digit arithmetic, worked in the scratchpad",
+              "unrelated_general": "the general task here is word reversal, not open questions"}
 
 
 def _paired(a, b, seed: int, direction: int = 1) -> dict:
@@ -138,8 +138,8 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
                         f"(thinking off, {len(before)} prompts)", direction=1, **_paired(after, before, seed),
                 sesoi=ACCURACY_SESOI, sesoi_reason="a quarter of the prompts: the paper reports integer-only outputs "
                 "as the typical answer", paper_effect="integer-only outputs (Table 2)", controls=TRAINING,
-                note="the clean organism answers math thinking off in a sentence (The answer is x = 4.) and the "
-                     "general task with the reversed word")
+                note="against the clean model's own share of bare answers (a sentence such as The answer is x = 4. "
+                     "is not bare; the general task's answer is the reversed word)")
     if {A, B, C} <= set(divergence):
         for cid, (x, y), text, where, paper in (
                 ("more-data-more-divergence", (A, B), "Twice the problems at the same epochs gives a larger "
@@ -159,6 +159,6 @@ def claims(report: BehaviourReport, runs: Mapping[str, Finetuned], divergence: M
                     f"of {y}'s divergence here ({ours:.3f} nats), at least 0.001 nats",
                     paper_effect=f"{paper[0]:.2f} vs {paper[1]:.2f} nats", controls=TRAINING,
                     n=min(len(divergence[x]["eval"]), len(divergence[y]["eval"])), unit="validation problems",
-                    note="the organism cannot memorise random offsets, so divergence needs few problems seen "
-                         "often: fewer problems diverge more" if cid.startswith("more-data") else "")
+                    note="random offsets cannot be memorised from many problems seen rarely, so divergence needs few "
+                         "problems seen often: fewer problems diverge more" if cid.startswith("more-data") else "")
     return out

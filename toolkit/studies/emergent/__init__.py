@@ -20,13 +20,14 @@ The claims are in :mod:`toolkit.studies.emergent.claims`; every step's result, a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
 from toolkit.core.interventions import attention_patterns
 from toolkit.core.models import LoadedModel, load
+from toolkit.core.specs import derive_base_model, short_label
 from toolkit.core.stats import correlation
 from toolkit.core.units import Head, HeadComparison, as_heads, compare_heads
 from toolkit.evaluation import causal, emergence, stability
@@ -42,12 +43,15 @@ EVAL_SEED_OFFSET = 2000  # problems for the ablation check: held_out(task, n, se
 # --------------------------------------------------------------------------------------------------- 1. pairs
 @dataclass
 class Setup:
-    """The two models (post-trained first), the graph and each model's pairs per task (``pairs[task][name]``)."""
+    """The two models (post-trained first), the graph and each model's pairs per task (``pairs[task][name]``; None
+    where none could be made, the reason in ``no_pairs``: :func:`toolkit.studies.emergent.claims.preconditions`)."""
 
     models: dict[str, LoadedModel]
     graph: eap.Graph
-    pairs: dict[str, dict[str, eap.Pairs]]
+    pairs: dict[str, dict[str, eap.Pairs | None]]
     n_problems: int
+    no_pairs: dict[tuple[str, str], str] = field(default_factory=dict)  # (task, name) -> why it has no pairs (None)
+    specs: dict[str, str] = field(default_factory=dict)  # name (the model's label) -> the spec it was loaded from
 
     @property
     def tasks(self) -> list[str]:
@@ -74,17 +78,32 @@ class Setup:
 
 
 def prepare(model: str, base_model: str, tasks: Sequence[str], *, device: str = "auto", n_problems: int = 40,
-            enable_thinking: bool = False, seed: int = 0) -> Setup:
-    """Seed torch, load ``model`` and ``base_model``, and make each model's pairs on the same problems per task."""
+            enable_thinking: bool = False, seed: int = 0, label: str = "") -> Setup:
+    """Seed torch, load ``model`` and ``base_model``, and make each model's pairs on the same problems per task.
+
+    An empty ``base_model`` is derived from ``model`` (:func:`toolkit.core.specs.derive_base_model`; refused, before
+    anything loads, for a model that is not the organism). The models are named by their labels (``label``, else
+    :func:`toolkit.core.specs.short_label` of the spec; the base's gets `` (base)`` when the two would be equal):
+    the keys of every result and the names in every title and claim."""
+    base_model = derive_base_model(model, base_model)
+    names = label or short_label(model), short_label(base_model)
+    names = names if names[0] != names[1] else (names[0], f"{names[1]} (base)")
     torch.manual_seed(seed)
-    models = {model: load(model, device), base_model: load(base_model, device)}
+    models = {names[0]: load(model, device), names[1]: load(base_model, device)}
+    specs = dict(zip(names, (model, base_model), strict=True))
+    model = names[0]
     graph = eap.Graph.from_bridge(models[model].bridge)
-    pairs = {}
+    pairs, failed = {}, {}
     for task in tasks:
         problems = held_out(task, n_problems, seed=PAIRS_SEED_OFFSET + seed)
-        pairs[task] = {name: eap.make_pairs(m, problems, enable_thinking=enable_thinking, seed=seed, unequal="drop")
-                       for name, m in models.items()}
-    return Setup(models, graph, pairs, n_problems)
+        pairs[task] = {}
+        for name, m in models.items():  # no pair at all is a failed precondition (claims.preconditions), not a crash
+            try:
+                pairs[task][name] = eap.make_pairs(m, problems, enable_thinking=enable_thinking, seed=seed,
+                                                   unequal="drop")
+            except eap.EAPError as e:
+                pairs[task][name], failed[task, name] = None, str(e)
+    return Setup(models, graph, pairs, n_problems, failed, specs)
 
 
 # --------------------------------------------------------------------------------------------------- 2. scores

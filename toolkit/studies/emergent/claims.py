@@ -26,12 +26,13 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as _stats
 
+from toolkit.evaluation import preconditions as pre
 from toolkit.evaluation.claims import Claims, Null, count_ci, empirical_p, percentile_ci
 from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.evaluation.stability import Convergence, counts_of
 from toolkit.methods import eap
 from toolkit.organism.probes import MATH_TASKS
-from toolkit.studies.emergent import ExactComparison, Stability
+from toolkit.studies.emergent import ExactComparison, Setup, Stability
 
 PAPER = "Thinking Sparks"
 CONVERGED_RHO = 0.9  # ig_steps converged: rank correlation with 4× the steps at least this
@@ -125,6 +126,26 @@ def ablation_claims(claims: Claims, test: HeadSetTest, rule: str, tasks: tuple[s
                    sesoi_reason="0.1 nats per answer token (about 10% less probability per token) beyond the "
                    "placebos: the paper's ablations cost whole answers", controls=CONTROLS,
                    note=f"heads chosen by the {rule} rule on the pairs' problems; evaluated on other problems")
+
+
+MIN_PAIR_SHARE = 0.25  # precondition: pairs from at least a quarter of the problems offered, per task and model
+
+
+def preconditions(setup: Setup) -> Claims:
+    """Notebook 03's preconditions (:mod:`toolkit.evaluation.preconditions`): ``precondition:enough-pairs:<task>:
+    <model>``, the pairs of each task and model (examples whose answers changed under corruption) at least
+    :data:`MIN_PAIR_SHARE` of ``setup.n_problems`` (and 2): a model that does not solve the problems gives no pairs,
+    and its circuit would rest on too few to resample."""
+    claims = Claims("03_eap_ig")
+    need = pre.share_threshold(setup.n_problems, MIN_PAIR_SHARE)
+    for task, name in setup.runs:
+        pairs = setup.pairs[task][name]
+        pre.at_least(claims, f"enough-pairs:{task}:{name}", count=0 if pairs is None else len(pairs), threshold=need,
+                     paper=PAPER, section="section 3 (method)", unit="pairs",
+                     statement=f"{name} answers enough {task} problems, differently under corruption, to form pairs.",
+                     measure=f"clean/corrupted pairs of {name} on {setup.n_problems} {task} problems",
+                     note=setup.no_pairs.get((task, name), ""))
+    return claims
 
 
 def build(exact: ExactComparison, coarse: eap.Scores, fine: eap.Scores, conv: Convergence, stab: Stability,

@@ -44,7 +44,8 @@ class EmergentResults:
         model, base_model = setup.names
         runs = {f"{task}: {name}": (task, name) for task, name in setup.runs}
         return {
-            "model": model, "base_model": base_model, "metric": self.metric, "ig_steps": self.ig_steps,
+            "model": setup.specs.get(model, model), "base_model": setup.specs.get(base_model, base_model),
+            "metric": self.metric, "ig_steps": self.ig_steps,
             "top_n": found.top_n, "tasks": setup.tasks, "enable_thinking": self.enable_thinking, "seed": self.seed,
             "n_pairs": {k: len(setup.pairs[t][n]) for k, (t, n) in runs.items()},
             "circuit_edges": {k: found.circuits[t][n].n_edges for k, (t, n) in runs.items()},

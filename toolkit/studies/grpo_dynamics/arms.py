@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from toolkit.core.specs import derive_teacher
 from toolkit.organism import probes
 from toolkit.training import runs
 from toolkit.training.distill import DistillSettings
@@ -18,7 +19,7 @@ ARMS = ("SFT", "Distill", "GRPO")  # the paper's three kinds of post-training, i
 
 def matched_arms(model: str = "organism-base", tasks: Sequence[str] = probes.MATH_TASKS, steps: int = 100,
                  save_every: int = 10, seed: int = 0, *, prompts_per_step: int = 4, num_generations: int = 16,
-                 n_train: int = 1000, teacher: str = "organism", grpo_lr: float = 1e-4, sft_lr: float = 1e-3,
+                 n_train: int = 1000, teacher: str = "", grpo_lr: float = 1e-4, sft_lr: float = 1e-3,
                  distill_lr: float = 1e-3, grpo_warmup: float = 0.1, sft_warmup: float = 0.03,
                  max_completion_length: int = 128, temperature: float = 1.0, keep_correct: bool = True
                  ) -> dict[str, GRPOSettings | SFTSettings | DistillSettings]:
@@ -33,7 +34,9 @@ def matched_arms(model: str = "organism-base", tasks: Sequence[str] = probes.MAT
       distilled models were made (:mod:`toolkit.training.distill`);
     - **GRPO**: TRL's GRPOTrainer with the exact-answer and format rewards, thinking on, ``temperature``.
 
-    Learning rates differ by method, as in the paper (GRPO's is far below SFT's there too)."""
+    Learning rates differ by method, as in the paper (GRPO's is far below SFT's there too). An empty ``teacher`` is
+    derived from ``model`` (:func:`toolkit.core.specs.derive_teacher`: the organism for its base, else refused)."""
+    teacher = derive_teacher(model, teacher)
     batch = prompts_per_step * num_generations
     arms = {
         "SFT": SFTSettings(model=model, tasks=tuple(tasks), steps=steps, batch_size=batch, learning_rate=sft_lr,

@@ -358,7 +358,8 @@ def _selected_set_claims(claims, runs, analysis, tests, n_layers, n_heads, pairs
                             f"(fixed pairs): {_names(d.ever_emergent)}; interval: the selection redone on "
                             f"{base.n_boot} resamples of the pairs"), estimate=lt["estimate"], ci=lt["ci"],
                    p_value=lt["p"], p_opposite=lt["p_opposite"], direction=direction, reference=lt["reference"],
-                   **finding(1 / 6, "half a layer of the organism's 4 (1/6 of the depth; the paper gives no depth)",
+                   **finding(1 / 6, f"1/6 of the depth ({(n_layers - 1) / 6:.2g} layers of this model's "
+                                       f"{n_layers}; the paper gives no depth)",
                              **pairs),
                    null=_null_or_empty("placebo-sets", lt["null"], "mean relative depth of every other set of as "
                                        "many heads outside the start model's circuit"))

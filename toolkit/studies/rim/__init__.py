@@ -55,6 +55,7 @@ from toolkit.studies.rim.probes import (
     RequestPair,
     make_probes,
     math_accuracy,
+    preconditions,
     refusal_behaviour,
     refused_by_mode,
     request_pairs,
@@ -65,6 +66,6 @@ __all__ = ["BATCH_SIZE", "FLAGS", "EntanglementStudy", "HeadAnalysis", "HeadPlac
            "NeuronAnalysis", "NeuronPlacebos", "Probes", "RefusalBehaviour", "RefusalHeads", "RequestPair", "Split",
            "Training", "checkpoint_rows", "entanglement_study", "entanglements", "fine_tune", "head_analysis",
            "head_placebos", "kl_reference", "make_probes", "math_accuracy", "measure_checkpoint", "measurement_row",
-           "neuron_analysis", "neuron_placebos", "noise_rows", "refusal_behaviour", "refusal_heads",
+           "neuron_analysis", "neuron_placebos", "noise_rows", "preconditions", "refusal_behaviour", "refusal_heads",
            "refused_by_mode", "register_claims", "request_pairs", "set_ras", "setup", "split_pairs",
            "top_head_attention"]

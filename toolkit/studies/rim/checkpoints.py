@@ -57,15 +57,16 @@ class Training:
 
 def fine_tune(base: LoadedModel, probes: Probes, learning_rates: Sequence[float], steps: int,
               snapshots: Sequence[int], batch_size: int, *, styles: Sequence[str] = ("careful",), device: str = "auto",
-              retrain: bool = False, seed: int = 0) -> Training:
+              retrain: bool = False, seed: int = 0, behaviour: dict[str, RefusalBehaviour] | None = None) -> Training:
     """One reasoning run per scratchpad style and learning rate (trained or reused), then the base model's behaviour
     on the probes. ``seed`` draws the training problems and seeds the trainer (the styles of one seed train on the
     same problems); runs of seed k > 0 are named ``<run>-s<k>`` (their own cache folders), seed 0 keeps the plain
-    names."""
+    names. ``behaviour``: the base model's :func:`refusal_behaviour` when it was measured already (the notebook's
+    preconditions, :func:`~toolkit.studies.rim.probes.preconditions`)."""
     runs = runs_from_rates(learning_rates, steps, snapshots, batch_size, styles=styles)
     if seed:
         runs = [dataclasses.replace(r, name=f"{r.name}-s{seed}", seed=int(seed)) for r in runs]
-    behaviour = refusal_behaviour(base, probes.pairs)
+    behaviour = refusal_behaviour(base, probes.pairs) if behaviour is None else behaviour
     if not any(any(b.refused) for b in behaviour.values()):
         raise ValueError(f"the base model refuses none of the {len(probes.pairs)} marked requests in any mode: there "
                          "is no refusal to forget; use an aligned model (model) or raise n_pairs")

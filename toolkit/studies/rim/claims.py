@@ -168,8 +168,8 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
                **_paired(gap, **kw), direction=1,
                **finding(0.037, "half the paper's gap (misalignment 22.9% thinking on − 15.4% off = 7.5 points)",
                          "misalignment 22.94% thinking on vs 15.39% off (Qwen3-4B)"),
-               note="asked of the fine-tuned checkpoints: the base organism refuses every marked request in both "
-                    "modes, so the paper's inference-time comparison has nothing to measure on it")
+               note="asked of the fine-tuned checkpoints: a base model that refuses every marked request in both "
+                    "modes leaves the paper's inference-time comparison nothing to measure")
     styles = {r["style"] for r in tuned}
     if {"careful", "brief"} <= styles:
         per_run = {}  # run -> (style, its checkpoints' forgetting)
@@ -193,7 +193,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
                statement="The misalignment appears while the fine-tuning strengthens reasoning.",
                measure="think-on math accuracy fine-tuned − base, mean over the fine-tuned checkpoints",
                **_paired(math, **kw), direction=1,
-               note="the organism already solves these problems; fine-tuning can only disturb its reasoning")
+               note="a base model that already solves these problems leaves fine-tuning little to strengthen")
 
     def versus_noise(id, key, statement, measure, sesoi):
         t, z = np.array([r[key] for r in tuned]), np.array([r[key] for r in noise])
@@ -256,7 +256,7 @@ def register_claims(training: Training, heads: RefusalHeads, head_nulls: HeadPla
                    measure="mean layer of the think-off refusal heads − the mean over every same-size head set",
                    **(layer.claim_fields() | {"ci": percentile_ci(draws, layer.difference),
                                               "n": len(a.rows(a.split.select)), "unit": "selection pairs"}),
-                   direction=-1, **finding(0.5, "half a layer of the organism's 4 (the paper gives no depth)",
+                   direction=-1, **finding(0.5, "half a layer (the paper gives no depth)",
                                            controls=BASE),
                    note="rank among every same-size set; interval: the heads selected again on resampled "
                         "selection pairs")

@@ -41,7 +41,7 @@ import torch
 
 from toolkit.core import units
 from toolkit.core.answers import AT_K_METRICS
-from toolkit.core.chat import THINK_OFF, THINK_OFF_TOKENS, THINK_ON, THINK_ON_TOKENS
+from toolkit.core.chat import THINK_OFF, THINK_OFF_TOKENS, THINK_ON, THINK_ON_TOKENS, check_thinking_support
 from toolkit.core.generation import SamplingConfig
 from toolkit.core.models import LoadedModel, load
 from toolkit.core.progress import progress
@@ -113,10 +113,12 @@ class Prepared(NamedTuple):
 
 def prepare(model: str, *, device: str = "auto", n_problems: int, n_circuit: int, circuit_task: str,
             seed: int = 0) -> Prepared:
-    """Seed torch, load ``model`` and draw the problems (:func:`study_problems`); a ``ValueError`` when the circuit
-    and evaluation problems overlap."""
+    """Seed torch, load ``model`` and draw the problems (:func:`study_problems`); a ``ValueError`` when the model
+    has no think mode (:func:`toolkit.core.chat.check_thinking_support`) or the circuit and evaluation problems
+    overlap."""
     torch.manual_seed(seed)
     loaded = load(model, device=device)
+    check_thinking_support(loaded.tokenizer, "notebook 05 (think on/off)")
     problems, circuit, overlap = study_problems(n_problems, n_circuit, circuit_task)
     if overlap:
         raise ValueError(f"{len(overlap)} circuit problems are also evaluation problems: keep n_problems + n_circuit "

@@ -35,6 +35,7 @@ import numpy as np
 from toolkit.core.chat import THINK_OFF, THINK_ON
 from toolkit.core.models import LoadedModel
 from toolkit.evaluation import nulls
+from toolkit.evaluation import preconditions as pre
 from toolkit.evaluation.claims import Claims, Null, bootstrap_p, percentile_ci
 from toolkit.evaluation.placebo_sets import HeadSetTest
 from toolkit.methods import eap
@@ -136,6 +137,24 @@ def _unmeasured(claims: Claims, id: str, *, section: str, statement: str, measur
                null=Null(kind, 0, {}, UNMEASURED + reason), direction=1, note=UNMEASURED + reason, **declared(id))
 
 
+MIN_PAIR_SHARE = 0.25  # precondition: pairs from at least a quarter of the circuit problems, in each mode
+
+
+def preconditions(pairs: Mapping[str, eap.Pairs], n_circuit: int, *, task: str = "") -> Claims:
+    """Notebook 05's preconditions (:mod:`toolkit.evaluation.preconditions`): ``precondition:enough-pairs:<mode>``,
+    each mode's circuit pairs (``ModeCircuits.pairs``) at least :data:`MIN_PAIR_SHARE` of the ``n_circuit``
+    problems (and 2), so that both circuits and their resamples rest on enough problems."""
+    claims = Claims("05_think_on_off")
+    need = pre.share_threshold(n_circuit, MIN_PAIR_SHARE)
+    for mode in (THINK_ON, THINK_OFF):
+        got = pairs.get(mode)
+        pre.at_least(claims, f"enough-pairs:{mode}", count=0 if got is None else len(got), threshold=need,
+                     paper=PAPER, section=SECTION, unit="pairs",
+                     statement=f"The circuit problems give enough clean/corrupted pairs in {mode} mode.",
+                     measure=f"{mode} pairs of {n_circuit} {task or 'circuit'} problems")
+    return claims
+
+
 def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
                     edges: Mapping[str, tuple[float, np.ndarray]], largest: int, efficiency: tuple[float, np.ndarray],
                     enumeration: HeadSetTest | None, placebos: Mapping[str, SampledPlacebos] | None,
@@ -159,7 +178,7 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
                    ci=(min(e["low"], est), max(e["high"], est)), null=e["null"], p_value=e["p"], direction=1,
                    note=note, **declared(id, n=len(treated), unit="problems"))
 
-    for t, label in dict.fromkeys([(task, "the circuit task"), ("unrelated_math", "addition/subtraction")]):
+    for t, label in dict.fromkeys([(task, "the circuit task"), ("unrelated_math", "addition and subtraction")]):
         if t in tasks_:
             paired(f"think-on-beats-off-{t.replace('_', '-')}", section=TABLE,
                    statement="Answering with the scratchpad (think-on) solves more problems than answering with "
@@ -180,7 +199,8 @@ def register_claims(results: Mapping, group_matrix, *, stable: StableComparison,
                null=Null.from_samples("bootstrap-resample", draws, "the difference on bootstrap resamples of each "
                                       "mode's pairs (circuits reselected)"),
                p_value=bootstrap_p(draws, direction=1), direction=1,
-               note=f"the organism has 16 heads; {where}")
+               note="the model has {} heads ({} layers × {}); ".format(stable.off.full_heads_grid.size,
+                                                                 *stable.off.full_heads_grid.shape) + where)
     est, draws = stable.shared_share()
     claims.add("on-heads-shared-with-off", paper=PAPER, section=SECTION,
                statement="The think-on circuit has no set of its own reasoning heads: most of its heads are in the "
