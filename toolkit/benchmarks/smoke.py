@@ -6,7 +6,9 @@ of the shape (:func:`toolkit.organism.qwen_like.qwen_like_dir`: the 151,936-toke
 and think tokens) and a second one with other random weights (the base, donor or teacher where a notebook takes
 one) in a temporary folder, then runs each notebook headlessly, each as its own ``python -m toolkit run`` (benchmarks
 do not import the runner, and a process per notebook keeps one's failure from the next), with its
-``test_parameters`` and the model parameters pointed at those folders. Per notebook it records seconds, status
+``test_parameters`` under the smoke budgets (:data:`SMOKE_PARAMS`, also the ``gpu-smoke`` profile's) and the model
+parameters pointed at those folders; training caches go to the temporary folder, not the repository's ``.cache``.
+Per notebook it records seconds, status
 (``ok``; ``precondition failed`` when the notebook stopped on
 :class:`~toolkit.evaluation.preconditions.PreconditionFailed`, which a random model is expected to meet often;
 ``failed`` with the error's last line; ``skipped`` with the reason) and peak memory of the notebook's kernel:
@@ -36,12 +38,28 @@ from toolkit.core.io import REPO_ROOT, atomic_write_json
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 SKIP = {"00": "evaluates the model organism against its own targets and its base (organism-base); it does not "
               "apply to another model"}
+# the smoke budgets (over each notebook's test_parameters; also the ``gpu-smoke`` profile's): each notebook runs, on
+# a GPU at Qwen3-0.6B's shape too, in a minute or two; they check that it runs, not what it finds
+SMOKE_PARAMS = {"00": {"n_eval": 8, "compare_base": False},
+                       "01": {"n_eval": 8, "size_scale": 0.02, "max_new_tokens": 32, "think_on_tokens": 64},
+                       "02": {"n_prompts": 4, "heatmap_thinking": False, "batch_size": 16},
+                       "03": {"n_problems": 8, "n_boot": 20, "n_null": 5, "n_inner": 5, "n_eval": 4, "n_exact": 2,
+                              "max_new_tokens": 32},
+                       "04": {"steps": 4, "save_every": 2, "num_generations": 4, "n_train": 16, "n_eval": 8,
+                              "n_circuit": 8, "max_completion_length": 64, "n_boot": 20, "n_null": 5, "n_inner": 5,
+                              "n_noise": 2, "keep_correct": False},  # a random teacher solves nothing
+                       "05": {"n_circuit": 8, "n_problems": 4, "n_samples": 2, "max_new_tokens_think": 64,
+                              "max_new_tokens_off": 32, "n_boot": 50, "n_boot_circuit": 20},
+                       "06": {"steps": 4, "snapshots": [2, 4], "learning_rates": [1e-5], "n_pairs": 8, "n_math": 4,
+                              "n_reasoning": 4, "n_placebos": 20}}
 # the model parameters of each notebook: "model" → the built model, "other" → the second one (other weights)
 MODEL_PARAMS = {"model": "model", "base_model": "other", "corrupted": "other", "teacher": "model"}
 _PEAK_HOOK = """import atexit, json, os, resource, sys
 
 
 def _toolkit_smoke_peak():
+    if not any("ipykernel" in a for a in sys.argv):  # the notebook's kernel only, not the runner that starts it
+        return
     out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -57,11 +75,12 @@ if os.environ.get("TOOLKIT_SMOKE_PEAK"):
 
 
 def notebook_params(stem: str, model: str, other: str) -> dict:
-    """The notebook's ``test_parameters`` with its model parameters pointed at ``model`` / ``other``."""
+    """The notebook's ``test_parameters``, the :data:`SMOKE_PARAMS` budgets over them, and its model parameters
+    pointed at ``model`` / ``other``."""
     import nbformat
 
     nb = nbformat.read(NOTEBOOKS_DIR / f"{stem}.ipynb", as_version=4)
-    params = dict(nb.metadata.get("toolkit", {}).get("test_parameters", {}))
+    params = {**nb.metadata.get("toolkit", {}).get("test_parameters", {}), **SMOKE_PARAMS.get(stem[:2], {})}
     cell = next((c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])), "")
     declared = set(re.findall(r"^(\w+)\s*=", cell, flags=re.M))
     folders = {"model": model, "other": other}
@@ -88,7 +107,7 @@ def run_one(stem: str, params: dict, out_root: Path, hook_dir: Path, keep: bool 
     """Run one notebook (``python -m toolkit run``) into ``out_root/<stem>/``; its row of the report (never raises
     for the notebook's own failure; ``keep``: the run folder stays, so the row names it)."""
     peak_file = hook_dir / f"{stem}.peak.json"
-    env = dict(os.environ, TOOLKIT_SMOKE_PEAK=str(peak_file),
+    env = dict(os.environ, TOOLKIT_SMOKE_PEAK=str(peak_file), TOOLKIT_CACHE=str(hook_dir.parent / "cache"),
                PYTHONPATH=os.pathsep.join(p for p in (str(hook_dir), os.environ.get("PYTHONPATH")) if p))
     out = Path(out_root) / stem
     command = [sys.executable, "-m", "toolkit", "run", stem, "--out", str(out)]

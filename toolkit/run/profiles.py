@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit.benchmarks.smoke import SMOKE_PARAMS
 from toolkit.run.params import RunnerError, coerce_param, notebook_parameters
 
 QWEN3_SAMPLING = {"thinking": {"temperature": 0.6, "top_p": 0.95, "top_k": 20},
@@ -108,18 +109,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("gpu-smoke", None, "math", "phrases",
             "a random-init Qwen3-0.6B-shaped model folder with the real tokenizer (-p model=FOLDER), tiny budgets: "
             "checks that every notebook runs on a GPU, not what it finds",
-            notebooks={"00": {"n_eval": 8, "compare_base": False},
-                       "01": {"n_eval": 8, "size_scale": 0.02, "max_new_tokens": 32, "think_on_tokens": 64},
-                       "02": {"n_prompts": 4, "heatmap_thinking": False, "batch_size": 16},
-                       "03": {"n_problems": 8, "n_boot": 20, "n_null": 5, "n_inner": 5, "n_eval": 4, "n_exact": 2,
-                              "max_new_tokens": 32},
-                       "04": {"steps": 4, "save_every": 2, "num_generations": 4, "n_train": 16, "n_eval": 8,
-                              "n_circuit": 8, "max_completion_length": 64, "n_boot": 20, "n_null": 5, "n_inner": 5,
-                              "n_noise": 2},
-                       "05": {"n_circuit": 8, "n_problems": 4, "n_samples": 2, "max_new_tokens_think": 64,
-                              "max_new_tokens_off": 32, "n_boot": 50, "n_boot_circuit": 20},
-                       "06": {"steps": 4, "snapshots": [2, 4], "learning_rates": [1e-5], "n_pairs": 8, "n_math": 4,
-                              "n_reasoning": 4, "n_placebos": 20}}, model_at_run_time=True),
+            notebooks=SMOKE_PARAMS, model_at_run_time=True),
 ]}
 
 

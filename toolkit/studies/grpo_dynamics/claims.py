@@ -1,8 +1,6 @@
-"""Notebook 04's nulls and claims: "Thinking Sparks" findings on SFT, distillation and GRPO from one start, each
-against its null.
+"""Notebook 04's nulls and claims: "Thinking Sparks" findings on SFT, distillation and GRPO from one start, vs nulls.
 
-Paper: *Thinking Sparks!: Emergent Attention Heads in Reasoning Models During Post Training*
-by Park, Jeong and Kang, cited as "Thinking Sparks".
+Paper: *Thinking Sparks!: Emergent Attention Heads in Reasoning Models During Post Training* (Park, Jeong, Kang).
 
 Nulls computed here (definitions in :mod:`toolkit.evaluation.stability`, :mod:`toolkit.evaluation.emergence`,
 :mod:`toolkit.evaluation.nulls`):
@@ -144,6 +142,9 @@ def noise_null(start: str, trained: str, examples: Sequence, snapshot: SnapshotS
     texts = reference_texts(base.tokenizer, examples, snapshot.enable_thinking)
     ref = weight_noise.reference_batches(base.tokenizer, texts)
     target_kl = weight_noise.mean_kl(base.hf, post.hf, ref)
+    if not target_kl > 0:  # the run left the model unchanged: the matched copy is the start model, adding no head
+        atomic_write_json(path, (out := NoiseNull(0.0, float(target_kl), 0.0, [0] * n_noise)).__dict__)
+        return out
     match = weight_noise.match_noise(base.hf, target_kl, ref, seed=seed, keep_model=False)
     pairs = make_pairs(base, examples, snapshot, f"fixed pairs of {start}")
     attribute = dict(method=snapshot.method, steps=snapshot.ig_steps, metric=snapshot.metric,
