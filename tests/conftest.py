@@ -28,6 +28,18 @@ def tiny(request, tiny_dirs):
 
 
 @pytest.fixture
+def no_kernel(monkeypatch):
+    """Any attempt to install, start or run a kernel fails the test: a refusal must come before all of them."""
+    from toolkit.run import runner
+
+    def never(*args, **kwargs):
+        raise AssertionError("a kernel was installed or started before the run was refused")
+
+    monkeypatch.setattr(runner, "ensure_kernel", never)
+    monkeypatch.setattr(runner, "execute_notebook", never)
+
+
+@pytest.fixture
 def no_loading(monkeypatch):
     """Any attempt to load weights fails the test: refusals must come before loading."""
     from toolkit.core import models

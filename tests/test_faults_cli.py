@@ -33,16 +33,6 @@ def umask():
 
 
 @pytest.fixture
-def no_kernel(monkeypatch):
-    """Any attempt to install, start or run a kernel fails the test: a refusal must come before all of them."""
-    def never(*args, **kwargs):
-        raise AssertionError("a kernel was installed or started before the run was refused")
-
-    monkeypatch.setattr(runner, "ensure_kernel", never)
-    monkeypatch.setattr(runner, "execute_notebook", never)
-
-
-@pytest.fixture
 def nbdir(tmp_path, monkeypatch):
     d = tmp_path / "notebooks"
     d.mkdir()

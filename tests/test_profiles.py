@@ -11,15 +11,6 @@ NOTEBOOKS = sorted(runner.NOTEBOOKS_DIR.glob("0*.ipynb"))
 BY_NUMBER = {nb.stem[:2]: nb for nb in NOTEBOOKS}
 
 
-@pytest.fixture
-def no_kernel(monkeypatch):
-    def never(*args, **kwargs):
-        raise AssertionError("a kernel was installed or started before the run was refused")
-
-    monkeypatch.setattr(runner, "ensure_kernel", never)
-    monkeypatch.setattr(runner, "execute_notebook", never)
-
-
 @pytest.mark.parametrize("name", list(profiles.PROFILES))
 def test_every_profile_sets_only_declared_parameters_of_the_right_type(name):
     profile = profiles.PROFILES[name]
