@@ -29,20 +29,24 @@ $(COMPAT)/.installed: pyproject.toml requirements-compat.lock
 	touch $@
 
 test-compat: $(COMPAT)/.installed
-	@start=$$(date +%s); OMP_NUM_THREADS=1 $(COMPAT)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not browser"; \
+	@start=$$(date +%s); OMP_NUM_THREADS=1 $(COMPAT)/bin/python -m pytest -q -p no:cacheprovider -n $(JOBS) --dist loadgroup -m "not slow and not browser"; \
 	status=$$?; echo "test-compat: $$(( $$(date +%s) - start )) s at the lowest supported versions"; exit $$status
 
 run: setup
 	$(BIN)/python -m toolkit build-organism --if-missing
 	$(BIN)/python -m toolkit run
 
+# Both cores: pytest-xdist's workers take tests as they free up (loadgroup keeps an xdist_group on one worker, where
+# tests share an expensive fixture); the 15 slowest tests are listed at the end.
+JOBS ?= 2
 test: setup
 	./.ci/install-browser
-	$(BIN)/python -m pytest -q
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup --durations=15; \
+	status=$$?; echo "make test: $$(( $$(date +%s) - start )) s on $(JOBS) workers"; exit $$status
 
 test-browser: setup
 	./.ci/install-browser
-	$(BIN)/python -m pytest -q -m browser
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup -m browser
 
 bench: setup
 	$(BIN)/python -m toolkit bench

@@ -4,6 +4,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # kernels and workers started by tests: one thread each (-n 2)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -1,5 +1,6 @@
-"""Every notebook in ``notebooks/`` run in JupyterLab in headless Chromium, with the widgets and circuitsvis
-views it declares in ``metadata["toolkit"]`` checked (see ``browser_harness``); screenshots go to
+"""Every notebook in ``notebooks/`` run in JupyterLab in headless Chromium with its declared small test parameters,
+with the widgets and circuitsvis views it declares in ``metadata["toolkit"]`` checked (see ``browser_harness``) and
+the results, figures and claims it saved; screenshots go to
 ``runs/browser/``; and every exercise notebook of the course (``notebooks/exercises/NN_*.ipynb``) run to the end
 with each check's "not implemented" line and the summary rendered. Run alone with ``python -m pytest -m browser``."""
 
@@ -38,6 +39,15 @@ def test_notebook(browser: Browser, notebook: Path, tmp_path: Path) -> None:
         pytest.fail(f"{missing} missing from {data_dir()}: run `python -m toolkit build-organism` first")
     with checked_notebook(browser, notebook, tmp_path, SCREENSHOTS / f"{notebook.stem}.png"):
         pass
+    # what the run saved (TOOLKIT_RUN_DIR is tmp_path/run): results, figures, and claims that each name a null and
+    # a verdict. The runner's own path (papermill, index.json, parameters) is tested in test_runner and by the
+    # real-tokenizer notebook runs; a second headless execution of every notebook here would add nothing.
+    run = tmp_path / "run"
+    results = json.loads((run / f"{notebook.stem}.results.json").read_text())
+    assert results, "the notebook saved no results"
+    assert list((run / "figures").glob("*.png")), "the notebook saved no figures"
+    claims = [c for path in run.glob("*.claims.json") for c in json.loads(path.read_text())]
+    assert claims and all(c["null"]["kind"] and c["verdict"] for c in claims), "the notebook registered no claims"
 
 
 @pytest.mark.parametrize("notebook", EXERCISES, ids=lambda path: path.stem)

@@ -19,6 +19,9 @@ LEGACY = [name for name, spec in cal.PATHS.items() if spec.legacy]
 KNOWN: dict[str, str] = {}
 
 
+pytestmark = pytest.mark.xdist_group("calibration")  # under -n 2, one worker computes the module's fixture once
+
+
 @pytest.fixture(scope="module")
 def fast() -> dict:
     """The fast calibration (200 replicates per condition) of every path, once for the module."""

@@ -94,6 +94,17 @@ def test_cached_batched_run_equals_no_cache_reference_on_the_organism(organism_p
     check_against_reference(clean, corrupted, sites, mode, 5, prompts=PROMPTS[1:])
 
 
+@pytest.mark.parametrize("mode", cmap.MODES)
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_the_bridge_fallback_equals_the_reference_too(tiny_pairs, arch, mode, monkeypatch):
+    """The hook-based path (neuron sites, several devices, user hooks attached) computes the same as the fast one."""
+    from toolkit.methods.cmap import fast
+
+    monkeypatch.setattr(fast, "supported", lambda *args: False)
+    clean, corrupted = tiny_pairs[arch]
+    check_against_reference(clean, corrupted, all_granularities(clean.bridge.cfg.n_layers), mode, STEPS)
+
+
 def test_modes_differ(tiny_pairs):
     """'current' and 'all' are different computations (else one of them would be wrongly implemented)."""
     clean, corrupted = tiny_pairs["qwen3"]

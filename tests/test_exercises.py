@@ -1,6 +1,6 @@
 """The teaching track: the check library's verdicts, the master → notebook generator, the committed notebooks being
-what their masters generate, the solution notebooks passing every check and the exercise notebooks running through
-with every check "not implemented", and one deliberately wrong solution per lesson failing its check."""
+what their masters generate, the solution notebooks passing every check, and one deliberately wrong solution per
+lesson failing its check (the exercise notebooks themselves run in JupyterLab in test_browser.py)."""
 
 from __future__ import annotations
 
@@ -173,11 +173,8 @@ def test_solution_notebook_passes_every_check(lesson, tmp_path, one_thread_kerne
     assert seconds < 600, f"{lesson}: {seconds:.0f} s"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("lesson", LESSONS)
-def test_exercise_notebook_runs_through_with_every_check_not_implemented(lesson, tmp_path, one_thread_kernels):
-    statuses, _ = _execute(EXERCISES / f"{lesson}.ipynb", tmp_path / "out.ipynb")
-    assert len(statuses) >= 3 and set(statuses.values()) == {"not implemented"}, statuses
+# The exercise notebooks (the stubs) run to the end with every check "not implemented": test_browser's
+# test_exercise_notebook runs each one in JupyterLab and reads the same summary line from its rendered output.
 
 
 # --------------------------------------------------------------------------- a wrong solution fails its check

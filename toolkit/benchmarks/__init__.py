@@ -1,11 +1,14 @@
 """Benchmarks: ``python -m toolkit bench [NAME] [options]``.
 
 Each module here has ``main(argv) -> int``; it measures a speed or memory goal as a ratio against a baseline timed in
-the same run, and writes its numbers to ``bench/results/<name>.json``. ``NAMES`` lists them; ``foundation`` is the
-default.
+the same run, and writes its numbers to ``bench/results/<name>.json`` with the load average at its start and end and,
+beside each ratio, whether its legs ran under comparable loads (:mod:`toolkit.benchmarks.load`). ``NAMES`` lists them;
+``foundation`` is the default. Options out of range, an unknown benchmark or case are refused with exit status 2 and
+the valid values, before any work (:mod:`toolkit.benchmarks.options`).
 """
 
 import importlib
+import sys
 
 NAMES = ("foundation", "cmap", "eap", "gpu", "smoke")
 
@@ -15,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(argv or [])
     name = argv.pop(0) if argv and not argv[0].startswith("-") else "foundation"
     if name not in NAMES:
-        raise SystemExit(f"unknown benchmark {name!r}; choose one of {', '.join(NAMES)}")
+        print(f"error: unknown benchmark {name!r}; choose one of {', '.join(NAMES)}", file=sys.stderr)
+        return 2
     try:
         module = importlib.import_module(f"toolkit.benchmarks.{name}")
     except ModuleNotFoundError as err:

@@ -10,6 +10,14 @@ baseline with frozen parameters (activation gradients only) is reported beside i
 ``toolkit.methods.eap.attribute`` does: the clean and corrupted forwards, m forward+backward passes through the
 TransformerBridge, and the score contraction. Timings are medians of interleaved runs.
 
+The organism's batch is ``--pairs`` (8) real pairs of :func:`toolkit.methods.eap.make_pairs`: held-out linear
+equations with thinking **on** (with thinking off the organism gives the same answer to nearly every clean and
+corrupted problem, and ``make_pairs`` drops those, which left one pair), each row the prompt plus the scratchpad up to
+where the two responses part. Fewer pairs than asked is an error, not a smaller batch. The batch shape (pairs ×
+tokens) is recorded and printed beside the ratio. Every ratio carries the load average of its legs and the verdict
+of :mod:`toolkit.benchmarks.load` (``comparable``; not a valid figure when false); the results file has the load
+average at the benchmark's start and end.
+
 On the 0.6B shape one forward+backward over 4 × 128 tokens takes about a minute on one CPU thread, so by default
 the time ratio is measured at batch 2 × 64 (``--ratio-shape 4 128`` for the full batch) and the peak memory at
 4 × 128 with 2 IG steps (the peak does not grow with m). The organism runs first; ``--skip-large`` stops there.
@@ -22,7 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -30,9 +38,13 @@ from pathlib import Path
 
 import torch
 
+from toolkit.benchmarks import load as loadavg
+from toolkit.benchmarks.options import POSITIVE, THREADS, int_range
 from toolkit.core.io import REPO_ROOT, atomic_write_json
 from toolkit.core.models import LoadedModel, load
 from toolkit.methods import eap
+
+PAIRS_TASK, PAIRS_SEED = "linear", 11  # held-out problems the organism's pairs come from (thinking on)
 
 QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
@@ -55,19 +67,6 @@ def _plain_step(model, ids: torch.Tensor, trainable: bool):
         loss.backward()
         model.zero_grad(set_to_none=True)
     return run
-
-
-def _timed(fns: dict, repeats: int, warmup: bool) -> dict[str, float]:
-    if warmup:
-        for fn in fns.values():
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 class _PeakRSS:
@@ -115,27 +114,42 @@ def compare(loaded: LoadedModel, plain, pairs: eap.Pairs, steps: int, repeats: i
         eap.attribute(loaded, pairs, method="eap-ig", steps=steps, batch_size=len(pairs), show_progress=False)
 
     plain.train(False)
-    secs = _timed({"eap_ig": run_eap, "plain_fwd_bwd": _plain_step(plain, ids, True),
-                   "plain_fwd_bwd_frozen": _plain_step(plain, ids, False)}, repeats, warmup)
+    secs, verdict = loadavg.interleaved({"eap_ig": run_eap, "plain_fwd_bwd": _plain_step(plain, ids, True),
+                                         "plain_fwd_bwd_frozen": _plain_step(plain, ids, False)}, repeats, warmup)
     return {
-        "batch": list(ids.shape), "steps": steps, "repeats": repeats, "seconds": secs,
+        "batch": list(ids.shape), "batch_shape": f"{ids.shape[0]} pairs x {ids.shape[1]} tokens", "steps": steps,
+        "repeats": repeats, "seconds": secs,
         "ratio": round(secs["eap_ig"] / (steps * secs["plain_fwd_bwd"]), 3),
         "ratio_vs_frozen_baseline": round(secs["eap_ig"] / (steps * secs["plain_fwd_bwd_frozen"]), 3),
+        "comparable": verdict["comparable"], "load": verdict,
     }
+
+
+def organism_pairs(loaded: LoadedModel, n_pairs: int) -> tuple[eap.Pairs, dict]:
+    """``n_pairs`` pairs of :func:`toolkit.methods.eap.make_pairs` on held-out linear equations, thinking on, and a
+    description of where they came from; raises ``SystemExit`` when fewer come out."""
+    from toolkit.organism.tasks import held_out
+
+    problems = held_out(PAIRS_TASK, 2 * n_pairs, seed=PAIRS_SEED)
+    pairs = eap.make_pairs(loaded, problems, enable_thinking=True, unequal="drop")
+    if len(pairs) < n_pairs:
+        reasons = sorted({d["reason"] for d in pairs.dropped})
+        raise SystemExit(f"bench eap: only {len(pairs)} of the {n_pairs} requested pairs came out of "
+                         f"{len(problems)} held-out {PAIRS_TASK} problems (thinking on; dropped: "
+                         f"{'; '.join(reasons) or 'none'}); ask for fewer with --pairs")
+    source = {"task": PAIRS_TASK, "problems": len(problems), "seed": PAIRS_SEED, "enable_thinking": True,
+              "usable_pairs": len(pairs), "dropped": len(pairs.dropped), "used": n_pairs}
+    return pairs.subset(range(n_pairs)), source
 
 
 def organism_case(steps: int, repeats: int, n_pairs: int = 8) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from toolkit.organism.tasks import held_out
-
     loaded = load("organism")
-    pairs = eap.make_pairs(loaded, held_out("linear", 3 * n_pairs, seed=11), unequal="drop")
-    pairs = pairs.subset(range(min(n_pairs, len(pairs))))
+    pairs, source = organism_pairs(loaded, n_pairs)
     plain = AutoModelForCausalLM.from_pretrained(loaded.hf.name_or_path)
-    out = compare(loaded, plain, pairs, steps, repeats)
-    out["model"] = "organism"
-    return out
+    out = {"model": "organism", "pairs": len(pairs), "pairs_source": source}
+    return out | compare(loaded, plain, pairs, steps, repeats)
 
 
 def qwen3_06b_shape(batch: int = 4, length: int = 128, seed: int = 0) -> tuple[LoadedModel, object]:
@@ -191,14 +205,16 @@ def large_case(steps: int, ratio_shape: tuple[int, int], memory_shape: tuple[int
     rb, rl = ratio_shape
     pairs = random_pairs(rb, rl, vocab)
     plain.train(False)
-    secs = _timed({"eap_ig": lambda: eap.attribute(loaded, pairs, method="eap-ig", steps=steps, batch_size=rb,
-                                                   show_progress=False),
-                   "plain_fwd_bwd": _plain_step(plain, pairs.clean_ids, True)}, repeats, warmup=True)
+    secs, verdict = loadavg.interleaved({"eap_ig": lambda: eap.attribute(loaded, pairs, method="eap-ig", steps=steps,
+                                                                         batch_size=rb, show_progress=False),
+                                         "plain_fwd_bwd": _plain_step(plain, pairs.clean_ids, True)}, repeats)
     del plain
     extra = mem.peak - mem.start
-    return {"model": "random Qwen3-0.6B shape", "parameters": n_params, "batch": [rb, rl], "steps": steps,
+    return {"model": "random Qwen3-0.6B shape", "parameters": n_params, "batch": [rb, rl],
+            "batch_shape": f"{rb} pairs x {rl} tokens", "steps": steps,
             "repeats": repeats, "seconds": {k: round(v, 2) for k, v in secs.items()},
             "ratio": round(secs["eap_ig"] / (steps * secs["plain_fwd_bwd"]), 3),
+            "comparable": verdict["comparable"], "load": verdict,
             "peak_memory": {"batch": [mb, ml], "steps": memory_steps, "seconds": round(mem_seconds, 2),
                             "extra_peak_gib": round(extra / 2**30, 3), "process_peak_gib": round(mem.peak / 2**30, 3),
                             "weights_gib": round(4 * n_params / 2**30, 3), "estimate_gib": round(estimate / 2**30, 3),
@@ -206,30 +222,60 @@ def large_case(steps: int, ratio_shape: tuple[int, int], memory_shape: tuple[int
                                     "(the loaded weights)"}}
 
 
+def summary(name: str, res: dict, goal: float) -> str:
+    """One printed line: the batch shape, the ratio against the goal, and whether it is a valid comparison."""
+    valid = "comparable" if res["comparable"] else f"NOT comparable: {res['load']['reason']}"
+    return (f"[eap bench] {name}: batch {res['batch_shape']}, EAP-IG {res['seconds']['eap_ig']:.2f} s, plain "
+            f"fwd+bwd {res['seconds']['plain_fwd_bwd']:.3f} s, ratio {res['ratio']} (goal <= {goal}); legs' 1-minute "
+            f"load {res['load']['legs_load_1min']} ({valid})")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m toolkit bench eap", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", type=POSITIVE, default=8, help="pairs in the organism's batch (default 8)")
+    p.add_argument("--steps", type=POSITIVE, default=5, help="IG steps m (default 5)")
+    p.add_argument("--repeats", type=POSITIVE, default=7, help="timed repeats on the organism (default 7)")
+    p.add_argument("--ratio-shape", type=int_range(1), nargs=2, default=(2, 64), metavar=("BATCH", "TOKENS"),
+                   help="batch for the 0.6B time ratio (default 2 64; 4 128 takes ~4x longer)")
+    p.add_argument("--memory-shape", type=int_range(1), nargs=2, default=(4, 128), metavar=("BATCH", "TOKENS"),
+                   help="batch for the 0.6B peak memory (default 4 128)")
+    p.add_argument("--memory-steps", type=POSITIVE, default=2, help="IG steps in the memory run (default 2)")
+    p.add_argument("--large-repeats", type=POSITIVE, default=1, help="timed repeats on the 0.6B shape (default 1)")
+    p.add_argument("--skip-large", action="store_true", help="only the organism")
+    p.add_argument("--threads", type=THREADS, default=None, help="torch threads (1 is steadier on a shared box)")
+    p.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "eap.json"))
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m toolkit bench eap", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=5, help="IG steps m (default 5)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats on the organism")
-    parser.add_argument("--ratio-shape", type=int, nargs=2, default=(2, 64), metavar=("BATCH", "TOKENS"),
-                        help="batch for the 0.6B time ratio (default 2 64; 4 128 takes ~4x longer)")
-    parser.add_argument("--memory-shape", type=int, nargs=2, default=(4, 128), metavar=("BATCH", "TOKENS"),
-                        help="batch for the 0.6B peak memory (default 4 128)")
-    parser.add_argument("--memory-steps", type=int, default=2, help="IG steps in the memory run (default 2)")
-    parser.add_argument("--large-repeats", type=int, default=1, help="timed repeats on the 0.6B shape (default 1)")
-    parser.add_argument("--skip-large", action="store_true", help="only the organism")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is steadier on a shared box)")
-    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "eap.json"))
-    args = parser.parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    for flag in ("ratio_shape", "memory_shape"):
+        if getattr(args, flag)[1] < 4:
+            p.error(f"argument --{flag.replace('_', '-')}: TOKENS must be at least 4 (the corrupted rows differ "
+                    "from the clean ones at three positions)")
+    start = loadavg.reading()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {"torch_threads": torch.get_num_threads(), "goal_ratio": 1.5,
-               "organism": organism_case(args.steps, args.repeats)}
+    goal = 1.5
+    results = {"command": "python -m toolkit bench eap " + " ".join(argv or []),
+               "torch_threads": torch.get_num_threads(), "goal_ratio": goal,
+               "organism": organism_case(args.steps, args.repeats, args.pairs)}
     print(json.dumps(results["organism"], indent=2), flush=True)
+    print(summary("organism", results["organism"], goal), flush=True)
+    loadavg.warn_if_incomparable("bench eap, organism", results["organism"]["load"])
     if not args.skip_large:
+        atomic_write_json(Path(args.out), loadavg.stamp(results | {"partial": True}, start))
         results["qwen3_0.6b_shape"] = large_case(args.steps, tuple(args.ratio_shape), tuple(args.memory_shape),
                                                  args.memory_steps, args.large_repeats)
         print(json.dumps(results["qwen3_0.6b_shape"], indent=2))
-    atomic_write_json(Path(args.out), results)
+        print(summary("qwen3-0.6b shape", results["qwen3_0.6b_shape"], goal), flush=True)
+        loadavg.warn_if_incomparable("bench eap, Qwen3-0.6B shape", results["qwen3_0.6b_shape"]["load"])
+    atomic_write_json(Path(args.out), loadavg.stamp(results | {"partial": False}, start))
     print(f"written to {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,7 +1,9 @@
 """Benchmarks of the foundation: organism build time, generation throughput, bridge overhead.
 
-Each speed is reported with a baseline measured in the same run, as a ratio. Results go to
-``bench/results/foundation.json`` (git-ignored). Run ``python -m toolkit bench foundation`` (``make bench``).
+Each speed is reported with a baseline measured in the same run, as a ratio, beside its legs' load average and the
+verdict of :mod:`toolkit.benchmarks.load` (``comparable``; not a valid figure when false). Results go to
+``bench/results/foundation.json`` (git-ignored), with the load average at the benchmark's start and end. Run
+``python -m toolkit bench foundation`` (``make bench``).
 """
 
 from __future__ import annotations
@@ -16,32 +18,11 @@ from pathlib import Path
 
 import torch
 
+from toolkit.benchmarks import load as loadavg
+from toolkit.benchmarks.options import THREADS
 from toolkit.core.io import REPO_ROOT, atomic_write_json
-from toolkit.core.models import load
-from toolkit.core.specs import data_dir
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, run A B C A B C ... so machine drift hits all alike."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+from toolkit.core.models import load, load_config
+from toolkit.core.specs import ModelLoadError, data_dir
 
 
 def bridge_overhead(spec: str, batch: int = 16, length: int = 128, repeats: int = 15) -> dict:
@@ -59,15 +40,18 @@ def bridge_overhead(spec: str, batch: int = 16, length: int = 128, repeats: int 
         m.bridge.set_use_split_qkv_input(on)
         m.bridge.set_use_hook_mlp_in(on)
 
+    loads = loadavg.LegLoads()
     with torch.no_grad():
         flags(False)
-        off = _interleaved({"hf_sdpa": lambda: plain_sdpa(ids), "hf_eager": lambda: plain_eager(ids),
-                            "bridge": lambda: m.bridge(ids)}, repeats)
+        off, _ = loadavg.interleaved({"hf_sdpa": lambda: plain_sdpa(ids), "hf_eager": lambda: plain_eager(ids),
+                                      "bridge": lambda: m.bridge(ids)}, repeats, loads=loads)
         flags(True)
-        on = _median_seconds(lambda: m.bridge(ids), repeats)
+        m.bridge(ids)  # warm-up
+        on = statistics.median(loads.run("bridge_flags_on", lambda: m.bridge(ids)) for _ in range(repeats))
         flags(False)
+    verdict = loads.verdict()
     return {
-        "shape": [batch, length],
+        "shape": [batch, length], "comparable": verdict["comparable"], "load": verdict,
         "seconds": {**off, "bridge_flags_on": on},
         "ratio_bridge_flags_on_vs_hf_sdpa": round(on / off["hf_sdpa"], 2),
         "ratio_bridge_flags_on_vs_hf_eager": round(on / off["hf_eager"], 2),
@@ -89,10 +73,10 @@ def generation_speed(spec: str, batch: int = 32, new_tokens: int = 96, repeats: 
         return lambda: m.hf.generate(**batch_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                      do_sample=False, use_cache=use_cache, pad_token_id=m.tokenizer.pad_token_id)
 
-    secs = _interleaved({"kv_cache": run(True), "no_cache": run(False)}, repeats)
+    secs, verdict = loadavg.interleaved({"kv_cache": run(True), "no_cache": run(False)}, repeats)
     total = batch * new_tokens
     return {
-        "batch": batch, "new_tokens": new_tokens,
+        "batch": batch, "new_tokens": new_tokens, "comparable": verdict["comparable"], "load": verdict,
         "tokens_per_s": round(total / secs["kv_cache"]),
         "tokens_per_s_without_cache": round(total / secs["no_cache"]),
         "ratio_cache_vs_no_cache_speed": round(secs["no_cache"] / secs["kv_cache"], 2),
@@ -130,13 +114,15 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
         t0 = time.perf_counter()
         build(Path(tmp) / "quick", Recipe(**QUICK))
         out["quick_build_seconds"] = round(time.perf_counter() - t0, 1)
-        step_seconds, padded_seconds = {}, {}
+        step_seconds, padded_seconds, loads = {}, {}, loadavg.LegLoads()
         for stage, (_, kwargs) in stages.items():
             for packed, into in ((True, step_seconds), (False, padded_seconds)):
                 model = Qwen3ForCausalLM(recipe.model_config())
+                before = loadavg.one_minute()
                 with _padded(organism_build, not packed):
                     timed = organism_build.train_stage(model, tok, recipe, timing_steps, exclude=set(),
                                                        work_dir=Path(tmp) / str(packed), name=stage, seed=0, **kwargs)
+                loads.add("packed" if packed else "padded", before, loadavg.one_minute())
                 into[stage] = timed["seconds"] / timing_steps
     m = load("organism")
     t0 = time.perf_counter()
@@ -151,6 +137,8 @@ def build_time(full: bool, timing_steps: int = 20) -> dict:
     out["step_seconds"] = {k: round(v, 3) for k, v in step_seconds.items()}
     out["padded_step_seconds"] = {k: round(v, 3) for k, v in padded_seconds.items()}
     out["packing_speedup"] = round(sum(padded_seconds.values()) / sum(step_seconds.values()), 2)
+    out["packing_speedup_load"] = loads.verdict()
+    out["comparable"] = out["packing_speedup_load"]["comparable"]
     out["evaluation_seconds"] = round(eval_seconds, 1)
     out["projected_stage_seconds"] = {k: round(steps * step_seconds[k], 1) for k, (steps, _) in stages.items()}
     out["projected_stage_seconds"]["check organism-base"] = round(n_checks * check_seconds, 1)
@@ -191,21 +179,27 @@ def _padded(organism_build, enabled: bool):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toolkit bench foundation", description=__doc__)
-    parser.add_argument("--model", default="organism")
+    parser.add_argument("--model", default="organism", help="model spec for generation and bridge overhead")
     parser.add_argument("--full-build", action="store_true", help="also time a full organism build (~25 min)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=THREADS, default=None,
                         help="torch threads (default: torch's choice; 1 is steadier on a shared 2-core machine)")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "foundation.json"))
     args = parser.parse_args(argv)
+    try:  # before the build timing: a bad --model would otherwise fail minutes in
+        load_config(args.model)
+    except ModelLoadError as err:
+        parser.error(f"argument --model: {err}")
+    start = loadavg.reading()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    results = {
-        "torch_threads": torch.get_num_threads(),
-        "organism_build": build_time(args.full_build),
-        "generation": generation_speed(args.model),
-        "bridge_overhead": bridge_overhead(args.model),
-    }
+    results = {"torch_threads": torch.get_num_threads(), "organism_build": build_time(args.full_build)}
+    loadavg.warn_if_incomparable("bench foundation, packing speedup", results["organism_build"]["packing_speedup_load"])
+    for name, fn in (("generation", generation_speed), ("bridge_overhead", bridge_overhead)):
+        atomic_write_json(args.out, loadavg.stamp(results | {"partial": True}, start))
+        results[name] = fn(args.model)
+        loadavg.warn_if_incomparable(f"bench foundation, {name}", results[name]["load"])
+    results = loadavg.stamp(results | {"partial": False}, start)
     atomic_write_json(args.out, results)
     print(json.dumps(results, indent=2))
     print(f"written to {args.out}")

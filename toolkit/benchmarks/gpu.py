@@ -14,7 +14,9 @@ embeddings (4.02B parameters); Qwen3-8B: d_model 4096, d_mlp 12288, untied (8.19
 tokens, so every input id is below 128 while the model keeps the real vocabulary (its embedding, lm_head and
 softmax cost); generated ids may be anything below 151936, and nothing decodes them.
 
-Measurements (each a ratio against a baseline timed in the same run, where there is one; CUDA timings synchronise):
+Measurements (each a ratio against a baseline timed in the same run, where there is one; CUDA timings synchronise;
+each ratio carries its legs' load average and the verdict of :mod:`toolkit.benchmarks.load`, ``comparable``, and the
+results file the load average at the benchmark's start and end, ``partial`` until the last shape is written):
 
 - **EAP-IG** (:func:`toolkit.methods.eap.attribute`, ``steps`` IG steps, KL metric) on one batch of random pairs:
   seconds per example, against ``steps`` forward+backward passes of the same model with activation gradients only
@@ -63,14 +65,15 @@ import gc
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from toolkit.benchmarks import load as loadavg
 from toolkit.benchmarks.eap import _PeakRSS, _plain_step, random_pairs
+from toolkit.benchmarks.options import POSITIVE, THREADS
 from toolkit.core.io import REPO_ROOT, atomic_write_json
 
 _QWEN3 = dict(num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
@@ -97,20 +100,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each function: one warm-up each, then ``repeats`` interleaved rounds (A B A B ...)."""
-    for fn in fns.values():
-        fn()
-    _sync(device)
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+def _timed(fns: dict, repeats: int, device: torch.device) -> tuple[dict[str, float], dict]:
+    """Median seconds of each function (one warm-up each, then ``repeats`` interleaved rounds, CUDA synchronised),
+    and the load verdict on the legs (:func:`toolkit.benchmarks.load.interleaved`)."""
+    return loadavg.interleaved(fns, repeats, sync=lambda: _sync(device))
 
 
 def environment(device: torch.device) -> dict:
@@ -185,12 +178,13 @@ def eap_case(loaded, batch: int, tokens: int, steps: int, repeats: int, device: 
         run()
         _sync(device)
     extra = mem.peak - mem.start
-    secs = _timed({"eap_ig": run, "fwd_bwd": _plain_step(loaded.hf, pairs.clean_ids.to(device), False)}, repeats,
-                  device)
+    secs, verdict = _timed({"eap_ig": run, "fwd_bwd": _plain_step(loaded.hf, pairs.clean_ids.to(device), False)},
+                           repeats, device)
     return {"batch": [batch, tokens], "steps": steps, "repeats": repeats,
             "seconds": {k: round(v, 4) for k, v in secs.items()},
             "seconds_per_example": round(secs["eap_ig"] / batch, 4),
             "ratio_vs_fwd_bwd": round(secs["eap_ig"] / (steps * secs["fwd_bwd"]), 3),
+            "comparable": verdict["comparable"], "load": verdict,
             "peak_extra_gib": round(extra / 2**30, 4), "estimate_gib": round(estimate / 2**30, 4),
             "estimate_over_measured": round(estimate / extra, 2) if extra > 0 else None,
             "peak_method": ("torch.cuda.max_memory_allocated minus memory_allocated before" if device.type == "cuda"
@@ -227,14 +221,15 @@ def generation_case(loaded, prompts: int, prompt_tokens: int, new_tokens: int, r
         with intervene(loaded.bridge, condition):
             plain()
 
-    secs = _timed({"plain": plain, "ablated": ablated}, repeats, device)
+    secs, verdict = _timed({"plain": plain, "ablated": ablated}, repeats, device)
     total = prompts * new_tokens
     return {"prompts": prompts, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
             "sampling": {k: getattr(sampling, k) for k in ("temperature", "top_p", "top_k")},
             "ablated_heads": heads, "seconds": {k: round(v, 4) for k, v in secs.items()},
             "tokens_per_s": round(total / secs["plain"], 1),
             "tokens_per_s_with_ablation": round(total / secs["ablated"], 1),
-            "ablation_vs_plain_speed": round(secs["plain"] / secs["ablated"], 3)}
+            "ablation_vs_plain_speed": round(secs["plain"] / secs["ablated"], 3),
+            "comparable": verdict["comparable"], "load": verdict}
 
 
 def cmap_case(clean, donor, prompts: int, new_tokens: int, repeats: int, device: torch.device) -> dict:
@@ -255,12 +250,13 @@ def cmap_case(clean, donor, prompts: int, new_tokens: int, repeats: int, device:
         clean.hf.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=2,
                           temperature=None, top_p=None, top_k=None)
 
-    secs = _timed({"sweep": sweep, "plain_generation": greedy}, repeats, device)
+    secs, verdict = _timed({"sweep": sweep, "plain_generation": greedy}, repeats, device)
     generated = sum(len(row[0]) for row in result["r"].patched_tokens) / prompts
     return {"prompts": prompts, "new_tokens": new_tokens, "layers": len(sites), "rows_per_prompt": len(sites) + 2,
             "mean_patched_tokens": round(generated, 1), "repeats": repeats,
             "seconds": {k: round(v, 4) for k, v in secs.items()},
             "sweep_vs_plain_generation": round(secs["sweep"] / secs["plain_generation"], 2),
+            "comparable": verdict["comparable"], "load": verdict,
             "donor": "the same shape, every matrix redrawn with another seed"}
 
 
@@ -281,6 +277,8 @@ def bench_shape(shape: str, device: torch.device, steps: int, repeats: int) -> d
         donor = _load(Path(tmp), device)
         _rerandomize(donor.hf, seed=1)
         out["cmap"] = cmap_case(clean, donor, *work["cmap"], repeats, device)
+    for case in ("eap_ig", "generation", "cmap"):
+        loadavg.warn_if_incomparable(f"bench gpu, {shape}, {case}", out[case]["load"])
     del clean, donor
     _free(device)
     if device.type == "cuda":  # since the EAP-IG measurement reset it: generation, then CMAP with two models loaded
@@ -293,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", nargs="+", choices=sorted(SHAPES), default=None,
                         help="model shapes (default: qwen3-4b qwen3-8b on CUDA, tiny on CPU)")
-    parser.add_argument("--steps", type=int, default=5, help="EAP-IG steps m (default 5)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3 on CUDA, 1 on CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
+    parser.add_argument("--steps", type=POSITIVE, default=5, help="EAP-IG steps m (default 5)")
+    parser.add_argument("--repeats", type=POSITIVE, default=None, help="timed repeats (default 3 on CUDA, 1 on CPU)")
+    parser.add_argument("--threads", type=THREADS, default=None, help="torch threads on CPU")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "gpu.json"))
     args = parser.parse_args(argv)
+    start = loadavg.reading()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     shapes = args.shape or (["qwen3-4b", "qwen3-8b"] if cuda else ["tiny"])
@@ -305,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     if big and not cuda:
         raise SystemExit(f"--shape {' '.join(big)} needs a CUDA GPU (bf16; on CPU these models take tens of GiB "
                          "and hours), and torch sees none here; use --shape tiny on CPU")
-    if args.steps < 1 or (args.repeats is not None and args.repeats < 1):
-        raise SystemExit("--steps and --repeats must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
@@ -315,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
                "shapes": {}}
     for shape in shapes:
         results["shapes"][shape] = bench_shape(shape, device, args.steps, repeats)
-        atomic_write_json(Path(args.out), results)  # written after each shape: a later failure keeps the earlier
+        # written after each shape: a later failure keeps the earlier
+        atomic_write_json(Path(args.out), loadavg.stamp(results | {"partial": True}, start))
+    results = loadavg.stamp(results | {"partial": False}, start)
+    atomic_write_json(Path(args.out), results)
     print(json.dumps(results, indent=2))
     print(f"written to {args.out}")
     return 0

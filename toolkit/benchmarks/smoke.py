@@ -14,7 +14,10 @@ Per notebook it records seconds, status
 ``failed`` with the error's last line; ``skipped`` with the reason) and peak memory of the notebook's kernel:
 ``torch.cuda.max_memory_allocated`` on CUDA, else its peak resident set (both read in the kernel as it exits,
 through a ``sitecustomize`` put on the kernel's ``PYTHONPATH``). The JSON goes to ``--out`` (default
-``bench/results/smoke-<shape>.json``), written atomically; a table is printed. Exit 0 when no notebook ``failed``.
+``bench/results/smoke-<shape>.json``), written atomically, with the load average at the start and end of the run
+and of each notebook (no ratio here, so nothing to mark comparable: the load says how far the seconds can be
+trusted); a table is printed. Exit 0 when no notebook ``failed``; an unknown notebook is refused (exit 2) before any
+model is built.
 
 Notebook 00 evaluates the model organism against its own targets and base (``organism-base``): it does not apply to
 another model and is reported as skipped.
@@ -33,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from toolkit.benchmarks import load as loadavg
 from toolkit.core.io import REPO_ROOT, atomic_write_json
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -113,9 +117,10 @@ def run_one(stem: str, params: dict, out_root: Path, hook_dir: Path, keep: bool 
     command = [sys.executable, "-m", "toolkit", "run", stem, "--out", str(out)]
     for name, value in params.items():
         command += ["-p", f"{name}={value if isinstance(value, str) else repr(value)}"]  # typed by the notebook
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), loadavg.one_minute()
     proc = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    load_1min = {"start": load_start, "end": loadavg.one_minute()}
     folders = sorted(p for p in out.glob("*") if (p / "index.json").is_file()) if out.is_dir() else []
     if folders:
         (entry,) = json.loads((folders[-1] / "index.json").read_text())
@@ -124,12 +129,24 @@ def run_one(stem: str, params: dict, out_root: Path, hook_dir: Path, keep: bool 
         lines = (proc.stderr or proc.stdout or f"exit status {proc.returncode}").strip().splitlines()
         status, error = "failed", lines[-1] if lines else f"exit status {proc.returncode}"
     row = {"notebook": stem, "status": status, "error": error, "seconds": round(seconds, 2),
-           "run_folder": str(folders[-1]) if folders and keep else None}
+           "run_folder": str(folders[-1]) if folders and keep else None, "load_1min": load_1min}
     peak = json.loads(peak_file.read_text()) if peak_file.exists() else {}
     row["peak_memory_bytes"] = peak.get("cuda_max_allocated_bytes", peak.get("peak_rss_bytes"))
     row["peak_memory_kind"] = ("cuda_max_memory_allocated" if "cuda_max_allocated_bytes" in peak else
                                "peak_rss" if peak else None)
     return row
+
+
+def chosen(notebooks: list[str] | None) -> list[str]:
+    """The notebook stems ``notebooks`` names (prefixes such as ``"03"``, or stems; default all); ``SystemExit`` with
+    the valid names for an unknown one."""
+    stems = sorted(p.stem for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if notebooks:
+        unknown = [n for n in notebooks if not any(s == n or s.startswith(f"{n}_") for s in stems)]
+        if unknown:
+            raise SystemExit(f"unknown notebook {unknown[0]!r}; choose from {', '.join(s[:2] for s in stems)}")
+        stems = [s for s in stems if any(s == n or s.startswith(f"{n}_") for n in notebooks)]
+    return stems
 
 
 def smoke(shape: str = "tiny", notebooks: list[str] | None = None, out_root: str | Path | None = None) -> dict:
@@ -140,12 +157,8 @@ def smoke(shape: str = "tiny", notebooks: list[str] | None = None, out_root: str
 
     from toolkit.organism.qwen_like import qwen_like_dir
 
-    stems = sorted(p.stem for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
-    if notebooks:
-        unknown = [n for n in notebooks if not any(s == n or s.startswith(f"{n}_") for s in stems)]
-        if unknown:
-            raise SystemExit(f"unknown notebook {unknown[0]!r}; choose from {', '.join(s[:2] for s in stems)}")
-        stems = [s for s in stems if any(s == n or s.startswith(f"{n}_") for n in notebooks)]
+    stems = chosen(notebooks)
+    load_start = loadavg.reading()
     with tempfile.TemporaryDirectory(prefix="smoke-") as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
@@ -158,16 +171,18 @@ def smoke(shape: str = "tiny", notebooks: list[str] | None = None, out_root: str
         for stem in stems:
             if stem[:2] in SKIP:
                 rows.append({"notebook": stem, "status": "skipped", "error": SKIP[stem[:2]], "seconds": 0.0,
-                             "run_folder": None, "peak_memory_bytes": None, "peak_memory_kind": None})
+                             "run_folder": None, "load_1min": None, "peak_memory_bytes": None,
+                             "peak_memory_kind": None})
                 continue
             out = Path(out_root) if out_root else tmp / "runs"
             rows.append(run_one(stem, notebook_params(stem, str(model), str(other)), out, tmp / "hook",
                                 keep=out_root is not None))
             print(_line(rows[-1]), flush=True)
     cuda = torch.cuda.is_available()
-    return {"shape": shape, "build_seconds": round(build_s, 2), "notebooks": rows,
-            "environment": {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
-                            "transformers": transformers.__version__, "python": platform.python_version()}}
+    report = {"shape": shape, "build_seconds": round(build_s, 2), "notebooks": rows,
+              "environment": {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
+                              "transformers": transformers.__version__, "python": platform.python_version()}}
+    return loadavg.stamp(report, load_start)
 
 
 def _line(row: dict) -> str:
@@ -193,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="results file (default bench/results/smoke-<shape>.json)")
     parser.add_argument("--runs", help="keep the run folders here (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
+    try:
+        chosen(args.notebooks)
+    except SystemExit as err:
+        parser.error(f"argument --notebooks: {err}")
     out = Path(args.out or REPO_ROOT / "bench" / "results" / f"smoke-{args.shape}.json")
     report = smoke(args.shape, args.notebooks, args.runs)
     atomic_write_json(out, report)

@@ -188,9 +188,14 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    """The benchmark's exit status; 2 when its ``--out`` file cannot be written (checked before it runs)."""
+    """The benchmark's exit status; 2, before it runs, for an unknown benchmark, an option out of range or an unknown
+    choice (its parser names the valid values) and an ``--out`` file that cannot be written."""
     from toolkit import benchmarks
 
+    name = args.bench_args[0] if args.bench_args and not args.bench_args[0].startswith("-") else "foundation"
+    if name not in benchmarks.NAMES:
+        print(f"error: unknown benchmark {name!r}; choose one of {', '.join(benchmarks.NAMES)}", file=sys.stderr)
+        return 2
     given = argparse.ArgumentParser(prog="python -m toolkit bench", add_help=False)
     given.add_argument("--out")
     out = given.parse_known_args(args.bench_args)[0].out
@@ -199,7 +204,12 @@ def _bench(args: argparse.Namespace) -> int:
         return 2
     if out is not None and _unwritable(Path(out).parent, "the benchmark results"):
         return 2
-    return benchmarks.main(args.bench_args)
+    try:
+        return benchmarks.main(args.bench_args)
+    except SystemExit as e:  # argparse's refusal of a bad option (its message is printed): the status, not a raise
+        if e.code == 2:
+            return 2
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
