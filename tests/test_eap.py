@@ -51,6 +51,41 @@ def test_eap_ig_equals_independent_reference(tiny64, metric):
     torch.testing.assert_close(fast.values, slow, atol=1e-5, rtol=1e-5)
 
 
+def test_the_bridge_hook_path_equals_the_bare_module_path(tiny64, monkeypatch):
+    """Anything hooking the bridge sends the passes through its own hook points: same scores as the bare HF modules
+    (float64: to rounding), packed or not."""
+    from toolkit.methods.eap import gradients
+
+    pairs = _pairs(seed=2)
+    bare = eap.attribute(tiny64, pairs, steps=3, batch_size=2, show_progress=False).values
+    monkeypatch.setattr(gradients, "PACK_MACS", 0)  # one pass per row group
+    unpacked = eap.attribute(tiny64, pairs, steps=3, batch_size=2, show_progress=False).values
+    monkeypatch.setattr(gradients, "_hooked", lambda bridge: True)
+    hooked = eap.attribute(tiny64, pairs, steps=3, batch_size=2, show_progress=False).values
+    assert bare.abs().max() > 1e-6
+    torch.testing.assert_close(unpacked, bare, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(hooked, bare, atol=1e-12, rtol=1e-10)
+
+
+def test_the_bridge_modules_are_restored_after_an_error(tiny64, monkeypatch):
+    """The bare-module passes swap the bridge's wrappers out of the module tree; an error inside puts them back."""
+    from toolkit.methods.eap import gradients
+
+    before = [(name, type(m)) for name, m in tiny64.hf.named_modules()]
+
+    def broken(*args, **kwargs):
+        assert [(name, type(m)) for name, m in tiny64.hf.named_modules()] != before  # inside the swap
+        raise RuntimeError("a pass failed")
+
+    monkeypatch.setattr(gradients._Batch, "__init__", broken)
+    with pytest.raises(RuntimeError, match="a pass failed"):
+        eap.attribute(tiny64, _pairs(), steps=2, show_progress=False)
+    assert [(name, type(m)) for name, m in tiny64.hf.named_modules()] == before
+    monkeypatch.undo()
+    again = eap.attribute(tiny64, _pairs(), steps=2, show_progress=False)  # and the model still works
+    assert torch.isfinite(again.values).all()
+
+
 def test_plain_eap_is_the_clean_gradient(tiny64):
     pairs = _pairs(seed=1)
     fast = eap.attribute(tiny64, pairs, method="eap", metric="logit_diff", batch_size=3, show_progress=False)

@@ -13,9 +13,10 @@ The stages, one module each (as in the reference hannamw/EAP-IG):
    input on the clean input (EAP) or averaged over embeddings interpolated from corrupted to clean at α = k/m,
    k = 0 … m−1 (EAP-IG). With ``per_example=True`` the scores also keep one ``[sources, targets]`` row per pair
    (``Scores.per_example``; their mean is the score), which :mod:`toolkit.evaluation.stability` resamples to bootstrap
-   circuits over pairs without recomputing. :mod:`~toolkit.methods.eap.memory` estimates and checks one batch's
-   memory; :mod:`~toolkit.methods.eap.model` is the model as attribute and evaluate both read it (weights, metric,
-   logits at the metric positions, the checks before a call).
+   circuits over pairs without recomputing. :mod:`~toolkit.methods.eap.gradients` runs the gradient passes (on the HF
+   modules the bridge wraps) and contracts the scores; :mod:`~toolkit.methods.eap.memory` estimates and checks one
+   batch's memory; :mod:`~toolkit.methods.eap.model` is the model as attribute and evaluate both read it (weights,
+   metric, logits at the metric positions, the checks before a call).
 4. :mod:`~toolkit.methods.eap.circuit` — :func:`select` (top-n / threshold / greedy, then :func:`prune_edges`),
    :class:`Circuit`, :func:`head_importance`, :func:`ranked_heads`.
 5. :mod:`~toolkit.methods.eap.evaluate` — :func:`faithfulness` (every non-circuit edge patched to its corrupted

@@ -6,8 +6,13 @@ width d_mlp, V the vocabulary, e the bytes per weight element (``acc`` = max(e, 
 
 - ``method="eap"`` / ``"eap-ig"`` (the gradient fast path): peak extra bytes (beyond the weights) ≈ 1.25 × (Δa for
   every source, ``S·b·p·d`` in the accumulation dtype + the activations a forward+backward keeps, eager attention
-  + one layer's target gradients + the recorded clean/corrupted activations). On the Qwen3-0.6B shape at 4 × 128
-  tokens it says 4.4 GiB; 4.2 GiB was measured (``python -m toolkit bench eap``).
+  + the step sums the IG steps accumulate per layer, ``b·p·((H + 2·H_kv)·d_h + d)`` in the accumulation dtype +
+  one layer's target gradients (the final contraction works a chunk of tokens at a time within that) + the recorded
+  clean/corrupted activations). None of it grows with m. A batch cheap enough to pack its reference and IG steps
+  into one pass (under ``toolkit.methods.eap.gradients.PACK_MACS`` multiply-adds) holds that pass's activations
+  instead: about 9/d bytes per multiply-add, under 100 MiB even at d = 64. On the Qwen3-0.6B shape at 4 × 128
+  tokens (m = 2) it says 4.77 GiB; 4.72 GiB was measured (as ``toolkit/benchmarks/eap.py`` does; 0.50 GiB above the
+  4.23 GiB of the per-step contraction this replaced, mostly the step sums).
 - ``method="exact"`` repeats the pair batch once per edge, :data:`EXACT_ROWS` // b copies (at most one per valid
   edge), so one patched forward runs on ``R = b·min(max(1, EXACT_ROWS // b), edges)`` rows: about 256 *whatever
   the batch size*. ``"faithfulness"`` runs the same patched forward on ``R = b`` rows. With ``n = R·p``, peak extra
@@ -117,12 +122,13 @@ def _split(shape: dict, batch_size: int, n_tokens: int, method: str) -> dict:
     n = b * p
     deltas = g.n_sources * n * d * acc
     per_layer = (12 * n * d + 4 * n * d_mlp + 4 * n * g.n_heads * g.d_head + 3 * b * g.n_heads * p * p) * elem
-    layer_grads = 3 * g.per_layer_targets * n * d * acc
+    layer_grads = 3 * g.per_layer_targets * n * d * acc + n * d * acc  # and the logits' step sum
+    step_sums = n * ((g.n_heads + 2 * g.n_kv_heads) * g.d_head + d) * acc  # per layer: Σ r·g at q/k/v, Σ G at the MLP
     recorded = 2 * (n * d * (1 + L) + n * g.n_heads * g.d_head * L) * elem
-    split = {"shared": deltas + 2 * n * d * elem, "per_layer": per_layer + 2 * n * layer_width * elem,
+    split = {"shared": deltas + 2 * n * d * elem, "per_layer": per_layer + step_sums + 2 * n * layer_width * elem,
              "one_layer": layer_grads, "head": 2 * b * vocab * 4, "factor": 1.25}  # allocator overhead: measured ~1.2x
     split["parts"] = {"deltas": deltas, "activations": L * per_layer + 2 * b * vocab * 4,
-                      "target_gradients": layer_grads, "recorded": recorded}
+                      "target_gradients": layer_grads, "step_sums": L * step_sums, "recorded": recorded}
     return split
 
 

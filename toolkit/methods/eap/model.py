@@ -75,10 +75,15 @@ def _metric(logits: torch.Tensor, metric: str, clean_logp: torch.Tensor | None, 
     raise EAPError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
 
 
-def _logits_at(model: _Model, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Run the decoder on ``ids`` and return the logits ``[b, V]`` at ``positions`` only."""
-    hidden = model.hf.model(input_ids=ids, use_cache=False).last_hidden_state
-    picked = hidden[torch.arange(len(ids), device=hidden.device), positions.to(hidden.device)]  # a split model's
+def _logits_at(model: _Model, ids: torch.Tensor | None, positions: torch.Tensor,
+               embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the decoder on ``ids`` (or on token embeddings ``embeds`` ``[b, p, d]``) and return the logits ``[b, V]``
+    at ``positions`` only."""
+    if embeds is None:
+        hidden = model.hf.model(input_ids=ids, use_cache=False).last_hidden_state
+    else:
+        hidden = model.hf.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+    picked = hidden[torch.arange(len(hidden), device=hidden.device), positions.to(hidden.device)]  # a split model's
     # last layer may sit on another device than the embeddings
     return model.hf.lm_head(picked[:, None])[:, 0]
 
